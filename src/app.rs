@@ -1,0 +1,268 @@
+//! Assembles the service: binds the listener, opens the store, builds the clients and
+//! starts the loops. `main` and the end-to-end tests both go through `Application::build`.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{Backend, LocalBackend, LocalConfig};
+use crate::config::{BackendSettings, Settings};
+use crate::github::{GitHub, GitHubConfig};
+use crate::ingress::{self, Ingress};
+use crate::metrics::Metrics;
+use crate::planner::{self, Limits, PlannerContext};
+use crate::provisioner::{self, ProvisionerContext};
+use crate::reaper::{self, ReaperContext};
+use crate::retry::Backoff;
+use crate::store::Store;
+use crate::strategy::{self, StrategyContext};
+use crate::wake::Wake;
+
+/// The service, built and bound but not yet serving.
+pub struct Application {
+    /// Taken by the server task when the service starts.
+    listener: Option<TcpListener>,
+    port: u16,
+    settings: Settings,
+    store: Store,
+    github: GitHub,
+    backend: Arc<Backend>,
+    wake: Arc<Wake>,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+}
+
+/// How often the planner re-plans without a wake-up.
+const PLAN_INTERVAL: Duration = Duration::from_secs(2);
+/// How often unresolved max-parallel lookups are retried.
+const STRATEGY_INTERVAL: Duration = Duration::from_secs(2);
+
+impl Application {
+    /// Binds the port and opens the store; nothing runs until `run_until_stopped`.
+    pub async fn build(settings: Settings) -> anyhow::Result<Application> {
+        let store = Store::open(&settings.database_url)
+            .await
+            .with_context(|| format!("could not open the store at {}", settings.database_url))?;
+        let metrics = Arc::new(Metrics::new());
+        let github = GitHub::new(
+            GitHubConfig {
+                api_url: settings.github_api_url.clone(),
+                token: settings.github_token.clone(),
+                timeout: settings.github_timeout,
+                retry: Backoff::new(5, Duration::from_millis(500), Duration::from_secs(30)),
+            },
+            Some(metrics.clone()),
+        )
+        .context("could not build the GitHub client")?;
+        let backend = Arc::new(match &settings.backend {
+            BackendSettings::Local {
+                runner_dir,
+                work_dir,
+            } => Backend::Local(LocalBackend::new(LocalConfig {
+                runner_dir: runner_dir.clone(),
+                work_dir: work_dir.clone(),
+            })),
+        });
+        let addr = SocketAddr::from(settings.bind);
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("could not listen on {addr}"))?;
+        let port = listener
+            .local_addr()
+            .map(|a| a.port())
+            .context("the listener has no address")?;
+        Ok(Application {
+            listener: Some(listener),
+            port,
+            settings,
+            store,
+            github,
+            backend,
+            wake: Arc::new(Wake::default()),
+            metrics,
+            ready: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// The bound port (useful with `PORT=0`).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves webhooks and runs every loop until `shutdown` resolves; then stops accepting,
+    /// finishes requests in flight, lets runners being provisioned finish (up to
+    /// `SHUTDOWN_GRACE_SECS`) and returns. A restart resumes from the store.
+    pub async fn run_until_stopped(
+        mut self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let stop = CancellationToken::new();
+        let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+        let port = self.port();
+        self.spawn_server(&mut tasks, stop.clone());
+        self.spawn_loops(&mut tasks, stop.clone());
+        tracing::info!(
+            port,
+            backend = self.backend.name(),
+            "modal-github-runner started"
+        );
+
+        let signal = stop.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            signal.cancel();
+        });
+        let mut first_error = None;
+        while let Some(joined) = tasks.join_next().await {
+            let (name, result) =
+                joined.unwrap_or_else(|e| ("task", Err(anyhow::anyhow!("panicked: {e}"))));
+            match result {
+                Ok(()) => tracing::debug!(task = name, "task stopped"),
+                Err(e) => {
+                    tracing::error!(
+                        task = name,
+                        error = format!("{e:#}"),
+                        "task failed; shutting down"
+                    );
+                    first_error.get_or_insert(e.context(format!("{name} failed")));
+                    stop.cancel();
+                }
+            }
+        }
+        self.store.close().await;
+        tracing::info!("modal-github-runner stopped");
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn spawn_server(
+        &mut self,
+        tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
+        stop: CancellationToken,
+    ) {
+        let state = Ingress {
+            secret: Arc::new(self.settings.webhook_secret.clone()),
+            label: Arc::from(self.settings.runner_label.as_str()),
+            allow: Arc::new(self.settings.allowed_repos.clone()),
+            store: self.store.clone(),
+            wake: self.wake.clone(),
+            metrics: self.metrics.clone(),
+            max_body_bytes: self.settings.max_body_bytes,
+            ready: self.ready.clone(),
+        };
+        let router = ingress::router(state);
+        let Some(listener) = self.listener.take() else {
+            return;
+        };
+        tasks.spawn(async move {
+            let result = axum::serve(listener, router)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+                .context("the HTTP server stopped");
+            ("http", result)
+        });
+    }
+
+    fn spawn_loops(
+        &self,
+        tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
+        stop: CancellationToken,
+    ) {
+        let s = &self.settings;
+        let planner = PlannerContext {
+            store: self.store.clone(),
+            limits: Limits {
+                max_runners: s.max_runners,
+                prefix: s.prefix.clone(),
+                strategy_grace: Duration::from_secs(10),
+            },
+            wake: self.wake.clone(),
+            metrics: self.metrics.clone(),
+            interval: PLAN_INTERVAL,
+        };
+        let strategy = Arc::new(StrategyContext {
+            store: self.store.clone(),
+            github: self.github.clone(),
+            wake: self.wake.clone(),
+            interval: STRATEGY_INTERVAL,
+            concurrency: 8,
+        });
+        let provisioner = Arc::new(ProvisionerContext {
+            store: self.store.clone(),
+            github: self.github.clone(),
+            backend: self.backend.clone(),
+            wake: self.wake.clone(),
+            metrics: self.metrics.clone(),
+            runner_group_id: s.runner_group_id,
+            sandbox_timeout: s.sandbox_timeout,
+            concurrency: s.provision_concurrency,
+            retry: Backoff::new(5, Duration::from_millis(500), Duration::from_secs(30)),
+            deployment: s.prefix.as_str().to_string(),
+            interval: Duration::from_secs(2),
+        });
+        let reaper = Arc::new(ReaperContext {
+            store: self.store.clone(),
+            github: self.github.clone(),
+            backend: self.backend.clone(),
+            wake: self.wake.clone(),
+            metrics: self.metrics.clone(),
+            exit_grace: s.runner_exit_grace,
+            sandbox_timeout: s.sandbox_timeout,
+            interval: s.reap_interval,
+        });
+        let (backend, ready, grace) = (self.backend.clone(), self.ready.clone(), s.shutdown_grace);
+        let st = stop.clone();
+        tasks.spawn(async move {
+            planner::run(planner, st).await;
+            ("planner", Ok(()))
+        });
+        let st = stop.clone();
+        tasks.spawn(async move {
+            strategy::run(strategy, st).await;
+            ("strategy", Ok(()))
+        });
+        // Runners are made and reaped only once the backend is ready (the Modal image is
+        // built); webhooks are recorded meanwhile.
+        tasks.spawn(async move {
+            let prepared = tokio::select! {
+                r = backend.prepare() => r,
+                () = stop.cancelled() => return ("backend", Ok(())),
+            };
+            if let Err(e) = prepared {
+                return (
+                    "backend",
+                    Err(anyhow::anyhow!(e).context("the backend could not start")),
+                );
+            }
+            ready.store(true, Ordering::Release);
+            tracing::info!("backend ready");
+            let reap = tokio::spawn(reaper::run(reaper, stop.clone()));
+            provisioner::run(provisioner, stop, grace).await;
+            let _ = reap.await;
+            ("provisioner", Ok(()))
+        });
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown requested");
+}

@@ -1,0 +1,106 @@
+//! Sandbox backends. A backend creates, terminates and lists sandboxes and knows nothing
+//! about GitHub (architecture.md "Backends"). Its contract:
+//!
+//! - `create` is idempotent on the sandbox name: creating a name that is already running
+//!   returns the existing sandbox instead of making a second one;
+//! - `terminate` succeeds when the sandbox is already gone;
+//! - `list` returns only running sandboxes this deployment made.
+//!
+//! The JIT config reaches the sandbox as a secret environment variable, never as an
+//! argument and never in a log line.
+
+pub mod local;
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+pub use local::{LocalBackend, LocalConfig};
+
+/// What to run: one runner in one sandbox.
+pub struct SandboxSpec {
+    /// The runner name; also the sandbox name, which makes `create` idempotent.
+    pub name: String,
+    /// The encoded JIT config (a credential).
+    pub jit_config: SecretString,
+    /// Tags that mark the sandbox as ours: deployment, job, runner.
+    pub tags: Vec<(String, String)>,
+    /// The sandbox is stopped after this long, whatever it is doing.
+    pub timeout: Duration,
+}
+
+/// A running sandbox as `list` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxInfo {
+    pub id: String,
+    pub name: String,
+    /// Unix milliseconds.
+    pub created_at: i64,
+}
+
+/// A failed backend call, classified by what the caller should do.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    /// Retrying later may succeed (unavailable, rate limited, timeout).
+    #[error("{0}")]
+    Transient(String),
+    /// Retrying cannot help (bad credentials, invalid request, missing runner directory).
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl BackendError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, BackendError::Transient(_))
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            BackendError::Transient(_) => "backend_transient",
+            BackendError::Permanent(_) => "backend_permanent",
+        }
+    }
+}
+
+/// The configured backend. An enum rather than a trait object: there are two, both known
+/// here, and their methods are plain `async fn`s.
+pub enum Backend {
+    Local(LocalBackend),
+}
+
+impl Backend {
+    /// Start-up work that must finish before the first job: adopting sandboxes that
+    /// survived a restart, building the runner image.
+    pub async fn prepare(&self) -> Result<(), BackendError> {
+        match self {
+            Backend::Local(b) => b.prepare().await,
+        }
+    }
+
+    /// Creates the sandbox (or finds the running one with this name); returns its id.
+    pub async fn create(&self, spec: SandboxSpec) -> Result<String, BackendError> {
+        match self {
+            Backend::Local(b) => b.create(spec).await,
+        }
+    }
+
+    /// Stops a sandbox; fine if it is already gone.
+    pub async fn terminate(&self, id: &str) -> Result<(), BackendError> {
+        match self {
+            Backend::Local(b) => b.terminate(id).await,
+        }
+    }
+
+    /// Running sandboxes this deployment made.
+    pub async fn list(&self) -> Result<Vec<SandboxInfo>, BackendError> {
+        match self {
+            Backend::Local(b) => b.list().await,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Local(_) => "local",
+        }
+    }
+}

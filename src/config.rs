@@ -1,0 +1,516 @@
+//! Configuration: environment variables (the original system's names keep their meaning),
+//! each with a command-line flag that overrides it. Everything is validated at start-up;
+//! the first problem stops the service with one message that names the variable.
+//!
+//! Secrets (`GITHUB_TOKEN`, `WEBHOOK_SECRET`) are read from the environment or, with a
+//! flag, from a file: never from a flag value, which would put them in the process list.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+use secrecy::SecretString;
+
+use crate::domain::{NamePrefix, RepoAllowList};
+
+/// `modal-github-runner serve` options. Defaults are documented in `--help` and README.
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// File holding the GitHub token (default: the GITHUB_TOKEN environment variable, required).
+    #[arg(long, value_name = "PATH")]
+    pub github_token_file: Option<PathBuf>,
+    /// File holding the webhook secret (default: the WEBHOOK_SECRET environment variable, required).
+    #[arg(long, value_name = "PATH")]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Comma-separated owner/repo allowlist; empty allows every repository.
+    #[arg(long, env = "ALLOWED_REPOS", value_name = "LIST")]
+    pub allowed_repos: Option<String>,
+    /// Runner version for sandbox images (`modal` backend); resolved from GitHub when unset.
+    #[arg(long, env = "RUNNER_VERSION", value_name = "VERSION")]
+    pub runner_version: Option<String>,
+    /// Runner group of JIT runners.
+    #[arg(long, env = "RUNNER_GROUP_ID", default_value = "1", value_name = "ID")]
+    pub runner_group_id: String,
+    /// GitHub Enterprise Server host; the API base becomes https://DOMAIN/api/v3.
+    #[arg(long, env = "GITHUB_ENTERPRISE_DOMAIN", value_name = "HOST")]
+    pub github_enterprise_domain: Option<String>,
+    /// GitHub API base URL; overrides GITHUB_ENTERPRISE_DOMAIN. http:// is allowed (tests).
+    #[arg(long, env = "GITHUB_API_URL", value_name = "URL")]
+    pub github_api_url: Option<String>,
+    /// The label a job must request to get a runner (compared without case).
+    #[arg(
+        long,
+        env = "RUNNER_LABEL",
+        default_value = "modal",
+        value_name = "LABEL"
+    )]
+    pub runner_label: String,
+    /// Runner names are <prefix>-<job id>-<attempt>.
+    #[arg(
+        long,
+        env = "RUNNER_NAME_PREFIX",
+        default_value = "modal",
+        value_name = "PREFIX"
+    )]
+    pub runner_name_prefix: String,
+    /// Where runners run.
+    #[arg(long, env = "BACKEND", value_enum, default_value = "local")]
+    pub backend: BackendKind,
+    /// The store: sqlite://PATH (created if missing) or sqlite::memory:.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://modal-github-runner.db",
+        value_name = "URL"
+    )]
+    pub database_url: String,
+    /// HTTP port for webhooks and probes (0 = any free port).
+    #[arg(long, env = "PORT", default_value = "8000")]
+    pub port: String,
+    /// Address to listen on.
+    #[arg(
+        long,
+        env = "BIND_ADDRESS",
+        default_value = "0.0.0.0",
+        value_name = "IP"
+    )]
+    pub bind_address: String,
+    /// Cap on runners holding capacity at once (busy ones included).
+    #[arg(long, env = "MAX_RUNNERS", default_value = "50", value_name = "N")]
+    pub max_runners: String,
+    /// A sandbox is stopped after this many seconds (at most 86400).
+    #[arg(
+        long,
+        env = "SANDBOX_TIMEOUT_SECS",
+        default_value = "3600",
+        value_name = "SECS"
+    )]
+    pub sandbox_timeout_secs: String,
+    /// Log output: pretty or json. The level comes from RUST_LOG (default info).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
+    pub log_format: LogFormat,
+    /// Directory holding the runner's run.sh (`local` backend).
+    #[arg(long, env = "LOCAL_RUNNER_DIR", value_name = "DIR")]
+    pub local_runner_dir: Option<PathBuf>,
+    /// Where per-runner copies live (`local` backend); default: <temp dir>/modal-github-runner.
+    #[arg(long, env = "LOCAL_WORK_DIR", value_name = "DIR")]
+    pub local_work_dir: Option<PathBuf>,
+    /// Largest webhook body accepted.
+    #[arg(
+        long,
+        env = "MAX_BODY_BYTES",
+        default_value = "1048576",
+        value_name = "BYTES"
+    )]
+    pub max_body_bytes: String,
+    /// Runners provisioned at once (GitHub allows 100 concurrent requests per token).
+    #[arg(
+        long,
+        env = "PROVISION_CONCURRENCY",
+        default_value = "32",
+        value_name = "N"
+    )]
+    pub provision_concurrency: String,
+    /// Timeout of one GitHub request.
+    #[arg(
+        long,
+        env = "GITHUB_TIMEOUT_SECS",
+        default_value = "30",
+        value_name = "SECS"
+    )]
+    pub github_timeout_secs: String,
+    /// How often the reaper checks runners and sandboxes.
+    #[arg(
+        long,
+        env = "REAP_INTERVAL_SECS",
+        default_value = "5",
+        value_name = "SECS"
+    )]
+    pub reap_interval_secs: String,
+    /// How long a sandbox may run on after its job completed before it is stopped.
+    #[arg(
+        long,
+        env = "RUNNER_EXIT_GRACE_SECS",
+        default_value = "60",
+        value_name = "SECS"
+    )]
+    pub runner_exit_grace_secs: String,
+    /// How long shutdown waits for runners being provisioned.
+    #[arg(
+        long,
+        env = "SHUTDOWN_GRACE_SECS",
+        default_value = "20",
+        value_name = "SECS"
+    )]
+    pub shutdown_grace_secs: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    Local,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+/// A configuration problem, naming the variable (and its flag).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{var}: {message}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub message: String,
+}
+
+fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        message: message.into(),
+    }
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub github_token: SecretString,
+    pub webhook_secret: SecretString,
+    pub allowed_repos: RepoAllowList,
+    pub runner_version: Option<String>,
+    pub runner_group_id: u64,
+    pub github_api_url: String,
+    pub runner_label: String,
+    pub prefix: NamePrefix,
+    pub backend: BackendSettings,
+    pub database_url: String,
+    pub bind: (IpAddr, u16),
+    pub max_runners: usize,
+    pub sandbox_timeout: Duration,
+    pub log_format: LogFormat,
+    pub max_body_bytes: usize,
+    pub provision_concurrency: usize,
+    pub github_timeout: Duration,
+    pub reap_interval: Duration,
+    pub runner_exit_grace: Duration,
+    pub shutdown_grace: Duration,
+}
+
+/// The chosen backend and its settings.
+#[derive(Debug, Clone)]
+pub enum BackendSettings {
+    Local {
+        runner_dir: PathBuf,
+        work_dir: PathBuf,
+    },
+}
+
+impl Settings {
+    /// Validates `args`; secrets not given as files are looked up with `env`.
+    pub fn from_args(
+        args: ServeArgs,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
+        let github_token = secret(
+            "GITHUB_TOKEN",
+            "--github-token-file",
+            args.github_token_file.as_ref(),
+            &env,
+        )?;
+        let webhook_secret = secret(
+            "WEBHOOK_SECRET",
+            "--webhook-secret-file",
+            args.webhook_secret_file.as_ref(),
+            &env,
+        )?;
+        let allowed_repos = RepoAllowList::parse(args.allowed_repos.as_deref().unwrap_or(""))
+            .map_err(|e| err("ALLOWED_REPOS", e.to_string()))?;
+        let runner_label = args.runner_label.trim().to_string();
+        if runner_label.is_empty() || runner_label.contains(',') {
+            return Err(err(
+                "RUNNER_LABEL",
+                "must be one non-empty label without commas",
+            ));
+        }
+        let prefix = NamePrefix::parse(&args.runner_name_prefix)
+            .map_err(|m| err("RUNNER_NAME_PREFIX", m))?;
+        let sandbox_timeout = Duration::from_secs(number::<u64>(
+            "SANDBOX_TIMEOUT_SECS",
+            &args.sandbox_timeout_secs,
+        )?);
+        if sandbox_timeout.is_zero() || sandbox_timeout > Duration::from_secs(86_400) {
+            return Err(err(
+                "SANDBOX_TIMEOUT_SECS",
+                "must be between 1 and 86400 (Modal's 24 h maximum)",
+            ));
+        }
+        let port = number::<u16>("PORT", &args.port)?;
+        let ip = args.bind_address.parse::<IpAddr>().map_err(|_| {
+            err(
+                "BIND_ADDRESS",
+                format!("`{}` is not an IP address", args.bind_address),
+            )
+        })?;
+        Ok(Settings {
+            github_token,
+            webhook_secret,
+            allowed_repos,
+            runner_version: args.runner_version.clone().filter(|v| !v.trim().is_empty()),
+            runner_group_id: positive("RUNNER_GROUP_ID", &args.runner_group_id)?,
+            github_api_url: api_url(
+                args.github_api_url.as_deref(),
+                args.github_enterprise_domain.as_deref(),
+            )?,
+            runner_label,
+            prefix,
+            backend: backend(&args)?,
+            database_url: database_url(&args.database_url)?,
+            bind: (ip, port),
+            max_runners: positive("MAX_RUNNERS", &args.max_runners)?,
+            sandbox_timeout,
+            log_format: args.log_format,
+            max_body_bytes: positive("MAX_BODY_BYTES", &args.max_body_bytes)?,
+            provision_concurrency: positive("PROVISION_CONCURRENCY", &args.provision_concurrency)?,
+            github_timeout: seconds("GITHUB_TIMEOUT_SECS", &args.github_timeout_secs)?,
+            reap_interval: seconds("REAP_INTERVAL_SECS", &args.reap_interval_secs)?,
+            runner_exit_grace: seconds("RUNNER_EXIT_GRACE_SECS", &args.runner_exit_grace_secs)?,
+            shutdown_grace: seconds("SHUTDOWN_GRACE_SECS", &args.shutdown_grace_secs)?,
+        })
+    }
+}
+
+fn secret(
+    var: &'static str,
+    flag: &str,
+    file: Option<&PathBuf>,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<SecretString, ConfigError> {
+    let value = match file {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| {
+            err(
+                var,
+                format!("could not read {flag} {}: {e}", path.display()),
+            )
+        })?,
+        None => env(var).ok_or_else(|| {
+            err(
+                var,
+                format!("is required: set the {var} environment variable or pass {flag}"),
+            )
+        })?,
+    };
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(err(var, "is empty"));
+    }
+    Ok(SecretString::from(value.to_string()))
+}
+
+fn number<T: std::str::FromStr>(var: &'static str, value: &str) -> Result<T, ConfigError> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| err(var, format!("`{value}` is not a valid number")))
+}
+
+fn positive<T: std::str::FromStr + Default + PartialOrd>(
+    var: &'static str,
+    value: &str,
+) -> Result<T, ConfigError> {
+    let n: T = number(var, value)?;
+    if n <= T::default() {
+        return Err(err(var, "must be greater than 0"));
+    }
+    Ok(n)
+}
+
+/// Seconds, fractions allowed (intervals in tests run well below a second).
+fn seconds(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    let secs: f64 = number(var, value)?;
+    if !secs.is_finite() || !(0.0..=1e7).contains(&secs) {
+        return Err(err(var, format!("`{value}` is not a duration in seconds")));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn api_url(explicit: Option<&str>, ghes: Option<&str>) -> Result<String, ConfigError> {
+    if let Some(url) = explicit.map(str::trim).filter(|u| !u.is_empty()) {
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| err("GITHUB_API_URL", format!("`{url}` is not a URL: {e}")))?;
+        if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+            return Err(err(
+                "GITHUB_API_URL",
+                "must be an http:// or https:// URL with a host",
+            ));
+        }
+        return Ok(url.trim_end_matches('/').to_string());
+    }
+    match ghes.map(str::trim).filter(|d| !d.is_empty()) {
+        None => Ok("https://api.github.com".into()),
+        Some(domain) => {
+            let url = format!("https://{domain}/api/v3");
+            match reqwest::Url::parse(&url) {
+                Ok(u) if u.host_str().is_some() && !domain.contains('/') => Ok(url),
+                _ => Err(err(
+                    "GITHUB_ENTERPRISE_DOMAIN",
+                    format!("`{domain}` is not a host name (give it without https://)"),
+                )),
+            }
+        }
+    }
+}
+
+fn database_url(url: &str) -> Result<String, ConfigError> {
+    if url.starts_with("sqlite:") {
+        Ok(url.to_string())
+    } else {
+        Err(err(
+            "DATABASE_URL",
+            "must be a sqlite: URL (sqlite://PATH or sqlite::memory:)",
+        ))
+    }
+}
+
+fn backend(args: &ServeArgs) -> Result<BackendSettings, ConfigError> {
+    match args.backend {
+        BackendKind::Local => {
+            let runner_dir = args.local_runner_dir.clone().ok_or_else(|| {
+                err(
+                    "LOCAL_RUNNER_DIR",
+                    "is required with BACKEND=local: a directory holding the runner's run.sh",
+                )
+            })?;
+            if !runner_dir.join("run.sh").is_file() {
+                return Err(err(
+                    "LOCAL_RUNNER_DIR",
+                    format!("{} has no run.sh", runner_dir.display()),
+                ));
+            }
+            let work_dir = args
+                .local_work_dir
+                .clone()
+                .unwrap_or_else(|| std::env::temp_dir().join("modal-github-runner"));
+            Ok(BackendSettings::Local {
+                runner_dir,
+                work_dir,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn runner_dir() -> tempfile::TempDir {
+        let d = tempfile::tempdir().expect("tempdir");
+        std::fs::write(d.path().join("run.sh"), "#!/bin/sh\n").expect("run.sh");
+        d
+    }
+
+    fn parse(extra: &[&str], env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let dir = runner_dir();
+        let mut argv = vec!["x"];
+        if !extra.contains(&"--local-runner-dir") {
+            argv.extend(["--local-runner-dir", dir.path().to_str().expect("utf-8")]);
+        }
+        argv.extend_from_slice(extra);
+        let cli = Cli::try_parse_from(argv).expect("clap parses");
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_args(cli.args, |k| {
+            env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.clone())
+        })
+    }
+
+    const SECRETS: &[(&str, &str)] = &[("GITHUB_TOKEN", "ghp_x"), ("WEBHOOK_SECRET", "s")];
+
+    #[test]
+    fn defaults_match_the_original_system() {
+        let s = parse(&[], SECRETS).expect("valid");
+        assert_eq!(s.runner_group_id, 1);
+        assert_eq!(s.runner_label, "modal");
+        assert_eq!(s.github_api_url, "https://api.github.com");
+        assert!(s.allowed_repos.listed().is_none());
+        assert_eq!(s.bind.1, 8000);
+        assert_eq!(s.max_runners, 50);
+        assert_eq!(s.sandbox_timeout, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn a_missing_secret_names_its_variable() {
+        let e = parse(&[], &[("WEBHOOK_SECRET", "s")]).expect_err("no token");
+        assert_eq!(e.var, "GITHUB_TOKEN");
+        let e = parse(&[], &[("GITHUB_TOKEN", "t")]).expect_err("no secret");
+        assert_eq!(e.var, "WEBHOOK_SECRET");
+        assert!(e.to_string().starts_with("WEBHOOK_SECRET: is required"));
+    }
+
+    #[test]
+    fn secrets_can_come_from_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let token = dir.path().join("token");
+        std::fs::write(&token, "ghp_from_file\n").expect("write");
+        let s = parse(
+            &["--github-token-file", token.to_str().expect("utf-8")],
+            &[("WEBHOOK_SECRET", "s")],
+        )
+        .expect("valid");
+        use secrecy::ExposeSecret;
+        assert_eq!(s.github_token.expose_secret(), "ghp_from_file");
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_with_its_variable() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--allowed-repos", "octo/ok,not a repo"], "ALLOWED_REPOS"),
+            (&["--runner-group-id", "zero"], "RUNNER_GROUP_ID"),
+            (&["--runner-group-id", "0"], "RUNNER_GROUP_ID"),
+            (&["--port", "70000"], "PORT"),
+            (&["--max-runners=-1"], "MAX_RUNNERS"),
+            (&["--sandbox-timeout-secs", "90000"], "SANDBOX_TIMEOUT_SECS"),
+            (&["--runner-name-prefix", "has space"], "RUNNER_NAME_PREFIX"),
+            (&["--runner-label", ""], "RUNNER_LABEL"),
+            (&["--github-api-url", "ftp://x"], "GITHUB_API_URL"),
+            (
+                &["--github-enterprise-domain", "https://ghe.example.com"],
+                "GITHUB_ENTERPRISE_DOMAIN",
+            ),
+            (&["--database-url", "mysql://x"], "DATABASE_URL"),
+            (&["--bind-address", "localhost"], "BIND_ADDRESS"),
+            (&["--reap-interval-secs", "soon"], "REAP_INTERVAL_SECS"),
+            (&["--local-runner-dir", "/nonexistent"], "LOCAL_RUNNER_DIR"),
+        ];
+        for (flags, var) in cases {
+            let e = parse(flags, SECRETS).expect_err("invalid");
+            assert_eq!(&e.var, var, "{flags:?} gave {e}");
+        }
+    }
+
+    #[test]
+    fn enterprise_domain_and_api_url_set_the_api_base() {
+        let s = parse(&["--github-enterprise-domain", "ghe.example.com"], SECRETS).expect("valid");
+        assert_eq!(s.github_api_url, "https://ghe.example.com/api/v3");
+        let s = parse(
+            &[
+                "--github-enterprise-domain",
+                "ghe.example.com",
+                "--github-api-url",
+                "http://127.0.0.1:9/",
+            ],
+            SECRETS,
+        )
+        .expect("valid");
+        assert_eq!(s.github_api_url, "http://127.0.0.1:9");
+    }
+}

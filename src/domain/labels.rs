@@ -1,0 +1,107 @@
+use std::fmt;
+
+/// The labels a job asks for (`runs-on`), deduplicated case-insensitively.
+///
+/// GitHub compares labels without regard to case, so two jobs asking for `[self-hosted, Modal]`
+/// and `[modal, SELF-HOSTED]` need the same kind of runner: they share one [`LabelSet::key`].
+/// The original spelling is kept for the JIT registration, where GitHub shows it to users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelSet {
+    labels: Vec<String>,
+    key: String,
+}
+
+impl LabelSet {
+    /// Builds a set from labels as GitHub sent them. Empty and whitespace-only labels are
+    /// dropped; the first spelling of a label wins.
+    pub fn new<I, S>(labels: I) -> LabelSet
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut kept: Vec<String> = Vec::new();
+        for label in labels {
+            let label = label.as_ref().trim();
+            if label.is_empty() || kept.iter().any(|k| k.eq_ignore_ascii_case(label)) {
+                continue;
+            }
+            kept.push(label.to_string());
+        }
+        let mut lowered: Vec<String> = kept.iter().map(|l| l.to_ascii_lowercase()).collect();
+        lowered.sort();
+        LabelSet {
+            key: lowered.join(","),
+            labels: kept,
+        }
+    }
+
+    /// Rebuilds a set from the JSON array the store keeps.
+    pub fn from_json(json: &str) -> Result<LabelSet, serde_json::Error> {
+        let labels: Vec<String> = serde_json::from_str(json)?;
+        Ok(LabelSet::new(labels))
+    }
+
+    /// The labels as a JSON array, for the store.
+    pub fn to_json(&self) -> String {
+        serde_json::Value::from(self.labels.clone()).to_string()
+    }
+
+    /// A canonical string: sorted, lower-cased, comma-joined. Jobs with equal keys can be
+    /// served by the same runner.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The labels in their original spelling and order.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Whether the set holds `label`, ignoring case.
+    pub fn contains(&self, label: &str) -> bool {
+        self.labels.iter().any(|l| l.eq_ignore_ascii_case(label))
+    }
+}
+
+impl fmt::Display for LabelSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.labels.join(","))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_that_differ_only_in_case_share_a_key() {
+        let a = LabelSet::new(["self-hosted", "Modal"]);
+        let b = LabelSet::new(["MODAL", "self-hosted"]);
+        assert_eq!(a.key(), b.key());
+        assert_eq!(a.key(), "modal,self-hosted");
+    }
+
+    #[test]
+    fn the_first_spelling_is_kept_and_duplicates_dropped() {
+        let s = LabelSet::new(["Modal", "modal", " ", "gpu"]);
+        assert_eq!(s.labels(), ["Modal", "gpu"]);
+    }
+
+    #[test]
+    fn contains_ignores_case() {
+        let s = LabelSet::new(["self-hosted", "MoDaL"]);
+        assert!(s.contains("modal"));
+        assert!(!s.contains("gpu"));
+    }
+
+    #[test]
+    fn a_set_survives_the_json_round_trip() {
+        let s = LabelSet::new(["self-hosted", "modal", "job-1-2"]);
+        let back = LabelSet::from_json(&s.to_json()).expect("valid json");
+        assert_eq!(back, s);
+    }
+}

@@ -1,0 +1,25 @@
+//! Parsed, validated values that every other module shares. Nothing here does IO, so each
+//! type can be trusted once constructed: a `RepoName` is well formed, a `LabelSet` is
+//! normalised, a `RunnerName` fits GitHub's 64-character limit.
+
+mod job;
+mod labels;
+mod repo;
+mod runner;
+
+pub use job::{JobId, JobStatus};
+pub use labels::LabelSet;
+pub use repo::{RepoAllowList, RepoName, RepoNameError};
+pub use runner::{NamePrefix, RunnerName, RunnerState};
+
+/// Milliseconds since the Unix epoch: the one clock every row in the store uses, so that
+/// times survive restarts and compare across processes.
+pub type Millis = i64;
+
+/// The current wall-clock time in milliseconds.
+pub fn now_millis() -> Millis {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(now.as_millis()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,133 @@
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+/// Body of `POST …/actions/runners/generate-jitconfig` (§2.1).
+#[derive(Debug, Clone, Serialize)]
+pub struct JitRequest {
+    pub name: String,
+    pub runner_group_id: u64,
+    pub labels: Vec<String>,
+    pub work_folder: String,
+}
+
+/// A fresh JIT registration. The config is a credential: it never reaches a log.
+pub struct JitConfig {
+    pub runner_id: u64,
+    pub encoded: SecretString,
+}
+
+impl std::fmt::Debug for JitConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JitConfig")
+            .field("runner_id", &self.runner_id)
+            .field("encoded", &"[redacted]")
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+pub(super) struct JitResponse {
+    pub runner: RunnerInfo,
+    pub encoded_jit_config: String,
+}
+
+/// A registered runner as GitHub lists it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct RunnerInfo {
+    pub id: u64,
+    pub name: String,
+    #[serde(default)]
+    pub status: String,
+    #[serde(default)]
+    pub busy: bool,
+}
+
+#[derive(Deserialize)]
+pub(super) struct RunnerList {
+    #[serde(default)]
+    pub runners: Vec<RunnerInfo>,
+}
+
+/// What `DELETE …/runners/{id}` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    Deleted,
+    /// Already gone: the goal is reached.
+    NotFound,
+    /// 422 "still running a job": the runner must be kept.
+    Busy,
+}
+
+/// A workflow run (the fields reconciliation and max-parallel lookup use).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct RemoteRun {
+    pub id: u64,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub head_sha: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct RunList {
+    #[serde(default)]
+    pub workflow_runs: Vec<RemoteRun>,
+}
+
+/// A job as the REST API returns it (§2.4); nullable where the spec says so, whatever
+/// octocrab assumes.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct RemoteJob {
+    pub id: u64,
+    pub run_id: u64,
+    #[serde(default)]
+    pub run_attempt: Option<u32>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub conclusion: Option<String>,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    #[serde(default)]
+    pub runner_name: Option<String>,
+    #[serde(default)]
+    pub workflow_name: Option<String>,
+    #[serde(default)]
+    pub head_sha: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct JobList {
+    #[serde(default)]
+    pub jobs: Vec<RemoteJob>,
+}
+
+/// One entry of `GET …/actions/runners/downloads`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct RunnerDownload {
+    pub os: String,
+    pub architecture: String,
+    pub download_url: String,
+    #[serde(default)]
+    pub filename: Option<String>,
+    #[serde(default)]
+    pub sha256_checksum: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct Contents {
+    #[serde(default)]
+    pub content: Option<String>,
+    #[serde(default)]
+    pub encoding: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(super) struct ErrorBody {
+    #[serde(default)]
+    pub message: Option<String>,
+}

@@ -1,0 +1,11 @@
+//! HTTP ingress: verifies, parses, filters and records webhook deliveries, and serves the
+//! health, readiness and metrics endpoints. It never calls GitHub or a backend: GitHub drops
+//! a delivery it has waited 10 s for and never retries it, so the answer must come from the
+//! store alone.
+
+mod event;
+mod handler;
+pub mod signature;
+
+pub use event::{EventError, JobEvent};
+pub use handler::{Ingress, router};

@@ -1,0 +1,181 @@
+//! Prometheus metrics served at `/metrics`: what operators of every autoscaler ask for
+//! (anchors.md §3.12): webhook outcomes, runner failures by kind, queue time, jobs and
+//! runners by state, and GitHub rate-limit headroom. Labels are fixed strings, never data.
+
+use std::sync::Mutex;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+type Labels1 = [(&'static str, &'static str); 1];
+type OwnedLabels1 = [(&'static str, String); 1];
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    webhooks: Family<Labels1, Counter>,
+    runners_created: Counter,
+    runner_failures: Family<Labels1, Counter>,
+    runners_retired: Family<Labels1, Counter>,
+    jobs: Family<OwnedLabels1, Gauge>,
+    runners: Family<OwnedLabels1, Gauge>,
+    startup_seconds: Histogram,
+    rate_limit_remaining: Gauge,
+    upstream_errors: Family<Labels1, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("mgr");
+        let m = Metrics {
+            registry: Mutex::new(Registry::default()),
+            webhooks: Family::default(),
+            runners_created: Counter::default(),
+            runner_failures: Family::default(),
+            runners_retired: Family::default(),
+            jobs: Family::default(),
+            runners: Family::default(),
+            startup_seconds: Histogram::new([
+                1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+            ]),
+            rate_limit_remaining: Gauge::default(),
+            upstream_errors: Family::default(),
+        };
+        registry.register(
+            "webhooks",
+            "Webhook deliveries by outcome",
+            m.webhooks.clone(),
+        );
+        registry.register(
+            "runners_created",
+            "Runners whose sandbox was created",
+            m.runners_created.clone(),
+        );
+        registry.register(
+            "runner_failures",
+            "Runners that failed, by kind",
+            m.runner_failures.clone(),
+        );
+        registry.register(
+            "runners_retired",
+            "Runners removed before taking a job, by reason",
+            m.runners_retired.clone(),
+        );
+        registry.register("jobs", "Jobs in the store by status", m.jobs.clone());
+        registry.register(
+            "runners",
+            "Runners in the store by state",
+            m.runners.clone(),
+        );
+        registry.register(
+            "job_startup_seconds",
+            "Time from a job being first seen to a runner taking it",
+            m.startup_seconds.clone(),
+        );
+        registry.register(
+            "github_rate_limit_remaining",
+            "x-ratelimit-remaining of the last GitHub answer",
+            m.rate_limit_remaining.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Failed GitHub and backend calls, by kind",
+            m.upstream_errors.clone(),
+        );
+        if let Ok(mut slot) = m.registry.lock() {
+            *slot = registry;
+        }
+        m
+    }
+
+    pub fn webhook(&self, outcome: &'static str) {
+        self.webhooks.get_or_create(&[("outcome", outcome)]).inc();
+    }
+
+    pub fn runner_created(&self) {
+        self.runners_created.inc();
+    }
+
+    pub fn runner_failed(&self, kind: &'static str) {
+        self.runner_failures.get_or_create(&[("kind", kind)]).inc();
+    }
+
+    pub fn runner_retired(&self, reason: &'static str) {
+        self.runners_retired
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
+    pub fn upstream_error(&self, kind: &'static str) {
+        self.upstream_errors.get_or_create(&[("kind", kind)]).inc();
+    }
+
+    pub fn job_started_after(&self, seconds: f64) {
+        self.startup_seconds.observe(seconds);
+    }
+
+    pub fn rate_limit_remaining(&self, remaining: i64) {
+        self.rate_limit_remaining.set(remaining);
+    }
+
+    /// Replaces the per-state gauges with fresh counts from the store.
+    pub fn set_counts(&self, jobs: &[(String, i64)], runners: &[(String, i64)]) {
+        self.jobs.clear();
+        for (status, n) in jobs {
+            self.jobs
+                .get_or_create(&[("status", status.clone())])
+                .set(*n);
+        }
+        self.runners.clear();
+        for (state, n) in runners {
+            self.runners
+                .get_or_create(&[("state", state.clone())])
+                .set(*n);
+        }
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Ok(registry) = self.registry.lock()
+            && encode(&mut out, &registry).is_err()
+        {
+            out.clear();
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_appear_in_the_exposition_with_their_labels() {
+        let m = Metrics::new();
+        m.webhook("accepted");
+        m.webhook("accepted");
+        m.runner_failed("github_permanent");
+        m.set_counts(&[("queued".into(), 3)], &[("running".into(), 2)]);
+        let text = m.render();
+        assert!(
+            text.contains("mgr_webhooks_total{outcome=\"accepted\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mgr_runner_failures_total{kind=\"github_permanent\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("mgr_jobs{status=\"queued\"} 3"), "{text}");
+        assert!(text.contains("mgr_runners{state=\"running\"} 2"), "{text}");
+    }
+}

@@ -1,0 +1,329 @@
+//! Decides how many runners each kind of job needs, by counts rather than by events.
+//!
+//! A JIT runner is not bound to the job it was made for: any idle runner whose labels match
+//! may take any matching job (github-contract.md §2.4). So for every pool — one repository
+//! and one label set — the planner keeps as many not-yet-busy runners as there are queued
+//! jobs that GitHub will dispatch now, within `MAX_RUNNERS` and each matrix's
+//! `strategy.max-parallel`. A runner "stolen" by another job leaves its own job short by
+//! one, and the counts produce exactly one replacement; a cancelled job leaves one runner
+//! too many, and the count retires it.
+//!
+//! `plan` is a pure function of a store snapshot; `run` is the loop that feeds it and
+//! writes its intents back to the store, where the provisioner and the reaper pick them up.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{JobId, JobStatus, NamePrefix, RunnerName, RunnerState, now_millis};
+use crate::metrics::Metrics;
+use crate::retry::job_retry_delay;
+use crate::store::{AttemptStats, LiveRunner, NewRunner, OpenJob, RunnerPatch, Store, StoreError};
+use crate::wake::Wake;
+
+/// What the planner may do.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// `MAX_RUNNERS`: runners holding capacity at once, busy ones included.
+    pub max_runners: usize,
+    pub prefix: NamePrefix,
+    /// How long a job waits for its run's max-parallel lookup before it is planned as
+    /// unlimited anyway (the lookup failing must not strand it).
+    pub strategy_grace: Duration,
+}
+
+/// The store as the planner sees it at one instant.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub now: i64,
+    pub jobs: Vec<OpenJob>,
+    pub runners: Vec<LiveRunner>,
+    pub attempts: HashMap<JobId, AttemptStats>,
+}
+
+/// A decision for the provisioner or the reaper.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Intent {
+    /// Make this runner.
+    Create(NewRunner),
+    /// Drop a planned runner nothing has been done for yet.
+    Cancel(RunnerName),
+    /// Deregister and stop a surplus runner.
+    Retire(RunnerName),
+}
+
+/// Repository (lower-cased) and label-set key: runners in one pool are interchangeable.
+type Pool = (String, String);
+
+fn pool_of_job(j: &OpenJob) -> Pool {
+    (j.repo.to_ascii_lowercase(), j.labels.key().to_string())
+}
+
+fn pool_of_runner(r: &LiveRunner) -> Pool {
+    (
+        r.row.repo.to_ascii_lowercase(),
+        r.row.labels.key().to_string(),
+    )
+}
+
+/// A runner that can still take a job: live, not retiring, and not known to have taken one.
+fn is_available(r: &LiveRunner) -> bool {
+    r.took.is_none()
+        && matches!(
+            r.row.state,
+            RunnerState::Pending
+                | RunnerState::Registering
+                | RunnerState::Registered
+                | RunnerState::Running
+        )
+}
+
+/// Computes the intents that bring runner counts to what the jobs need.
+pub fn plan(s: &Snapshot, limits: &Limits) -> Vec<Intent> {
+    let eligible = eligible_jobs(s, limits);
+    let eligible_ids: HashSet<JobId> = eligible.iter().map(|j| j.id).collect();
+
+    let mut demand: BTreeMap<Pool, Vec<&OpenJob>> = BTreeMap::new();
+    for job in &eligible {
+        demand.entry(pool_of_job(job)).or_default().push(job);
+    }
+    let mut supply: BTreeMap<Pool, Vec<&LiveRunner>> = BTreeMap::new();
+    for r in s.runners.iter().filter(|r| is_available(r)) {
+        supply.entry(pool_of_runner(r)).or_default().push(r);
+    }
+
+    let mut creates = Vec::new();
+    let mut intents = Vec::new();
+    let pools: HashSet<&Pool> = demand.keys().chain(supply.keys()).collect();
+    for pool in pools {
+        let wanted = demand.get(pool).map(Vec::as_slice).unwrap_or_default();
+        let have = supply.get(pool).map(Vec::as_slice).unwrap_or_default();
+        if wanted.len() > have.len() {
+            creates.extend(creations(
+                s,
+                wanted,
+                have,
+                wanted.len() - have.len(),
+                limits,
+            ));
+        } else if have.len() > wanted.len() {
+            intents.extend(retirements(have, &eligible_ids, have.len() - wanted.len()));
+        }
+    }
+
+    let live = s.runners.iter().filter(|r| r.row.state.is_live()).count();
+    let headroom = limits.max_runners.saturating_sub(live);
+    creates.sort_by_key(|(job, _)| (job.first_seen_at, job.id));
+    intents.extend(
+        creates
+            .into_iter()
+            .take(headroom)
+            .map(|(_, r)| Intent::Create(r)),
+    );
+    intents
+}
+
+/// Queued jobs GitHub would dispatch now: runnable, and within their matrix's
+/// max-parallel once the jobs already running (or whose runner is still winding down)
+/// are counted. Oldest first.
+fn eligible_jobs<'a>(s: &'a Snapshot, limits: &Limits) -> Vec<&'a OpenJob> {
+    let grace = i64::try_from(limits.strategy_grace.as_millis()).unwrap_or(i64::MAX);
+    let mut active: HashMap<(u64, &str), usize> = HashMap::new();
+    for j in &s.jobs {
+        if j.status == JobStatus::InProgress
+            && let Some(g) = &j.mp_group
+        {
+            *active.entry((j.run_id, g)).or_default() += 1;
+        }
+    }
+    for r in &s.runners {
+        if let Some(t) = &r.took
+            && t.status == JobStatus::Completed
+            && let Some(g) = &t.mp_group
+        {
+            *active.entry((t.run_id, g)).or_default() += 1;
+        }
+    }
+    let mut used: HashMap<(u64, &str), usize> = HashMap::new();
+    let mut out = Vec::new();
+    let mut queued: Vec<&OpenJob> = s
+        .jobs
+        .iter()
+        .filter(|j| j.status == JobStatus::Queued)
+        .collect();
+    // Matrix jobs are dispatched in order; job ids follow that order.
+    queued.sort_by_key(|j| j.id);
+    for job in queued {
+        let resolved = job.max_parallel.is_some() || s.now - job.first_seen_at >= grace;
+        if !resolved {
+            continue;
+        }
+        match (job.max_parallel, &job.mp_group) {
+            (Some(max), Some(group)) if max > 0 => {
+                let key = (job.run_id, group.as_str());
+                let taken =
+                    active.get(&key).copied().unwrap_or(0) + used.get(&key).copied().unwrap_or(0);
+                if taken < max as usize {
+                    *used.entry(key).or_default() += 1;
+                    out.push(job);
+                }
+            }
+            _ => out.push(job),
+        }
+    }
+    out.sort_by_key(|j| (j.first_seen_at, j.id));
+    out
+}
+
+/// New runners for `count` of the pool's jobs: first the jobs with no available runner made
+/// for them, skipping jobs still backing off after failed attempts.
+fn creations<'a>(
+    s: &Snapshot,
+    wanted: &[&'a OpenJob],
+    have: &[&LiveRunner],
+    count: usize,
+    limits: &Limits,
+) -> Vec<(&'a OpenJob, NewRunner)> {
+    let covered: HashSet<JobId> = have.iter().map(|r| r.row.job).collect();
+    wanted
+        .iter()
+        .filter(|j| !covered.contains(&j.id))
+        .filter(|j| !backing_off(s, j.id))
+        .take(count)
+        .map(|job| {
+            let attempt = s.attempts.get(&job.id).map_or(0, |a| a.max_attempt) + 1;
+            let runner = NewRunner {
+                name: RunnerName::for_job(&limits.prefix, job.id, attempt),
+                job: job.id,
+                attempt,
+                repo: job.repo.clone(),
+                labels: job.labels.clone(),
+            };
+            (*job, runner)
+        })
+        .collect()
+}
+
+fn backing_off(s: &Snapshot, job: JobId) -> bool {
+    let Some(a) = s.attempts.get(&job) else {
+        return false;
+    };
+    let Some(last) = a.last_failure_at else {
+        return false;
+    };
+    let wait = i64::try_from(job_retry_delay(a.failures).as_millis()).unwrap_or(i64::MAX);
+    s.now - last < wait
+}
+
+/// Up to `count` surplus runners, never one made for a job that still needs it: planned
+/// ones first (nothing to undo), then running ones. Runners mid-registration are left for
+/// the next pass.
+fn retirements(have: &[&LiveRunner], eligible: &HashSet<JobId>, count: usize) -> Vec<Intent> {
+    let spare = || have.iter().filter(|r| !eligible.contains(&r.row.job));
+    let pending = spare()
+        .filter(|r| r.row.state == RunnerState::Pending)
+        .map(|r| Intent::Cancel(r.row.name.clone()));
+    let running = spare()
+        .filter(|r| r.row.state == RunnerState::Running)
+        .map(|r| Intent::Retire(r.row.name.clone()));
+    pending.chain(running).take(count).collect()
+}
+
+/// What the planning loop needs.
+pub struct PlannerContext {
+    pub store: Store,
+    pub limits: Limits,
+    pub wake: Arc<Wake>,
+    pub metrics: Arc<Metrics>,
+    pub interval: Duration,
+}
+
+/// Plans on every wake-up and at least every `interval`, until `stop`.
+pub async fn run(ctx: PlannerContext, stop: CancellationToken) {
+    loop {
+        if let Err(e) = pass(&ctx).await {
+            tracing::error!(error = %e, "planning pass failed");
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = ctx.wake.planner.notified() => {}
+            () = tokio::time::sleep(ctx.interval) => {}
+        }
+    }
+}
+
+/// One planning pass: snapshot, plan, write the intents.
+pub async fn pass(ctx: &PlannerContext) -> Result<(), StoreError> {
+    let snapshot = Snapshot {
+        now: now_millis(),
+        jobs: ctx.store.open_jobs().await?,
+        runners: ctx.store.live_runners().await?,
+        attempts: ctx.store.attempt_stats().await?.into_iter().collect(),
+    };
+    let intents = plan(&snapshot, &ctx.limits);
+    apply(ctx, &snapshot, intents).await?;
+    let (jobs, runners) = (
+        ctx.store.job_counts().await?,
+        ctx.store.runner_counts().await?,
+    );
+    ctx.metrics.set_counts(&jobs, &runners);
+    Ok(())
+}
+
+async fn apply(ctx: &PlannerContext, s: &Snapshot, intents: Vec<Intent>) -> Result<(), StoreError> {
+    let mut new = Vec::new();
+    for intent in intents {
+        match intent {
+            Intent::Create(r) => new.push(r),
+            Intent::Cancel(name) => {
+                let patch = RunnerPatch {
+                    failure: Some("not needed any more".into()),
+                    backoff: Some(false),
+                    ended: true,
+                    ..Default::default()
+                };
+                if ctx
+                    .store
+                    .transition(&name, &[RunnerState::Pending], RunnerState::Done, patch)
+                    .await?
+                {
+                    log_runner(s, &name, "planned runner dropped: no job needs it");
+                    ctx.metrics.runner_retired("cancelled_before_start");
+                }
+            }
+            Intent::Retire(name) => {
+                let patch = RunnerPatch {
+                    failure: Some("surplus: no queued job needs it".into()),
+                    ..Default::default()
+                };
+                if ctx
+                    .store
+                    .transition(&name, &[RunnerState::Running], RunnerState::Retiring, patch)
+                    .await?
+                {
+                    log_runner(s, &name, "surplus runner will be removed");
+                    ctx.wake.reaper.notify_one();
+                }
+            }
+        }
+    }
+    if !new.is_empty() {
+        ctx.store.insert_runners(&new).await?;
+        for r in &new {
+            tracing::info!(repo = %r.repo, job.id = %r.job, runner.name = %r.name, labels = %r.labels, "runner planned");
+        }
+        ctx.wake.provisioner.notify_one();
+    }
+    Ok(())
+}
+
+fn log_runner(s: &Snapshot, name: &RunnerName, message: &str) {
+    if let Some(r) = s.runners.iter().find(|r| &r.row.name == name) {
+        tracing::info!(repo = %r.row.repo, job.id = %r.row.job, runner.name = %name, "{message}");
+    }
+}
+
+#[cfg(test)]
+mod tests;

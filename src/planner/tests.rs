@@ -1,0 +1,342 @@
+use super::*;
+use crate::domain::LabelSet;
+use crate::store::{RunnerRow, TookJob};
+
+const NOW: i64 = 1_000_000;
+
+fn limits(max: usize) -> Limits {
+    Limits {
+        max_runners: max,
+        prefix: NamePrefix::parse("modal").expect("prefix"),
+        strategy_grace: Duration::from_secs(10),
+    }
+}
+
+fn job(id: u64, status: JobStatus) -> OpenJob {
+    OpenJob {
+        id: JobId(id),
+        repo: "octo/repo".into(),
+        run_id: 7,
+        name: format!("job {id}"),
+        labels: LabelSet::new(["self-hosted", "modal"]),
+        status,
+        runner_name: None,
+        first_seen_at: NOW - 1000 + i64::try_from(id).expect("small id"),
+        mp_group: None,
+        max_parallel: Some(0),
+    }
+}
+
+fn matrix(id: u64, status: JobStatus, max: u32) -> OpenJob {
+    OpenJob {
+        mp_group: Some("test".into()),
+        max_parallel: Some(max),
+        ..job(id, status)
+    }
+}
+
+fn runner(job: u64, attempt: u32, state: RunnerState) -> LiveRunner {
+    LiveRunner {
+        row: RunnerRow {
+            name: RunnerName::for_job(&limits(1).prefix, JobId(job), attempt),
+            job: JobId(job),
+            attempt,
+            repo: "octo/repo".into(),
+            labels: LabelSet::new(["self-hosted", "modal"]),
+            state,
+            github_id: Some(job),
+            sandbox_id: None,
+            failure: None,
+            created_at: NOW - 500,
+            updated_at: NOW - 500,
+            started_at: None,
+            ended_at: None,
+        },
+        took: None,
+    }
+}
+
+fn took(mut r: LiveRunner, job: u64, status: JobStatus, group: Option<&str>) -> LiveRunner {
+    r.took = Some(TookJob {
+        id: JobId(job),
+        status,
+        run_id: 7,
+        mp_group: group.map(String::from),
+        completed_at: None,
+    });
+    r
+}
+
+fn snapshot(jobs: Vec<OpenJob>, runners: Vec<LiveRunner>) -> Snapshot {
+    Snapshot {
+        now: NOW,
+        jobs,
+        runners,
+        attempts: HashMap::new(),
+    }
+}
+
+fn created(intents: &[Intent]) -> Vec<String> {
+    intents
+        .iter()
+        .filter_map(|i| match i {
+            Intent::Create(r) => Some(r.name.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_queued_job_gets_one_runner_named_for_it() {
+    let intents = plan(
+        &snapshot(vec![job(1, JobStatus::Queued)], vec![]),
+        &limits(50),
+    );
+    assert_eq!(created(&intents), ["modal-1-1"]);
+    let Intent::Create(r) = &intents[0] else {
+        panic!("{intents:?}")
+    };
+    assert_eq!(r.labels.labels(), ["self-hosted", "modal"]);
+}
+
+#[test]
+fn a_job_with_an_available_runner_needs_nothing_more() {
+    for state in [
+        RunnerState::Pending,
+        RunnerState::Registering,
+        RunnerState::Registered,
+        RunnerState::Running,
+    ] {
+        let s = snapshot(vec![job(1, JobStatus::Queued)], vec![runner(1, 1, state)]);
+        assert!(plan(&s, &limits(50)).is_empty(), "{state}");
+    }
+}
+
+#[test]
+fn waiting_jobs_get_no_runner() {
+    assert!(
+        plan(
+            &snapshot(vec![job(1, JobStatus::Waiting)], vec![]),
+            &limits(50)
+        )
+        .is_empty()
+    );
+}
+
+#[test]
+fn a_runner_stolen_by_a_sibling_is_balanced_by_the_siblings_runner() {
+    // A's runner took B; B's runner is still idle and will take A.
+    let s = snapshot(
+        vec![job(1, JobStatus::Queued), job(2, JobStatus::InProgress)],
+        vec![
+            took(
+                runner(1, 1, RunnerState::Running),
+                2,
+                JobStatus::InProgress,
+                None,
+            ),
+            runner(2, 1, RunnerState::Running),
+        ],
+    );
+    assert!(plan(&s, &limits(50)).is_empty());
+}
+
+#[test]
+fn a_runner_stolen_by_a_foreign_job_gets_exactly_one_replacement() {
+    let mut s = snapshot(
+        vec![job(1, JobStatus::Queued), job(9, JobStatus::InProgress)],
+        vec![took(
+            runner(1, 1, RunnerState::Running),
+            9,
+            JobStatus::InProgress,
+            None,
+        )],
+    );
+    s.attempts.insert(
+        JobId(1),
+        AttemptStats {
+            max_attempt: 1,
+            failures: 0,
+            last_failure_at: None,
+        },
+    );
+    let intents = plan(&s, &limits(50));
+    assert_eq!(created(&intents), ["modal-1-2"]);
+}
+
+#[test]
+fn a_job_cancelled_before_pickup_retires_its_runner() {
+    // Job 1 is gone from the open jobs (completed/cancelled); its runner is surplus.
+    let s = snapshot(vec![], vec![runner(1, 1, RunnerState::Running)]);
+    assert_eq!(
+        plan(&s, &limits(50)),
+        [Intent::Retire(runner(1, 1, RunnerState::Running).row.name)]
+    );
+    let s = snapshot(vec![], vec![runner(1, 1, RunnerState::Pending)]);
+    assert_eq!(
+        plan(&s, &limits(50)),
+        [Intent::Cancel(runner(1, 1, RunnerState::Pending).row.name)]
+    );
+}
+
+#[test]
+fn runners_mid_registration_are_not_retired() {
+    for state in [RunnerState::Registering, RunnerState::Registered] {
+        assert!(plan(&snapshot(vec![], vec![runner(1, 1, state)]), &limits(50)).is_empty());
+    }
+}
+
+#[test]
+fn a_surplus_runner_made_for_a_still_queued_job_is_kept() {
+    // Job 2 was cancelled; job 1 still queued. Runners for both exist: only 2's goes.
+    let s = snapshot(
+        vec![job(1, JobStatus::Queued)],
+        vec![
+            runner(1, 1, RunnerState::Running),
+            runner(2, 1, RunnerState::Running),
+        ],
+    );
+    assert_eq!(
+        plan(&s, &limits(50)),
+        [Intent::Retire(runner(2, 1, RunnerState::Running).row.name)]
+    );
+}
+
+#[test]
+fn max_parallel_limits_runners_per_matrix() {
+    let jobs: Vec<_> = (1..=5).map(|i| matrix(i, JobStatus::Queued, 2)).collect();
+    assert_eq!(
+        created(&plan(&snapshot(jobs, vec![]), &limits(50))),
+        ["modal-1-1", "modal-2-1"]
+    );
+}
+
+#[test]
+fn running_matrix_jobs_and_winding_down_runners_count_against_max_parallel() {
+    let jobs = vec![
+        matrix(1, JobStatus::InProgress, 2),
+        matrix(3, JobStatus::Queued, 2),
+        matrix(4, JobStatus::Queued, 2),
+    ];
+    // Job 2 completed but its runner is still live: it still holds a slot.
+    let runners = vec![
+        took(
+            runner(1, 1, RunnerState::Running),
+            1,
+            JobStatus::InProgress,
+            Some("test"),
+        ),
+        took(
+            runner(2, 1, RunnerState::Running),
+            2,
+            JobStatus::Completed,
+            Some("test"),
+        ),
+    ];
+    assert!(created(&plan(&snapshot(jobs.clone(), runners.clone()), &limits(50))).is_empty());
+    // Once job 2's runner is gone, one more may start.
+    assert_eq!(
+        created(&plan(&snapshot(jobs, runners[..1].to_vec()), &limits(50))),
+        ["modal-3-1"]
+    );
+}
+
+#[test]
+fn jobs_wait_for_the_max_parallel_lookup_but_not_forever() {
+    let mut j = job(1, JobStatus::Queued);
+    j.max_parallel = None;
+    j.first_seen_at = NOW - 1_000;
+    assert!(plan(&snapshot(vec![j.clone()], vec![]), &limits(50)).is_empty());
+    j.first_seen_at = NOW - 11_000;
+    assert_eq!(
+        created(&plan(&snapshot(vec![j], vec![]), &limits(50))),
+        ["modal-1-1"]
+    );
+}
+
+#[test]
+fn max_runners_caps_creation_oldest_jobs_first_counting_busy_runners() {
+    let jobs: Vec<_> = (1..=10).map(|i| job(i, JobStatus::Queued)).collect();
+    assert_eq!(
+        created(&plan(&snapshot(jobs.clone(), vec![]), &limits(3))).len(),
+        3
+    );
+    let busy = vec![
+        took(
+            runner(20, 1, RunnerState::Running),
+            20,
+            JobStatus::InProgress,
+            None,
+        ),
+        took(
+            runner(21, 1, RunnerState::Running),
+            21,
+            JobStatus::InProgress,
+            None,
+        ),
+    ];
+    assert_eq!(
+        created(&plan(&snapshot(jobs, busy), &limits(3))),
+        ["modal-1-1"]
+    );
+}
+
+#[test]
+fn a_job_whose_attempt_just_failed_backs_off_then_gets_the_next_attempt() {
+    let mut s = snapshot(vec![job(1, JobStatus::Queued)], vec![]);
+    s.attempts.insert(
+        JobId(1),
+        AttemptStats {
+            max_attempt: 2,
+            failures: 1,
+            last_failure_at: Some(NOW - 1_000),
+        },
+    );
+    assert!(plan(&s, &limits(50)).is_empty());
+    s.attempts.insert(
+        JobId(1),
+        AttemptStats {
+            max_attempt: 2,
+            failures: 1,
+            last_failure_at: Some(NOW - 6_000),
+        },
+    );
+    assert_eq!(created(&plan(&s, &limits(50))), ["modal-1-3"]);
+}
+
+#[test]
+fn pools_are_separate_per_repository_and_per_label_set_ignoring_case() {
+    let mut other_repo = job(2, JobStatus::Queued);
+    other_repo.repo = "octo/other".into();
+    let mut gpu = job(3, JobStatus::Queued);
+    gpu.labels = LabelSet::new(["self-hosted", "modal", "gpu"]);
+    let mut upper = job(4, JobStatus::Queued);
+    upper.labels = LabelSet::new(["MODAL", "Self-Hosted"]);
+    // One running runner in octo/repo with the plain labels serves job 1 or job 4, not both.
+    let s = snapshot(
+        vec![job(1, JobStatus::Queued), other_repo, gpu, upper],
+        vec![runner(1, 1, RunnerState::Running)],
+    );
+    let mut names = created(&plan(&s, &limits(50)));
+    names.sort();
+    assert_eq!(names, ["modal-2-1", "modal-3-1", "modal-4-1"]);
+}
+
+#[test]
+fn planning_again_after_applying_the_plan_changes_nothing() {
+    let jobs: Vec<_> = (1..=6)
+        .map(|i| job(i, JobStatus::Queued))
+        .chain((7..=9).map(|i| matrix(i, JobStatus::Queued, 1)))
+        .collect();
+    let s = snapshot(jobs.clone(), vec![]);
+    let first = plan(&s, &limits(50));
+    let runners: Vec<LiveRunner> = first
+        .iter()
+        .filter_map(|i| match i {
+            Intent::Create(r) => Some(runner(r.job.0, r.attempt, RunnerState::Pending)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(runners.len(), 7);
+    assert!(plan(&snapshot(jobs, runners), &limits(50)).is_empty());
+}

@@ -1,0 +1,422 @@
+//! Turns planned runners into running ones: JIT registration at GitHub, then a sandbox.
+//!
+//! Every step is written to the store before the next begins, and every step can be
+//! resumed after a crash without doing it twice: `registering` means a JIT request may have
+//! reached GitHub, so recovery asks GitHub by name before trying again; `registered` means
+//! the sandbox may exist, so recovery asks the backend by name. A JIT config is a
+//! single-use credential that lives only in memory: if it is lost (a crash between
+//! registration and sandbox creation), the registration is deleted and the runner marked
+//! failed without backoff, and the planner's next pass makes the next attempt under a new
+//! name. No runner name ever gets a second registration or a second sandbox.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::backend::{Backend, BackendError, SandboxSpec};
+use crate::domain::{RepoName, RunnerState};
+use crate::github::{GitHub, GitHubError, JitConfig, JitRequest};
+use crate::metrics::Metrics;
+use crate::retry::Backoff;
+use crate::store::{RunnerPatch, RunnerRow, Store, StoreError};
+use crate::wake::Wake;
+
+/// What provisioning needs.
+pub struct ProvisionerContext {
+    pub store: Store,
+    pub github: GitHub,
+    pub backend: Arc<Backend>,
+    pub wake: Arc<Wake>,
+    pub metrics: Arc<Metrics>,
+    /// `RUNNER_GROUP_ID`.
+    pub runner_group_id: u64,
+    /// `SANDBOX_TIMEOUT_SECS`.
+    pub sandbox_timeout: Duration,
+    /// Runners provisioned at once.
+    pub concurrency: usize,
+    /// Retries of one step on transient errors before the attempt counts as failed.
+    pub retry: Backoff,
+    /// Tag value that marks sandboxes as this deployment's.
+    pub deployment: String,
+    pub interval: Duration,
+}
+
+/// Why one provisioning attempt stopped.
+#[derive(Debug, thiserror::Error)]
+enum ProvisionError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("JIT registration failed: {0}")]
+    GitHub(#[from] GitHubError),
+    #[error("sandbox creation failed: {0}")]
+    Backend(#[from] BackendError),
+}
+
+/// Provisions pending runners (and recovers half-provisioned ones) until `stop`; then lets
+/// the attempts under way finish, for at most `drain`.
+pub async fn run(ctx: Arc<ProvisionerContext>, stop: CancellationToken, drain: Duration) {
+    let slots = Arc::new(Semaphore::new(ctx.concurrency.max(1)));
+    let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let mut tasks = JoinSet::new();
+    loop {
+        while tasks.try_join_next().is_some() {}
+        if let Err(e) = dispatch(&ctx, &slots, &in_flight, &mut tasks).await {
+            tracing::error!(error = %e, "provisioning pass failed");
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = ctx.wake.provisioner.notified() => {}
+            () = tokio::time::sleep(ctx.interval) => {}
+        }
+    }
+    if !tasks.is_empty() {
+        tracing::info!(
+            in_flight = tasks.len(),
+            "waiting for runners being provisioned"
+        );
+        let _ =
+            tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
+    }
+}
+
+async fn dispatch(
+    ctx: &Arc<ProvisionerContext>,
+    slots: &Arc<Semaphore>,
+    in_flight: &Arc<Mutex<HashSet<String>>>,
+    tasks: &mut JoinSet<()>,
+) -> Result<(), StoreError> {
+    let states = [
+        RunnerState::Pending,
+        RunnerState::Registering,
+        RunnerState::Registered,
+    ];
+    for row in ctx.store.runners_in(&states).await? {
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            break;
+        };
+        let name = row.name.to_string();
+        if !lock(in_flight).insert(name.clone()) {
+            continue;
+        }
+        let (ctx, in_flight) = (ctx.clone(), in_flight.clone());
+        let span = tracing::info_span!("provision", repo = %row.repo, job.id = %row.job, runner.name = %row.name);
+        tasks.spawn(
+            async move {
+                provision(&ctx, row).await;
+                lock(&in_flight).remove(&name);
+                drop(permit);
+                ctx.wake.provisioner.notify_one();
+            }
+            .instrument(span),
+        );
+    }
+    Ok(())
+}
+
+fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    set.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Advances one runner as far as it goes; failures end in a `failed` row, never a panic.
+async fn provision(ctx: &ProvisionerContext, row: RunnerRow) {
+    let outcome = match row.state {
+        RunnerState::Pending => start(ctx, &row).await,
+        RunnerState::Registering => recover_registering(ctx, &row).await,
+        RunnerState::Registered => recover_registered(ctx, &row).await,
+        _ => Ok(()),
+    };
+    if let Err(e) = outcome {
+        fail(ctx, &row, &e).await;
+    }
+}
+
+async fn start(ctx: &ProvisionerContext, row: &RunnerRow) -> Result<(), ProvisionError> {
+    if !ctx
+        .store
+        .transition(
+            &row.name,
+            &[RunnerState::Pending],
+            RunnerState::Registering,
+            RunnerPatch::default(),
+        )
+        .await?
+    {
+        return Ok(());
+    }
+    let repo = repo(row)?;
+    let Some(jit) = register(ctx, row, &repo).await? else {
+        return Ok(());
+    };
+    let runner_id = jit.runner_id;
+    let patch = RunnerPatch {
+        github_id: Some(runner_id),
+        ..Default::default()
+    };
+    ctx.store
+        .transition(
+            &row.name,
+            &[RunnerState::Registering],
+            RunnerState::Registered,
+            patch,
+        )
+        .await?;
+    tracing::info!(github.runner_id = runner_id, "runner registered");
+    match create_sandbox(ctx, row, jit).await {
+        Ok(id) => mark_running(ctx, row, id).await,
+        Err(e) => {
+            deregister(ctx, &repo, runner_id).await;
+            Err(e.into())
+        }
+    }
+}
+
+/// Registers the runner, retrying transient failures. Before each retry it asks GitHub
+/// whether the failed try registered the name anyway (a 5xx or a timeout can hide a
+/// success); if so that registration is deleted — its JIT config was never seen — and the
+/// attempt ends without backoff (`None`) so the planner moves on to the next name.
+async fn register(
+    ctx: &ProvisionerContext,
+    row: &RunnerRow,
+    repo: &RepoName,
+) -> Result<Option<JitConfig>, ProvisionError> {
+    let request = JitRequest {
+        name: row.name.to_string(),
+        runner_group_id: ctx.runner_group_id,
+        labels: row.labels.labels().to_vec(),
+        work_folder: "_work".into(),
+    };
+    let mut attempt = 0;
+    loop {
+        match ctx.github.generate_jitconfig(repo, &request).await {
+            Ok(jit) => return Ok(Some(jit)),
+            Err(GitHubError::Conflict { .. }) => {
+                abandon_registration(ctx, row, repo, "an earlier try registered this name").await?;
+                return Ok(None);
+            }
+            Err(e) if e.is_transient() && attempt + 1 < ctx.retry.attempts => {
+                let wait = ctx
+                    .retry
+                    .delay(attempt)
+                    .max(e.retry_after().unwrap_or_default());
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "JIT registration failed; will retry");
+                tokio::time::sleep(wait).await;
+                if ctx
+                    .github
+                    .runner_by_name(repo, row.name.as_str())
+                    .await?
+                    .is_some()
+                {
+                    abandon_registration(ctx, row, repo, "a failed try registered this name")
+                        .await?;
+                    return Ok(None);
+                }
+                attempt += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Deletes a registration whose JIT config we do not have and ends this attempt without
+/// backoff.
+async fn abandon_registration(
+    ctx: &ProvisionerContext,
+    row: &RunnerRow,
+    repo: &RepoName,
+    why: &str,
+) -> Result<(), ProvisionError> {
+    if let Some(found) = ctx.github.runner_by_name(repo, row.name.as_str()).await? {
+        ctx.github.delete_runner(repo, found.id).await?;
+    }
+    tracing::warn!("{why}; deleted it, the next attempt gets a new name");
+    let patch = RunnerPatch {
+        failure: Some(format!("{why}; registration deleted")),
+        backoff: Some(false),
+        ended: true,
+        ..Default::default()
+    };
+    ctx.store
+        .transition(
+            &row.name,
+            &[RunnerState::Registering],
+            RunnerState::Failed,
+            patch,
+        )
+        .await?;
+    ctx.wake.planner.notify_one();
+    Ok(())
+}
+
+async fn create_sandbox(
+    ctx: &ProvisionerContext,
+    row: &RunnerRow,
+    jit: JitConfig,
+) -> Result<String, BackendError> {
+    let spec = || SandboxSpec {
+        name: row.name.to_string(),
+        jit_config: jit.encoded.clone(),
+        tags: vec![
+            ("modal-github-runner".into(), ctx.deployment.clone()),
+            ("job".into(), row.job.to_string()),
+            ("runner".into(), row.name.to_string()),
+        ],
+        timeout: ctx.sandbox_timeout,
+    };
+    let mut attempt = 0;
+    loop {
+        match ctx.backend.create(spec()).await {
+            Ok(id) => return Ok(id),
+            Err(e) if e.is_transient() && attempt + 1 < ctx.retry.attempts => {
+                let wait = ctx.retry.delay(attempt);
+                tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "sandbox creation failed; will retry");
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+async fn mark_running(
+    ctx: &ProvisionerContext,
+    row: &RunnerRow,
+    sandbox_id: String,
+) -> Result<(), ProvisionError> {
+    let patch = RunnerPatch {
+        sandbox_id: Some(sandbox_id.clone()),
+        started: true,
+        ..Default::default()
+    };
+    if ctx
+        .store
+        .transition(
+            &row.name,
+            &[RunnerState::Registered],
+            RunnerState::Running,
+            patch,
+        )
+        .await?
+    {
+        ctx.metrics.runner_created();
+        tracing::info!(sandbox.id = %sandbox_id, "runner sandbox started");
+    }
+    Ok(())
+}
+
+/// A `registering` runner nobody works on: the process that started it died. If GitHub
+/// has the name, its JIT config is lost with that process; otherwise start over.
+async fn recover_registering(
+    ctx: &ProvisionerContext,
+    row: &RunnerRow,
+) -> Result<(), ProvisionError> {
+    let repo = repo(row)?;
+    if ctx
+        .github
+        .runner_by_name(&repo, row.name.as_str())
+        .await?
+        .is_some()
+    {
+        return abandon_registration(ctx, row, &repo, "registered before a restart").await;
+    }
+    if ctx
+        .store
+        .transition(
+            &row.name,
+            &[RunnerState::Registering],
+            RunnerState::Pending,
+            RunnerPatch::default(),
+        )
+        .await?
+    {
+        tracing::info!("registration interrupted by a restart; starting over");
+        ctx.wake.provisioner.notify_one();
+    }
+    Ok(())
+}
+
+/// A `registered` runner nobody works on: if its sandbox exists the create went through
+/// before the restart; otherwise its JIT config is lost and the registration must go.
+async fn recover_registered(
+    ctx: &ProvisionerContext,
+    row: &RunnerRow,
+) -> Result<(), ProvisionError> {
+    let sandboxes = ctx.backend.list().await?;
+    if let Some(sb) = sandboxes.into_iter().find(|s| s.name == row.name.as_str()) {
+        tracing::info!("sandbox created before a restart found");
+        return mark_running(ctx, row, sb.id).await;
+    }
+    let repo = repo(row)?;
+    if let Some(id) = row.github_id {
+        deregister(ctx, &repo, id).await;
+    }
+    let patch = RunnerPatch {
+        failure: Some(
+            "JIT config lost in a restart before the sandbox was created; registration deleted"
+                .into(),
+        ),
+        backoff: Some(false),
+        ended: true,
+        ..Default::default()
+    };
+    if ctx
+        .store
+        .transition(
+            &row.name,
+            &[RunnerState::Registered],
+            RunnerState::Failed,
+            patch,
+        )
+        .await?
+    {
+        tracing::warn!("JIT config lost in a restart; the next attempt gets a new name");
+        ctx.wake.planner.notify_one();
+    }
+    Ok(())
+}
+
+/// Best-effort removal of a registration that will never get a runner.
+async fn deregister(ctx: &ProvisionerContext, repo: &RepoName, runner_id: u64) {
+    if let Err(e) = ctx.github.delete_runner(repo, runner_id).await {
+        tracing::warn!(error = %e, github.runner_id = runner_id, "could not delete the registration; the reaper will retry");
+    }
+}
+
+/// Records a failed attempt; the planner retries the job after a backoff.
+async fn fail(ctx: &ProvisionerContext, row: &RunnerRow, e: &ProvisionError) {
+    let kind = match e {
+        ProvisionError::Store(_) => "store",
+        ProvisionError::GitHub(g) => g.kind(),
+        ProvisionError::Backend(b) => b.kind(),
+    };
+    ctx.metrics.runner_failed(kind);
+    tracing::error!(error = %e, kind, "runner failed");
+    let patch = RunnerPatch {
+        failure: Some(e.to_string()),
+        backoff: Some(true),
+        ended: true,
+        ..Default::default()
+    };
+    let from = [
+        RunnerState::Pending,
+        RunnerState::Registering,
+        RunnerState::Registered,
+    ];
+    match ctx
+        .store
+        .transition(&row.name, &from, RunnerState::Failed, patch)
+        .await
+    {
+        Ok(_) => ctx.wake.planner.notify_one(),
+        Err(store) => tracing::error!(error = %store, "could not record the failure"),
+    }
+}
+
+fn repo(row: &RunnerRow) -> Result<RepoName, ProvisionError> {
+    RepoName::parse(&row.repo)
+        .map_err(|e| ProvisionError::Store(StoreError::Corrupt(e.to_string())))
+}

@@ -1,0 +1,165 @@
+//! Reading jobs for planning, status and tests.
+
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
+use super::ingest::to_i64;
+use super::{Store, StoreError, corrupt};
+use crate::domain::{JobId, JobStatus, LabelSet};
+
+/// A job that has not completed, as the planner sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenJob {
+    pub id: JobId,
+    pub repo: String,
+    pub run_id: u64,
+    pub name: String,
+    pub labels: LabelSet,
+    pub status: JobStatus,
+    pub runner_name: Option<String>,
+    pub first_seen_at: i64,
+    /// The workflow job that `strategy.max-parallel` counts by, once looked up.
+    pub mp_group: Option<String>,
+    /// `None`: not looked up yet; `Some(0)`: unlimited.
+    pub max_parallel: Option<u32>,
+}
+
+/// Every stored field of a job, for `status` and for tests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRow {
+    pub id: JobId,
+    pub repo: String,
+    pub run_id: u64,
+    pub name: String,
+    pub labels: LabelSet,
+    pub status: JobStatus,
+    pub conclusion: Option<String>,
+    pub runner_name: Option<String>,
+    pub source: String,
+    pub first_seen_at: i64,
+    pub max_parallel: Option<u32>,
+}
+
+/// The max-parallel setting found for one job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StrategyUpdate {
+    pub job: JobId,
+    pub group: String,
+    pub max_parallel: u32,
+}
+
+fn id(row: &SqliteRow, col: &str) -> Result<u64, StoreError> {
+    let v: i64 = row.try_get(col)?;
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{col} is negative")))
+}
+
+fn labels(row: &SqliteRow) -> Result<LabelSet, StoreError> {
+    let json: String = row.try_get("labels")?;
+    LabelSet::from_json(&json).map_err(|e| StoreError::Corrupt(format!("labels: {e}")))
+}
+
+fn status(row: &SqliteRow) -> Result<JobStatus, StoreError> {
+    let s: String = row.try_get("status")?;
+    match s.as_str() {
+        "waiting" | "queued" | "in_progress" | "completed" => Ok(JobStatus::parse(&s)),
+        other => Err(corrupt("jobs.status", other)),
+    }
+}
+
+fn max_parallel(row: &SqliteRow) -> Result<Option<u32>, StoreError> {
+    let v: Option<i64> = row.try_get("max_parallel")?;
+    Ok(v.map(|v| u32::try_from(v).unwrap_or(0)))
+}
+
+impl OpenJob {
+    fn from_row(row: &SqliteRow) -> Result<OpenJob, StoreError> {
+        Ok(OpenJob {
+            id: JobId(id(row, "id")?),
+            repo: row.try_get("repo")?,
+            run_id: id(row, "run_id")?,
+            name: row.try_get("name")?,
+            labels: labels(row)?,
+            status: status(row)?,
+            runner_name: row.try_get("runner_name")?,
+            first_seen_at: row.try_get("first_seen_at")?,
+            mp_group: row.try_get("mp_group")?,
+            max_parallel: max_parallel(row)?,
+        })
+    }
+}
+
+impl JobRow {
+    fn from_row(row: &SqliteRow) -> Result<JobRow, StoreError> {
+        Ok(JobRow {
+            id: JobId(id(row, "id")?),
+            repo: row.try_get("repo")?,
+            run_id: id(row, "run_id")?,
+            name: row.try_get("name")?,
+            labels: labels(row)?,
+            status: status(row)?,
+            conclusion: row.try_get("conclusion")?,
+            runner_name: row.try_get("runner_name")?,
+            source: row.try_get("source")?,
+            first_seen_at: row.try_get("first_seen_at")?,
+            max_parallel: max_parallel(row)?,
+        })
+    }
+}
+
+impl Store {
+    /// Jobs not yet completed, oldest first.
+    pub async fn open_jobs(&self) -> Result<Vec<OpenJob>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, repo, run_id, name, labels, status, runner_name, first_seen_at, mp_group,
+                    max_parallel
+             FROM jobs WHERE rank < 3 ORDER BY first_seen_at, id",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(OpenJob::from_row).collect()
+    }
+
+    /// One job, if known.
+    pub async fn job(&self, job: JobId) -> Result<Option<JobRow>, StoreError> {
+        let row = sqlx::query("SELECT * FROM jobs WHERE id = ?1")
+            .bind(to_i64(job.0))
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(JobRow::from_row).transpose()
+    }
+
+    /// Every job, newest first, up to `limit`.
+    pub async fn recent_jobs(&self, limit: i64) -> Result<Vec<JobRow>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM jobs ORDER BY first_seen_at DESC, id DESC LIMIT ?1")
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(JobRow::from_row).collect()
+    }
+
+    /// Job counts by status, for `status` and metrics.
+    pub async fn job_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status ORDER BY status")
+                .fetch_all(self.pool())
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
+            .collect()
+    }
+
+    /// Records the max-parallel settings found for jobs of one run.
+    pub async fn set_strategies(&self, updates: &[StrategyUpdate]) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        for u in updates {
+            sqlx::query("UPDATE jobs SET mp_group = ?1, max_parallel = ?2 WHERE id = ?3")
+                .bind(&u.group)
+                .bind(i64::from(u.max_parallel))
+                .bind(to_i64(u.job.0))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

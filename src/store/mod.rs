@@ -1,0 +1,89 @@
+//! The durable store: the only state the loops share (architecture.md). SQLite in WAL mode;
+//! webhook events are written by one task that commits them in groups, so a burst of
+//! deliveries costs one fsync per group instead of one per delivery, and a delivery is
+//! answered only after its group is on disk.
+
+mod ingest;
+mod jobs;
+mod runners;
+mod runs;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use tokio::sync::mpsc;
+
+pub use ingest::{EventSource, Recorded};
+pub use jobs::{JobRow, OpenJob, StrategyUpdate};
+pub use runners::{AttemptStats, LiveRunner, NewRunner, RunnerPatch, RunnerRow, TookJob};
+pub use runs::{RunStrategy, UnresolvedRun};
+
+const SCHEMA: &str = include_str!("schema.sql");
+
+/// A failed store operation. The text never holds row contents beyond ids and names.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("the store is closed")]
+    Closed,
+    #[error("a stored row is not readable: {0}")]
+    Corrupt(String),
+}
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+    ingest: mpsc::Sender<ingest::Request>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `url` (`sqlite://path`, `sqlite::memory:`)
+    /// and applies the schema.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // FULL: a commit is on disk before the webhook is answered, so an accepted
+            // delivery survives a crash of the process or of the machine.
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(30))
+            .foreign_keys(false);
+        // An in-memory database exists per connection; keep exactly one then.
+        let in_memory = url.contains(":memory:");
+        let pool = SqlitePoolOptions::new()
+            .max_connections(if in_memory { 1 } else { 4 })
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options.clone())
+            .await?;
+        sqlx::raw_sql(SCHEMA).execute(&pool).await?;
+        let ingest = ingest::spawn_writer(pool.clone());
+        Ok(Store { pool, ingest })
+    }
+
+    /// The pool, for modules in this crate that run their own queries in tests.
+    pub(crate) fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// A cheap query proving the database answers, for `/readyz`.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Flushes pending writes and closes every connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Reads a column that must hold a `RunnerState` or `JobStatus`-like enum.
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Corrupt(format!("{what} has unknown value `{value}`"))
+}

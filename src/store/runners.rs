@@ -1,0 +1,292 @@
+//! Runner rows: planned by the planner, advanced by the provisioner, ended by the reaper.
+//! Every state change is a compare-and-set on the current state, so two loops (or a loop
+//! and a restart) cannot both act on one runner.
+
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+
+use super::ingest::to_i64;
+use super::{Store, StoreError, corrupt};
+use crate::domain::{JobId, JobStatus, LabelSet, RunnerName, RunnerState, now_millis};
+
+/// A runner the planner decided to make.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRunner {
+    pub name: RunnerName,
+    pub job: JobId,
+    pub attempt: u32,
+    pub repo: String,
+    pub labels: LabelSet,
+}
+
+/// Every stored field of a runner.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunnerRow {
+    pub name: RunnerName,
+    pub job: JobId,
+    pub attempt: u32,
+    pub repo: String,
+    pub labels: LabelSet,
+    pub state: RunnerState,
+    pub github_id: Option<u64>,
+    pub sandbox_id: Option<String>,
+    pub failure: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub started_at: Option<i64>,
+    pub ended_at: Option<i64>,
+}
+
+/// The job a runner took, as reported by `in_progress`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TookJob {
+    pub id: JobId,
+    pub status: JobStatus,
+    pub run_id: u64,
+    pub mp_group: Option<String>,
+    pub completed_at: Option<i64>,
+}
+
+/// A runner that still holds capacity, with the job it took, if any.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LiveRunner {
+    pub row: RunnerRow,
+    pub took: Option<TookJob>,
+}
+
+/// Attempts made so far for one open job.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct AttemptStats {
+    pub max_attempt: u32,
+    /// Failed attempts that count toward backoff.
+    pub failures: u32,
+    pub last_failure_at: Option<i64>,
+}
+
+/// Fields to set together with a state change; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct RunnerPatch {
+    pub github_id: Option<u64>,
+    pub sandbox_id: Option<String>,
+    pub failure: Option<String>,
+    /// For failures: whether the planner should retry the job after a backoff (`true`) or
+    /// whether the failure does not say anything about the job (`false`, e.g. a runner lost
+    /// in a restart) and a new attempt may start at once.
+    pub backoff: Option<bool>,
+    pub started: bool,
+    pub ended: bool,
+}
+
+impl RunnerRow {
+    fn from_row(row: &SqliteRow) -> Result<RunnerRow, StoreError> {
+        let state: String = row.try_get("state")?;
+        let labels: String = row.try_get("labels")?;
+        let job: i64 = row.try_get("job_id")?;
+        let attempt: i64 = row.try_get("attempt")?;
+        let github_id: Option<i64> = row.try_get("github_id")?;
+        Ok(RunnerRow {
+            name: RunnerName::from_stored(row.try_get("name")?),
+            job: JobId(
+                u64::try_from(job).map_err(|_| corrupt("runners.job_id", &job.to_string()))?,
+            ),
+            attempt: u32::try_from(attempt).unwrap_or(0),
+            repo: row.try_get("repo")?,
+            labels: LabelSet::from_json(&labels)
+                .map_err(|e| StoreError::Corrupt(format!("runner labels: {e}")))?,
+            state: RunnerState::parse(&state).ok_or_else(|| corrupt("runners.state", &state))?,
+            github_id: github_id.and_then(|v| u64::try_from(v).ok()),
+            sandbox_id: row.try_get("sandbox_id")?,
+            failure: row.try_get("failure")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+            started_at: row.try_get("started_at")?,
+            ended_at: row.try_get("ended_at")?,
+        })
+    }
+}
+
+/// Live runners joined with the job each took (the newest state if several name it).
+const LIVE_RUNNERS: &str = "
+SELECT r.*, t.id AS took_id, t.status AS took_status, t.run_id AS took_run_id,
+       t.mp_group AS took_mp_group, t.completed_at AS took_completed_at
+FROM runners r
+LEFT JOIN jobs t ON t.id = (SELECT j.id FROM jobs j WHERE j.runner_name = r.name
+                            ORDER BY j.rank DESC LIMIT 1)
+WHERE r.state NOT IN ('done', 'failed')
+ORDER BY r.created_at, r.name";
+
+impl LiveRunner {
+    fn from_row(row: &SqliteRow) -> Result<LiveRunner, StoreError> {
+        let took_id: Option<i64> = row.try_get("took_id")?;
+        let took = match took_id {
+            None => None,
+            Some(id) => {
+                let status: String = row.try_get("took_status")?;
+                let run_id: i64 = row.try_get("took_run_id")?;
+                Some(TookJob {
+                    id: JobId(u64::try_from(id).unwrap_or(0)),
+                    status: JobStatus::parse(&status),
+                    run_id: u64::try_from(run_id).unwrap_or(0),
+                    mp_group: row.try_get("took_mp_group")?,
+                    completed_at: row.try_get("took_completed_at")?,
+                })
+            }
+        };
+        Ok(LiveRunner {
+            row: RunnerRow::from_row(row)?,
+            took,
+        })
+    }
+}
+
+impl Store {
+    /// Inserts planned runners in one transaction. A name that exists already is left alone
+    /// (the planner computed it from stale data); returns how many were inserted.
+    pub async fn insert_runners(&self, runners: &[NewRunner]) -> Result<u64, StoreError> {
+        let now = now_millis();
+        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut inserted = 0;
+        for r in runners {
+            let done = sqlx::query(
+                "INSERT OR IGNORE INTO runners (name, job_id, attempt, repo, labels, label_key, state,
+                                                created_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7)",
+            )
+            .bind(r.name.as_str())
+            .bind(to_i64(r.job.0))
+            .bind(i64::from(r.attempt))
+            .bind(&r.repo)
+            .bind(r.labels.to_json())
+            .bind(r.labels.key())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            inserted += done.rows_affected();
+        }
+        tx.commit().await?;
+        Ok(inserted)
+    }
+
+    /// Moves `name` from one of `from` to `to`, setting the patch's fields. Returns `false`
+    /// (and changes nothing) if the runner is not in one of `from`.
+    pub async fn transition(
+        &self,
+        name: &RunnerName,
+        from: &[RunnerState],
+        to: RunnerState,
+        patch: RunnerPatch,
+    ) -> Result<bool, StoreError> {
+        let now = now_millis();
+        let from_list = from
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        let done = sqlx::query(
+            "UPDATE runners SET
+                 state = ?1,
+                 github_id = COALESCE(?2, github_id),
+                 sandbox_id = COALESCE(?3, sandbox_id),
+                 failure = COALESCE(?4, failure),
+                 retryable = COALESCE(?5, retryable),
+                 started_at = CASE WHEN ?6 THEN ?8 ELSE started_at END,
+                 ended_at = CASE WHEN ?7 THEN ?8 ELSE ended_at END,
+                 updated_at = ?8
+             WHERE name = ?9 AND instr(',' || ?10 || ',', ',' || state || ',') > 0",
+        )
+        .bind(to.as_str())
+        .bind(patch.github_id.map(to_i64))
+        .bind(patch.sandbox_id)
+        .bind(patch.failure)
+        .bind(patch.backoff.map(i64::from))
+        .bind(patch.started)
+        .bind(patch.ended)
+        .bind(now)
+        .bind(name.as_str())
+        .bind(from_list)
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Runners in any of `states`, oldest first.
+    pub async fn runners_in(&self, states: &[RunnerState]) -> Result<Vec<RunnerRow>, StoreError> {
+        let list = states
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
+        let rows = sqlx::query(
+            "SELECT * FROM runners WHERE instr(',' || ?1 || ',', ',' || state || ',') > 0
+             ORDER BY created_at, name",
+        )
+        .bind(list)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(RunnerRow::from_row).collect()
+    }
+
+    /// One runner by name.
+    pub async fn runner(&self, name: &str) -> Result<Option<RunnerRow>, StoreError> {
+        let row = sqlx::query("SELECT * FROM runners WHERE name = ?1")
+            .bind(name)
+            .fetch_optional(self.pool())
+            .await?;
+        row.as_ref().map(RunnerRow::from_row).transpose()
+    }
+
+    /// Every runner ever made, oldest first (status output and tests).
+    pub async fn all_runners(&self) -> Result<Vec<RunnerRow>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM runners ORDER BY created_at, name")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(RunnerRow::from_row).collect()
+    }
+
+    /// Runners that hold capacity, each with the job it took.
+    pub async fn live_runners(&self) -> Result<Vec<LiveRunner>, StoreError> {
+        let rows = sqlx::query(LIVE_RUNNERS).fetch_all(self.pool()).await?;
+        rows.iter().map(LiveRunner::from_row).collect()
+    }
+
+    /// Attempts per open job: the highest attempt number, and failures that count toward
+    /// backoff.
+    pub async fn attempt_stats(&self) -> Result<Vec<(JobId, AttemptStats)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.job_id, MAX(r.attempt) AS max_attempt,
+                    SUM(CASE WHEN r.state = 'failed' AND r.retryable = 1 THEN 1 ELSE 0 END) AS failures,
+                    MAX(CASE WHEN r.state = 'failed' AND r.retryable = 1 THEN r.updated_at END) AS last_failure
+             FROM runners r JOIN jobs j ON j.id = r.job_id
+             WHERE j.rank < 3
+             GROUP BY r.job_id",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let job: i64 = row.try_get("job_id")?;
+                let max_attempt: i64 = row.try_get("max_attempt")?;
+                let failures: i64 = row.try_get("failures")?;
+                Ok((
+                    JobId(u64::try_from(job).unwrap_or(0)),
+                    AttemptStats {
+                        max_attempt: u32::try_from(max_attempt).unwrap_or(u32::MAX),
+                        failures: u32::try_from(failures).unwrap_or(u32::MAX),
+                        last_failure_at: row.try_get("last_failure")?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Runner counts by state, for `status` and metrics.
+    pub async fn runner_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT state, COUNT(*) AS n FROM runners GROUP BY state ORDER BY state")
+                .fetch_all(self.pool())
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("state")?, r.try_get("n")?)))
+            .collect()
+    }
+}

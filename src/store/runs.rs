@@ -1,0 +1,92 @@
+//! Workflow runs whose `strategy.max-parallel` settings have been looked up, so one run's
+//! workflow file is read once however many jobs it has.
+
+use std::collections::BTreeMap;
+
+use sqlx::Row;
+
+use super::ingest::to_i64;
+use super::{Store, StoreError};
+use crate::domain::{JobId, now_millis};
+
+/// A run with open jobs whose max-parallel setting is not known yet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UnresolvedRun {
+    pub run_id: u64,
+    pub repo: String,
+    pub head_sha: Option<String>,
+    pub jobs: Vec<(JobId, String)>,
+    /// The stored lookup result, if the run was looked up before (its later jobs arrived
+    /// after the lookup).
+    pub known: Option<RunStrategy>,
+}
+
+/// What a lookup found: `Resolved` holds the workflow file's jobs as JSON (see
+/// `workflow::Strategies`); `Unreadable` means the file could not be read or parsed, and
+/// the run's jobs are treated as unlimited.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RunStrategy {
+    Resolved(String),
+    Unreadable,
+}
+
+impl Store {
+    /// Runs with open jobs whose max-parallel setting is unknown.
+    pub async fn unresolved_runs(&self) -> Result<Vec<UnresolvedRun>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT j.id, j.name, j.run_id, j.repo, j.head_sha, r.state, r.strategy
+             FROM jobs j LEFT JOIN runs r ON r.run_id = j.run_id
+             WHERE j.rank < 3 AND j.max_parallel IS NULL
+             ORDER BY j.run_id, j.id",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        let mut runs: BTreeMap<u64, UnresolvedRun> = BTreeMap::new();
+        for row in &rows {
+            let run_id = u64::try_from(row.try_get::<i64, _>("run_id")?).unwrap_or(0);
+            let job = JobId(u64::try_from(row.try_get::<i64, _>("id")?).unwrap_or(0));
+            let name: String = row.try_get("name")?;
+            let state: Option<String> = row.try_get("state")?;
+            let strategy: Option<String> = row.try_get("strategy")?;
+            let entry = runs.entry(run_id).or_insert_with(|| UnresolvedRun {
+                run_id,
+                repo: row.try_get("repo").unwrap_or_default(),
+                head_sha: row.try_get("head_sha").unwrap_or_default(),
+                jobs: Vec::new(),
+                known: match (state.as_deref(), strategy) {
+                    (Some("resolved"), Some(json)) => Some(RunStrategy::Resolved(json)),
+                    (Some(_), _) => Some(RunStrategy::Unreadable),
+                    (None, _) => None,
+                },
+            });
+            entry.jobs.push((job, name));
+        }
+        Ok(runs.into_values().collect())
+    }
+
+    /// Stores the result of looking up a run's workflow file.
+    pub async fn save_run_strategy(
+        &self,
+        run_id: u64,
+        repo: &str,
+        strategy: &RunStrategy,
+    ) -> Result<(), StoreError> {
+        let (state, json) = match strategy {
+            RunStrategy::Resolved(json) => ("resolved", json.as_str()),
+            RunStrategy::Unreadable => ("unreadable", "[]"),
+        };
+        sqlx::query(
+            "INSERT INTO runs (run_id, repo, state, strategy, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(run_id) DO UPDATE SET state = excluded.state, strategy = excluded.strategy,
+                                               updated_at = excluded.updated_at",
+        )
+        .bind(to_i64(run_id))
+        .bind(repo)
+        .bind(state)
+        .bind(json)
+        .bind(now_millis())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+}
