@@ -9,3 +9,6 @@ pub mod signature;
 
 pub use event::{EventError, JobEvent};
 pub use handler::{Ingress, router};
+
+#[cfg(test)]
+mod tests;

@@ -87,3 +87,6 @@ impl Store {
 fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("{what} has unknown value `{value}`"))
 }
+
+#[cfg(test)]
+mod tests;

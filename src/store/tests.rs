@@ -1,0 +1,270 @@
+use super::*;
+use crate::domain::{JobId, JobStatus, LabelSet, NamePrefix, RepoName, RunnerName, RunnerState};
+use crate::ingress::JobEvent;
+
+async fn store() -> Store {
+    Store::open("sqlite::memory:")
+        .await
+        .expect("in-memory store")
+}
+
+fn event(action: &str, status: JobStatus, runner: Option<&str>) -> JobEvent {
+    JobEvent {
+        action: action.into(),
+        status,
+        job_id: JobId(12_877_621_891),
+        run_id: 4_747_967_848,
+        run_attempt: 1,
+        name: "build".into(),
+        workflow_name: Some("CI".into()),
+        head_sha: Some("abc".into()),
+        conclusion: (status == JobStatus::Completed).then(|| "success".to_string()),
+        labels: LabelSet::new(["self-hosted", "modal"]),
+        runner_name: runner.map(String::from),
+        repo: RepoName::parse("octo/repo").expect("valid"),
+    }
+}
+
+async fn record(s: &Store, guid: &str, e: JobEvent) -> Recorded {
+    s.record(Some(guid.into()), e, EventSource::Webhook)
+        .await
+        .expect("recorded")
+}
+
+#[tokio::test]
+async fn a_delivery_guid_is_applied_once() {
+    let s = store().await;
+    assert_eq!(
+        record(&s, "g1", event("queued", JobStatus::Queued, None)).await,
+        Recorded::Applied
+    );
+    assert_eq!(
+        record(&s, "g1", event("queued", JobStatus::Queued, None)).await,
+        Recorded::Duplicate
+    );
+    assert_eq!(s.open_jobs().await.expect("jobs").len(), 1);
+}
+
+#[tokio::test]
+async fn completed_before_queued_stays_completed() {
+    let s = store().await;
+    record(
+        &s,
+        "g1",
+        event("completed", JobStatus::Completed, Some("modal-1-1")),
+    )
+    .await;
+    record(
+        &s,
+        "g2",
+        event("in_progress", JobStatus::InProgress, Some("modal-1-1")),
+    )
+    .await;
+    record(&s, "g3", event("queued", JobStatus::Queued, None)).await;
+    let job = s
+        .job(JobId(12_877_621_891))
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(job.status, JobStatus::Completed);
+    assert_eq!(job.conclusion.as_deref(), Some("success"));
+    assert_eq!(job.runner_name.as_deref(), Some("modal-1-1"));
+    assert!(s.open_jobs().await.expect("jobs").is_empty());
+}
+
+#[tokio::test]
+async fn a_late_in_progress_fills_in_the_runner_of_a_completed_job() {
+    let s = store().await;
+    record(&s, "g1", event("completed", JobStatus::Completed, None)).await;
+    record(
+        &s,
+        "g2",
+        event("in_progress", JobStatus::InProgress, Some("modal-1-1")),
+    )
+    .await;
+    let job = s
+        .job(JobId(12_877_621_891))
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(job.status, JobStatus::Completed);
+    assert_eq!(job.runner_name.as_deref(), Some("modal-1-1"));
+}
+
+#[tokio::test]
+async fn waiting_and_queued_replace_each_other_until_the_job_starts() {
+    let s = store().await;
+    record(&s, "g1", event("queued", JobStatus::Waiting, None)).await;
+    assert_eq!(
+        s.open_jobs().await.expect("jobs")[0].status,
+        JobStatus::Waiting
+    );
+    record(&s, "g2", event("queued", JobStatus::Queued, None)).await;
+    assert_eq!(
+        s.open_jobs().await.expect("jobs")[0].status,
+        JobStatus::Queued
+    );
+    record(
+        &s,
+        "g3",
+        event("in_progress", JobStatus::InProgress, Some("r")),
+    )
+    .await;
+    record(&s, "g4", event("waiting", JobStatus::Waiting, None)).await;
+    assert_eq!(
+        s.open_jobs().await.expect("jobs")[0].status,
+        JobStatus::InProgress
+    );
+}
+
+#[tokio::test]
+async fn many_concurrent_events_are_all_recorded() {
+    let s = store().await;
+    let mut tasks = Vec::new();
+    for i in 0..300u64 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut e = event("queued", JobStatus::Queued, None);
+            e.job_id = JobId(1_000 + i);
+            s.record(Some(format!("g{i}")), e, EventSource::Webhook)
+                .await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.expect("join").expect("recorded"), Recorded::Applied);
+    }
+    assert_eq!(s.open_jobs().await.expect("jobs").len(), 300);
+}
+
+#[tokio::test]
+async fn runner_transitions_are_compare_and_set() {
+    let s = store().await;
+    record(&s, "g1", event("queued", JobStatus::Queued, None)).await;
+    let prefix = NamePrefix::parse("modal").expect("prefix");
+    let name = RunnerName::for_job(&prefix, JobId(12_877_621_891), 1);
+    let new = NewRunner {
+        name: name.clone(),
+        job: JobId(12_877_621_891),
+        attempt: 1,
+        repo: "octo/repo".into(),
+        labels: LabelSet::new(["self-hosted", "modal"]),
+    };
+    assert_eq!(s.insert_runners(&[new.clone()]).await.expect("insert"), 1);
+    assert_eq!(s.insert_runners(&[new]).await.expect("insert again"), 0);
+    let moved = s
+        .transition(
+            &name,
+            &[RunnerState::Pending],
+            RunnerState::Registering,
+            RunnerPatch::default(),
+        )
+        .await
+        .expect("transition");
+    assert!(moved);
+    let again = s
+        .transition(
+            &name,
+            &[RunnerState::Pending],
+            RunnerState::Registering,
+            RunnerPatch::default(),
+        )
+        .await
+        .expect("transition");
+    assert!(!again, "a second move from pending must fail");
+    let patch = RunnerPatch {
+        github_id: Some(42),
+        ..Default::default()
+    };
+    s.transition(
+        &name,
+        &[RunnerState::Registering],
+        RunnerState::Registered,
+        patch,
+    )
+    .await
+    .expect("transition");
+    let row = s
+        .runner(name.as_str())
+        .await
+        .expect("read")
+        .expect("exists");
+    assert_eq!(
+        (row.state, row.github_id),
+        (RunnerState::Registered, Some(42))
+    );
+}
+
+#[tokio::test]
+async fn live_runners_carry_the_job_they_took() {
+    let s = store().await;
+    record(&s, "g1", event("queued", JobStatus::Queued, None)).await;
+    let prefix = NamePrefix::parse("modal").expect("prefix");
+    let name = RunnerName::for_job(&prefix, JobId(12_877_621_891), 1);
+    s.insert_runners(&[NewRunner {
+        name: name.clone(),
+        job: JobId(12_877_621_891),
+        attempt: 1,
+        repo: "octo/repo".into(),
+        labels: LabelSet::new(["modal"]),
+    }])
+    .await
+    .expect("insert");
+    assert_eq!(s.live_runners().await.expect("runners")[0].took, None);
+    record(
+        &s,
+        "g2",
+        event("in_progress", JobStatus::InProgress, Some(name.as_str())),
+    )
+    .await;
+    let live = s.live_runners().await.expect("runners");
+    let took = live[0].took.as_ref().expect("took a job");
+    assert_eq!(
+        (took.id, took.status),
+        (JobId(12_877_621_891), JobStatus::InProgress)
+    );
+}
+
+#[tokio::test]
+async fn failed_attempts_count_toward_backoff_only_when_retryable() {
+    let s = store().await;
+    record(&s, "g1", event("queued", JobStatus::Queued, None)).await;
+    let prefix = NamePrefix::parse("modal").expect("prefix");
+    for (attempt, backoff) in [(1, true), (2, false)] {
+        let name = RunnerName::for_job(&prefix, JobId(12_877_621_891), attempt);
+        s.insert_runners(&[NewRunner {
+            name: name.clone(),
+            job: JobId(12_877_621_891),
+            attempt,
+            repo: "octo/repo".into(),
+            labels: LabelSet::new(["modal"]),
+        }])
+        .await
+        .expect("insert");
+        let patch = RunnerPatch {
+            failure: Some("x".into()),
+            backoff: Some(backoff),
+            ..Default::default()
+        };
+        s.transition(&name, &[RunnerState::Pending], RunnerState::Failed, patch)
+            .await
+            .expect("fail");
+    }
+    let stats = s.attempt_stats().await.expect("stats");
+    assert_eq!(stats.len(), 1);
+    assert_eq!((stats[0].1.max_attempt, stats[0].1.failures), (2, 1));
+}
+
+#[tokio::test]
+async fn the_store_survives_a_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("s.db").display());
+    let s = Store::open(&url).await.expect("open");
+    record(&s, "g1", event("queued", JobStatus::Queued, None)).await;
+    s.close().await;
+    let s = Store::open(&url).await.expect("reopen");
+    assert_eq!(s.open_jobs().await.expect("jobs").len(), 1);
+    assert_eq!(
+        record(&s, "g1", event("queued", JobStatus::Queued, None)).await,
+        Recorded::Duplicate
+    );
+}
