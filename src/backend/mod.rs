@@ -10,6 +10,7 @@
 //! argument and never in a log line.
 
 pub mod local;
+pub mod modal;
 
 use std::time::Duration;
 

@@ -1,0 +1,2 @@
+//! The Modal backend (in progress).
+pub mod proto;
