@@ -20,7 +20,7 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod domain;
-// TEMP pub mod fake;
+pub mod fake;
 pub mod github;
 pub mod ingress;
 pub mod metrics;

@@ -4,7 +4,7 @@ use clap::Parser;
 use modal_github_runner::app::{Application, shutdown_signal};
 use modal_github_runner::cli::{Cli, Command};
 use modal_github_runner::config::Settings;
-use modal_github_runner::{status, store, telemetry};
+use modal_github_runner::{fake, status, store, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -74,14 +74,11 @@ async fn status(database_url: &str, limit: i64) -> ExitCode {
 
 async fn fake_runner(jitconfig: Option<String>) -> ExitCode {
     telemetry::init(modal_github_runner::config::LogFormat::Pretty);
-    match temp_fake(jitconfig).await {
+    match fake::runner::run(jitconfig).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fake runner: {e}");
             ExitCode::FAILURE
         }
     }
-}
-async fn temp_fake(_j: Option<String>) -> Result<(), String> {
-    Err("x".into())
 }

@@ -149,7 +149,12 @@ async fn runner_transitions_are_compare_and_set() {
         repo: "octo/repo".into(),
         labels: LabelSet::new(["self-hosted", "modal"]),
     };
-    assert_eq!(s.insert_runners(std::slice::from_ref(&new)).await.expect("insert"), 1);
+    assert_eq!(
+        s.insert_runners(std::slice::from_ref(&new))
+            .await
+            .expect("insert"),
+        1
+    );
     assert_eq!(s.insert_runners(&[new]).await.expect("insert again"), 0);
     let moved = s
         .transition(

@@ -1,2 +1,3 @@
 //! The Modal backend (in progress).
+pub mod client;
 pub mod proto;

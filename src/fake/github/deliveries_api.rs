@@ -1,0 +1,117 @@
+//! The webhook deliveries API of the repository hook (contract §1):
+//! list past deliveries (cursor pagination, `status` filter) and redeliver
+//! one. A redelivery keeps the original GUID and payload; GitHub never
+//! redelivers on its own, so this is how a service recovers lost events.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value, json};
+
+use super::HOOK_ID;
+use super::endpoints::{Params, with_link};
+use super::routes::Reply;
+use super::state::{Outgoing, State, StoredDelivery};
+use super::time::rfc3339;
+use super::types::RepoView;
+
+/// Deliveries of this repository (and events that name no repository).
+fn belongs_to(delivery: &StoredDelivery, repo: &RepoView) -> bool {
+    delivery.repository_id.is_none_or(|id| id == repo.id)
+}
+
+/// `GET /repos/{o}/{r}/hooks/{hook_id}/deliveries`, newest first.
+pub(super) fn list(state: &State, repo: &RepoView, hook_id: u64, params: &Params) -> Reply {
+    if hook_id != HOOK_ID {
+        return Reply::not_found();
+    }
+    let wanted = match params.get("status") {
+        None => None,
+        Some("success") => Some(true),
+        Some("failure") => Some(false),
+        Some(_) => {
+            return Reply::error(422, "Invalid input: status must be one of success, failure");
+        }
+    };
+    let before = match params.get("cursor") {
+        None => u64::MAX,
+        Some(cursor) => match cursor.strip_prefix("v1_").and_then(|id| id.parse().ok()) {
+            Some(id) => id,
+            None => return Reply::error(400, "Invalid cursor"),
+        },
+    };
+    let per_page = params.per_page();
+    let mut matching = state
+        .deliveries
+        .iter()
+        .rev()
+        .filter(|d| belongs_to(d, repo) && d.record.id < before)
+        .filter(|d| wanted.is_none_or(|ok| d.record.is_success() == ok));
+    let page: Vec<&StoredDelivery> = matching.by_ref().take(per_page).collect();
+    let more = matching.next().is_some();
+    let link = match page.last() {
+        Some(last) if more => {
+            let url = format!(
+                "{}/repos/{}/hooks/{HOOK_ID}/deliveries",
+                state.api_url, repo.full_name
+            );
+            Some(format!(
+                "<{url}?{}>; rel=\"next\"",
+                params.with("cursor", &format!("v1_{}", last.record.id))
+            ))
+        }
+        _ => None,
+    };
+    let items: Vec<Value> = page.into_iter().map(item_json).collect();
+    with_link(Reply::json(200, Value::Array(items)), link)
+}
+
+/// One item of the list, with the fields of GitHub's `hook-delivery-item`.
+fn item_json(delivery: &StoredDelivery) -> Value {
+    let record = &delivery.record;
+    json!({
+        "id": record.id,
+        "guid": record.guid.to_string(),
+        "delivered_at": rfc3339(record.delivered_at),
+        "redelivery": record.redelivery,
+        "duration": record.duration.as_secs_f64(),
+        "status": record.status,
+        "status_code": record.status_code.unwrap_or(0),
+        "event": record.event,
+        "action": record.action,
+        "installation_id": null,
+        "repository_id": delivery.repository_id,
+        "throttled_at": null,
+    })
+}
+
+/// `POST …/deliveries/{id}/attempts` → 202; the resend happens in the background.
+pub(super) fn redeliver(
+    state: &mut State,
+    repo: &RepoView,
+    hook_id: u64,
+    delivery_id: u64,
+) -> Reply {
+    if hook_id != HOOK_ID {
+        return Reply::not_found();
+    }
+    let found = state
+        .deliveries
+        .iter()
+        .find(|d| d.record.id == delivery_id && belongs_to(d, repo))
+        .map(|d| Outgoing {
+            guid: d.record.guid,
+            event: d.record.event.clone(),
+            action: d.record.action.clone(),
+            job_id: d.record.job_id,
+            repository_id: d.repository_id,
+            payload: Arc::clone(&d.payload),
+            redelivery: true,
+        });
+    match found {
+        Some(outgoing) => {
+            state.outbox.push(outgoing);
+            Reply::json(202, Value::Object(Map::new()))
+        }
+        None => Reply::not_found(),
+    }
+}
