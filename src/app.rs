@@ -12,7 +12,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Backend, LocalBackend, LocalConfig};
+use crate::backend::modal::RunnerSource;
+use crate::backend::{Backend, LocalBackend, LocalConfig, ModalBackend};
 use crate::config::{BackendSettings, Settings};
 use crate::github::{GitHub, GitHubConfig};
 use crate::ingress::{self, Ingress};
@@ -61,15 +62,7 @@ impl Application {
             Some(metrics.clone()),
         )
         .context("could not build the GitHub client")?;
-        let backend = Arc::new(match &settings.backend {
-            BackendSettings::Local {
-                runner_dir,
-                work_dir,
-            } => Backend::Local(LocalBackend::new(LocalConfig {
-                runner_dir: runner_dir.clone(),
-                work_dir: work_dir.clone(),
-            })),
-        });
+        let backend = Arc::new(backend(&settings, &github)?);
         let addr = SocketAddr::from(settings.bind);
         let listener = TcpListener::bind(addr)
             .await
@@ -248,6 +241,36 @@ impl Application {
             ("provisioner", Ok(()))
         });
     }
+}
+
+fn backend(settings: &Settings, github: &GitHub) -> anyhow::Result<Backend> {
+    Ok(match &settings.backend {
+        BackendSettings::Local {
+            runner_dir,
+            work_dir,
+        } => Backend::Local(LocalBackend::new(LocalConfig {
+            runner_dir: runner_dir.clone(),
+            work_dir: work_dir.clone(),
+        })),
+        BackendSettings::Modal {
+            settings: modal,
+            runner_version,
+        } => {
+            let runner = match runner_version {
+                Some(v) => RunnerSource::Pinned(v.clone()),
+                None => RunnerSource::Resolve {
+                    github: github.clone(),
+                    repo: settings
+                        .allowed_repos
+                        .listed()
+                        .and_then(|r| r.first().cloned()),
+                },
+            };
+            let backend = ModalBackend::new((**modal).clone(), runner)
+                .context("could not set up the Modal client")?;
+            Backend::Modal(Box::new(backend))
+        }
+    })
 }
 
 /// Resolves on SIGTERM or SIGINT.

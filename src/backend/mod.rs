@@ -17,6 +17,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 
 pub use local::{LocalBackend, LocalConfig};
+pub use modal::{ModalBackend, ModalSettings};
 
 /// What to run: one runner in one sandbox.
 pub struct SandboxSpec {
@@ -67,6 +68,7 @@ impl BackendError {
 /// here, and their methods are plain `async fn`s.
 pub enum Backend {
     Local(LocalBackend),
+    Modal(Box<ModalBackend>),
 }
 
 impl Backend {
@@ -75,6 +77,7 @@ impl Backend {
     pub async fn prepare(&self) -> Result<(), BackendError> {
         match self {
             Backend::Local(b) => b.prepare().await,
+            Backend::Modal(b) => b.prepare().await,
         }
     }
 
@@ -82,6 +85,7 @@ impl Backend {
     pub async fn create(&self, spec: SandboxSpec) -> Result<String, BackendError> {
         match self {
             Backend::Local(b) => b.create(spec).await,
+            Backend::Modal(b) => b.create(spec).await,
         }
     }
 
@@ -89,6 +93,7 @@ impl Backend {
     pub async fn terminate(&self, id: &str) -> Result<(), BackendError> {
         match self {
             Backend::Local(b) => b.terminate(id).await,
+            Backend::Modal(b) => b.terminate(id).await,
         }
     }
 
@@ -96,12 +101,14 @@ impl Backend {
     pub async fn list(&self) -> Result<Vec<SandboxInfo>, BackendError> {
         match self {
             Backend::Local(b) => b.list().await,
+            Backend::Modal(b) => b.list().await,
         }
     }
 
     pub fn name(&self) -> &'static str {
         match self {
             Backend::Local(_) => "local",
+            Backend::Modal(_) => "modal",
         }
     }
 }

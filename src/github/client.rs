@@ -190,6 +190,17 @@ impl GitHub {
         self.get_json(url).await
     }
 
+    /// The tag of actions/runner's latest release (e.g. `v2.336.0`).
+    pub async fn latest_runner_release(&self) -> Result<String, GitHubError> {
+        #[derive(serde::Deserialize)]
+        struct Release {
+            tag_name: String,
+        }
+        let url = self.url(&["repos", "actions", "runner", "releases", "latest"].map(String::from));
+        let release: Release = self.get_json(url).await?;
+        Ok(release.tag_name)
+    }
+
     /// A file's text at a commit, or `None` if it does not exist there.
     pub async fn file_contents(
         &self,

@@ -12,7 +12,13 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use secrecy::SecretString;
 
+use crate::backend::modal::ModalSettings;
 use crate::domain::{NamePrefix, RepoAllowList};
+use crate::runner_version::RunnerVersion;
+
+mod modal;
+
+pub use modal::ModalArgs;
 
 /// `modal-github-runner serve` options. Defaults are documented in `--help` and README.
 #[derive(Debug, Clone, Args)]
@@ -55,7 +61,7 @@ pub struct ServeArgs {
     )]
     pub runner_name_prefix: String,
     /// Where runners run.
-    #[arg(long, env = "BACKEND", value_enum, default_value = "local")]
+    #[arg(long, env = "BACKEND", value_enum, default_value = "modal")]
     pub backend: BackendKind,
     /// The store: sqlite://PATH (created if missing) or sqlite::memory:.
     #[arg(
@@ -144,10 +150,15 @@ pub struct ServeArgs {
         value_name = "SECS"
     )]
     pub shutdown_grace_secs: String,
+    #[command(flatten)]
+    pub modal: ModalArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendKind {
+    /// Sandboxes on Modal (production).
+    Modal,
+    /// Child processes on this machine (development, tests, single-host use).
     Local,
 }
 
@@ -204,6 +215,10 @@ pub enum BackendSettings {
         runner_dir: PathBuf,
         work_dir: PathBuf,
     },
+    Modal {
+        settings: Box<ModalSettings>,
+        runner_version: Option<RunnerVersion>,
+    },
 }
 
 impl Settings {
@@ -235,6 +250,7 @@ impl Settings {
         }
         let prefix = NamePrefix::parse(&args.runner_name_prefix)
             .map_err(|m| err("RUNNER_NAME_PREFIX", m))?;
+        let backend = backend(&args, &env, &prefix)?;
         let sandbox_timeout = Duration::from_secs(number::<u64>(
             "SANDBOX_TIMEOUT_SECS",
             &args.sandbox_timeout_secs,
@@ -264,7 +280,7 @@ impl Settings {
             )?,
             runner_label,
             prefix,
-            backend: backend(&args)?,
+            backend,
             database_url: database_url(&args.database_url)?,
             bind: (ip, port),
             max_runners: positive("MAX_RUNNERS", &args.max_runners)?,
@@ -372,8 +388,27 @@ fn database_url(url: &str) -> Result<String, ConfigError> {
     }
 }
 
-fn backend(args: &ServeArgs) -> Result<BackendSettings, ConfigError> {
+fn backend(
+    args: &ServeArgs,
+    env: &impl Fn(&str) -> Option<String>,
+    prefix: &NamePrefix,
+) -> Result<BackendSettings, ConfigError> {
     match args.backend {
+        BackendKind::Modal => {
+            let runner_version = args
+                .runner_version
+                .as_deref()
+                .filter(|v| !v.trim().is_empty())
+                .map(RunnerVersion::pinned)
+                .transpose()
+                .map_err(|m| err("RUNNER_VERSION", m))?;
+            // The deployment tag: sandboxes of two deployments sharing an app never mix.
+            let settings = modal::settings(&args.modal, env, prefix.as_str())?;
+            Ok(BackendSettings::Modal {
+                settings: Box::new(settings),
+                runner_version,
+            })
+        }
         BackendKind::Local => {
             let runner_dir = args.local_runner_dir.clone().ok_or_else(|| {
                 err(
@@ -419,6 +454,9 @@ mod tests {
     fn parse(extra: &[&str], env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         let dir = runner_dir();
         let mut argv = vec!["x"];
+        if !extra.contains(&"--backend") {
+            argv.extend(["--backend", "local"]);
+        }
         if !extra.contains(&"--local-runner-dir") {
             argv.extend(["--local-runner-dir", dir.path().to_str().expect("utf-8")]);
         }
