@@ -3,8 +3,8 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::planner::{self, Limits, PlannerContext};
 use crate::provisioner::{self, ProvisionerContext};
 use crate::reaper::{self, ReaperContext};
+use crate::reconciler::{self, ReconcilerContext};
 use crate::retry::Backoff;
 use crate::store::Store;
 use crate::strategy::{self, StrategyContext};
@@ -198,6 +199,8 @@ impl Application {
             retry: Backoff::new(5, Duration::from_millis(500), Duration::from_secs(30)),
             deployment: s.prefix.as_str().to_string(),
             interval: Duration::from_secs(2),
+            auth_pause: s.auth_pause,
+            paused_until: Mutex::default(),
         });
         let reaper = Arc::new(ReaperContext {
             store: self.store.clone(),
@@ -205,9 +208,30 @@ impl Application {
             backend: self.backend.clone(),
             wake: self.wake.clone(),
             metrics: self.metrics.clone(),
+            prefix: s.prefix.clone(),
+            allow: s.allowed_repos.clone(),
             exit_grace: s.runner_exit_grace,
             sandbox_timeout: s.sandbox_timeout,
+            registration_timeout: s.registration_timeout,
+            idle_timeout: s.idle_timeout,
             interval: s.reap_interval,
+            sweep_interval: s.reconcile_interval,
+            seen_online: Mutex::default(),
+        });
+        let reconciler = Arc::new(ReconcilerContext {
+            store: self.store.clone(),
+            github: self.github.clone(),
+            wake: self.wake.clone(),
+            label: s.runner_label.clone(),
+            allow: s.allowed_repos.clone(),
+            interval: s.reconcile_interval,
+            hooks: s.hooks.clone(),
+            redeliver_window: s.redeliver_window,
+        });
+        let st = stop.clone();
+        tasks.spawn(async move {
+            reconciler::run(reconciler, st).await;
+            ("reconciler", Ok(()))
         });
         let (backend, ready, grace) = (self.backend.clone(), self.ready.clone(), s.shutdown_grace);
         let st = stop.clone();

@@ -28,6 +28,7 @@ pub mod pace;
 pub mod planner;
 pub mod provisioner;
 pub mod reaper;
+pub mod reconciler;
 pub mod retry;
 pub mod runner_version;
 pub mod status;

@@ -11,7 +11,7 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -44,6 +44,11 @@ pub struct ProvisionerContext {
     /// Tag value that marks sandboxes as this deployment's.
     pub deployment: String,
     pub interval: Duration,
+    /// After GitHub rejects the token or a permission, provisioning pauses this long:
+    /// every attempt would fail the same way, and hammering GitHub helps no one.
+    pub auth_pause: Duration,
+    /// Until when provisioning is paused.
+    pub paused_until: Mutex<Option<Instant>>,
 }
 
 /// Why one provisioning attempt stopped.
@@ -395,6 +400,9 @@ async fn fail(ctx: &ProvisionerContext, row: &RunnerRow, e: &ProvisionError) {
     };
     ctx.metrics.runner_failed(kind);
     tracing::error!(error = %e, kind, "runner failed");
+    if let ProvisionError::GitHub(GitHubError::Unauthorized | GitHubError::Forbidden { .. }) = e {
+        pause(ctx, e);
+    }
     let patch = RunnerPatch {
         failure: Some(e.to_string()),
         backoff: Some(true),
@@ -414,6 +422,19 @@ async fn fail(ctx: &ProvisionerContext, row: &RunnerRow, e: &ProvisionError) {
         Ok(_) => ctx.wake.planner.notify_one(),
         Err(store) => tracing::error!(error = %store, "could not record the failure"),
     }
+}
+
+/// Stops provisioning for `auth_pause` after GitHub refused the token or a permission.
+fn pause(ctx: &ProvisionerContext, e: &ProvisionError) {
+    if let Ok(mut until) = ctx.paused_until.lock() {
+        *until = Some(Instant::now() + ctx.auth_pause);
+    }
+    tracing::error!(
+        error = %e,
+        pause_secs = ctx.auth_pause.as_secs(),
+        "GitHub refused the token or a permission: provisioning paused. Check that GITHUB_TOKEN is valid and may \
+         administer the repository's runners (fine-grained: Administration read/write; classic: repo)"
+    );
 }
 
 fn repo(row: &RunnerRow) -> Result<RepoName, ProvisionError> {

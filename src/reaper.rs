@@ -1,19 +1,29 @@
-//! Ends runners: deregisters and stops surplus ones, cleans up after runners whose job
-//! finished or whose sandbox ended, and stops sandboxes that no live runner owns.
+//! Ends runners, and cleans up whatever a crash, a lost event or a misbehaving runner
+//! left behind (anchors.md §3, complaints 5–8):
 //!
-//! Order matters when removing a runner that has not taken a job: the GitHub registration
-//! is deleted first, and a 422 "still running a job" answer means GitHub gave it a job a
-//! moment ago, so it is kept (anchors.md §4, mechanism 4). Only then is the sandbox stopped.
+//! - surplus runners the planner marked `retiring`;
+//! - runners whose sandbox ended (after their job, or without one);
+//! - sandboxes still running long after their job completed, or past their maximum runtime;
+//! - runners that never came online at GitHub within `RUNNER_REGISTRATION_TIMEOUT_SECS`;
+//! - runners idle without a job for `RUNNER_IDLE_TIMEOUT_SECS`;
+//! - sandboxes tagged as ours that no live runner owns (orphans after a crash);
+//! - offline GitHub registrations with our name prefix that no live runner owns.
+//!
+//! Removing a runner that has not taken a job always deletes its GitHub registration
+//! first: a 422 "still running a job" means GitHub just gave it one, and it is kept
+//! (anchors.md §4, mechanism 4). Only then is the sandbox stopped.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backend::{Backend, BackendError, SandboxInfo};
-use crate::domain::{JobStatus, RepoName, RunnerState, now_millis};
+use crate::domain::{
+    JobStatus, NamePrefix, RepoAllowList, RepoName, RunnerName, RunnerState, now_millis,
+};
 use crate::github::{DeleteOutcome, GitHub, GitHubError};
 use crate::metrics::Metrics;
 use crate::store::{LiveRunner, RunnerPatch, Store, StoreError};
@@ -26,12 +36,22 @@ pub struct ReaperContext {
     pub backend: Arc<Backend>,
     pub wake: Arc<Wake>,
     pub metrics: Arc<Metrics>,
+    pub prefix: NamePrefix,
+    pub allow: RepoAllowList,
     /// How long a sandbox may keep running after its job completed before it is stopped.
     pub exit_grace: Duration,
     /// `SANDBOX_TIMEOUT_SECS`: a sandbox older than this (plus `exit_grace`) is stopped even
     /// if the backend failed to enforce it.
     pub sandbox_timeout: Duration,
+    /// `RUNNER_REGISTRATION_TIMEOUT_SECS`.
+    pub registration_timeout: Duration,
+    /// `RUNNER_IDLE_TIMEOUT_SECS`.
+    pub idle_timeout: Duration,
     pub interval: Duration,
+    /// How often GitHub's runner list is swept for orphan registrations.
+    pub sweep_interval: Duration,
+    /// Runners seen online at GitHub: their registration timeout no longer applies.
+    pub seen_online: Mutex<HashSet<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,11 +64,19 @@ enum ReapError {
     Backend(#[from] BackendError),
 }
 
-/// Reaps on every wake-up and at least every `interval`, until `stop`.
+/// Reaps on every wake-up and at least every `interval`, sweeping GitHub's runner list
+/// every `sweep_interval`, until `stop`.
 pub async fn run(ctx: Arc<ReaperContext>, stop: CancellationToken) {
+    let mut last_sweep: Option<Instant> = None;
     loop {
         if let Err(e) = pass(&ctx).await {
             tracing::warn!(error = %e, "reaping pass failed");
+        }
+        if last_sweep.is_none_or(|t| t.elapsed() >= ctx.sweep_interval) {
+            last_sweep = Some(Instant::now());
+            if let Err(e) = sweep_registrations(&ctx).await {
+                tracing::warn!(error = %e, "could not sweep GitHub's runner list");
+            }
         }
         tokio::select! {
             () = stop.cancelled() => return,
@@ -81,12 +109,8 @@ pub async fn pass(ctx: &ReaperContext) -> Result<(), StoreError> {
             span.in_scope(|| tracing::warn!(error = %e, "could not reap the runner; will retry"));
         }
     }
-    let live: HashMap<&str, &LiveRunner> =
-        runners.iter().map(|r| (r.row.name.as_str(), r)).collect();
-    for sb in sandboxes
-        .iter()
-        .filter(|s| !live.contains_key(s.name.as_str()))
-    {
+    let live: HashSet<&str> = runners.iter().map(|r| r.row.name.as_str()).collect();
+    for sb in sandboxes.iter().filter(|s| !live.contains(s.name.as_str())) {
         stop_orphan(ctx, sb).await?;
     }
     Ok(())
@@ -99,72 +123,77 @@ async fn reap_one(
     listed_at: i64,
 ) -> Result<(), ReapError> {
     match r.row.state {
-        RunnerState::Retiring => retire(ctx, r).await,
+        RunnerState::Retiring => {
+            let patch = RunnerPatch {
+                ended: true,
+                ..Default::default()
+            };
+            if remove(ctx, r, RunnerState::Retiring, RunnerState::Done, patch).await? {
+                ctx.metrics.runner_retired("surplus");
+                tracing::info!("surplus runner removed");
+            }
+            Ok(())
+        }
         // Started after the listing: its absence from the list says nothing.
         RunnerState::Running if r.row.started_at.is_some_and(|t| t >= listed_at) => Ok(()),
         RunnerState::Running => match sandbox {
             None => sandbox_gone(ctx, r).await,
-            Some(_) => check_running(ctx, r).await,
+            Some(_) if r.took.is_some() => check_busy(ctx, r).await,
+            Some(_) => check_idle(ctx, r).await,
         },
         _ => Ok(()),
     }
 }
 
-/// A surplus runner: deregister, then stop its sandbox, unless GitHub just gave it a job.
-async fn retire(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapError> {
-    if let Some(id) = r.row.github_id {
-        let repo = repo(r)?;
-        if ctx.github.delete_runner(&repo, id).await? == DeleteOutcome::Busy {
-            tracing::info!("surplus runner took a job meanwhile; keeping it");
+/// Deregisters (unless GitHub says the runner is busy), stops the sandbox and moves the
+/// runner from `from` to `to`. Returns whether it was removed.
+async fn remove(
+    ctx: &ReaperContext,
+    r: &LiveRunner,
+    from: RunnerState,
+    to: RunnerState,
+    patch: RunnerPatch,
+) -> Result<bool, ReapError> {
+    if let Some(id) = r.row.github_id
+        && ctx.github.delete_runner(&repo(r)?, id).await? == DeleteOutcome::Busy
+    {
+        tracing::info!("GitHub gave the runner a job meanwhile; keeping it");
+        if from != RunnerState::Running {
             ctx.store
                 .transition(
                     &r.row.name,
-                    &[RunnerState::Retiring],
+                    &[from],
                     RunnerState::Running,
                     RunnerPatch::default(),
                 )
                 .await?;
-            return Ok(());
         }
+        return Ok(false);
     }
     if let Some(sb) = &r.row.sandbox_id {
         ctx.backend.terminate(sb).await?;
     }
-    let patch = RunnerPatch {
-        ended: true,
-        ..Default::default()
-    };
-    if ctx
+    Ok(ctx
         .store
-        .transition(
-            &r.row.name,
-            &[RunnerState::Retiring],
-            RunnerState::Done,
-            patch,
-        )
-        .await?
-    {
-        ctx.metrics.runner_retired("surplus");
-        tracing::info!("surplus runner removed");
-    }
-    Ok(())
+        .transition(&r.row.name, &[from], to, patch)
+        .await?)
 }
 
 /// The sandbox ended on its own. After a job that is the normal end; without one the
 /// runner failed (it counts toward the job's backoff) and its registration goes too.
 async fn sandbox_gone(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapError> {
+    let finished = RunnerPatch {
+        ended: true,
+        ..Default::default()
+    };
     if let Some(took) = &r.took {
-        let patch = RunnerPatch {
-            ended: true,
-            ..Default::default()
-        };
         if ctx
             .store
             .transition(
                 &r.row.name,
                 &[RunnerState::Running],
                 RunnerState::Done,
-                patch,
+                finished,
             )
             .await?
         {
@@ -179,17 +208,13 @@ async fn sandbox_gone(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapErr
             // A JIT runner's registration disappears after its one job: it ran one, and
             // the job's events have not arrived yet.
             DeleteOutcome::NotFound => {
-                let patch = RunnerPatch {
-                    ended: true,
-                    ..Default::default()
-                };
                 if ctx
                     .store
                     .transition(
                         &r.row.name,
                         &[RunnerState::Running],
                         RunnerState::Done,
-                        patch,
+                        finished,
                     )
                     .await?
                 {
@@ -223,28 +248,84 @@ async fn sandbox_gone(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapErr
     Ok(())
 }
 
-/// A running sandbox: stop it if its job completed a while ago or it outlived its timeout.
-async fn check_running(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapError> {
+/// A busy runner's sandbox: stop it if its job completed a while ago or it outlived its
+/// maximum runtime.
+async fn check_busy(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapError> {
     let now = now_millis();
     let grace = millis(ctx.exit_grace);
     let finished_long_ago = r.took.as_ref().is_some_and(|t| {
         t.status == JobStatus::Completed && t.completed_at.is_some_and(|c| now - c > grace)
     });
-    let too_old = r
-        .row
-        .started_at
-        .is_some_and(|s| now - s > millis(ctx.sandbox_timeout) + grace);
-    if !finished_long_ago && !too_old {
+    if finished_long_ago {
+        return stop(ctx, r, "stopped after its job completed").await;
+    }
+    if age(r, now) > millis(ctx.sandbox_timeout) + grace {
+        return stop(ctx, r, "stopped at its maximum runtime").await;
+    }
+    Ok(())
+}
+
+/// A runner without a job: it must come online at GitHub in time, and not idle forever.
+async fn check_idle(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapError> {
+    let age = age(r, now_millis());
+    if age > millis(ctx.registration_timeout) && !online(ctx, r).await? {
+        let reason = format!(
+            "never came online at GitHub within {}s",
+            ctx.registration_timeout.as_secs()
+        );
+        let patch = RunnerPatch {
+            failure: Some(reason.clone()),
+            backoff: Some(true),
+            ended: true,
+            ..Default::default()
+        };
+        if remove(ctx, r, RunnerState::Running, RunnerState::Failed, patch).await? {
+            ctx.metrics.runner_failed("registration_timeout");
+            tracing::warn!("runner {reason}; removed");
+            ctx.wake.planner.notify_one();
+        }
         return Ok(());
     }
+    if age > millis(ctx.idle_timeout) {
+        let reason = format!("idle without a job for {}s", ctx.idle_timeout.as_secs());
+        let patch = RunnerPatch {
+            failure: Some(reason.clone()),
+            backoff: Some(false),
+            ended: true,
+            ..Default::default()
+        };
+        if remove(ctx, r, RunnerState::Running, RunnerState::Done, patch).await? {
+            ctx.metrics.runner_retired("idle");
+            tracing::info!("runner {reason}; removed");
+            ctx.wake.planner.notify_one();
+        }
+    }
+    Ok(())
+}
+
+/// Whether GitHub has seen the runner online (remembered once true).
+async fn online(ctx: &ReaperContext, r: &LiveRunner) -> Result<bool, ReapError> {
+    if lock(&ctx.seen_online).contains(r.row.name.as_str()) {
+        return Ok(true);
+    }
+    let Some(id) = r.row.github_id else {
+        return Ok(false);
+    };
+    let up = ctx
+        .github
+        .get_runner(&repo(r)?, id)
+        .await?
+        .is_some_and(|info| info.status == "online" || info.busy);
+    if up {
+        lock(&ctx.seen_online).insert(r.row.name.to_string());
+    }
+    Ok(up)
+}
+
+async fn stop(ctx: &ReaperContext, r: &LiveRunner, reason: &str) -> Result<(), ReapError> {
     if let Some(sb) = &r.row.sandbox_id {
         ctx.backend.terminate(sb).await?;
     }
-    let reason = if too_old {
-        "stopped at its maximum runtime"
-    } else {
-        "stopped after its job completed"
-    };
     let patch = RunnerPatch {
         failure: Some(reason.into()),
         ended: true,
@@ -281,6 +362,61 @@ async fn stop_orphan(ctx: &ReaperContext, sb: &SandboxInfo) -> Result<(), StoreE
         }
     }
     Ok(())
+}
+
+/// Deletes offline registrations with our name prefix that no live runner owns: runners
+/// whose sandbox died with the process that made them, or whose removal failed.
+pub async fn sweep_registrations(ctx: &ReaperContext) -> Result<(), StoreError> {
+    let repos: Vec<RepoName> = match ctx.allow.listed() {
+        Some(listed) => listed.to_vec(),
+        None => ctx
+            .store
+            .known_repos()
+            .await?
+            .iter()
+            .filter_map(|r| RepoName::parse(r).ok())
+            .collect(),
+    };
+    for repo in repos {
+        let registered = match ctx.github.list_runners(&repo).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(repo = %repo, error = %e, "could not list registered runners");
+                continue;
+            }
+        };
+        let live: HashSet<String> = ctx
+            .store
+            .live_runners()
+            .await?
+            .into_iter()
+            .map(|r| r.row.name.to_string())
+            .collect();
+        for runner in registered {
+            let ours = RunnerName::parse_ours(&ctx.prefix, &runner.name).is_some();
+            if !ours || live.contains(&runner.name) || runner.status == "online" || runner.busy {
+                continue;
+            }
+            match ctx.github.delete_runner(&repo, runner.id).await {
+                Ok(DeleteOutcome::Deleted) => {
+                    tracing::info!(repo = %repo, runner.name = %runner.name, "orphan registration deleted")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(repo = %repo, runner.name = %runner.name, error = %e, "could not delete an orphan registration")
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn age(r: &LiveRunner, now: i64) -> i64 {
+    now - r.row.started_at.unwrap_or(r.row.created_at)
+}
+
+fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    set.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn repo(r: &LiveRunner) -> Result<RepoName, ReapError> {

@@ -13,7 +13,8 @@ use clap::{Args, ValueEnum};
 use secrecy::SecretString;
 
 use crate::backend::modal::ModalSettings;
-use crate::domain::{NamePrefix, RepoAllowList};
+use crate::domain::{NamePrefix, RepoAllowList, RepoName};
+use crate::github::Hook;
 use crate::runner_version::RunnerVersion;
 
 mod modal;
@@ -150,6 +151,50 @@ pub struct ServeArgs {
         value_name = "SECS"
     )]
     pub shutdown_grace_secs: String,
+    /// How often GitHub is polled for jobs whose webhooks were lost (also once at start).
+    #[arg(
+        long,
+        env = "RECONCILE_INTERVAL_SECS",
+        default_value = "60",
+        value_name = "SECS"
+    )]
+    pub reconcile_interval_secs: String,
+    /// A runner that has not come online at GitHub this long after its sandbox started is replaced.
+    #[arg(
+        long,
+        env = "RUNNER_REGISTRATION_TIMEOUT_SECS",
+        default_value = "300",
+        value_name = "SECS"
+    )]
+    pub runner_registration_timeout_secs: String,
+    /// A runner without a job this long after its sandbox started is removed.
+    #[arg(
+        long,
+        env = "RUNNER_IDLE_TIMEOUT_SECS",
+        default_value = "600",
+        value_name = "SECS"
+    )]
+    pub runner_idle_timeout_secs: String,
+    /// Webhooks whose failed deliveries are redelivered: an id (of the one ALLOWED_REPOS
+    /// repository's hook), or a list of owner/repo:ID and org:NAME:ID.
+    #[arg(long, env = "WEBHOOK_HOOK_ID", value_name = "HOOKS")]
+    pub webhook_hook_id: Option<String>,
+    /// How far back failed deliveries are redelivered.
+    #[arg(
+        long,
+        env = "REDELIVER_WINDOW_HOURS",
+        default_value = "6",
+        value_name = "HOURS"
+    )]
+    pub redeliver_window_hours: String,
+    /// How long provisioning pauses after GitHub refuses the token or a permission.
+    #[arg(
+        long,
+        env = "AUTH_FAILURE_PAUSE_SECS",
+        default_value = "300",
+        value_name = "SECS"
+    )]
+    pub auth_failure_pause_secs: String,
     #[command(flatten)]
     pub modal: ModalArgs,
 }
@@ -206,6 +251,12 @@ pub struct Settings {
     pub reap_interval: Duration,
     pub runner_exit_grace: Duration,
     pub shutdown_grace: Duration,
+    pub reconcile_interval: Duration,
+    pub registration_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub hooks: Vec<Hook>,
+    pub redeliver_window: Duration,
+    pub auth_pause: Duration,
 }
 
 /// The chosen backend and its settings.
@@ -241,6 +292,7 @@ impl Settings {
         )?;
         let allowed_repos = RepoAllowList::parse(args.allowed_repos.as_deref().unwrap_or(""))
             .map_err(|e| err("ALLOWED_REPOS", e.to_string()))?;
+        let allowed_repos_for_hooks = allowed_repos.clone();
         let runner_label = args.runner_label.trim().to_string();
         if runner_label.is_empty() || runner_label.contains(',') {
             return Err(err(
@@ -292,6 +344,18 @@ impl Settings {
             reap_interval: seconds("REAP_INTERVAL_SECS", &args.reap_interval_secs)?,
             runner_exit_grace: seconds("RUNNER_EXIT_GRACE_SECS", &args.runner_exit_grace_secs)?,
             shutdown_grace: seconds("SHUTDOWN_GRACE_SECS", &args.shutdown_grace_secs)?,
+            reconcile_interval: nonzero("RECONCILE_INTERVAL_SECS", &args.reconcile_interval_secs)?,
+            registration_timeout: nonzero(
+                "RUNNER_REGISTRATION_TIMEOUT_SECS",
+                &args.runner_registration_timeout_secs,
+            )?,
+            idle_timeout: nonzero("RUNNER_IDLE_TIMEOUT_SECS", &args.runner_idle_timeout_secs)?,
+            hooks: hooks(args.webhook_hook_id.as_deref(), &allowed_repos_for_hooks)?,
+            redeliver_window: Duration::from_secs_f64(
+                seconds("REDELIVER_WINDOW_HOURS", &args.redeliver_window_hours)?.as_secs_f64()
+                    * 3600.0,
+            ),
+            auth_pause: seconds("AUTH_FAILURE_PAUSE_SECS", &args.auth_failure_pause_secs)?,
         })
     }
 }
@@ -348,6 +412,62 @@ fn seconds(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
         return Err(err(var, format!("`{value}` is not a duration in seconds")));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+fn nonzero(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    let d = seconds(var, value)?;
+    if d.is_zero() {
+        return Err(err(var, "must be greater than 0"));
+    }
+    Ok(d)
+}
+
+/// `WEBHOOK_HOOK_ID`: `ID` (the hook of the single allowed repository), or a comma list of
+/// `owner/repo:ID` and `org:NAME:ID`.
+fn hooks(raw: Option<&str>, allowed: &RepoAllowList) -> Result<Vec<Hook>, ConfigError> {
+    const VAR: &str = "WEBHOOK_HOOK_ID";
+    let mut out = Vec::new();
+    for entry in raw
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
+        let id = |s: &str| {
+            s.parse::<u64>()
+                .map_err(|_| err(VAR, format!("`{s}` is not a hook id")))
+        };
+        if let Some(rest) = entry.strip_prefix("org:") {
+            let (org, hook) = rest
+                .rsplit_once(':')
+                .ok_or_else(|| err(VAR, format!("`{entry}` is not org:NAME:ID")))?;
+            out.push(Hook::Org {
+                org: org.to_string(),
+                id: id(hook)?,
+            });
+        } else if let Some((repo, hook)) = entry.rsplit_once(':') {
+            let repo = RepoName::parse(repo).map_err(|e| err(VAR, e.to_string()))?;
+            out.push(Hook::Repo {
+                repo,
+                id: id(hook)?,
+            });
+        } else {
+            let repo = match allowed.listed() {
+                Some([only]) => only.clone(),
+                _ => {
+                    return Err(err(
+                        VAR,
+                        "a bare hook id needs exactly one repository in ALLOWED_REPOS; use owner/repo:ID entries",
+                    ));
+                }
+            };
+            out.push(Hook::Repo {
+                repo,
+                id: id(entry)?,
+            });
+        }
+    }
+    Ok(out)
 }
 
 fn api_url(explicit: Option<&str>, ghes: Option<&str>) -> Result<String, ConfigError> {
@@ -528,11 +648,62 @@ mod tests {
             (&["--bind-address", "localhost"], "BIND_ADDRESS"),
             (&["--reap-interval-secs", "soon"], "REAP_INTERVAL_SECS"),
             (&["--local-runner-dir", "/nonexistent"], "LOCAL_RUNNER_DIR"),
+            (
+                &["--reconcile-interval-secs", "0"],
+                "RECONCILE_INTERVAL_SECS",
+            ),
+            (
+                &["--runner-idle-timeout-secs", "x"],
+                "RUNNER_IDLE_TIMEOUT_SECS",
+            ),
+            (&["--webhook-hook-id", "12"], "WEBHOOK_HOOK_ID"),
+            (&["--webhook-hook-id", "octo/repo:x"], "WEBHOOK_HOOK_ID"),
+            (
+                &[
+                    "--runner-version",
+                    "2.311.0",
+                    "--backend",
+                    "modal",
+                    "--modal-token-id",
+                    "ak",
+                ],
+                "RUNNER_VERSION",
+            ),
         ];
         for (flags, var) in cases {
             let e = parse(flags, SECRETS).expect_err("invalid");
             assert_eq!(&e.var, var, "{flags:?} gave {e}");
         }
+    }
+
+    #[test]
+    fn webhook_hooks_are_repo_or_org_hooks() {
+        let s = parse(
+            &["--allowed-repos", "octo/one", "--webhook-hook-id", "7"],
+            SECRETS,
+        )
+        .expect("valid");
+        assert_eq!(
+            s.hooks,
+            [Hook::Repo {
+                repo: RepoName::parse("octo/one").expect("repo"),
+                id: 7
+            }]
+        );
+        let s = parse(&["--webhook-hook-id", "octo/two:8, org:octo:9"], SECRETS).expect("valid");
+        assert_eq!(
+            s.hooks,
+            [
+                Hook::Repo {
+                    repo: RepoName::parse("octo/two").expect("repo"),
+                    id: 8
+                },
+                Hook::Org {
+                    org: "octo".into(),
+                    id: 9
+                }
+            ]
+        );
     }
 
     #[test]

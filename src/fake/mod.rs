@@ -18,4 +18,5 @@
 //! network beyond the addresses the caller gives it (normally loopback).
 
 pub mod github;
+pub mod modal;
 pub mod runner;

@@ -9,8 +9,8 @@ use serde::de::DeserializeOwned;
 
 use super::error::GitHubError;
 use super::types::{
-    Contents, DeleteOutcome, ErrorBody, JitConfig, JitRequest, JitResponse, JobList, RemoteJob,
-    RemoteRun, RunList, RunnerDownload, RunnerInfo, RunnerList,
+    Contents, DeleteOutcome, ErrorBody, Hook, HookDelivery, JitConfig, JitRequest, JitResponse,
+    JobList, RemoteJob, RemoteRun, RunList, RunnerDownload, RunnerInfo, RunnerList,
 };
 use crate::domain::RepoName;
 use crate::metrics::Metrics;
@@ -103,8 +103,8 @@ impl GitHub {
             &["actions", "runners", "generate-jitconfig"],
         ));
         let body = serde_json::to_value(request).map_err(|e| GitHubError::Decode(e.to_string()))?;
-        let (_, bytes) = self.send_once(Method::POST, url, Some(&body)).await?;
-        let resp: JitResponse = decode(&bytes)?;
+        let reply = self.send_once(Method::POST, url, Some(&body)).await?;
+        let resp: JitResponse = decode(&reply.body)?;
         Ok(JitConfig {
             runner_id: resp.runner.id,
             encoded: SecretString::from(resp.encoded_jit_config),
@@ -127,6 +127,23 @@ impl GitHub {
     pub async fn list_runners(&self, repo: &RepoName) -> Result<Vec<RunnerInfo>, GitHubError> {
         let url = self.url(&repo_path(repo, &["actions", "runners"]));
         self.get_pages(url, |l: RunnerList| l.runners).await
+    }
+
+    /// One registered runner, or `None` if GitHub no longer has it.
+    pub async fn get_runner(
+        &self,
+        repo: &RepoName,
+        runner_id: u64,
+    ) -> Result<Option<RunnerInfo>, GitHubError> {
+        let url = self.url(&repo_path(
+            repo,
+            &["actions", "runners", &runner_id.to_string()],
+        ));
+        match self.get_json(url).await {
+            Ok(r) => Ok(Some(r)),
+            Err(GitHubError::NotFound) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// `DELETE …/runners/{id}`; a busy runner (422) is reported, not an error.
@@ -190,6 +207,37 @@ impl GitHub {
         self.get_json(url).await
     }
 
+    /// One job, by id (reconciling a job whose webhooks were lost).
+    pub async fn get_job(&self, repo: &RepoName, job_id: u64) -> Result<RemoteJob, GitHubError> {
+        let url = self.url(&repo_path(repo, &["actions", "jobs", &job_id.to_string()]));
+        self.get_json(url).await
+    }
+
+    /// One page of a webhook's recent deliveries, newest first, and the cursor of the next.
+    pub async fn hook_deliveries(
+        &self,
+        hook: &Hook,
+        cursor: Option<&str>,
+    ) -> Result<(Vec<HookDelivery>, Option<String>), GitHubError> {
+        let mut url = self.url(&hook.path(&["deliveries"]));
+        url.query_pairs_mut()
+            .append_pair("per_page", &PER_PAGE.to_string());
+        if let Some(c) = cursor {
+            url.query_pairs_mut().append_pair("cursor", c);
+        }
+        let reply = self
+            .with_retries(|| self.send_once(Method::GET, url.clone(), None))
+            .await?;
+        let items: Vec<HookDelivery> = decode(&reply.body)?;
+        Ok((items, next_cursor(&reply.headers)))
+    }
+
+    /// Asks GitHub to deliver a past delivery again (same GUID).
+    pub async fn redeliver(&self, hook: &Hook, delivery_id: u64) -> Result<(), GitHubError> {
+        let url = self.url(&hook.path(&["deliveries", &delivery_id.to_string(), "attempts"]));
+        self.send_once(Method::POST, url, None).await.map(|_| ())
+    }
+
     /// The tag of actions/runner's latest release (e.g. `v2.336.0`).
     pub async fn latest_runner_release(&self) -> Result<String, GitHubError> {
         #[derive(serde::Deserialize)]
@@ -245,10 +293,10 @@ impl GitHub {
     }
 
     async fn get_json<T: DeserializeOwned>(&self, url: Url) -> Result<T, GitHubError> {
-        let (_, bytes) = self
+        let reply = self
             .with_retries(|| self.send_once(Method::GET, url.clone(), None))
             .await?;
-        decode(&bytes)
+        decode(&reply.body)
     }
 
     async fn get_pages<L: DeserializeOwned, T>(
@@ -305,7 +353,7 @@ impl GitHub {
         method: Method,
         url: Url,
         body: Option<&serde_json::Value>,
-    ) -> Result<(StatusCode, bytes::Bytes), GitHubError> {
+    ) -> Result<Reply, GitHubError> {
         self.wait_for_rate_block().await;
         let mut auth =
             HeaderValue::from_str(&format!("Bearer {}", self.inner.token.expose_secret()))
@@ -328,17 +376,17 @@ impl GitHub {
         result
     }
 
-    async fn exchange(
-        &self,
-        req: reqwest::RequestBuilder,
-    ) -> Result<(StatusCode, bytes::Bytes), GitHubError> {
+    async fn exchange(&self, req: reqwest::RequestBuilder) -> Result<Reply, GitHubError> {
         let resp = req.send().await.map_err(transport_error)?;
         let status = resp.status();
         let headers = resp.headers().clone();
         self.note_rate(&headers);
         let bytes = resp.bytes().await.map_err(transport_error)?;
         if status.is_success() {
-            return Ok((status, bytes));
+            return Ok(Reply {
+                headers,
+                body: bytes,
+            });
         }
         let err = classify(status, &headers, &bytes);
         if let GitHubError::RateLimited { retry_after } = &err {
@@ -389,6 +437,32 @@ impl GitHub {
             tokio::time::sleep_until(until.into()).await;
         }
     }
+}
+
+/// The `cursor` of the `rel="next"` link, for cursor-paged lists.
+fn next_cursor(headers: &HeaderMap) -> Option<String> {
+    let link = headers.get(reqwest::header::LINK)?.to_str().ok()?;
+    link.split(',')
+        .find(|part| part.contains("rel=\"next\""))
+        .and_then(|part| {
+            let url = part
+                .split(';')
+                .next()?
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>');
+            let parsed = Url::parse(url).ok()?;
+            parsed
+                .query_pairs()
+                .find(|(k, _)| k == "cursor")
+                .map(|(_, v)| v.into_owned())
+        })
+}
+
+/// A successful answer.
+struct Reply {
+    headers: HeaderMap,
+    body: bytes::Bytes,
 }
 
 fn repo_path(repo: &RepoName, rest: &[&str]) -> Vec<String> {
@@ -536,6 +610,16 @@ mod tests {
             classify(StatusCode::TOO_MANY_REQUESTS, &h, b""),
             GitHubError::RateLimited { .. }
         ));
+    }
+
+    #[test]
+    fn the_next_cursor_is_read_from_the_link_header() {
+        let h = headers(&[(
+            "link",
+            "<https://api.github.com/repos/o/r/hooks/1/deliveries?per_page=100&cursor=v1_123>; rel=\"next\", <https://x/?cursor=v0>; rel=\"prev\"",
+        )]);
+        assert_eq!(next_cursor(&h).as_deref(), Some("v1_123"));
+        assert_eq!(next_cursor(&HeaderMap::new()), None);
     }
 
     #[test]

@@ -14,5 +14,6 @@ mod types;
 pub use client::{GitHub, GitHubConfig, RateSnapshot};
 pub use error::GitHubError;
 pub use types::{
-    DeleteOutcome, JitConfig, JitRequest, RemoteJob, RemoteRun, RunnerDownload, RunnerInfo,
+    DeleteOutcome, Hook, HookDelivery, JitConfig, JitRequest, RemoteJob, RemoteRun, RunnerDownload,
+    RunnerInfo,
 };

@@ -131,3 +131,63 @@ pub(super) struct ErrorBody {
     #[serde(default)]
     pub message: Option<String>,
 }
+
+/// A webhook whose deliveries the reconciler can list and redeliver (§1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hook {
+    Repo {
+        repo: crate::domain::RepoName,
+        id: u64,
+    },
+    Org {
+        org: String,
+        id: u64,
+    },
+}
+
+impl Hook {
+    pub(super) fn path(&self, rest: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = match self {
+            Hook::Repo { repo, id } => {
+                vec![
+                    "repos".into(),
+                    repo.owner().into(),
+                    repo.name().into(),
+                    "hooks".into(),
+                    id.to_string(),
+                ]
+            }
+            Hook::Org { org, id } => {
+                vec!["orgs".into(), org.clone(), "hooks".into(), id.to_string()]
+            }
+        };
+        v.extend(rest.iter().map(|s| s.to_string()));
+        v
+    }
+}
+
+impl std::fmt::Display for Hook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Hook::Repo { repo, id } => write!(f, "{repo} hook {id}"),
+            Hook::Org { org, id } => write!(f, "org {org} hook {id}"),
+        }
+    }
+}
+
+/// One delivery attempt in a webhook's delivery log.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct HookDelivery {
+    pub id: u64,
+    pub guid: String,
+    #[serde(default)]
+    pub delivered_at: Option<String>,
+    #[serde(default)]
+    pub redelivery: bool,
+    #[serde(default)]
+    pub status_code: Option<u16>,
+    #[serde(default)]
+    pub event: Option<String>,
+    #[serde(default)]
+    pub action: Option<String>,
+}

@@ -148,6 +148,24 @@ impl Store {
             .collect()
     }
 
+    /// Every repository the store has jobs from (what the reconciler polls without an
+    /// allowlist).
+    pub async fn known_repos(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT DISTINCT repo FROM jobs ORDER BY repo")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(|r| Ok(r.try_get("repo")?)).collect()
+    }
+
+    /// Whether a delivery GUID was recorded.
+    pub async fn delivery_seen(&self, guid: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 FROM deliveries WHERE guid = ?1")
+            .bind(guid)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(row.is_some())
+    }
+
     /// Records the max-parallel settings found for jobs of one run.
     pub async fn set_strategies(&self, updates: &[StrategyUpdate]) -> Result<(), StoreError> {
         let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
