@@ -27,6 +27,18 @@ impl Pacer {
         }
     }
 
+    /// Paces under a limit someone else enforces: slots are at least `1 / (rate · share)`
+    /// and at least `1 / rate + slack` apart, so network and scheduling jitter (a few
+    /// milliseconds on a busy machine) cannot make two calls arrive closer than the limit.
+    pub fn under_limit(per_second: Option<f64>, share: f64, slack: Duration) -> Pacer {
+        let mut pacer = Pacer::new(per_second);
+        if let (Some(interval), Some(rate)) = (pacer.interval, per_second) {
+            let shared = Duration::from_secs_f64(1.0 / (rate * share));
+            pacer.interval = Some(shared.max(interval + slack));
+        }
+        pacer
+    }
+
     /// Waits for this caller's slot.
     pub async fn wait(&self) {
         let Some(interval) = self.interval else {
@@ -81,6 +93,18 @@ mod tests {
             );
         }
         assert!(times[9] - start <= Duration::from_millis(1801));
+    }
+
+    #[test]
+    fn pacing_under_a_limit_keeps_a_share_and_a_slack() {
+        let p = Pacer::under_limit(Some(5.0), 0.95, Duration::from_millis(15));
+        assert_eq!(p.interval, Some(Duration::from_millis(215)));
+        let p = Pacer::under_limit(Some(1.0), 0.9, Duration::from_millis(15));
+        assert_eq!(p.interval.map(|d| d.as_millis()), Some(1111));
+        assert_eq!(
+            Pacer::under_limit(None, 0.9, Duration::from_millis(15)).interval,
+            None
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,19 +7,36 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use modal_github_runner::fake::github::{FakeGitHub, FakeGitHubConfig, WebhookTarget};
+use modal_github_runner::fake::modal::{FakeModal, FakeModalConfig};
 use modal_github_runner::store::{RunnerRow, Store};
 
 pub const SECRET: &str = "e2e-webhook-secret";
 pub const REPO: &str = "octo/app";
 pub const BIN: &str = env!("CARGO_BIN_EXE_modal-github-runner");
 
+/// Which sandbox backend the service uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Kind {
+    #[default]
+    Local,
+    Modal,
+}
+
 /// Options for one environment.
 #[derive(Clone, Default)]
 pub struct Options {
+    pub kind: Kind,
     pub env: Vec<(String, String)>,
 }
 
 impl Options {
+    pub fn backend(kind: Kind) -> Options {
+        Options {
+            kind,
+            env: Vec::new(),
+        }
+    }
+
     pub fn with(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.into(), value.into()));
         self
@@ -35,6 +52,8 @@ pub struct Service {
 /// A fake GitHub, a work directory and the service under test.
 pub struct TestEnv {
     pub github: FakeGitHub,
+    /// The fake Modal, when the service runs with `BACKEND=modal`.
+    pub modal: Option<FakeModal>,
     pub dir: tempfile::TempDir,
     pub port: u16,
     options: Options,
@@ -57,8 +76,20 @@ impl TestEnv {
         )
         .expect("run.sh");
         let port = free_port();
+        let modal = match options.kind {
+            Kind::Local => None,
+            Kind::Modal => Some(
+                FakeModal::start(FakeModalConfig {
+                    runner_command: vec![BIN.into(), "fake-runner".into()],
+                    ..FakeModalConfig::default()
+                })
+                .await
+                .expect("fake Modal starts"),
+            ),
+        };
         let mut env = TestEnv {
             github,
+            modal,
             dir,
             port,
             options,
@@ -92,7 +123,6 @@ impl TestEnv {
             .env("GITHUB_TOKEN", FakeGitHubConfig::default().token)
             .env("WEBHOOK_SECRET", SECRET)
             .env("GITHUB_API_URL", self.github.api_url())
-            .env("BACKEND", "local")
             .env("LOCAL_RUNNER_DIR", self.dir.path().join("runner"))
             .env("LOCAL_WORK_DIR", self.work_dir())
             .env("DATABASE_URL", self.database_url())
@@ -104,6 +134,19 @@ impl TestEnv {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
+        match &self.modal {
+            None => {
+                cmd.env("BACKEND", "local");
+            }
+            Some(modal) => {
+                let (id, secret) = modal.credentials();
+                cmd.env("BACKEND", "modal")
+                    .env("MODAL_SERVER_URL", modal.url())
+                    .env("MODAL_TOKEN_ID", id)
+                    .env("MODAL_TOKEN_SECRET", secret)
+                    .env("RUNNER_VERSION", "2.336.0");
+            }
+        }
         for (k, v) in &self.options.env {
             cmd.env(k, v);
         }
@@ -221,7 +264,7 @@ impl TestEnv {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let registrations = self.github.runners();
-            let sandboxes = sandbox_entries(&self.work_dir());
+            let sandboxes = self.live_sandboxes();
             let processes = processes_under(&self.work_dir());
             let live: Vec<String> = self
                 .runners()
@@ -251,6 +294,19 @@ impl TestEnv {
         }
     }
 
+    /// Names of the sandboxes running now, whatever the backend.
+    pub fn live_sandboxes(&self) -> Vec<String> {
+        match &self.modal {
+            None => sandbox_entries(&self.work_dir()),
+            Some(m) => m
+                .sandboxes()
+                .into_iter()
+                .filter(|s| s.is_running())
+                .map(|s| s.name.unwrap_or(s.id))
+                .collect(),
+        }
+    }
+
     /// No log line holds a JIT config or a token.
     pub fn assert_no_secret_in_logs(&self) {
         let logs = self.logs();
@@ -258,6 +314,12 @@ impl TestEnv {
         for line in &logs {
             assert!(!line.contains(&token), "the GitHub token leaked: {line}");
             assert!(!line.contains(SECRET), "the webhook secret leaked: {line}");
+            if let Some(m) = &self.modal {
+                assert!(
+                    !line.contains(&m.credentials().1),
+                    "the Modal token secret leaked: {line}"
+                );
+            }
             assert!(
                 !line.contains("eyJ"),
                 "something base64-JSON-like (a JIT config?) leaked: {line}"
@@ -303,6 +365,23 @@ pub fn reqwest_client() -> reqwest::Client {
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
+}
+
+/// Runs a scenario once per backend: `name::local` and `name::modal`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($scenario:ident),* $(,)?) => {$(
+        mod $scenario {
+            #[tokio::test]
+            async fn local() {
+                super::$scenario($crate::helpers::Kind::Local).await
+            }
+            #[tokio::test]
+            async fn modal() {
+                super::$scenario($crate::helpers::Kind::Modal).await
+            }
+        }
+    )*};
 }
 
 /// Runner copies in the local backend's work directory.

@@ -5,7 +5,8 @@ use std::time::Duration;
 use modal_github_runner::domain::JobId;
 use modal_github_runner::fake::github::{DeliveryMode, JobSpec, RunSpec, RunnerBehavior};
 
-use crate::helpers::{Options, REPO, TestEnv, reqwest_client};
+use crate::both_backends;
+use crate::helpers::{Kind, Options, REPO, TestEnv, reqwest_client};
 
 const LABELS: [&str; 2] = ["self-hosted", "modal"];
 
@@ -19,10 +20,9 @@ fn one_job(labels: &[&str], duration_ms: u64) -> RunSpec {
     )
 }
 
-#[tokio::test]
-async fn a_queued_job_runs_on_a_fresh_jit_runner_and_leaves_nothing_behind() {
+async fn a_queued_job_runs_on_a_fresh_jit_runner_and_leaves_nothing_behind(kind: Kind) {
     // Arrange
-    let env = TestEnv::start(Options::default()).await;
+    let env = TestEnv::start(Options::backend(kind)).await;
 
     // Act
     let run = env.github.queue_run(one_job(&LABELS, 300));
@@ -64,9 +64,8 @@ async fn a_queued_job_runs_on_a_fresh_jit_runner_and_leaves_nothing_behind() {
     env.assert_no_secret_in_logs();
 }
 
-#[tokio::test]
-async fn jobs_without_the_label_are_ignored() {
-    let env = TestEnv::start(Options::default()).await;
+async fn jobs_without_the_label_are_ignored(kind: Kind) {
+    let env = TestEnv::start(Options::backend(kind)).await;
     env.github
         .queue_run(one_job(&["self-hosted", "ubuntu-latest"], 100));
     let delivered = env
@@ -93,9 +92,8 @@ async fn jobs_without_the_label_are_ignored() {
     );
 }
 
-#[tokio::test]
-async fn repositories_outside_allowed_repos_are_refused_and_get_no_runner() {
-    let env = TestEnv::start(Options::default().with("ALLOWED_REPOS", REPO)).await;
+async fn repositories_outside_allowed_repos_are_refused_and_get_no_runner(kind: Kind) {
+    let env = TestEnv::start(Options::backend(kind).with("ALLOWED_REPOS", REPO)).await;
     env.github.add_repo("octo/other");
     let other = env.github.queue_run(RunSpec::new(
         "octo/other",
@@ -129,10 +127,9 @@ async fn repositories_outside_allowed_repos_are_refused_and_get_no_runner() {
     );
 }
 
-#[tokio::test]
-async fn a_job_cancelled_before_pickup_has_its_runner_deregistered_and_stopped() {
+async fn a_job_cancelled_before_pickup_has_its_runner_deregistered_and_stopped(kind: Kind) {
     // Arrange: runners start but never connect, so the job is never picked up.
-    let env = TestEnv::start(Options::default()).await;
+    let env = TestEnv::start(Options::backend(kind)).await;
     env.github
         .set_runner_behavior(|_| RunnerBehavior::NeverConnect);
     let run = env.github.queue_run(one_job(&LABELS, 100));
@@ -146,10 +143,7 @@ async fn a_job_cancelled_before_pickup_has_its_runner_deregistered_and_stopped()
         "a runner was registered:\n{}",
         env.tail_logs(40)
     );
-    let sandbox_up = wait(Duration::from_secs(10), || {
-        !crate::helpers::sandbox_entries(&env.work_dir()).is_empty()
-    })
-    .await;
+    let sandbox_up = wait(Duration::from_secs(10), || !env.live_sandboxes().is_empty()).await;
     assert!(sandbox_up);
 
     // Act
@@ -173,9 +167,8 @@ async fn a_job_cancelled_before_pickup_has_its_runner_deregistered_and_stopped()
     );
 }
 
-#[tokio::test]
-async fn duplicated_deliveries_are_answered_as_duplicates_and_change_nothing() {
-    let env = TestEnv::start(Options::default()).await;
+async fn duplicated_deliveries_are_answered_as_duplicates_and_change_nothing(kind: Kind) {
+    let env = TestEnv::start(Options::backend(kind)).await;
     env.github.set_delivery_filter(|_| DeliveryMode::Duplicate);
     env.github.queue_run(one_job(&LABELS, 200));
     env.wait_all_completed(Duration::from_secs(30)).await;
@@ -200,9 +193,8 @@ async fn duplicated_deliveries_are_answered_as_duplicates_and_change_nothing() {
     );
 }
 
-#[tokio::test]
-async fn a_late_queued_event_does_not_reopen_a_completed_job() {
-    let env = TestEnv::start(Options::default()).await;
+async fn a_late_queued_event_does_not_reopen_a_completed_job(kind: Kind) {
+    let env = TestEnv::start(Options::backend(kind)).await;
     let run = env.github.queue_run(one_job(&LABELS, 100));
     env.wait_all_completed(Duration::from_secs(30)).await;
     env.assert_nothing_left(Duration::from_secs(20)).await;
@@ -224,9 +216,8 @@ async fn a_late_queued_event_does_not_reopen_a_completed_job() {
     assert_eq!(job.status.as_str(), "completed");
 }
 
-#[tokio::test]
-async fn a_cancellation_delivered_before_its_queued_event_gets_no_runner() {
-    let env = TestEnv::start(Options::default()).await;
+async fn a_cancellation_delivered_before_its_queued_event_gets_no_runner(kind: Kind) {
+    let env = TestEnv::start(Options::backend(kind)).await;
     // The queued event is lost; the job is cancelled; then the queued event arrives late.
     env.github.set_delivery_filter(|d| {
         if d.action.as_deref() == Some("queued") {
@@ -312,3 +303,13 @@ pub async fn wait(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+both_backends!(
+    a_queued_job_runs_on_a_fresh_jit_runner_and_leaves_nothing_behind,
+    a_job_cancelled_before_pickup_has_its_runner_deregistered_and_stopped,
+    duplicated_deliveries_are_answered_as_duplicates_and_change_nothing,
+    a_late_queued_event_does_not_reopen_a_completed_job,
+    a_cancellation_delivered_before_its_queued_event_gets_no_runner,
+    repositories_outside_allowed_repos_are_refused_and_get_no_runner,
+    jobs_without_the_label_are_ignored,
+);

@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use modal_github_runner::fake::github::{DeliveryMode, JobSpec, RunSpec};
 
-use crate::helpers::{Options, REPO, TestEnv, sandbox_entries};
+use crate::both_backends;
+use crate::helpers::{Kind, Options, REPO, TestEnv};
 
-#[tokio::test]
-async fn twenty_concurrent_jobs_over_three_label_sets_all_complete() {
-    let env = TestEnv::start(Options::default()).await;
+async fn twenty_concurrent_jobs_over_three_label_sets_all_complete(kind: Kind) {
+    let env = TestEnv::start(Options::backend(kind)).await;
     let sets: [&[&str]; 3] = [
         &["self-hosted", "modal"],
         &["self-hosted", "modal", "gpu"],
@@ -57,10 +57,9 @@ async fn twenty_concurrent_jobs_over_three_label_sets_all_complete() {
     env.assert_no_secret_in_logs();
 }
 
-#[tokio::test]
-async fn a_matrix_with_max_parallel_two_never_has_more_than_two_live_runners() {
+async fn a_matrix_with_max_parallel_two_never_has_more_than_two_live_runners(kind: Kind) {
     // Arrange: the workflow file GitHub would serve, and a matrix GitHub dispatches two at a time.
-    let env = TestEnv::start(Options::default()).await;
+    let env = TestEnv::start(Options::backend(kind)).await;
     let sha = "0123456789abcdef0123456789abcdef01234567";
     env.github.put_file(
         REPO,
@@ -76,11 +75,12 @@ async fn a_matrix_with_max_parallel_two_never_has_more_than_two_live_runners() {
         })
         .collect();
     let peak_sandboxes = Arc::new(AtomicUsize::new(0));
+    let env = Arc::new(env);
     let sampler = {
-        let (work, peak) = (env.work_dir(), peak_sandboxes.clone());
+        let (env, peak) = (env.clone(), peak_sandboxes.clone());
         tokio::spawn(async move {
             loop {
-                peak.fetch_max(sandbox_entries(&work).len(), Ordering::Relaxed);
+                peak.fetch_max(env.live_sandboxes().len(), Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
@@ -116,9 +116,8 @@ async fn a_matrix_with_max_parallel_two_never_has_more_than_two_live_runners() {
     );
 }
 
-#[tokio::test]
-async fn a_restart_in_the_middle_of_a_burst_completes_every_job_and_reuses_no_name() {
-    let mut env = TestEnv::start(Options::default()).await;
+async fn a_restart_in_the_middle_of_a_burst_completes_every_job_and_reuses_no_name(kind: Kind) {
+    let mut env = TestEnv::start(Options::backend(kind)).await;
     let jobs = (0..12)
         .map(|i| {
             JobSpec::new(format!("job {i}"), ["self-hosted", "modal"])
@@ -160,3 +159,9 @@ async fn a_restart_in_the_middle_of_a_burst_completes_every_job_and_reuses_no_na
         .collect();
     assert_eq!(taken.len(), 12, "every job ran on its own runner");
 }
+
+both_backends!(
+    twenty_concurrent_jobs_over_three_label_sets_all_complete,
+    a_matrix_with_max_parallel_two_never_has_more_than_two_live_runners,
+    a_restart_in_the_middle_of_a_burst_completes_every_job_and_reuses_no_name,
+);

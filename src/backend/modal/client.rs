@@ -127,6 +127,24 @@ impl ModalApi {
         F: Fn(ModalClientClient<Channel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
+        self.unary_except(rpc, request, deadline, &[], call).await
+    }
+
+    /// Like `unary`, but the codes in `no_retry` are returned at once to the caller, which
+    /// retries them its own way (a paced create goes back into the queue of slots).
+    pub async fn unary_except<Req, Resp, F, Fut>(
+        &self,
+        rpc: &'static str,
+        request: Req,
+        deadline: Duration,
+        no_retry: &[Code],
+        call: F,
+    ) -> Result<Resp, ModalError>
+    where
+        Req: Clone,
+        F: Fn(ModalClientClient<Channel>, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
         let key = uuid::Uuid::new_v4().to_string();
         let started = Instant::now();
         let (mut attempt, mut throttled) = (0u32, 0u32);
@@ -158,7 +176,10 @@ impl ModalApi {
                 code: status.code(),
                 message: status.message().to_string(),
             };
-            if err.is_transient() && attempt + 1 < self.conn.retry.attempts {
+            if err.is_transient()
+                && !no_retry.contains(&err.code)
+                && attempt + 1 < self.conn.retry.attempts
+            {
                 let wait = self.conn.retry.delay(attempt);
                 tracing::debug!(rpc, code = ?err.code, wait_ms = wait.as_millis() as u64, "retrying Modal call");
                 tokio::time::sleep(wait).await;

@@ -98,6 +98,14 @@ pub struct ModalSettings {
 
 /// The tag every sandbox of this deployment carries.
 pub const DEPLOYMENT_TAG: &str = "modal-github-runner";
+/// Creates are paced at this share of `MODAL_CREATE_RATE`, and at least this much further
+/// apart than the limit, so that timing jitter between here and Modal never makes two
+/// creates look closer than the limit allows.
+const PACE_SHARE: f64 = 0.95;
+const PACE_SLACK: Duration = Duration::from_millis(15);
+/// How many rate refusals one create waits out before it counts as failed.
+const MAX_RATE_REFUSALS: u32 = 20;
+
 /// The environment variable the Actions runner reads its JIT config from (like
 /// `--jitconfig`, then it removes it from its environment).
 pub const JIT_ENV: &str = "ACTIONS_RUNNER_INPUT_JITCONFIG";
@@ -121,7 +129,7 @@ impl ModalBackend {
         Ok(ModalBackend {
             api,
             runner,
-            pacer: Pacer::new(settings.create_rate),
+            pacer: Pacer::under_limit(settings.create_rate, PACE_SHARE, PACE_SLACK),
             settings,
             app_id: OnceLock::new(),
             image: Arc::default(),
@@ -275,24 +283,30 @@ impl ModalBackend {
                 })
                 .collect(),
         };
-        self.pacer.wait().await;
-        let created = self
-            .api
-            .unary(
-                "SandboxCreate",
-                request,
-                Duration::from_secs(60),
-                |mut c, r| async move { c.sandbox_create(r).await },
-            )
-            .await;
-        match created {
-            Ok(resp) => Ok(resp.sandbox_id),
-            Err(e) if e.code == Code::AlreadyExists => self.find(&spec.name).await,
-            Err(e) => {
-                if e.code == Code::ResourceExhausted {
-                    self.pacer.back_off(Duration::from_secs(1));
+        // A create refused for the workspace's rate goes back into the queue of paced
+        // slots instead of retrying on its own schedule, where it would collide again.
+        let mut refused = 0;
+        loop {
+            self.pacer.wait().await;
+            let created = self
+                .api
+                .unary_except(
+                    "SandboxCreate",
+                    request.clone(),
+                    Duration::from_secs(60),
+                    &[Code::ResourceExhausted],
+                    |mut c, r| async move { c.sandbox_create(r).await },
+                )
+                .await;
+            match created {
+                Ok(resp) => return Ok(resp.sandbox_id),
+                Err(e) if e.code == Code::AlreadyExists => return self.find(&spec.name).await,
+                Err(e) if e.code == Code::ResourceExhausted && refused < MAX_RATE_REFUSALS => {
+                    refused += 1;
+                    tracing::debug!(runner.name = %spec.name, "Modal's creation rate was exceeded; waiting for a later slot");
+                    self.pacer.back_off(Duration::from_millis(200));
                 }
-                Err(classify(&e))
+                Err(e) => return Err(classify(&e)),
             }
         }
     }
