@@ -4,4 +4,5 @@
 mod helpers;
 mod lifecycle;
 mod modal;
+mod reliability;
 mod scale;

@@ -1,0 +1,452 @@
+//! Never strand a job: lost webhooks, crashes, upstream faults, misbehaving runners and
+//! leftovers of earlier crashes (anchors.md §3). Each test ends by checking the final state:
+//! every job completed, nothing left, nothing duplicated.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use modal_github_runner::backend::SandboxSpec;
+use modal_github_runner::backend::modal::client::ModalConnection;
+use modal_github_runner::backend::modal::image::ImageSettings;
+use modal_github_runner::backend::modal::{ModalBackend, ModalSettings, RunnerSource};
+use modal_github_runner::domain::{JobId, RepoName};
+use modal_github_runner::fake::github::{
+    DeliveryMode, FakeGitHubConfig, Fault, FaultRule, JobSpec, Route, RunSpec, RunnerBehavior,
+};
+use modal_github_runner::fake::modal::{FaultKind, ModalFault};
+use modal_github_runner::github::{GitHub, GitHubConfig, JitRequest};
+use modal_github_runner::retry::Backoff;
+use modal_github_runner::runner_version::RunnerVersion;
+use secrecy::SecretString;
+use tonic::Code;
+
+use crate::helpers::{BIN, Kind, Options, REPO, TestEnv};
+
+fn jobs(n: usize, ms: u64) -> RunSpec {
+    RunSpec::new(
+        REPO,
+        (0..n)
+            .map(|i| {
+                JobSpec::new(format!("job {i}"), ["self-hosted", "modal"])
+                    .duration(Duration::from_millis(ms))
+            })
+            .collect(),
+    )
+}
+
+fn fast_reconcile(kind: Kind) -> Options {
+    Options::backend(kind).with("RECONCILE_INTERVAL_SECS", "1")
+}
+
+fn assert_unique(names: &[String]) {
+    let unique: HashSet<&String> = names.iter().collect();
+    assert_eq!(
+        unique.len(),
+        names.len(),
+        "a name was used twice: {names:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_webhook_never_delivered_is_served_by_polling() {
+    let env = TestEnv::start(fast_reconcile(Kind::Local).with("ALLOWED_REPOS", REPO)).await;
+    env.github.set_delivery_filter(|_| DeliveryMode::Drop);
+    let run = env.github.queue_run(jobs(2, 200));
+
+    env.wait_all_completed(Duration::from_secs(30)).await;
+    env.assert_nothing_left(Duration::from_secs(20)).await;
+
+    let store = env.store().await;
+    for id in run.job_ids {
+        let job = store
+            .job(JobId(id))
+            .await
+            .expect("read")
+            .expect("the poll recorded the job");
+        assert_eq!(job.source, "poll");
+    }
+    assert!(
+        env.github
+            .deliveries()
+            .iter()
+            .all(|d| d.status_code.is_none()),
+        "no webhook got through"
+    );
+}
+
+#[tokio::test]
+async fn failed_deliveries_are_redelivered_through_the_deliveries_api() {
+    let env = TestEnv::start(
+        Options::default()
+            .with("ALLOWED_REPOS", REPO)
+            .with("WEBHOOK_HOOK_ID", "1")
+            .with("RECONCILE_INTERVAL_SECS", "1"),
+    )
+    .await;
+    // The first delivery of every event fails; GitHub never retries on its own.
+    env.github.set_delivery_filter(|d| {
+        if d.redelivery {
+            DeliveryMode::Deliver
+        } else {
+            DeliveryMode::Drop
+        }
+    });
+    env.github.queue_run(jobs(1, 200));
+    env.wait_all_completed(Duration::from_secs(30)).await;
+    let redelivered = env
+        .github
+        .wait_until(Duration::from_secs(15), |gh| {
+            gh.deliveries()
+                .iter()
+                .any(|d| d.redelivery && d.status_code == Some(202))
+        })
+        .await;
+    assert!(
+        redelivered,
+        "a failed delivery was redelivered and accepted:\n{}",
+        env.tail_logs(30)
+    );
+    env.assert_nothing_left(Duration::from_secs(20)).await;
+}
+
+#[tokio::test]
+async fn jobs_queued_while_the_service_was_down_are_found_at_start_up() {
+    let mut env = TestEnv::start(Options::default().with("ALLOWED_REPOS", REPO)).await;
+    env.stop_service().await;
+    env.github.queue_run(jobs(3, 200)); // delivered to nobody
+    env.start_service().await;
+    env.wait_all_completed(Duration::from_secs(30)).await;
+    env.assert_nothing_left(Duration::from_secs(20)).await;
+}
+
+#[tokio::test]
+async fn the_service_killed_during_a_burst_of_50_jobs_completes_all_with_one_sandbox_per_name() {
+    let mut env = TestEnv::start(fast_reconcile(Kind::Modal).with("ALLOWED_REPOS", REPO)).await;
+    env.github.queue_run(jobs(50, 1500));
+    let some = env
+        .github
+        .wait_until(Duration::from_secs(30), |gh| {
+            gh.registrations_ever().len() >= 15
+        })
+        .await;
+    assert!(some);
+
+    // Act: SIGKILL mid-burst; webhooks sent meanwhile are lost for good.
+    env.kill_service();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    env.start_service().await;
+
+    // Assert
+    env.wait_all_completed(Duration::from_secs(120)).await;
+    env.assert_nothing_left(Duration::from_secs(60)).await;
+    let modal = env.modal.as_ref().expect("modal");
+    let names: Vec<String> = modal
+        .sandboxes()
+        .into_iter()
+        .filter_map(|s| s.name)
+        .collect();
+    assert_unique(&names);
+    assert_unique(&env.github.registrations_ever());
+    assert!(
+        env.github
+            .jobs()
+            .iter()
+            .all(|j| j.conclusion.as_deref() == Some("success"))
+    );
+}
+
+#[tokio::test]
+async fn github_errors_rate_limits_and_hangs_are_retried_without_duplicates() {
+    let env = TestEnv::start(Options::default().with("GITHUB_TIMEOUT_SECS", "1")).await;
+    let gh = &env.github;
+    gh.inject(FaultRule::new(Route::GenerateJitConfig, Fault::status(500)));
+    gh.inject(FaultRule::new(
+        Route::GenerateJitConfig,
+        Fault::SecondaryRateLimit {
+            retry_after_secs: 1,
+        },
+    ));
+    gh.inject(FaultRule::new(
+        Route::GenerateJitConfig,
+        Fault::Hang(Duration::from_secs(3)),
+    ));
+    gh.inject(FaultRule::new(
+        Route::GenerateJitConfig,
+        Fault::after_success(Fault::status(502)),
+    ));
+    gh.inject(FaultRule::new(
+        Route::GetRun,
+        Fault::Status {
+            status: 429,
+            body: serde_json::json!({"message": "Too Many Requests"}),
+            headers: vec![("retry-after".into(), "1".into())],
+        },
+    ));
+    gh.inject(FaultRule::new(
+        Route::GetContents,
+        Fault::PrimaryRateLimit { reset_in_secs: 1 },
+    ));
+    gh.queue_run(jobs(3, 200));
+
+    env.wait_all_completed(Duration::from_secs(60)).await;
+    env.assert_nothing_left(Duration::from_secs(30)).await;
+    let names = gh.registrations_ever();
+    assert_unique(&names);
+    // The registration made by the try whose answer was lost was found and deleted.
+    let deletes = gh
+        .calls()
+        .into_iter()
+        .filter(|c| c.method == "DELETE" && c.status == 204)
+        .count();
+    assert!(deletes >= 1, "the orphaned registration was deleted");
+    assert!(
+        names.len() <= 4,
+        "at most one extra registration: {names:?}"
+    );
+}
+
+#[tokio::test]
+async fn modal_unavailable_and_resource_exhausted_on_every_call_are_ridden_out() {
+    let env = TestEnv::start(Options::backend(Kind::Modal)).await;
+    let modal = env.modal.as_ref().expect("modal");
+    for rpc in [
+        "SecretGetOrCreate",
+        "SandboxCreate",
+        "SandboxList",
+        "SandboxTerminate",
+    ] {
+        modal.inject(ModalFault::new(
+            rpc,
+            2,
+            FaultKind::Status(Code::Unavailable, "upstream connect error".into()),
+        ));
+        modal.inject(ModalFault::new(
+            rpc,
+            1,
+            FaultKind::ResourceExhausted {
+                retry_after_secs: Some(0.2),
+            },
+        ));
+    }
+    env.github.queue_run(jobs(3, 200));
+    env.wait_all_completed(Duration::from_secs(60)).await;
+    env.assert_nothing_left(Duration::from_secs(30)).await;
+    let names: Vec<String> = modal
+        .sandboxes()
+        .into_iter()
+        .filter_map(|s| s.name)
+        .collect();
+    assert_eq!(names.len(), 3);
+    assert_unique(&names);
+}
+
+#[tokio::test]
+async fn a_runner_that_never_comes_online_is_replaced() {
+    let env =
+        TestEnv::start(Options::default().with("RUNNER_REGISTRATION_TIMEOUT_SECS", "2")).await;
+    env.github.set_runner_behavior(|name| {
+        if name.ends_with("-1") {
+            RunnerBehavior::NeverConnect
+        } else {
+            RunnerBehavior::Normal
+        }
+    });
+    let run = env.github.queue_run(jobs(1, 200));
+    env.wait_all_completed(Duration::from_secs(40)).await;
+    env.assert_nothing_left(Duration::from_secs(20)).await;
+    let id = run.job_ids[0];
+    assert_eq!(
+        env.github.registrations_ever(),
+        [format!("modal-{id}-1"), format!("modal-{id}-2")]
+    );
+    let first = env
+        .runners()
+        .await
+        .into_iter()
+        .find(|r| r.attempt == 1)
+        .expect("first attempt");
+    assert_eq!(first.state.as_str(), "failed");
+    assert!(
+        first
+            .failure
+            .as_deref()
+            .is_some_and(|f| f.contains("never came online")),
+        "{:?}",
+        first.failure
+    );
+}
+
+#[tokio::test]
+async fn a_runner_taken_by_a_foreign_job_gets_exactly_one_replacement() {
+    let env = TestEnv::start(Options::default()).await;
+    // A job the service ignores (no `modal` label) that our runner can still take, queued first.
+    let foreign = env.github.queue_run(RunSpec::new(
+        REPO,
+        vec![JobSpec::new("foreign", ["self-hosted"]).duration(Duration::from_millis(300))],
+    ));
+    let ours = env.github.queue_run(jobs(1, 300));
+    env.wait_all_completed(Duration::from_secs(40)).await;
+    env.assert_nothing_left(Duration::from_secs(20)).await;
+    let id = ours.job_ids[0];
+    let first = format!("modal-{id}-1");
+    let second = format!("modal-{id}-2");
+    assert_eq!(
+        env.github
+            .job(foreign.job_ids[0])
+            .and_then(|j| j.runner_name),
+        Some(first.clone()),
+        "our runner was stolen"
+    );
+    assert_eq!(
+        env.github.job(id).and_then(|j| j.runner_name),
+        Some(second.clone()),
+        "the replacement ran our job"
+    );
+    assert_eq!(
+        env.github.registrations_ever(),
+        [first, second],
+        "exactly one replacement"
+    );
+}
+
+#[tokio::test]
+async fn several_cancellations_before_pickup_leave_nothing() {
+    let env = TestEnv::start(Options::backend(Kind::Modal)).await;
+    env.github
+        .set_runner_behavior(|_| RunnerBehavior::NeverConnect);
+    let run = env.github.queue_run(jobs(5, 100));
+    let up = env
+        .github
+        .wait_until(Duration::from_secs(20), |gh| gh.runners().len() == 5)
+        .await;
+    assert!(up);
+    for id in &run.job_ids {
+        env.github.cancel_job(*id);
+    }
+    env.assert_nothing_left(Duration::from_secs(30)).await;
+    assert!(
+        env.github
+            .jobs()
+            .iter()
+            .all(|j| j.conclusion.as_deref() == Some("cancelled"))
+    );
+}
+
+#[tokio::test]
+async fn orphan_sandboxes_and_offline_registrations_from_a_crash_are_cleaned_up() {
+    let env = TestEnv::start(fast_reconcile(Kind::Modal).with("ALLOWED_REPOS", REPO)).await;
+    let modal = env.modal.as_ref().expect("modal");
+    // Leftovers of an earlier process: a sandbox tagged as this deployment's, and an offline
+    // registration with our prefix, both unknown to the (fresh) store.
+    let (id, secret) = modal.credentials();
+    let leftover = ModalBackend::new(
+        ModalSettings {
+            connection: ModalConnection {
+                server_url: modal.url(),
+                token_id: id,
+                token_secret: SecretString::from(secret),
+                max_throttle_wait: Duration::from_secs(10),
+                retry: Backoff::new(3, Duration::from_millis(50), Duration::from_millis(500)),
+            },
+            environment: String::new(),
+            app_name: "modal-github-runner".into(),
+            image: ImageSettings::default(),
+            cpu: 2.0,
+            memory_mib: 4096,
+            gpu: None,
+            create_rate: None,
+            deployment: "modal".into(),
+            builder_version: None,
+            build_timeout: Duration::from_secs(30),
+            refresh_interval: Duration::from_secs(3600),
+        },
+        RunnerSource::Pinned(RunnerVersion::parse("2.336.0").expect("version")),
+    )
+    .expect("backend");
+    leftover.prepare().await.expect("prepare");
+    leftover
+        .create(SandboxSpec {
+            name: "modal-999-1".into(),
+            jit_config: SecretString::from("x"),
+            tags: vec![("modal-github-runner".into(), "modal".into())],
+            timeout: Duration::from_secs(600),
+        })
+        .await
+        .expect("orphan sandbox");
+    let github = GitHub::new(
+        GitHubConfig {
+            api_url: env.github.api_url(),
+            token: SecretString::from(FakeGitHubConfig::default().token),
+            timeout: Duration::from_secs(5),
+            retry: Backoff::new(2, Duration::from_millis(10), Duration::from_millis(50)),
+        },
+        None,
+    )
+    .expect("client");
+    let request = JitRequest {
+        name: "modal-998-1".into(),
+        runner_group_id: 1,
+        labels: vec!["modal".into()],
+        work_folder: "_work".into(),
+    };
+    github
+        .generate_jitconfig(&RepoName::parse(REPO).expect("repo"), &request)
+        .await
+        .expect("orphan registration");
+    assert_eq!(env.github.runners().len(), 1);
+
+    // Assert: the reaper stops the sandbox and the sweep deletes the registration.
+    env.assert_nothing_left(Duration::from_secs(20)).await;
+    assert!(modal.sandboxes().iter().all(|s| !s.is_running()));
+}
+
+#[tokio::test]
+async fn a_rejected_token_fails_fast_with_a_clear_message_and_does_not_loop() {
+    let env = TestEnv::start(Options::default()).await;
+    env.github.set_token("ghp_someone_else");
+    env.github.queue_run(jobs(2, 100));
+    let failed = crate::lifecycle::wait(Duration::from_secs(10), || {
+        env.logs()
+            .iter()
+            .any(|l| l.contains("GitHub refused the token"))
+    })
+    .await;
+    assert!(failed, "{}", env.tail_logs(30));
+    let jit_calls = || {
+        env.github
+            .calls()
+            .into_iter()
+            .filter(|c| c.route == Route::GenerateJitConfig)
+            .count()
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let at_failure = jit_calls();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Only the attempts already under way when the first 401 came back were made.
+    assert!(at_failure <= 2, "{at_failure} registrations tried");
+    assert_eq!(
+        jit_calls(),
+        at_failure,
+        "provisioning paused after the 401: no retry loop"
+    );
+    let runner = env
+        .runners()
+        .await
+        .into_iter()
+        .find(|r| r.state.as_str() == "failed")
+        .expect("a failed runner");
+    assert!(
+        runner.failure.as_deref().is_some_and(|f| f.contains("401")),
+        "{:?}",
+        runner.failure
+    );
+    // The operator sees why the jobs wait.
+    let out = std::process::Command::new(BIN)
+        .args(["status", "--database-url", &env.database_url()])
+        .output()
+        .expect("status runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(text.contains("401") && text.contains("queued"), "{text}");
+}
