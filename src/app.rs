@@ -18,6 +18,7 @@ use crate::config::{BackendSettings, Settings};
 use crate::github::{GitHub, GitHubConfig};
 use crate::ingress::{self, Ingress};
 use crate::metrics::Metrics;
+use crate::pace::Window;
 use crate::planner::{self, Limits, PlannerContext};
 use crate::provisioner::{self, ProvisionerContext};
 use crate::reaper::{self, ReaperContext};
@@ -49,7 +50,7 @@ const STRATEGY_INTERVAL: Duration = Duration::from_secs(2);
 impl Application {
     /// Binds the port and opens the store; nothing runs until `run_until_stopped`.
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-        let store = Store::open(&settings.database_url)
+        let store = Store::open_with(&settings.database_url, settings.store_sync)
             .await
             .with_context(|| format!("could not open the store at {}", settings.database_url))?;
         let metrics = Arc::new(Metrics::new());
@@ -201,6 +202,12 @@ impl Application {
             interval: Duration::from_secs(2),
             auth_pause: s.auth_pause,
             paused_until: Mutex::default(),
+            // 95 % of the limit per 61 s: a margin for clocks and in-flight requests.
+            jit_window: Window::new(
+                s.jit_limit_per_min
+                    .map_or(0, |n| ((n * 0.95).floor() as usize).max(1)),
+                Duration::from_secs(61),
+            ),
         });
         let reaper = Arc::new(ReaperContext {
             store: self.store.clone(),

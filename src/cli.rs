@@ -25,6 +25,10 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Print jobs and runners by state from the store, and why open jobs wait.
     Status(StatusArgs),
+    /// Run the whole loop against a fake GitHub and a fake Modal: the demo, no credentials.
+    Simulate(crate::sim::simulate::SimulateArgs),
+    /// Run the benchmarks and print one table per scenario (see BENCHMARKS.md).
+    Bench(crate::sim::bench::BenchArgs),
     /// Play the GitHub Actions runner against the fake GitHub (tests and simulator).
     #[command(hide = true)]
     FakeRunner(FakeRunnerArgs),

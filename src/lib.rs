@@ -31,6 +31,7 @@ pub mod reaper;
 pub mod reconciler;
 pub mod retry;
 pub mod runner_version;
+pub mod sim;
 pub mod status;
 pub mod store;
 pub mod strategy;

@@ -4,7 +4,7 @@ use clap::Parser;
 use modal_github_runner::app::{Application, shutdown_signal};
 use modal_github_runner::cli::{Cli, Command};
 use modal_github_runner::config::Settings;
-use modal_github_runner::{fake, status, store, telemetry};
+use modal_github_runner::{fake, sim, status, store, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -23,6 +23,8 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(*args).await,
             Command::Status(args) => status(&args.database_url, args.limit).await,
             Command::FakeRunner(args) => fake_runner(args.jitconfig).await,
+            Command::Simulate(args) => report("simulation", sim::simulate::run(args).await),
+            Command::Bench(args) => report("benchmark", sim::bench::run(args).await),
         }
     })
 }
@@ -78,6 +80,16 @@ async fn fake_runner(jitconfig: Option<String>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fake runner: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn report(what: &str, result: Result<(), String>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{what} failed: {e}");
             ExitCode::FAILURE
         }
     }

@@ -1,8 +1,10 @@
-//! Spacing calls so a burst stays under an upstream rate limit instead of bouncing off it:
-//! Modal creates 5 sandboxes per second per workspace by default, GitHub allows about 180
-//! JIT registrations per minute per token. Callers reserve a slot and sleep until it;
-//! slots are `1 / rate` apart, so no window of any length sees more than its share.
+//! Keeping a burst under an upstream rate limit instead of bouncing off it. Modal creates 5
+//! sandboxes per second per workspace by default: `Pacer` spaces calls evenly. GitHub allows
+//! 900 points a minute per endpoint, 180 JIT registrations: `Window` lets a burst through
+//! at once and then holds calls so no minute ever sees more than the limit. Callers reserve
+//! a slot and sleep until it.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -64,6 +66,48 @@ impl Pacer {
     }
 }
 
+/// At most `max` calls in any `per`-long window (a sliding window of reserved slots).
+#[derive(Debug)]
+pub struct Window {
+    max: usize,
+    per: Duration,
+    slots: Mutex<VecDeque<Instant>>,
+}
+
+impl Window {
+    /// `max = 0` means unlimited.
+    pub fn new(max: usize, per: Duration) -> Window {
+        Window {
+            max,
+            per,
+            slots: Mutex::new(VecDeque::with_capacity(max)),
+        }
+    }
+
+    /// Waits for this caller's slot: now if fewer than `max` slots fall within the last
+    /// `per`, else when the oldest of the last `max` slots leaves the window.
+    pub async fn wait(&self) {
+        if self.max == 0 {
+            return;
+        }
+        let slot = {
+            let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let slot = if slots.len() < self.max {
+                now.max(slots.back().copied().unwrap_or(now))
+            } else {
+                now.max(slots.front().copied().unwrap_or(now) + self.per)
+            };
+            slots.push_back(slot);
+            if slots.len() > self.max {
+                slots.pop_front();
+            }
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,6 +137,42 @@ mod tests {
             );
         }
         assert!(times[9] - start <= Duration::from_millis(1801));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_window_lets_a_burst_through_then_holds_the_rest_for_the_next_minute() {
+        let window = std::sync::Arc::new(Window::new(5, Duration::from_secs(60)));
+        let start = Instant::now();
+        let mut handles = Vec::new();
+        for _ in 0..12 {
+            let w = window.clone();
+            handles.push(tokio::spawn(async move {
+                w.wait().await;
+                Instant::now() - start
+            }));
+        }
+        let mut times = Vec::new();
+        for h in handles {
+            times.push(h.await.expect("join"));
+        }
+        times.sort();
+        assert!(times[..5].iter().all(|t| *t == Duration::ZERO), "{times:?}");
+        assert!(
+            times[5..10].iter().all(|t| *t == Duration::from_secs(60)),
+            "{times:?}"
+        );
+        assert!(
+            times[10..].iter().all(|t| *t == Duration::from_secs(120)),
+            "{times:?}"
+        );
+        // No 60 s window holds more than 5.
+        for (i, t) in times.iter().enumerate() {
+            let within = times[i..]
+                .iter()
+                .filter(|u| **u < *t + Duration::from_secs(60))
+                .count();
+            assert!(within <= 5);
+        }
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::domain::{JobId, JobStatus, NamePrefix, RunnerName, RunnerState, now_m
 use crate::metrics::Metrics;
 use crate::retry::job_retry_delay;
 use crate::store::{AttemptStats, LiveRunner, NewRunner, OpenJob, RunnerPatch, Store, StoreError};
-use crate::wake::Wake;
+use crate::wake::{Wake, next_round};
 
 /// What the planner may do.
 #[derive(Debug, Clone)]
@@ -246,10 +246,8 @@ pub async fn run(ctx: PlannerContext, stop: CancellationToken) {
         if let Err(e) = pass(&ctx).await {
             tracing::error!(error = %e, "planning pass failed");
         }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = ctx.wake.planner.notified() => {}
-            () = tokio::time::sleep(ctx.interval) => {}
+        if !next_round(&ctx.wake.planner, ctx.interval, &stop).await {
+            return;
         }
     }
 }
@@ -263,13 +261,7 @@ pub async fn pass(ctx: &PlannerContext) -> Result<(), StoreError> {
         attempts: ctx.store.attempt_stats().await?.into_iter().collect(),
     };
     let intents = plan(&snapshot, &ctx.limits);
-    apply(ctx, &snapshot, intents).await?;
-    let (jobs, runners) = (
-        ctx.store.job_counts().await?,
-        ctx.store.runner_counts().await?,
-    );
-    ctx.metrics.set_counts(&jobs, &runners);
-    Ok(())
+    apply(ctx, &snapshot, intents).await
 }
 
 async fn apply(ctx: &PlannerContext, s: &Snapshot, intents: Vec<Intent>) -> Result<(), StoreError> {

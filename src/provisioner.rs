@@ -22,9 +22,10 @@ use crate::backend::{Backend, BackendError, SandboxSpec};
 use crate::domain::{RepoName, RunnerState};
 use crate::github::{GitHub, GitHubError, JitConfig, JitRequest};
 use crate::metrics::Metrics;
+use crate::pace::Window;
 use crate::retry::Backoff;
 use crate::store::{RunnerPatch, RunnerRow, Store, StoreError};
-use crate::wake::Wake;
+use crate::wake::{Wake, next_round};
 
 /// What provisioning needs.
 pub struct ProvisionerContext {
@@ -49,6 +50,9 @@ pub struct ProvisionerContext {
     pub auth_pause: Duration,
     /// Until when provisioning is paused.
     pub paused_until: Mutex<Option<Instant>>,
+    /// Keeps JIT registrations under GitHub's secondary limit (900 points a minute per
+    /// endpoint, 5 per POST: 180 registrations a minute).
+    pub jit_window: Window,
 }
 
 /// Why one provisioning attempt stopped.
@@ -73,10 +77,8 @@ pub async fn run(ctx: Arc<ProvisionerContext>, stop: CancellationToken, drain: D
         if let Err(e) = dispatch(&ctx, &slots, &in_flight, &mut tasks).await {
             tracing::error!(error = %e, "provisioning pass failed");
         }
-        tokio::select! {
-            () = stop.cancelled() => break,
-            () = ctx.wake.provisioner.notified() => {}
-            () = tokio::time::sleep(ctx.interval) => {}
+        if !next_round(&ctx.wake.provisioner, ctx.interval, &stop).await {
+            break;
         }
     }
     if !tasks.is_empty() {
@@ -197,6 +199,7 @@ async fn register(
     };
     let mut attempt = 0;
     loop {
+        ctx.jit_window.wait().await;
         match ctx.github.generate_jitconfig(repo, &request).await {
             Ok(jit) => return Ok(Some(jit)),
             Err(GitHubError::Conflict { .. }) => {

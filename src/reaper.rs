@@ -27,7 +27,7 @@ use crate::domain::{
 use crate::github::{DeleteOutcome, GitHub, GitHubError};
 use crate::metrics::Metrics;
 use crate::store::{LiveRunner, RunnerPatch, Store, StoreError};
-use crate::wake::Wake;
+use crate::wake::{Wake, next_round};
 
 /// What the reaper needs.
 pub struct ReaperContext {
@@ -78,10 +78,8 @@ pub async fn run(ctx: Arc<ReaperContext>, stop: CancellationToken) {
                 tracing::warn!(error = %e, "could not sweep GitHub's runner list");
             }
         }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = ctx.wake.reaper.notified() => {}
-            () = tokio::time::sleep(ctx.interval) => {}
+        if !next_round(&ctx.wake.reaper, ctx.interval, &stop).await {
+            return;
         }
     }
 }

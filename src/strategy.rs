@@ -16,7 +16,7 @@ use yaml_rust2::{Yaml, YamlLoader};
 use crate::domain::RepoName;
 use crate::github::{GitHub, GitHubError};
 use crate::store::{RunStrategy, Store, StoreError, StrategyUpdate, UnresolvedRun};
-use crate::wake::Wake;
+use crate::wake::{Wake, next_round};
 
 /// One job of a workflow file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -159,10 +159,8 @@ pub async fn run(ctx: Arc<StrategyContext>, stop: CancellationToken) {
         if let Err(e) = pass(&ctx).await {
             tracing::warn!(error = %e, "max-parallel lookup pass failed");
         }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = ctx.wake.strategy.notified() => {}
-            () = tokio::time::sleep(ctx.interval) => {}
+        if !next_round(&ctx.wake.strategy, ctx.interval, &stop).await {
+            return;
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::backend::modal::ModalSettings;
 use crate::domain::{NamePrefix, RepoAllowList, RepoName};
 use crate::github::Hook;
 use crate::runner_version::RunnerVersion;
+use crate::store::Durability;
 
 mod modal;
 
@@ -72,6 +73,9 @@ pub struct ServeArgs {
         value_name = "URL"
     )]
     pub database_url: String,
+    /// What an accepted webhook survives: `normal` (the process being killed) or `full` (a power cut too; one fsync per commit).
+    #[arg(long, env = "STORE_SYNC", value_enum, default_value = "normal")]
+    pub store_sync: Durability,
     /// HTTP port for webhooks and probes (0 = any free port).
     #[arg(long, env = "PORT", default_value = "8000")]
     pub port: String,
@@ -187,6 +191,15 @@ pub struct ServeArgs {
         value_name = "HOURS"
     )]
     pub redeliver_window_hours: String,
+    /// GitHub's limit on JIT registrations per minute per token (secondary limit: 900 points
+    /// per endpoint, 5 per POST); registrations are paced just under it. 0 = no pacing.
+    #[arg(
+        long,
+        env = "GITHUB_JIT_LIMIT_PER_MIN",
+        default_value = "180",
+        value_name = "N"
+    )]
+    pub github_jit_limit_per_min: String,
     /// How long provisioning pauses after GitHub refuses the token or a permission.
     #[arg(
         long,
@@ -241,6 +254,7 @@ pub struct Settings {
     pub prefix: NamePrefix,
     pub backend: BackendSettings,
     pub database_url: String,
+    pub store_sync: Durability,
     pub bind: (IpAddr, u16),
     pub max_runners: usize,
     pub sandbox_timeout: Duration,
@@ -257,6 +271,8 @@ pub struct Settings {
     pub hooks: Vec<Hook>,
     pub redeliver_window: Duration,
     pub auth_pause: Duration,
+    /// JIT registrations per minute GitHub allows; `None` = no pacing.
+    pub jit_limit_per_min: Option<f64>,
 }
 
 /// The chosen backend and its settings.
@@ -334,6 +350,7 @@ impl Settings {
             prefix,
             backend,
             database_url: database_url(&args.database_url)?,
+            store_sync: args.store_sync,
             bind: (ip, port),
             max_runners: positive("MAX_RUNNERS", &args.max_runners)?,
             sandbox_timeout,
@@ -356,6 +373,16 @@ impl Settings {
                     * 3600.0,
             ),
             auth_pause: seconds("AUTH_FAILURE_PAUSE_SECS", &args.auth_failure_pause_secs)?,
+            jit_limit_per_min: {
+                let n: f64 = number("GITHUB_JIT_LIMIT_PER_MIN", &args.github_jit_limit_per_min)?;
+                if !n.is_finite() || n < 0.0 {
+                    return Err(err(
+                        "GITHUB_JIT_LIMIT_PER_MIN",
+                        "must be 0 (no pacing) or a positive number",
+                    ));
+                }
+                (n > 0.0).then_some(n)
+            },
         })
     }
 }

@@ -191,7 +191,6 @@ async fn record(s: &Ingress, delivery: &str, job: JobEvent) -> Result<Answer, Re
         Recorded::Applied => {
             tracing::debug!(repo = %repo, job.id = %job_id, runner.name = %runner, action = %action, "job event recorded");
             s.wake.planner.notify_one();
-            s.wake.reaper.notify_one();
             s.wake.strategy.notify_one();
             Ok(Answer::Accepted)
         }
@@ -264,6 +263,13 @@ async fn readyz(State(s): State<Ingress>) -> Response {
 }
 
 async fn metrics(State(s): State<Ingress>) -> Response {
+    // Gauges of jobs and runners by state are counted at scrape time, not on every pass.
+    match (s.store.job_counts().await, s.store.runner_counts().await) {
+        (Ok(jobs), Ok(runners)) => s.metrics.set_counts(&jobs, &runners),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::warn!(error = %e, "could not count jobs and runners for /metrics")
+        }
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render(),

@@ -157,6 +157,14 @@ impl Store {
         rows.iter().map(|r| Ok(r.try_get("repo")?)).collect()
     }
 
+    /// How many deliveries were recorded (benchmarks check durability with it).
+    pub async fn delivery_count(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM deliveries")
+            .fetch_one(self.pool())
+            .await?;
+        Ok(row.try_get("n")?)
+    }
+
     /// Whether a delivery GUID was recorded.
     pub async fn delivery_seen(&self, guid: &str) -> Result<bool, StoreError> {
         let row = sqlx::query("SELECT 1 FROM deliveries WHERE guid = ?1")

@@ -40,16 +40,36 @@ pub struct Store {
     ingest: mpsc::Sender<ingest::Request>,
 }
 
+/// What an answered webhook survives (`STORE_SYNC`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Durability {
+    /// `normal`: every commit is in the operating system before the answer, so it survives
+    /// the service being killed at any moment; a power cut can lose the last commits, which
+    /// the reconciler then recovers from GitHub. SQLite WAL with synchronous=NORMAL.
+    #[default]
+    Normal,
+    /// `full`: every commit is fsync'ed before the answer, so it survives a power cut too,
+    /// at the cost of one fsync per group commit. synchronous=FULL.
+    Full,
+}
+
 impl Store {
     /// Opens (creating if needed) the database at `url` (`sqlite://path`, `sqlite::memory:`)
-    /// and applies the schema.
+    /// with the default durability and applies the schema.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
+        Store::open_with(url, Durability::default()).await
+    }
+
+    /// Opens the store with the given durability.
+    pub async fn open_with(url: &str, durability: Durability) -> Result<Store, StoreError> {
+        let sync = match durability {
+            Durability::Normal => SqliteSynchronous::Normal,
+            Durability::Full => SqliteSynchronous::Full,
+        };
         let options = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
-            // FULL: a commit is on disk before the webhook is answered, so an accepted
-            // delivery survives a crash of the process or of the machine.
-            .synchronous(SqliteSynchronous::Full)
+            .synchronous(sync)
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(false);
         // An in-memory database exists per connection; keep exactly one then.
