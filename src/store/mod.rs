@@ -43,12 +43,12 @@ pub struct Store {
 /// What an answered webhook survives (`STORE_SYNC`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Durability {
-    /// `normal`: every commit is in the operating system before the answer, so it survives
+    /// Every commit is in the operating system before the answer, so it survives
     /// the service being killed at any moment; a power cut can lose the last commits, which
     /// the reconciler then recovers from GitHub. SQLite WAL with synchronous=NORMAL.
     #[default]
     Normal,
-    /// `full`: every commit is fsync'ed before the answer, so it survives a power cut too,
+    /// Every commit is fsync'ed before the answer, so it survives a power cut too,
     /// at the cost of one fsync per group commit. synchronous=FULL.
     Full,
 }

@@ -6,3 +6,4 @@ mod lifecycle;
 mod modal;
 mod reliability;
 mod scale;
+mod simulator;

@@ -450,3 +450,129 @@ async fn a_rejected_token_fails_fast_with_a_clear_message_and_does_not_loop() {
     assert!(out.status.success());
     assert!(text.contains("401") && text.contains("queued"), "{text}");
 }
+
+#[tokio::test]
+async fn a_runner_idle_past_its_timeout_is_removed() {
+    // GitHub never dispatches this job (its dispatch group allows none at a time), so the
+    // runner made for it comes online and idles.
+    let env = TestEnv::start(Options::default().with("RUNNER_IDLE_TIMEOUT_SECS", "2")).await;
+    let run = env.github.queue_run(RunSpec::new(
+        REPO,
+        vec![JobSpec::new("held", ["self-hosted", "modal"]).dispatch_group("held", 0)],
+    ));
+    let id = run.job_ids[0];
+    let first = format!("modal-{id}-1");
+    let removed = crate::lifecycle::wait(Duration::from_secs(20), || {
+        env.github
+            .calls()
+            .iter()
+            .any(|c| c.method == "DELETE" && c.status == 204)
+    })
+    .await;
+    assert!(removed, "{}", env.tail_logs(30));
+    let row = env
+        .runners()
+        .await
+        .into_iter()
+        .find(|r| r.name.as_str() == first)
+        .expect("the first runner");
+    assert_eq!(row.state.as_str(), "done");
+    assert!(
+        row.failure.as_deref().is_some_and(|f| f.contains("idle")),
+        "{:?}",
+        row.failure
+    );
+    // The job still needs a runner, so the next attempt is made; cancelling it ends all.
+    env.github.cancel_job(id);
+    env.assert_nothing_left(Duration::from_secs(20)).await;
+}
+
+async fn a_sandbox_over_its_maximum_runtime_is_stopped(kind: Kind) {
+    let env = TestEnv::start(Options::backend(kind).with("SANDBOX_TIMEOUT_SECS", "2")).await;
+    env.github.queue_run(jobs(1, 30_000));
+    let running = env
+        .github
+        .wait_until(Duration::from_secs(20), |gh| {
+            gh.jobs().iter().all(|j| j.status.as_str() == "in_progress")
+        })
+        .await;
+    assert!(running);
+    let stopped =
+        crate::lifecycle::wait(Duration::from_secs(15), || env.live_sandboxes().is_empty()).await;
+    assert!(
+        stopped,
+        "the sandbox outlived its timeout: {:?}",
+        env.live_sandboxes()
+    );
+    assert!(crate::helpers::processes_under(&env.work_dir()).is_empty());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while env.runners().await.iter().any(|r| r.state.is_live()) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the runner still counts as live"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+crate::both_backends!(a_sandbox_over_its_maximum_runtime_is_stopped);
+
+#[tokio::test]
+async fn a_409_for_a_name_already_registered_is_recovered_without_a_duplicate() {
+    // A registration under the name the service will choose exists already (left by a try
+    // whose answer was lost): the POST gets 409 Already exists.
+    let env = TestEnv::start(Options::default()).await;
+    let github = GitHub::new(
+        GitHubConfig {
+            api_url: env.github.api_url(),
+            token: SecretString::from(FakeGitHubConfig::default().token),
+            timeout: Duration::from_secs(5),
+            retry: Backoff::new(2, Duration::from_millis(10), Duration::from_millis(50)),
+        },
+        None,
+    )
+    .expect("client");
+    let next_job = modal_github_runner::fake::github::JOB_ID_BASE;
+    let taken = format!("modal-{next_job}-1");
+    let request = JitRequest {
+        name: taken.clone(),
+        runner_group_id: 1,
+        labels: vec!["modal".into()],
+        work_folder: "_work".into(),
+    };
+    github
+        .generate_jitconfig(&RepoName::parse(REPO).expect("repo"), &request)
+        .await
+        .expect("registered");
+
+    let run = env.github.queue_run(jobs(1, 200));
+    assert_eq!(run.job_ids[0], next_job);
+    env.wait_all_completed(Duration::from_secs(30)).await;
+    env.assert_nothing_left(Duration::from_secs(20)).await;
+
+    // The service's POST met 409, found the registration by name and deleted it, and the
+    // job ran on the next attempt's runner: at no time two registrations for one runner.
+    let jit: Vec<u16> = env
+        .github
+        .calls()
+        .into_iter()
+        .filter(|c| c.route == Route::GenerateJitConfig)
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(
+        jit,
+        [201, 409, 201],
+        "ours, the service's first try, its second"
+    );
+    assert!(
+        env.github
+            .calls()
+            .iter()
+            .any(|c| c.route == Route::ListRunners
+                && c.query.as_deref().is_some_and(|q| q.contains(&taken)))
+    );
+    assert_eq!(
+        env.github.job(next_job).and_then(|j| j.runner_name),
+        Some(format!("modal-{next_job}-2"))
+    );
+}
