@@ -14,9 +14,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_protos(
-            &[PathBuf::from("proto/modal.proto")],
-            &[PathBuf::from("proto")],
-        )?;
+        .compile_protos(&[PathBuf::from("proto/modal.proto")], &[PathBuf::from("proto")])?;
     Ok(())
 }

@@ -103,11 +103,7 @@ impl Application {
         let port = self.port();
         self.spawn_server(&mut tasks, stop.clone());
         self.spawn_loops(&mut tasks, stop.clone());
-        tracing::info!(
-            port,
-            backend = self.backend.name(),
-            "modal-github-runner started"
-        );
+        tracing::info!(port, backend = self.backend.name(), "modal-github-runner started");
 
         let signal = stop.clone();
         tokio::spawn(async move {
@@ -116,8 +112,7 @@ impl Application {
         });
         let mut first_error = None;
         while let Some(joined) = tasks.join_next().await {
-            let (name, result) =
-                joined.unwrap_or_else(|e| ("task", Err(anyhow::anyhow!("panicked: {e}"))));
+            let (name, result) = joined.unwrap_or_else(|e| ("task", Err(anyhow::anyhow!("panicked: {e}"))));
             match result {
                 Ok(()) => tracing::debug!(task = name, "task stopped"),
                 Err(e) => {
@@ -164,11 +159,7 @@ impl Application {
         });
     }
 
-    fn spawn_loops(
-        &self,
-        tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
-        stop: CancellationToken,
-    ) {
+    fn spawn_loops(&self, tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>, stop: CancellationToken) {
         let s = &self.settings;
         let planner = PlannerContext {
             store: self.store.clone(),
@@ -276,10 +267,7 @@ impl Application {
 
 fn backend(settings: &Settings, github: &GitHub) -> anyhow::Result<Backend> {
     Ok(match &settings.backend {
-        BackendSettings::Local {
-            runner_dir,
-            work_dir,
-        } => Backend::Local(LocalBackend::new(LocalConfig {
+        BackendSettings::Local { runner_dir, work_dir } => Backend::Local(LocalBackend::new(LocalConfig {
             runner_dir: runner_dir.clone(),
             work_dir: work_dir.clone(),
         })),
@@ -291,14 +279,11 @@ fn backend(settings: &Settings, github: &GitHub) -> anyhow::Result<Backend> {
                 Some(v) => RunnerSource::Pinned(v.clone()),
                 None => RunnerSource::Resolve {
                     github: github.clone(),
-                    repo: settings
-                        .allowed_repos
-                        .listed()
-                        .and_then(|r| r.first().cloned()),
+                    repo: settings.allowed_repos.listed().and_then(|r| r.first().cloned()),
                 },
             };
-            let backend = ModalBackend::new((**modal).clone(), runner)
-                .context("could not set up the Modal client")?;
+            let backend =
+                ModalBackend::new((**modal).clone(), runner).context("could not set up the Modal client")?;
             Backend::Modal(Box::new(backend))
         }
     })

@@ -37,11 +37,7 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct StatusArgs {
     /// The store to read.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        default_value = "sqlite://modal-github-runner.db"
-    )]
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://modal-github-runner.db")]
     pub database_url: String,
     /// How many recent jobs to list.
     #[arg(long, default_value_t = 20)]

@@ -44,17 +44,11 @@ impl Metrics {
             runners_retired: Family::default(),
             jobs: Family::default(),
             runners: Family::default(),
-            startup_seconds: Histogram::new([
-                1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
-            ]),
+            startup_seconds: Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0]),
             rate_limit_remaining: Gauge::default(),
             upstream_errors: Family::default(),
         };
-        registry.register(
-            "webhooks",
-            "Webhook deliveries by outcome",
-            m.webhooks.clone(),
-        );
+        registry.register("webhooks", "Webhook deliveries by outcome", m.webhooks.clone());
         registry.register(
             "runners_created",
             "Runners whose sandbox was created",
@@ -71,11 +65,7 @@ impl Metrics {
             m.runners_retired.clone(),
         );
         registry.register("jobs", "Jobs in the store by status", m.jobs.clone());
-        registry.register(
-            "runners",
-            "Runners in the store by state",
-            m.runners.clone(),
-        );
+        registry.register("runners", "Runners in the store by state", m.runners.clone());
         registry.register(
             "job_startup_seconds",
             "Time from a job being first seen to a runner taking it",
@@ -110,9 +100,7 @@ impl Metrics {
     }
 
     pub fn runner_retired(&self, reason: &'static str) {
-        self.runners_retired
-            .get_or_create(&[("reason", reason)])
-            .inc();
+        self.runners_retired.get_or_create(&[("reason", reason)]).inc();
     }
 
     pub fn upstream_error(&self, kind: &'static str) {
@@ -131,15 +119,11 @@ impl Metrics {
     pub fn set_counts(&self, jobs: &[(String, i64)], runners: &[(String, i64)]) {
         self.jobs.clear();
         for (status, n) in jobs {
-            self.jobs
-                .get_or_create(&[("status", status.clone())])
-                .set(*n);
+            self.jobs.get_or_create(&[("status", status.clone())]).set(*n);
         }
         self.runners.clear();
         for (state, n) in runners {
-            self.runners
-                .get_or_create(&[("state", state.clone())])
-                .set(*n);
+            self.runners.get_or_create(&[("state", state.clone())]).set(*n);
         }
     }
 

@@ -62,10 +62,7 @@ fn pool_of_job(j: &OpenJob) -> Pool {
 }
 
 fn pool_of_runner(r: &LiveRunner) -> Pool {
-    (
-        r.row.repo.to_ascii_lowercase(),
-        r.row.labels.key().to_string(),
-    )
+    (r.row.repo.to_ascii_lowercase(), r.row.labels.key().to_string())
 }
 
 /// A runner that can still take a job: live, not retiring, and not known to have taken one.
@@ -73,10 +70,7 @@ fn is_available(r: &LiveRunner) -> bool {
     r.took.is_none()
         && matches!(
             r.row.state,
-            RunnerState::Pending
-                | RunnerState::Registering
-                | RunnerState::Registered
-                | RunnerState::Running
+            RunnerState::Pending | RunnerState::Registering | RunnerState::Registered | RunnerState::Running
         )
 }
 
@@ -101,13 +95,7 @@ pub fn plan(s: &Snapshot, limits: &Limits) -> Vec<Intent> {
         let wanted = demand.get(pool).map(Vec::as_slice).unwrap_or_default();
         let have = supply.get(pool).map(Vec::as_slice).unwrap_or_default();
         if wanted.len() > have.len() {
-            creates.extend(creations(
-                s,
-                wanted,
-                have,
-                wanted.len() - have.len(),
-                limits,
-            ));
+            creates.extend(creations(s, wanted, have, wanted.len() - have.len(), limits));
         } else if have.len() > wanted.len() {
             intents.extend(retirements(have, &eligible_ids, have.len() - wanted.len()));
         }
@@ -116,12 +104,7 @@ pub fn plan(s: &Snapshot, limits: &Limits) -> Vec<Intent> {
     let live = s.runners.iter().filter(|r| r.row.state.is_live()).count();
     let headroom = limits.max_runners.saturating_sub(live);
     creates.sort_by_key(|(job, _)| (job.first_seen_at, job.id));
-    intents.extend(
-        creates
-            .into_iter()
-            .take(headroom)
-            .map(|(_, r)| Intent::Create(r)),
-    );
+    intents.extend(creates.into_iter().take(headroom).map(|(_, r)| Intent::Create(r)));
     intents
 }
 
@@ -148,11 +131,7 @@ fn eligible_jobs<'a>(s: &'a Snapshot, limits: &Limits) -> Vec<&'a OpenJob> {
     }
     let mut used: HashMap<(u64, &str), usize> = HashMap::new();
     let mut out = Vec::new();
-    let mut queued: Vec<&OpenJob> = s
-        .jobs
-        .iter()
-        .filter(|j| j.status == JobStatus::Queued)
-        .collect();
+    let mut queued: Vec<&OpenJob> = s.jobs.iter().filter(|j| j.status == JobStatus::Queued).collect();
     // Matrix jobs are dispatched in order; job ids follow that order.
     queued.sort_by_key(|j| j.id);
     for job in queued {
@@ -163,8 +142,7 @@ fn eligible_jobs<'a>(s: &'a Snapshot, limits: &Limits) -> Vec<&'a OpenJob> {
         match (job.max_parallel, &job.mp_group) {
             (Some(max), Some(group)) if max > 0 => {
                 let key = (job.run_id, group.as_str());
-                let taken =
-                    active.get(&key).copied().unwrap_or(0) + used.get(&key).copied().unwrap_or(0);
+                let taken = active.get(&key).copied().unwrap_or(0) + used.get(&key).copied().unwrap_or(0);
                 if taken < max as usize {
                     *used.entry(key).or_default() += 1;
                     out.push(job);
@@ -270,12 +248,7 @@ async fn apply(ctx: &PlannerContext, s: &Snapshot, intents: Vec<Intent>) -> Resu
         match intent {
             Intent::Create(r) => new.push(r),
             Intent::Cancel(name) => {
-                let patch = RunnerPatch {
-                    failure: Some("not needed any more".into()),
-                    backoff: Some(false),
-                    ended: true,
-                    ..Default::default()
-                };
+                let patch = RunnerPatch::ended_because("not needed any more");
                 if ctx
                     .store
                     .transition(&name, &[RunnerState::Pending], RunnerState::Done, patch)

@@ -82,12 +82,8 @@ pub async fn run(ctx: Arc<ProvisionerContext>, stop: CancellationToken, drain: D
         }
     }
     if !tasks.is_empty() {
-        tracing::info!(
-            in_flight = tasks.len(),
-            "waiting for runners being provisioned"
-        );
-        let _ =
-            tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
+        tracing::info!(in_flight = tasks.len(), "waiting for runners being provisioned");
+        let _ = tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
     }
 }
 
@@ -111,7 +107,8 @@ async fn dispatch(
             continue;
         }
         let (ctx, in_flight) = (ctx.clone(), in_flight.clone());
-        let span = tracing::info_span!("provision", repo = %row.repo, job.id = %row.job, runner.name = %row.name);
+        let span =
+            tracing::info_span!("provision", repo = %row.repo, job.id = %row.job, runner.name = %row.name);
         tasks.spawn(
             async move {
                 provision(&ctx, row).await;
@@ -207,10 +204,7 @@ async fn register(
                 return Ok(None);
             }
             Err(e) if e.is_transient() && attempt + 1 < ctx.retry.attempts => {
-                let wait = ctx
-                    .retry
-                    .delay(attempt)
-                    .max(e.retry_after().unwrap_or_default());
+                let wait = ctx.retry.delay(attempt).max(e.retry_after().unwrap_or_default());
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "JIT registration failed; will retry");
                 tokio::time::sleep(wait).await;
                 if ctx
@@ -219,8 +213,7 @@ async fn register(
                     .await?
                     .is_some()
                 {
-                    abandon_registration(ctx, row, repo, "a failed try registered this name")
-                        .await?;
+                    abandon_registration(ctx, row, repo, "a failed try registered this name").await?;
                     return Ok(None);
                 }
                 attempt += 1;
@@ -242,19 +235,9 @@ async fn abandon_registration(
         ctx.github.delete_runner(repo, found.id).await?;
     }
     tracing::warn!("{why}; deleted it, the next attempt gets a new name");
-    let patch = RunnerPatch {
-        failure: Some(format!("{why}; registration deleted")),
-        backoff: Some(false),
-        ended: true,
-        ..Default::default()
-    };
+    let patch = RunnerPatch::failed(format!("{why}; registration deleted"), false);
     ctx.store
-        .transition(
-            &row.name,
-            &[RunnerState::Registering],
-            RunnerState::Failed,
-            patch,
-        )
+        .transition(&row.name, &[RunnerState::Registering], RunnerState::Failed, patch)
         .await?;
     ctx.wake.planner.notify_one();
     Ok(())
@@ -302,12 +285,7 @@ async fn mark_running(
     };
     if ctx
         .store
-        .transition(
-            &row.name,
-            &[RunnerState::Registered],
-            RunnerState::Running,
-            patch,
-        )
+        .transition(&row.name, &[RunnerState::Registered], RunnerState::Running, patch)
         .await?
     {
         ctx.metrics.runner_created();
@@ -318,10 +296,7 @@ async fn mark_running(
 
 /// A `registering` runner nobody works on: the process that started it died. If GitHub
 /// has the name, its JIT config is lost with that process; otherwise start over.
-async fn recover_registering(
-    ctx: &ProvisionerContext,
-    row: &RunnerRow,
-) -> Result<(), ProvisionError> {
+async fn recover_registering(ctx: &ProvisionerContext, row: &RunnerRow) -> Result<(), ProvisionError> {
     let repo = repo(row)?;
     if ctx
         .github
@@ -349,10 +324,7 @@ async fn recover_registering(
 
 /// A `registered` runner nobody works on: if its sandbox exists the create went through
 /// before the restart; otherwise its JIT config is lost and the registration must go.
-async fn recover_registered(
-    ctx: &ProvisionerContext,
-    row: &RunnerRow,
-) -> Result<(), ProvisionError> {
+async fn recover_registered(ctx: &ProvisionerContext, row: &RunnerRow) -> Result<(), ProvisionError> {
     let sandboxes = ctx.backend.list().await?;
     if let Some(sb) = sandboxes.into_iter().find(|s| s.name == row.name.as_str()) {
         tracing::info!("sandbox created before a restart found");
@@ -362,23 +334,13 @@ async fn recover_registered(
     if let Some(id) = row.github_id {
         deregister(ctx, &repo, id).await;
     }
-    let patch = RunnerPatch {
-        failure: Some(
-            "JIT config lost in a restart before the sandbox was created; registration deleted"
-                .into(),
-        ),
-        backoff: Some(false),
-        ended: true,
-        ..Default::default()
-    };
+    let patch = RunnerPatch::failed(
+        "JIT config lost in a restart before the sandbox was created; registration deleted",
+        false,
+    );
     if ctx
         .store
-        .transition(
-            &row.name,
-            &[RunnerState::Registered],
-            RunnerState::Failed,
-            patch,
-        )
+        .transition(&row.name, &[RunnerState::Registered], RunnerState::Failed, patch)
         .await?
     {
         tracing::warn!("JIT config lost in a restart; the next attempt gets a new name");
@@ -406,12 +368,7 @@ async fn fail(ctx: &ProvisionerContext, row: &RunnerRow, e: &ProvisionError) {
     if let ProvisionError::GitHub(GitHubError::Unauthorized | GitHubError::Forbidden { .. }) = e {
         pause(ctx, e);
     }
-    let patch = RunnerPatch {
-        failure: Some(e.to_string()),
-        backoff: Some(true),
-        ended: true,
-        ..Default::default()
-    };
+    let patch = RunnerPatch::failed(e.to_string(), true);
     let from = [
         RunnerState::Pending,
         RunnerState::Registering,
@@ -441,6 +398,5 @@ fn pause(ctx: &ProvisionerContext, e: &ProvisionError) {
 }
 
 fn repo(row: &RunnerRow) -> Result<RepoName, ProvisionError> {
-    RepoName::parse(&row.repo)
-        .map_err(|e| ProvisionError::Store(StoreError::Corrupt(e.to_string())))
+    RepoName::parse(&row.repo).map_err(|e| ProvisionError::Store(StoreError::Corrupt(e.to_string())))
 }

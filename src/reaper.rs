@@ -21,9 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backend::{Backend, BackendError, SandboxInfo};
-use crate::domain::{
-    JobStatus, NamePrefix, RepoAllowList, RepoName, RunnerName, RunnerState, now_millis,
-};
+use crate::domain::{JobStatus, NamePrefix, RepoAllowList, RepoName, RunnerName, RunnerState, now_millis};
 use crate::github::{DeleteOutcome, GitHub, GitHubError};
 use crate::metrics::Metrics;
 use crate::store::{LiveRunner, RunnerPatch, Store, StoreError};
@@ -94,11 +92,11 @@ pub async fn pass(ctx: &ReaperContext) -> Result<(), StoreError> {
             return Ok(());
         }
     };
-    let by_name: HashMap<&str, &SandboxInfo> =
-        sandboxes.iter().map(|s| (s.name.as_str(), s)).collect();
+    let by_name: HashMap<&str, &SandboxInfo> = sandboxes.iter().map(|s| (s.name.as_str(), s)).collect();
     let runners = ctx.store.live_runners().await?;
     for r in &runners {
-        let span = tracing::info_span!("reap", repo = %r.row.repo, job.id = %r.row.job, runner.name = %r.row.name);
+        let span =
+            tracing::info_span!("reap", repo = %r.row.repo, job.id = %r.row.job, runner.name = %r.row.name);
         let sandbox = by_name.get(r.row.name.as_str()).copied();
         if let Err(e) = reap_one(ctx, r, sandbox, listed_at)
             .instrument(span.clone())
@@ -122,11 +120,15 @@ async fn reap_one(
 ) -> Result<(), ReapError> {
     match r.row.state {
         RunnerState::Retiring => {
-            let patch = RunnerPatch {
-                ended: true,
-                ..Default::default()
-            };
-            if remove(ctx, r, RunnerState::Retiring, RunnerState::Done, patch).await? {
+            if remove(
+                ctx,
+                r,
+                RunnerState::Retiring,
+                RunnerState::Done,
+                RunnerPatch::ended(),
+            )
+            .await?
+            {
                 ctx.metrics.runner_retired("surplus");
                 tracing::info!("surplus runner removed");
             }
@@ -158,12 +160,7 @@ async fn remove(
         tracing::info!("GitHub gave the runner a job meanwhile; keeping it");
         if from != RunnerState::Running {
             ctx.store
-                .transition(
-                    &r.row.name,
-                    &[from],
-                    RunnerState::Running,
-                    RunnerPatch::default(),
-                )
+                .transition(&r.row.name, &[from], RunnerState::Running, RunnerPatch::default())
                 .await?;
         }
         return Ok(false);
@@ -171,28 +168,17 @@ async fn remove(
     if let Some(sb) = &r.row.sandbox_id {
         ctx.backend.terminate(sb).await?;
     }
-    Ok(ctx
-        .store
-        .transition(&r.row.name, &[from], to, patch)
-        .await?)
+    Ok(ctx.store.transition(&r.row.name, &[from], to, patch).await?)
 }
 
 /// The sandbox ended on its own. After a job that is the normal end; without one the
 /// runner failed (it counts toward the job's backoff) and its registration goes too.
 async fn sandbox_gone(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapError> {
-    let finished = RunnerPatch {
-        ended: true,
-        ..Default::default()
-    };
+    let finished = RunnerPatch::ended();
     if let Some(took) = &r.took {
         if ctx
             .store
-            .transition(
-                &r.row.name,
-                &[RunnerState::Running],
-                RunnerState::Done,
-                finished,
-            )
+            .transition(&r.row.name, &[RunnerState::Running], RunnerState::Done, finished)
             .await?
         {
             tracing::info!(took.job = %took.id, "runner finished");
@@ -208,12 +194,7 @@ async fn sandbox_gone(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapErr
             DeleteOutcome::NotFound => {
                 if ctx
                     .store
-                    .transition(
-                        &r.row.name,
-                        &[RunnerState::Running],
-                        RunnerState::Done,
-                        finished,
-                    )
+                    .transition(&r.row.name, &[RunnerState::Running], RunnerState::Done, finished)
                     .await?
                 {
                     tracing::info!("runner finished (its job's events are still on the way)");
@@ -223,20 +204,10 @@ async fn sandbox_gone(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapErr
             DeleteOutcome::Deleted => {}
         }
     }
-    let patch = RunnerPatch {
-        failure: Some("the sandbox ended before the runner took a job".into()),
-        backoff: Some(true),
-        ended: true,
-        ..Default::default()
-    };
+    let patch = RunnerPatch::failed("the sandbox ended before the runner took a job", true);
     if ctx
         .store
-        .transition(
-            &r.row.name,
-            &[RunnerState::Running],
-            RunnerState::Failed,
-            patch,
-        )
+        .transition(&r.row.name, &[RunnerState::Running], RunnerState::Failed, patch)
         .await?
     {
         ctx.metrics.runner_failed("sandbox_ended_idle");
@@ -251,9 +222,10 @@ async fn sandbox_gone(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapErr
 async fn check_busy(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapError> {
     let now = now_millis();
     let grace = millis(ctx.exit_grace);
-    let finished_long_ago = r.took.as_ref().is_some_and(|t| {
-        t.status == JobStatus::Completed && t.completed_at.is_some_and(|c| now - c > grace)
-    });
+    let finished_long_ago = r
+        .took
+        .as_ref()
+        .is_some_and(|t| t.status == JobStatus::Completed && t.completed_at.is_some_and(|c| now - c > grace));
     if finished_long_ago {
         return stop(ctx, r, "stopped after its job completed").await;
     }
@@ -271,12 +243,7 @@ async fn check_idle(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapError
             "never came online at GitHub within {}s",
             ctx.registration_timeout.as_secs()
         );
-        let patch = RunnerPatch {
-            failure: Some(reason.clone()),
-            backoff: Some(true),
-            ended: true,
-            ..Default::default()
-        };
+        let patch = RunnerPatch::failed(reason.clone(), true);
         if remove(ctx, r, RunnerState::Running, RunnerState::Failed, patch).await? {
             ctx.metrics.runner_failed("registration_timeout");
             tracing::warn!("runner {reason}; removed");
@@ -286,12 +253,7 @@ async fn check_idle(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapError
     }
     if age > millis(ctx.idle_timeout) {
         let reason = format!("idle without a job for {}s", ctx.idle_timeout.as_secs());
-        let patch = RunnerPatch {
-            failure: Some(reason.clone()),
-            backoff: Some(false),
-            ended: true,
-            ..Default::default()
-        };
+        let patch = RunnerPatch::ended_because(reason.clone());
         if remove(ctx, r, RunnerState::Running, RunnerState::Done, patch).await? {
             ctx.metrics.runner_retired("idle");
             tracing::info!("runner {reason}; removed");
@@ -324,19 +286,10 @@ async fn stop(ctx: &ReaperContext, r: &LiveRunner, reason: &str) -> Result<(), R
     if let Some(sb) = &r.row.sandbox_id {
         ctx.backend.terminate(sb).await?;
     }
-    let patch = RunnerPatch {
-        failure: Some(reason.into()),
-        ended: true,
-        ..Default::default()
-    };
+    let patch = RunnerPatch::ended_because(reason);
     if ctx
         .store
-        .transition(
-            &r.row.name,
-            &[RunnerState::Running],
-            RunnerState::Done,
-            patch,
-        )
+        .transition(&r.row.name, &[RunnerState::Running], RunnerState::Done, patch)
         .await?
     {
         tracing::info!("runner sandbox {reason}");

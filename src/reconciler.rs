@@ -108,10 +108,7 @@ async fn repos(ctx: &ReconcilerContext) -> Result<Vec<RepoName>, StoreError> {
         return Ok(listed.to_vec());
     }
     let known = ctx.store.known_repos().await?;
-    Ok(known
-        .iter()
-        .filter_map(|r| RepoName::parse(r).ok())
-        .collect())
+    Ok(known.iter().filter_map(|r| RepoName::parse(r).ok()).collect())
 }
 
 /// Stops the pass when fewer than a tenth of the hourly budget (and under 100 calls) is
@@ -154,10 +151,7 @@ async fn poll_repo(
 
 /// Open jobs of the store that no polled run held: fetched one by one (at most 50 a
 /// pass, oldest first) once they are older than one interval.
-async fn refresh_unseen(
-    ctx: &ReconcilerContext,
-    seen: &HashSet<JobId>,
-) -> Result<usize, ReconcileError> {
+async fn refresh_unseen(ctx: &ReconcilerContext, seen: &HashSet<JobId>) -> Result<usize, ReconcileError> {
     let cutoff = now_millis() - i64::try_from(ctx.interval.as_millis()).unwrap_or(i64::MAX);
     let mut refreshed = 0;
     for job in ctx
@@ -300,18 +294,13 @@ mod tests {
     fn polled_jobs_become_events_only_with_our_label() {
         let repo = RepoName::parse("octo/repo").expect("valid");
         assert!(to_event(&repo, remote("queued", &["ubuntu-latest"]), "modal").is_none());
-        let e =
-            to_event(&repo, remote("queued", &["self-hosted", "Modal"]), "modal").expect("ours");
+        let e = to_event(&repo, remote("queued", &["self-hosted", "Modal"]), "modal").expect("ours");
         assert_eq!((e.status, e.run_attempt), (JobStatus::Queued, 2));
         assert_eq!(e.runner_name, None, "a queued job has no runner yet");
         let e = to_event(&repo, remote("in_progress", &["modal"]), "modal").expect("ours");
         assert_eq!(e.runner_name.as_deref(), Some("modal-1-1"));
         let e = to_event(&repo, remote("pending", &["modal"]), "modal").expect("ours");
-        assert_eq!(
-            e.status,
-            JobStatus::Waiting,
-            "pending jobs are not runnable"
-        );
+        assert_eq!(e.status, JobStatus::Waiting, "pending jobs are not runnable");
     }
 
     #[test]

@@ -14,11 +14,7 @@ pub struct Backoff {
 
 impl Backoff {
     pub const fn new(attempts: u32, base: Duration, cap: Duration) -> Backoff {
-        Backoff {
-            attempts,
-            base,
-            cap,
-        }
+        Backoff { attempts, base, cap }
     }
 
     /// The wait before try `attempt + 1` (attempt counts from 0).

@@ -30,8 +30,8 @@ impl RunnerVersion {
 
     /// A `RUNNER_VERSION` pin: well formed and new enough for GitHub to register it.
     pub fn pinned(s: &str) -> Result<RunnerVersion, String> {
-        let v = RunnerVersion::parse(s)
-            .ok_or_else(|| format!("`{s}` is not a runner version like 2.336.0"))?;
+        let v =
+            RunnerVersion::parse(s).ok_or_else(|| format!("`{s}` is not a runner version like 2.336.0"))?;
         let (a, b, c) = MINIMUM;
         if v < RunnerVersion(a, b, c) {
             return Err(format!(
@@ -73,10 +73,7 @@ impl RunnerRelease {
 
 /// Asks GitHub which linux-x64 release it serves to `repo` (progressive rollouts differ
 /// per repository), falling back to actions/runner's latest release.
-pub async fn resolve(
-    github: &GitHub,
-    repo: Option<&RepoName>,
-) -> Result<RunnerRelease, GitHubError> {
+pub async fn resolve(github: &GitHub, repo: Option<&RepoName>) -> Result<RunnerRelease, GitHubError> {
     if let Some(repo) = repo {
         match github.runner_downloads(repo).await {
             Ok(downloads) => {
@@ -120,10 +117,7 @@ mod tests {
 
     #[test]
     fn versions_parse_with_or_without_a_v() {
-        assert_eq!(
-            RunnerVersion::parse("v2.336.0"),
-            Some(RunnerVersion(2, 336, 0))
-        );
+        assert_eq!(RunnerVersion::parse("v2.336.0"), Some(RunnerVersion(2, 336, 0)));
         assert_eq!(
             RunnerVersion::parse("2.336.0").map(|v| v.to_string()),
             Some("2.336.0".into())
@@ -146,9 +140,6 @@ mod tests {
     fn the_version_is_read_from_a_download_url() {
         let url = "https://github.com/actions/runner/releases/download/v2.336.0/actions-runner-linux-x64-2.336.0.tar.gz";
         assert_eq!(version_in_url(url), Some(RunnerVersion(2, 336, 0)));
-        assert_eq!(
-            RunnerRelease::from_version(RunnerVersion(2, 336, 0)).url,
-            url
-        );
+        assert_eq!(RunnerRelease::from_version(RunnerVersion(2, 336, 0)).url, url);
     }
 }

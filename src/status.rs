@@ -77,12 +77,7 @@ fn counts(rows: &[(String, i64)]) -> String {
 }
 
 /// One line on why an open job is where it is.
-fn why(
-    status: JobStatus,
-    max_parallel: Option<u32>,
-    tries: &[&RunnerRow],
-    taken_by: Option<&str>,
-) -> String {
+fn why(status: JobStatus, max_parallel: Option<u32>, tries: &[&RunnerRow], taken_by: Option<&str>) -> String {
     if status == JobStatus::InProgress {
         return format!("running on {}", taken_by.unwrap_or("an unknown runner"));
     }

@@ -85,10 +85,7 @@ fn matches_template(display: &str, template: &str) -> bool {
     }
     literals.push(rest);
     let (first, last) = (literals[0], literals[literals.len() - 1]);
-    if !display.starts_with(first)
-        || !display.ends_with(last)
-        || display.len() < first.len() + last.len()
-    {
+    if !display.starts_with(first) || !display.ends_with(last) || display.len() < first.len() + last.len() {
         return false;
     }
     let mut hay = &display[first.len()..display.len() - last.len()];
@@ -230,9 +227,7 @@ async fn lookup(ctx: &StrategyContext, run: &UnresolvedRun) -> Result<RunStrateg
     .await;
     match result {
         Ok(Some(text)) => Ok(match parse_workflow(&text) {
-            Some(jobs) => {
-                RunStrategy::Resolved(serde_json::to_string(&jobs).unwrap_or_else(|_| "[]".into()))
-            }
+            Some(jobs) => RunStrategy::Resolved(serde_json::to_string(&jobs).unwrap_or_else(|_| "[]".into())),
             None => RunStrategy::Unreadable,
         }),
         Ok(None) => Ok(RunStrategy::Unreadable),
@@ -252,10 +247,7 @@ fn run_with(jobs: &[(u64, &str)]) -> UnresolvedRun {
         run_id: 1,
         repo: "octo/repo".into(),
         head_sha: None,
-        jobs: jobs
-            .iter()
-            .map(|(id, n)| (JobId(*id), n.to_string()))
-            .collect(),
+        jobs: jobs.iter().map(|(id, n)| (JobId(*id), n.to_string())).collect(),
         known: None,
     }
 }
@@ -305,13 +297,7 @@ jobs:
         let mp: Vec<(&str, u32)> = j.iter().map(|j| (j.key.as_str(), j.max_parallel)).collect();
         assert_eq!(
             mp,
-            [
-                ("lint", 0),
-                ("test", 2),
-                ("build", 1),
-                ("deploy", 0),
-                ("call", 3)
-            ]
+            [("lint", 0), ("test", 2), ("build", 1), ("deploy", 0), ("call", 3)]
         );
     }
 
@@ -320,10 +306,7 @@ jobs:
         let j = jobs();
         assert_eq!(match_job("test (3)", &j), Some(("test".into(), 2)));
         assert_eq!(match_job("lint", &j), Some(("lint".into(), 0)));
-        assert_eq!(
-            match_job("Build linux py3.12", &j),
-            Some(("build".into(), 1))
-        );
+        assert_eq!(match_job("Build linux py3.12", &j), Some(("build".into(), 1)));
         assert_eq!(match_job("Deploy (a)", &j), Some(("deploy".into(), 0)));
         assert_eq!(match_job("call (1) / build", &j), Some(("call".into(), 3)));
         assert_eq!(match_job("unknown", &j), None);

@@ -196,8 +196,8 @@ impl LocalBackend {
             .await
             .map_err(|e| BackendError::Transient(format!("copy task failed: {e}")))?
             .map_err(|e| permanent("copy the runner directory", &self.config.runner_dir, e))?;
-        let log = std::fs::File::create(&paths.log)
-            .map_err(|e| permanent("create the log", &paths.log, e))?;
+        let log =
+            std::fs::File::create(&paths.log).map_err(|e| permanent("create the log", &paths.log, e))?;
         let log_err = log
             .try_clone()
             .map_err(|e| permanent("open the log", &paths.log, e))?;
@@ -206,10 +206,7 @@ impl LocalBackend {
             .env_clear()
             .envs(std::env::vars().filter(|(k, _)| PASSED_ENV.contains(&k.as_str())))
             .env("RUNNER_ALLOW_RUNASROOT", "1")
-            .env(
-                "ACTIONS_RUNNER_INPUT_JITCONFIG",
-                spec.jit_config.expose_secret(),
-            )
+            .env("ACTIONS_RUNNER_INPUT_JITCONFIG", spec.jit_config.expose_secret())
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))

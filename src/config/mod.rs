@@ -47,12 +47,7 @@ pub struct ServeArgs {
     #[arg(long, env = "GITHUB_API_URL", value_name = "URL")]
     pub github_api_url: Option<String>,
     /// The label a job must request to get a runner (compared without case).
-    #[arg(
-        long,
-        env = "RUNNER_LABEL",
-        default_value = "modal",
-        value_name = "LABEL"
-    )]
+    #[arg(long, env = "RUNNER_LABEL", default_value = "modal", value_name = "LABEL")]
     pub runner_label: String,
     /// Runner names are <prefix>-<job id>-<attempt>.
     #[arg(
@@ -80,12 +75,7 @@ pub struct ServeArgs {
     #[arg(long, env = "PORT", default_value = "8000")]
     pub port: String,
     /// Address to listen on.
-    #[arg(
-        long,
-        env = "BIND_ADDRESS",
-        default_value = "0.0.0.0",
-        value_name = "IP"
-    )]
+    #[arg(long, env = "BIND_ADDRESS", default_value = "0.0.0.0", value_name = "IP")]
     pub bind_address: String,
     /// Cap on runners holding capacity at once (busy ones included).
     #[arg(long, env = "MAX_RUNNERS", default_value = "50", value_name = "N")]
@@ -108,36 +98,16 @@ pub struct ServeArgs {
     #[arg(long, env = "LOCAL_WORK_DIR", value_name = "DIR")]
     pub local_work_dir: Option<PathBuf>,
     /// Largest webhook body accepted.
-    #[arg(
-        long,
-        env = "MAX_BODY_BYTES",
-        default_value = "1048576",
-        value_name = "BYTES"
-    )]
+    #[arg(long, env = "MAX_BODY_BYTES", default_value = "1048576", value_name = "BYTES")]
     pub max_body_bytes: String,
     /// Runners provisioned at once (GitHub allows 100 concurrent requests per token).
-    #[arg(
-        long,
-        env = "PROVISION_CONCURRENCY",
-        default_value = "32",
-        value_name = "N"
-    )]
+    #[arg(long, env = "PROVISION_CONCURRENCY", default_value = "32", value_name = "N")]
     pub provision_concurrency: String,
     /// Timeout of one GitHub request.
-    #[arg(
-        long,
-        env = "GITHUB_TIMEOUT_SECS",
-        default_value = "30",
-        value_name = "SECS"
-    )]
+    #[arg(long, env = "GITHUB_TIMEOUT_SECS", default_value = "30", value_name = "SECS")]
     pub github_timeout_secs: String,
     /// How often the reaper checks runners and sandboxes.
-    #[arg(
-        long,
-        env = "REAP_INTERVAL_SECS",
-        default_value = "5",
-        value_name = "SECS"
-    )]
+    #[arg(long, env = "REAP_INTERVAL_SECS", default_value = "5", value_name = "SECS")]
     pub reap_interval_secs: String,
     /// How long a sandbox may run on after its job completed before it is stopped.
     #[arg(
@@ -148,12 +118,7 @@ pub struct ServeArgs {
     )]
     pub runner_exit_grace_secs: String,
     /// How long shutdown waits for runners being provisioned.
-    #[arg(
-        long,
-        env = "SHUTDOWN_GRACE_SECS",
-        default_value = "20",
-        value_name = "SECS"
-    )]
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value = "20", value_name = "SECS")]
     pub shutdown_grace_secs: String,
     /// How often GitHub is polled for jobs whose webhooks were lost (also once at start).
     #[arg(
@@ -290,10 +255,7 @@ pub enum BackendSettings {
 
 impl Settings {
     /// Validates `args`; secrets not given as files are looked up with `env`.
-    pub fn from_args(
-        args: ServeArgs,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<Settings, ConfigError> {
+    pub fn from_args(args: ServeArgs, env: impl Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
         let github_token = secret(
             "GITHUB_TOKEN",
             "--github-token-file",
@@ -311,18 +273,12 @@ impl Settings {
         let allowed_repos_for_hooks = allowed_repos.clone();
         let runner_label = args.runner_label.trim().to_string();
         if runner_label.is_empty() || runner_label.contains(',') {
-            return Err(err(
-                "RUNNER_LABEL",
-                "must be one non-empty label without commas",
-            ));
+            return Err(err("RUNNER_LABEL", "must be one non-empty label without commas"));
         }
-        let prefix = NamePrefix::parse(&args.runner_name_prefix)
-            .map_err(|m| err("RUNNER_NAME_PREFIX", m))?;
+        let prefix = NamePrefix::parse(&args.runner_name_prefix).map_err(|m| err("RUNNER_NAME_PREFIX", m))?;
         let backend = backend(&args, &env, &prefix)?;
-        let sandbox_timeout = Duration::from_secs(number::<u64>(
-            "SANDBOX_TIMEOUT_SECS",
-            &args.sandbox_timeout_secs,
-        )?);
+        let sandbox_timeout =
+            Duration::from_secs(number::<u64>("SANDBOX_TIMEOUT_SECS", &args.sandbox_timeout_secs)?);
         if sandbox_timeout.is_zero() || sandbox_timeout > Duration::from_secs(86_400) {
             return Err(err(
                 "SANDBOX_TIMEOUT_SECS",
@@ -369,8 +325,7 @@ impl Settings {
             idle_timeout: nonzero("RUNNER_IDLE_TIMEOUT_SECS", &args.runner_idle_timeout_secs)?,
             hooks: hooks(args.webhook_hook_id.as_deref(), &allowed_repos_for_hooks)?,
             redeliver_window: Duration::from_secs_f64(
-                seconds("REDELIVER_WINDOW_HOURS", &args.redeliver_window_hours)?.as_secs_f64()
-                    * 3600.0,
+                seconds("REDELIVER_WINDOW_HOURS", &args.redeliver_window_hours)?.as_secs_f64() * 3600.0,
             ),
             auth_pause: seconds("AUTH_FAILURE_PAUSE_SECS", &args.auth_failure_pause_secs)?,
             jit_limit_per_min: {
@@ -394,12 +349,8 @@ fn secret(
     env: &impl Fn(&str) -> Option<String>,
 ) -> Result<SecretString, ConfigError> {
     let value = match file {
-        Some(path) => std::fs::read_to_string(path).map_err(|e| {
-            err(
-                var,
-                format!("could not read {flag} {}: {e}", path.display()),
-            )
-        })?,
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| err(var, format!("could not read {flag} {}: {e}", path.display())))?,
         None => env(var).ok_or_else(|| {
             err(
                 var,
@@ -474,10 +425,7 @@ fn hooks(raw: Option<&str>, allowed: &RepoAllowList) -> Result<Vec<Hook>, Config
             });
         } else if let Some((repo, hook)) = entry.rsplit_once(':') {
             let repo = RepoName::parse(repo).map_err(|e| err(VAR, e.to_string()))?;
-            out.push(Hook::Repo {
-                repo,
-                id: id(hook)?,
-            });
+            out.push(Hook::Repo { repo, id: id(hook)? });
         } else {
             let repo = match allowed.listed() {
                 Some([only]) => only.clone(),
@@ -488,10 +436,7 @@ fn hooks(raw: Option<&str>, allowed: &RepoAllowList) -> Result<Vec<Hook>, Config
                     ));
                 }
             };
-            out.push(Hook::Repo {
-                repo,
-                id: id(entry)?,
-            });
+            out.push(Hook::Repo { repo, id: id(entry)? });
         }
     }
     Ok(out)
@@ -573,10 +518,7 @@ fn backend(
                 .local_work_dir
                 .clone()
                 .unwrap_or_else(|| std::env::temp_dir().join("modal-github-runner"));
-            Ok(BackendSettings::Local {
-                runner_dir,
-                work_dir,
-            })
+            Ok(BackendSettings::Local { runner_dir, work_dir })
         }
     }
 }
@@ -609,10 +551,7 @@ mod tests {
         }
         argv.extend_from_slice(extra);
         let cli = Cli::try_parse_from(argv).expect("clap parses");
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Settings::from_args(cli.args, |k| {
             env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.clone())
         })
@@ -675,14 +614,8 @@ mod tests {
             (&["--bind-address", "localhost"], "BIND_ADDRESS"),
             (&["--reap-interval-secs", "soon"], "REAP_INTERVAL_SECS"),
             (&["--local-runner-dir", "/nonexistent"], "LOCAL_RUNNER_DIR"),
-            (
-                &["--reconcile-interval-secs", "0"],
-                "RECONCILE_INTERVAL_SECS",
-            ),
-            (
-                &["--runner-idle-timeout-secs", "x"],
-                "RUNNER_IDLE_TIMEOUT_SECS",
-            ),
+            (&["--reconcile-interval-secs", "0"], "RECONCILE_INTERVAL_SECS"),
+            (&["--runner-idle-timeout-secs", "x"], "RUNNER_IDLE_TIMEOUT_SECS"),
             (&["--webhook-hook-id", "12"], "WEBHOOK_HOOK_ID"),
             (&["--webhook-hook-id", "octo/repo:x"], "WEBHOOK_HOOK_ID"),
             (

@@ -46,23 +46,13 @@ pub struct ModalArgs {
     #[arg(long, env = "MODAL_IMAGE_BUILDER_VERSION", value_name = "VERSION")]
     pub modal_image_builder_version: Option<String>,
     /// Sandbox creations per second (Modal's default workspace limit is 5).
-    #[arg(
-        long,
-        env = "MODAL_CREATE_RATE",
-        default_value = "5",
-        value_name = "PER_SEC"
-    )]
+    #[arg(long, env = "MODAL_CREATE_RATE", default_value = "5", value_name = "PER_SEC")]
     pub modal_create_rate: String,
     /// Physical CPU cores per sandbox.
     #[arg(long, env = "SANDBOX_CPU", default_value = "2", value_name = "CORES")]
     pub sandbox_cpu: String,
     /// Memory per sandbox.
-    #[arg(
-        long,
-        env = "SANDBOX_MEMORY_MIB",
-        default_value = "4096",
-        value_name = "MIB"
-    )]
+    #[arg(long, env = "SANDBOX_MEMORY_MIB", default_value = "4096", value_name = "MIB")]
     pub sandbox_memory_mib: String,
     /// GPU per sandbox, e.g. A10G or H100:2 (default: none).
     #[arg(long, env = "SANDBOX_GPU", value_name = "GPU")]
@@ -128,10 +118,7 @@ pub fn settings(
         .or_else(|| profile.server_url.clone())
         .unwrap_or_else(|| "https://api.modal.com:443".into());
     if !(server_url.starts_with("https://") || server_url.starts_with("http://")) {
-        return Err(err(
-            "MODAL_SERVER_URL",
-            "must start with https:// or http://",
-        ));
+        return Err(err("MODAL_SERVER_URL", "must start with https:// or http://"));
     }
     let cpu: f64 = number("SANDBOX_CPU", &args.sandbox_cpu)?;
     if !(0.125..=64.0).contains(&cpu) {
@@ -200,10 +187,7 @@ pub fn settings(
 }
 
 /// The profile to read credentials from, if there is a config file.
-fn profile(
-    args: &ModalArgs,
-    env: &impl Fn(&str) -> Option<String>,
-) -> Result<Profile, ConfigError> {
+fn profile(args: &ModalArgs, env: &impl Fn(&str) -> Option<String>) -> Result<Profile, ConfigError> {
     let path = match &args.modal_config_path {
         Some(p) => p.clone(),
         None => match env("HOME") {
@@ -294,10 +278,7 @@ mod tests {
     }
 
     fn build(flags: &[&str], env: &[(&str, &str)]) -> Result<ModalSettings, ConfigError> {
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let lookup = |k: &str| env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.clone());
         settings(&args(flags), &lookup, "modal")
     }
@@ -331,8 +312,8 @@ mod tests {
         );
         let s = build(&["--modal-config-path", p, "--modal-profile", "work"], &[]).expect("valid");
         assert_eq!(s.connection.token_id, "ak-work");
-        let e = build(&["--modal-config-path", p, "--modal-profile", "nope"], &[])
-            .expect_err("unknown profile");
+        let e =
+            build(&["--modal-config-path", p, "--modal-profile", "nope"], &[]).expect_err("unknown profile");
         assert_eq!(e.var, "MODAL_PROFILE");
     }
 
@@ -354,10 +335,7 @@ mod tests {
             (vec!["--sandbox-gpu", "H100:0"], "SANDBOX_GPU"),
             (vec!["--modal-create-rate", "fast"], "MODAL_CREATE_RATE"),
             (vec!["--modal-app-name", "has space"], "MODAL_APP_NAME"),
-            (
-                vec!["--modal-server-url", "api.modal.com"],
-                "MODAL_SERVER_URL",
-            ),
+            (vec!["--modal-server-url", "api.modal.com"], "MODAL_SERVER_URL"),
             (
                 vec!["--sandbox-image-commands", "FROM alpine"],
                 "SANDBOX_IMAGE_COMMANDS",

@@ -174,10 +174,7 @@ mod tests {
         for st in RunnerState::ALL {
             assert_eq!(RunnerState::parse(st.as_str()), Some(st));
         }
-        let freed: Vec<_> = RunnerState::ALL
-            .into_iter()
-            .filter(|s| !s.is_live())
-            .collect();
+        let freed: Vec<_> = RunnerState::ALL.into_iter().filter(|s| !s.is_live()).collect();
         assert_eq!(freed, [RunnerState::Done, RunnerState::Failed]);
     }
 }

@@ -38,10 +38,7 @@ pub enum FakeRunnerError {
     #[error(transparent)]
     InvalidJitConfig(#[from] JitConfigError),
     #[error("cannot write runner file {path}: {source}")]
-    WriteFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    WriteFile { path: PathBuf, source: std::io::Error },
     #[error("cannot determine the runner directory: {0}")]
     WorkingDirectory(std::io::Error),
     #[error("the Actions service rejected the runner credentials")]
@@ -99,9 +96,7 @@ async fn write_private(path: &Path, content: &[u8]) -> Result<(), FakeRunnerErro
     tokio::io::AsyncWriteExt::write_all(&mut file, content)
         .await
         .map_err(error)?;
-    tokio::io::AsyncWriteExt::flush(&mut file)
-        .await
-        .map_err(error)
+    tokio::io::AsyncWriteExt::flush(&mut file).await.map_err(error)
 }
 
 /// Instructions from `connect`.
@@ -127,11 +122,7 @@ struct Session {
 
 impl Session {
     fn new(config: &JitConfig) -> Self {
-        let base = config
-            .settings
-            .server_url_v2
-            .trim_end_matches('/')
-            .to_owned();
+        let base = config.settings.server_url_v2.trim_end_matches('/').to_owned();
         Self {
             client: HttpClient::new(CALL_TIMEOUT),
             base,
@@ -234,10 +225,7 @@ impl Session {
 }
 
 /// Maps an answer: 2xx → it, 410 → `None`, 401 → error, others → error.
-fn classify(
-    endpoint: &'static str,
-    answer: HttpResponse,
-) -> Result<Option<HttpResponse>, FakeRunnerError> {
+fn classify(endpoint: &'static str, answer: HttpResponse) -> Result<Option<HttpResponse>, FakeRunnerError> {
     match answer.status {
         200..=299 => Ok(Some(answer)),
         410 => Ok(None),
@@ -279,10 +267,7 @@ mod tests {
     use super::*;
 
     fn temp_dir(tag: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "fake-runner-{tag}-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
+        let dir = std::env::temp_dir().join(format!("fake-runner-{tag}-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         dir
     }

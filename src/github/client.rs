@@ -9,8 +9,8 @@ use serde::de::DeserializeOwned;
 
 use super::error::GitHubError;
 use super::types::{
-    Contents, DeleteOutcome, ErrorBody, Hook, HookDelivery, JitConfig, JitRequest, JitResponse,
-    JobList, RemoteJob, RemoteRun, RunList, RunnerDownload, RunnerInfo, RunnerList,
+    Contents, DeleteOutcome, ErrorBody, Hook, HookDelivery, JitConfig, JitRequest, JitResponse, JobList,
+    RemoteJob, RemoteRun, RunList, RunnerDownload, RunnerInfo, RunnerList,
 };
 use crate::domain::RepoName;
 use crate::metrics::Metrics;
@@ -98,10 +98,7 @@ impl GitHub {
         repo: &RepoName,
         request: &JitRequest,
     ) -> Result<JitConfig, GitHubError> {
-        let url = self.url(&repo_path(
-            repo,
-            &["actions", "runners", "generate-jitconfig"],
-        ));
+        let url = self.url(&repo_path(repo, &["actions", "runners", "generate-jitconfig"]));
         let body = serde_json::to_value(request).map_err(|e| GitHubError::Decode(e.to_string()))?;
         let reply = self.send_once(Method::POST, url, Some(&body)).await?;
         let resp: JitResponse = decode(&reply.body)?;
@@ -135,10 +132,7 @@ impl GitHub {
         repo: &RepoName,
         runner_id: u64,
     ) -> Result<Option<RunnerInfo>, GitHubError> {
-        let url = self.url(&repo_path(
-            repo,
-            &["actions", "runners", &runner_id.to_string()],
-        ));
+        let url = self.url(&repo_path(repo, &["actions", "runners", &runner_id.to_string()]));
         match self.get_json(url).await {
             Ok(r) => Ok(Some(r)),
             Err(GitHubError::NotFound) => Ok(None),
@@ -147,15 +141,8 @@ impl GitHub {
     }
 
     /// `DELETE …/runners/{id}`; a busy runner (422) is reported, not an error.
-    pub async fn delete_runner(
-        &self,
-        repo: &RepoName,
-        runner_id: u64,
-    ) -> Result<DeleteOutcome, GitHubError> {
-        let url = self.url(&repo_path(
-            repo,
-            &["actions", "runners", &runner_id.to_string()],
-        ));
+    pub async fn delete_runner(&self, repo: &RepoName, runner_id: u64) -> Result<DeleteOutcome, GitHubError> {
+        let url = self.url(&repo_path(repo, &["actions", "runners", &runner_id.to_string()]));
         let result = self
             .with_retries(|| self.send_once(Method::DELETE, url.clone(), None))
             .await;
@@ -174,22 +161,14 @@ impl GitHub {
     }
 
     /// Runs of a repository in `status` (queued, in_progress, …).
-    pub async fn list_runs(
-        &self,
-        repo: &RepoName,
-        status: &str,
-    ) -> Result<Vec<RemoteRun>, GitHubError> {
+    pub async fn list_runs(&self, repo: &RepoName, status: &str) -> Result<Vec<RemoteRun>, GitHubError> {
         let mut url = self.url(&repo_path(repo, &["actions", "runs"]));
         url.query_pairs_mut().append_pair("status", status);
         self.get_pages(url, |l: RunList| l.workflow_runs).await
     }
 
     /// The latest attempt's jobs of a run.
-    pub async fn run_jobs(
-        &self,
-        repo: &RepoName,
-        run_id: u64,
-    ) -> Result<Vec<RemoteJob>, GitHubError> {
+    pub async fn run_jobs(&self, repo: &RepoName, run_id: u64) -> Result<Vec<RemoteJob>, GitHubError> {
         let mut url = self.url(&repo_path(
             repo,
             &["actions", "runs", &run_id.to_string(), "jobs"],
@@ -199,10 +178,7 @@ impl GitHub {
     }
 
     /// The runner releases GitHub currently serves to this repository.
-    pub async fn runner_downloads(
-        &self,
-        repo: &RepoName,
-    ) -> Result<Vec<RunnerDownload>, GitHubError> {
+    pub async fn runner_downloads(&self, repo: &RepoName) -> Result<Vec<RunnerDownload>, GitHubError> {
         let url = self.url(&repo_path(repo, &["actions", "runners", "downloads"]));
         self.get_json(url).await
     }
@@ -334,9 +310,7 @@ impl GitHub {
             match call().await {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_transient() && attempt + 1 < policy.attempts => {
-                    let wait = policy
-                        .delay(attempt)
-                        .max(e.retry_after().unwrap_or_default());
+                    let wait = policy.delay(attempt).max(e.retry_after().unwrap_or_default());
                     tracing::debug!(error = %e, attempt, wait_ms = wait.as_millis() as u64, "retrying GitHub call");
                     tokio::time::sleep(wait).await;
                     attempt += 1;
@@ -355,9 +329,8 @@ impl GitHub {
         body: Option<&serde_json::Value>,
     ) -> Result<Reply, GitHubError> {
         self.wait_for_rate_block().await;
-        let mut auth =
-            HeaderValue::from_str(&format!("Bearer {}", self.inner.token.expose_secret()))
-                .map_err(|_| GitHubError::Unauthorized)?;
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", self.inner.token.expose_secret()))
+            .map_err(|_| GitHubError::Unauthorized)?;
         auth.set_sensitive(true);
         let mut req = self
             .inner
@@ -383,10 +356,7 @@ impl GitHub {
         self.note_rate(&headers);
         let bytes = resp.bytes().await.map_err(transport_error)?;
         if status.is_success() {
-            return Ok(Reply {
-                headers,
-                body: bytes,
-            });
+            return Ok(Reply { headers, body: bytes });
         }
         let err = classify(status, &headers, &bytes);
         if let GitHubError::RateLimited { retry_after } = &err {

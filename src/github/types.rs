@@ -135,14 +135,8 @@ pub(super) struct ErrorBody {
 /// A webhook whose deliveries the reconciler can list and redeliver (§1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hook {
-    Repo {
-        repo: crate::domain::RepoName,
-        id: u64,
-    },
-    Org {
-        org: String,
-        id: u64,
-    },
+    Repo { repo: crate::domain::RepoName, id: u64 },
+    Org { org: String, id: u64 },
 }
 
 impl Hook {

@@ -227,10 +227,7 @@ mod tests {
             JobStatus::Completed
         );
         assert_eq!(effective_status("waiting", None), JobStatus::Waiting);
-        assert_eq!(
-            effective_status("queued", Some("queued")),
-            JobStatus::Queued
-        );
+        assert_eq!(effective_status("queued", Some("queued")), JobStatus::Queued);
     }
 
     #[test]
@@ -242,10 +239,7 @@ mod tests {
             json!({"action": "queued", "workflow_job": {"id": -1, "run_id": 1}, "repository": {"full_name": "a/b"}}),
             json!({"action": "queued", "workflow_job": {"id": 1, "run_id": 1}, "repository": {"full_name": "../etc"}}),
         ] {
-            assert!(
-                JobEvent::parse(bad.to_string().as_bytes()).is_err(),
-                "{bad}"
-            );
+            assert!(JobEvent::parse(bad.to_string().as_bytes()).is_err(), "{bad}");
         }
         assert!(JobEvent::parse(b"not json").is_err());
     }

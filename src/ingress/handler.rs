@@ -79,9 +79,7 @@ impl Refusal {
         match self {
             Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::Signature(_) => StatusCode::UNAUTHORIZED,
-            Refusal::MissingHeader(_) | Refusal::Malformed(_) | Refusal::Body(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Refusal::MissingHeader(_) | Refusal::Malformed(_) | Refusal::Body(_) => StatusCode::BAD_REQUEST,
             Refusal::ContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Refusal::RepoNotAllowed(_) => StatusCode::FORBIDDEN,
             Refusal::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -109,11 +107,7 @@ async fn webhook(State(s): State<Ingress>, headers: HeaderMap, body: Body) -> Re
     match handle(&s, &headers, body).await {
         Ok(answer) => {
             let (status, body, label) = match answer {
-                Answer::Accepted => (
-                    StatusCode::ACCEPTED,
-                    json!({"status": "accepted"}),
-                    "accepted",
-                ),
+                Answer::Accepted => (StatusCode::ACCEPTED, json!({"status": "accepted"}), "accepted"),
                 Answer::Duplicate => (StatusCode::OK, json!({"status": "duplicate"}), "duplicate"),
                 Answer::Ignored(reason) => (
                     StatusCode::OK,
@@ -131,11 +125,7 @@ async fn webhook(State(s): State<Ingress>, headers: HeaderMap, body: Body) -> Re
             } else {
                 tracing::warn!(delivery = %delivery, reason = %refusal, "webhook refused");
             }
-            (
-                refusal.status(),
-                axum::Json(json!({"error": refusal.kind()})),
-            )
-                .into_response()
+            (refusal.status(), axum::Json(json!({"error": refusal.kind()}))).into_response()
         }
     }
 }
@@ -147,10 +137,9 @@ async fn handle(s: &Ingress, headers: &HeaderMap, body: Body) -> Result<Answer, 
         &raw,
         header_str(headers, "x-hub-signature-256"),
     )?;
-    let event =
-        header_str(headers, "x-github-event").ok_or(Refusal::MissingHeader("X-GitHub-Event"))?;
-    let delivery = header_str(headers, "x-github-delivery")
-        .ok_or(Refusal::MissingHeader("X-GitHub-Delivery"))?;
+    let event = header_str(headers, "x-github-event").ok_or(Refusal::MissingHeader("X-GitHub-Event"))?;
+    let delivery =
+        header_str(headers, "x-github-delivery").ok_or(Refusal::MissingHeader("X-GitHub-Delivery"))?;
     let json = json_payload(headers, &raw)?;
     match event {
         "workflow_job" => {}
@@ -165,10 +154,7 @@ async fn handle(s: &Ingress, headers: &HeaderMap, body: Body) -> Result<Answer, 
         )));
     }
     if !job.is_actionable() {
-        return Ok(Answer::Ignored(format!(
-            "action {} is not handled",
-            job.action
-        )));
+        return Ok(Answer::Ignored(format!("action {} is not handled", job.action)));
     }
     if !s.allow.allows(&job.repo) {
         return Err(Refusal::RepoNotAllowed(job.repo.to_string()));
@@ -201,8 +187,7 @@ async fn record(s: &Ingress, delivery: &str, job: JobEvent) -> Result<Answer, Re
 /// Reads at most `limit` bytes; a declared or actual size above it is refused before any
 /// byte is parsed.
 async fn read_body(body: Body, limit: usize, headers: &HeaderMap) -> Result<bytes::Bytes, Refusal> {
-    let declared =
-        header_str(headers, header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok());
+    let declared = header_str(headers, header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(Refusal::TooLarge);
     }

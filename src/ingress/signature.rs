@@ -33,8 +33,7 @@ pub fn verify(secret: &[u8], body: &[u8], header: Option<&str>) -> Result<(), Si
     let mut mac = HmacSha256::new_from_slice(secret).map_err(|_| SignatureError::Mismatch)?;
     mac.update(body);
     // `verify_slice` compares in constant time.
-    mac.verify_slice(&expected)
-        .map_err(|_| SignatureError::Mismatch)
+    mac.verify_slice(&expected).map_err(|_| SignatureError::Mismatch)
 }
 
 /// The header value GitHub would send for `body`. Used by `modal-github-runner sign`-style
@@ -125,19 +124,12 @@ mod tests {
             "sha1=01dc10d0c83e72ed246219cdd91669667fe2ca59",
         ] {
             assert_eq!(
-                verify(
-                    b"It's a Secret to Everybody",
-                    body.as_bytes(),
-                    Some(garbage)
-                ),
+                verify(b"It's a Secret to Everybody", body.as_bytes(), Some(garbage)),
                 Err(SignatureError::Malformed),
                 "{garbage}"
             );
         }
-        assert_eq!(
-            verify(b"s", body.as_bytes(), None),
-            Err(SignatureError::Missing)
-        );
+        assert_eq!(verify(b"s", body.as_bytes(), None), Err(SignatureError::Missing));
     }
 
     #[test]

@@ -96,10 +96,7 @@ impl Delivery {
             .await
             .expect("body")
             .to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
 }
 
@@ -126,12 +123,9 @@ async fn a_signed_queued_job_is_recorded_before_the_202() {
 #[tokio::test]
 async fn the_root_path_and_form_bodies_are_accepted_like_the_original() {
     let ing = ingress("").await;
-    let (status, _) = Delivery::form(
-        "workflow_job",
-        &job_payload("queued", &["modal"], "octo/repo"),
-    )
-    .send(&ing, "/")
-    .await;
+    let (status, _) = Delivery::form("workflow_job", &job_payload("queued", &["modal"], "octo/repo"))
+        .send(&ing, "/")
+        .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     assert!(
         ing.store
@@ -145,23 +139,14 @@ async fn the_root_path_and_form_bodies_are_accepted_like_the_original() {
 #[tokio::test]
 async fn a_repeated_delivery_guid_is_a_duplicate() {
     let ing = ingress("").await;
-    let d = Delivery::json(
-        "workflow_job",
-        &job_payload("queued", &["modal"], "octo/repo"),
-    );
+    let d = Delivery::json("workflow_job", &job_payload("queued", &["modal"], "octo/repo"));
     let again = Delivery {
         guid: d.guid.clone(),
-        ..Delivery::json(
-            "workflow_job",
-            &job_payload("queued", &["modal"], "octo/repo"),
-        )
+        ..Delivery::json("workflow_job", &job_payload("queued", &["modal"], "octo/repo"))
     };
     assert_eq!(d.send(&ing, "/webhook").await.0, StatusCode::ACCEPTED);
     let (status, body) = again.send(&ing, "/webhook").await;
-    assert_eq!(
-        (status, body),
-        (StatusCode::OK, json!({"status": "duplicate"}))
-    );
+    assert_eq!((status, body), (StatusCode::OK, json!({"status": "duplicate"})));
 }
 
 #[tokio::test]
@@ -177,10 +162,7 @@ async fn pings_other_events_unlabelled_jobs_and_unknown_actions_are_ignored() {
             "workflow_job",
             &job_payload("queued", &["ubuntu-latest"], "octo/repo"),
         ),
-        Delivery::json(
-            "workflow_job",
-            &job_payload("requested", &["modal"], "octo/repo"),
-        ),
+        Delivery::json("workflow_job", &job_payload("requested", &["modal"], "octo/repo")),
     ];
     for d in cases {
         let (status, body) = d.send(&ing, "/webhook").await;
@@ -200,18 +182,12 @@ async fn pings_other_events_unlabelled_jobs_and_unknown_actions_are_ignored() {
 #[tokio::test]
 async fn a_repository_outside_the_allowlist_is_forbidden() {
     let ing = ingress("octo/allowed").await;
-    let (status, body) = Delivery::json(
-        "workflow_job",
-        &job_payload("queued", &["modal"], "octo/other"),
-    )
-    .send(&ing, "/webhook")
-    .await;
+    let (status, body) = Delivery::json("workflow_job", &job_payload("queued", &["modal"], "octo/other"))
+        .send(&ing, "/webhook")
+        .await;
     assert_eq!(
         (status, body),
-        (
-            StatusCode::FORBIDDEN,
-            json!({"error": "repository not allowed"})
-        )
+        (StatusCode::FORBIDDEN, json!({"error": "repository not allowed"}))
     );
     // ...but a job the service would ignore anyway is just ignored.
     let (status, _) = Delivery::json(
@@ -221,24 +197,16 @@ async fn a_repository_outside_the_allowlist_is_forbidden() {
     .send(&ing, "/webhook")
     .await;
     assert_eq!(status, StatusCode::OK);
-    let (status, _) = Delivery::json(
-        "workflow_job",
-        &job_payload("queued", &["modal"], "Octo/Allowed"),
-    )
-    .send(&ing, "/webhook")
-    .await;
+    let (status, _) = Delivery::json("workflow_job", &job_payload("queued", &["modal"], "Octo/Allowed"))
+        .send(&ing, "/webhook")
+        .await;
     assert_eq!(status, StatusCode::ACCEPTED);
 }
 
 #[tokio::test]
 async fn every_bad_delivery_gets_its_status_and_an_opaque_body() {
     let ing = ingress("").await;
-    let good = || {
-        Delivery::json(
-            "workflow_job",
-            &job_payload("queued", &["modal"], "octo/repo"),
-        )
-    };
+    let good = || Delivery::json("workflow_job", &job_payload("queued", &["modal"], "octo/repo"));
     let big = vec![b'x'; 64 * 1024 + 1];
     let cases: Vec<(Delivery, StatusCode, &str)> = vec![
         (
@@ -274,10 +242,7 @@ async fn every_bad_delivery_gets_its_status_and_an_opaque_body() {
             "missing header",
         ),
         (
-            Delivery {
-                guid: None,
-                ..good()
-            },
+            Delivery { guid: None, ..good() },
             StatusCode::BAD_REQUEST,
             "missing header",
         ),

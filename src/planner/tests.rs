@@ -88,10 +88,7 @@ fn created(intents: &[Intent]) -> Vec<String> {
 
 #[test]
 fn a_queued_job_gets_one_runner_named_for_it() {
-    let intents = plan(
-        &snapshot(vec![job(1, JobStatus::Queued)], vec![]),
-        &limits(50),
-    );
+    let intents = plan(&snapshot(vec![job(1, JobStatus::Queued)], vec![]), &limits(50));
     assert_eq!(created(&intents), ["modal-1-1"]);
     let Intent::Create(r) = &intents[0] else {
         panic!("{intents:?}")
@@ -114,13 +111,7 @@ fn a_job_with_an_available_runner_needs_nothing_more() {
 
 #[test]
 fn waiting_jobs_get_no_runner() {
-    assert!(
-        plan(
-            &snapshot(vec![job(1, JobStatus::Waiting)], vec![]),
-            &limits(50)
-        )
-        .is_empty()
-    );
+    assert!(plan(&snapshot(vec![job(1, JobStatus::Waiting)], vec![]), &limits(50)).is_empty());
 }
 
 #[test]
@@ -129,12 +120,7 @@ fn a_runner_stolen_by_a_sibling_is_balanced_by_the_siblings_runner() {
     let s = snapshot(
         vec![job(1, JobStatus::Queued), job(2, JobStatus::InProgress)],
         vec![
-            took(
-                runner(1, 1, RunnerState::Running),
-                2,
-                JobStatus::InProgress,
-                None,
-            ),
+            took(runner(1, 1, RunnerState::Running), 2, JobStatus::InProgress, None),
             runner(2, 1, RunnerState::Running),
         ],
     );
@@ -275,10 +261,7 @@ fn max_runners_caps_creation_oldest_jobs_first_counting_busy_runners() {
             None,
         ),
     ];
-    assert_eq!(
-        created(&plan(&snapshot(jobs, busy), &limits(3))),
-        ["modal-1-1"]
-    );
+    assert_eq!(created(&plan(&snapshot(jobs, busy), &limits(3))), ["modal-1-1"]);
 }
 
 #[test]

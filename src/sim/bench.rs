@@ -43,9 +43,7 @@ pub struct BenchArgs {
 pub async fn run(args: BenchArgs) -> Result<(), String> {
     println!(
         "modal-github-runner benchmarks ({} cores)\n",
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     );
     let all = args.scenario == Scenario::All;
     if all || args.scenario == Scenario::Ingress {
@@ -96,9 +94,8 @@ fn deliveries(n: usize, api_url: &str) -> Vec<Delivery> {
         .map(|i| {
             let action = ["queued", "in_progress", "completed"][i % 3];
             let job = job_view(i as u64 / 3, action);
-            let body =
-                serde_json::to_vec(&fake_gh::workflow_job_payload(api_url, action, &job, &repo))
-                    .unwrap_or_default();
+            let body = serde_json::to_vec(&fake_gh::workflow_job_payload(api_url, action, &job, &repo))
+                .unwrap_or_default();
             Delivery {
                 signature: signature::sign(SECRET.as_bytes(), &body),
                 body: body.into(),
@@ -206,20 +203,13 @@ async fn ingress(quick: bool, sync: &str) -> Result<(), String> {
     let accepted = accepted.load(Ordering::Relaxed);
 
     // Crash right after the last answer, then count what is on disk.
-    let (_, peak_closed) = world
-        .service
-        .as_ref()
-        .map(|s| s.memory_kib())
-        .unwrap_or_default();
+    let (_, peak_closed) = world.service.as_ref().map(|s| s.memory_kib()).unwrap_or_default();
     if let Some(s) = world.service.take() {
         s.kill();
     }
-    let store = Store::open(&format!(
-        "sqlite://{}",
-        world.dir.join("store.db").display()
-    ))
-    .await
-    .map_err(|e| e.to_string())?;
+    let store = Store::open(&format!("sqlite://{}", world.dir.join("store.db").display()))
+        .await
+        .map_err(|e| e.to_string())?;
     let durable = store.delivery_count().await.map_err(|e| e.to_string())?;
     store.close().await;
 
@@ -254,28 +244,18 @@ async fn ingress(quick: bool, sync: &str) -> Result<(), String> {
             .copied()
             .unwrap_or_default()
     };
-    let (_, peak_open) = world
-        .service
-        .as_ref()
-        .map(|s| s.memory_kib())
-        .unwrap_or_default();
+    let (_, peak_open) = world.service.as_ref().map(|s| s.memory_kib()).unwrap_or_default();
     world.shutdown().await;
 
     table(
         &format!("1. ingress: signed workflow_job deliveries, SQLite store, STORE_SYNC={sync}"),
         &[
             ("payload size (mean)", format!("{size} bytes")),
-            (
-                "closed loop: deliveries, concurrency",
-                format!("{total}, 64"),
-            ),
+            ("closed loop: deliveries, concurrency", format!("{total}, 64")),
             ("closed loop: accepted (202)", format!("{accepted}")),
             (
                 "closed loop: throughput",
-                format!(
-                    "{:.0} deliveries/s",
-                    accepted as f64 / elapsed.as_secs_f64()
-                ),
+                format!("{:.0} deliveries/s", accepted as f64 / elapsed.as_secs_f64()),
             ),
             (
                 "after SIGKILL: accepted deliveries on disk",
@@ -329,8 +309,7 @@ async fn burst(jobs: usize, config: WorldConfig) -> Result<BurstResult, String> 
     let started = Instant::now();
     let specs = (0..jobs)
         .map(|i| {
-            JobSpec::new(format!("job ({i})"), ["self-hosted", "modal"])
-                .duration(Duration::from_secs(600))
+            JobSpec::new(format!("job ({i})"), ["self-hosted", "modal"]).duration(Duration::from_secs(600))
         })
         .collect();
     world.github.queue_run(RunSpec::new(REPO, specs));
@@ -344,11 +323,7 @@ async fn burst(jobs: usize, config: WorldConfig) -> Result<BurstResult, String> 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let Some(last_sandbox) = last_sandbox else {
-        let tail = world
-            .service
-            .as_ref()
-            .map(|s| s.tail(20))
-            .unwrap_or_default();
+        let tail = world.service.as_ref().map(|s| s.tail(20)).unwrap_or_default();
         return Err(format!(
             "only {} of {jobs} sandboxes were created in 30 min:\n{tail}",
             world.modal.sandboxes().len()
@@ -451,20 +426,14 @@ async fn burst_limits(quick: bool) -> Result<(), String> {
         "3. burst, limit-bound: GitHub 100 concurrent + 900 points/min/endpoint, Modal 5 creates/s",
         &[
             ("jobs queued at once", jobs.to_string()),
-            (
-                "binding limit",
-                "3.00/s (GitHub: 180 registrations/min)".into(),
-            ),
+            ("binding limit", "3.00/s (GitHub: 180 registrations/min)".into()),
             (
                 "registrations per second (first to last)",
                 format!("{reg_rate:.2}/s = {:.3} of the limit", reg_rate / binding),
             ),
             (
                 "sandboxes per second (queue to last)",
-                format!(
-                    "{create_rate:.2}/s = {:.3} of the limit",
-                    create_rate / binding
-                ),
+                format!("{create_rate:.2}/s = {:.3} of the limit", create_rate / binding),
             ),
             (
                 "time to the last sandbox",
@@ -492,12 +461,9 @@ async fn footprint(quick: bool) -> Result<(), String> {
     if let Some(s) = world.service.take() {
         s.stop().await;
     }
-    let store = Store::open(&format!(
-        "sqlite://{}",
-        world.dir.join("store.db").display()
-    ))
-    .await
-    .map_err(|e| e.to_string())?;
+    let store = Store::open(&format!("sqlite://{}", world.dir.join("store.db").display()))
+        .await
+        .map_err(|e| e.to_string())?;
     let repo = RepoName::parse(REPO).map_err(|e| e.to_string())?;
     let mut tasks = Vec::with_capacity(stored);
     for i in 0..stored as u64 {
@@ -524,9 +490,7 @@ async fn footprint(quick: bool) -> Result<(), String> {
         }));
     }
     for t in tasks {
-        t.await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        t.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
     }
     store.close().await;
 
@@ -556,11 +520,7 @@ async fn footprint(quick: bool) -> Result<(), String> {
             ),
             (
                 "RSS idle / peak",
-                format!(
-                    "{:.1} / {:.1} MiB",
-                    rss as f64 / 1024.0,
-                    peak as f64 / 1024.0
-                ),
+                format!("{:.1} / {:.1} MiB", rss as f64 / 1024.0, peak as f64 / 1024.0),
             ),
             (
                 "CPU while idle",

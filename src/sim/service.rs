@@ -76,9 +76,7 @@ impl ServiceProcess {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        Err(std::io::Error::other(
-            "the service did not become ready in 120 s",
-        ))
+        Err(std::io::Error::other("the service did not become ready in 120 s"))
     }
 
     pub fn pid(&self) -> u32 {
@@ -87,8 +85,7 @@ impl ServiceProcess {
 
     /// Resident memory now and at its peak, in KiB (`/proc/<pid>/status`).
     pub fn memory_kib(&self) -> (u64, u64) {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         let field = |name: &str| {
             status
                 .lines()
@@ -102,8 +99,7 @@ impl ServiceProcess {
 
     /// User plus system CPU time used so far.
     pub fn cpu_time(&self) -> Duration {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
         let fields: Vec<&str> = stat
             .rsplit_once(')')
             .map(|(_, r)| r.split_whitespace().collect())

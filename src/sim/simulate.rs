@@ -100,9 +100,7 @@ pub async fn run(args: SimulateArgs) -> Result<(), String> {
     );
     let started = Instant::now();
     let duration = Duration::from_secs_f64(args.job_secs.max(0.0));
-    let job = |i: usize| {
-        JobSpec::new(format!("job {i}"), labels_for(i, args.label_sets)).duration(duration)
-    };
+    let job = |i: usize| JobSpec::new(format!("job {i}"), labels_for(i, args.label_sets)).duration(duration);
     let mut queued = 0;
     if arrival == Arrival::Burst {
         world
@@ -110,16 +108,13 @@ pub async fn run(args: SimulateArgs) -> Result<(), String> {
             .queue_run(RunSpec::new(REPO, (0..args.jobs).map(job).collect()));
         queued = args.jobs;
     }
-    let deadline = started
-        + Duration::from_secs(600)
-        + duration * u32::try_from(args.jobs).unwrap_or(u32::MAX);
+    let deadline =
+        started + Duration::from_secs(600) + duration * u32::try_from(args.jobs).unwrap_or(u32::MAX);
     let mut next_print = started;
     loop {
         if let Arrival::Rate(rate) = arrival {
             while queued < args.jobs && started.elapsed().as_secs_f64() * rate >= queued as f64 {
-                world
-                    .github
-                    .queue_run(RunSpec::new(REPO, vec![job(queued)]));
+                world.github.queue_run(RunSpec::new(REPO, vec![job(queued)]));
                 queued += 1;
             }
         }
@@ -214,11 +209,7 @@ fn print_summary(world: &World, total: Duration, clean: bool) {
     );
     println!(
         "  left behind             {}",
-        if clean {
-            "nothing"
-        } else {
-            "registrations remain!"
-        }
+        if clean { "nothing" } else { "registrations remain!" }
     );
 }
 

@@ -101,10 +101,7 @@ impl World {
             ("MODAL_TOKEN_ID", token_id),
             ("MODAL_TOKEN_SECRET", token_secret),
             ("RUNNER_VERSION", "2.336.0".into()),
-            (
-                "MODAL_CREATE_RATE",
-                config.modal_rate.unwrap_or(0.0).to_string(),
-            ),
+            ("MODAL_CREATE_RATE", config.modal_rate.unwrap_or(0.0).to_string()),
             (
                 "GITHUB_JIT_LIMIT_PER_MIN",
                 if config.github_limits { "180" } else { "0" }.into(),
@@ -115,10 +112,7 @@ impl World {
             ),
             ("ALLOWED_REPOS", REPO.into()),
             ("LOG_FORMAT", "json".into()),
-            (
-                "RUST_LOG",
-                if config.echo_logs { "info" } else { "warn" }.into(),
-            ),
+            ("RUST_LOG", if config.echo_logs { "info" } else { "warn" }.into()),
             ("REAP_INTERVAL_SECS", "1".into()),
             ("RUNNER_EXIT_GRACE_SECS", "10".into()),
         ]

@@ -101,18 +101,13 @@ async fn write_group(pool: &SqlitePool, group: &[Request]) -> Result<Vec<Recorde
     Ok(results)
 }
 
-async fn apply(
-    conn: &mut SqliteConnection,
-    req: &Request,
-    now: i64,
-) -> Result<Recorded, StoreError> {
+async fn apply(conn: &mut SqliteConnection, req: &Request, now: i64) -> Result<Recorded, StoreError> {
     if let Some(guid) = &req.delivery {
-        let inserted =
-            sqlx::query("INSERT OR IGNORE INTO deliveries (guid, received_at) VALUES (?1, ?2)")
-                .bind(guid)
-                .bind(now)
-                .execute(&mut *conn)
-                .await?;
+        let inserted = sqlx::query("INSERT OR IGNORE INTO deliveries (guid, received_at) VALUES (?1, ?2)")
+            .bind(guid)
+            .bind(now)
+            .execute(&mut *conn)
+            .await?;
         if inserted.rows_affected() == 0 {
             return Ok(Recorded::Duplicate);
         }

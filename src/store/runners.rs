@@ -77,6 +77,35 @@ pub struct RunnerPatch {
     pub ended: bool,
 }
 
+impl RunnerPatch {
+    /// The runner ended normally.
+    pub fn ended() -> RunnerPatch {
+        RunnerPatch {
+            ended: true,
+            ..RunnerPatch::default()
+        }
+    }
+
+    /// The runner ended early for `reason` (recorded for `status`); not a failure of the job.
+    pub fn ended_because(reason: impl Into<String>) -> RunnerPatch {
+        RunnerPatch {
+            failure: Some(reason.into()),
+            ended: true,
+            ..RunnerPatch::default()
+        }
+    }
+
+    /// The runner failed for `reason`; `backoff` says whether the job's next attempt waits.
+    pub fn failed(reason: impl Into<String>, backoff: bool) -> RunnerPatch {
+        RunnerPatch {
+            failure: Some(reason.into()),
+            backoff: Some(backoff),
+            ended: true,
+            ..RunnerPatch::default()
+        }
+    }
+}
+
 impl RunnerRow {
     fn from_row(row: &SqliteRow) -> Result<RunnerRow, StoreError> {
         let state: String = row.try_get("state")?;
@@ -86,9 +115,7 @@ impl RunnerRow {
         let github_id: Option<i64> = row.try_get("github_id")?;
         Ok(RunnerRow {
             name: RunnerName::from_stored(row.try_get("name")?),
-            job: JobId(
-                u64::try_from(job).map_err(|_| corrupt("runners.job_id", &job.to_string()))?,
-            ),
+            job: JobId(u64::try_from(job).map_err(|_| corrupt("runners.job_id", &job.to_string()))?),
             attempt: u32::try_from(attempt).unwrap_or(0),
             repo: row.try_get("repo")?,
             labels: LabelSet::from_json(&labels)
@@ -177,11 +204,7 @@ impl Store {
         patch: RunnerPatch,
     ) -> Result<bool, StoreError> {
         let now = now_millis();
-        let from_list = from
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join(",");
+        let from_list = from.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",");
         let done = sqlx::query(
             "UPDATE runners SET
                  state = ?1,
@@ -211,11 +234,7 @@ impl Store {
 
     /// Runners in any of `states`, oldest first.
     pub async fn runners_in(&self, states: &[RunnerState]) -> Result<Vec<RunnerRow>, StoreError> {
-        let list = states
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join(",");
+        let list = states.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",");
         let rows = sqlx::query(
             "SELECT * FROM runners WHERE instr(',' || ?1 || ',', ',' || state || ',') > 0
              ORDER BY created_at, name",
@@ -281,10 +300,9 @@ impl Store {
 
     /// Runner counts by state, for `status` and metrics.
     pub async fn runner_counts(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        let rows =
-            sqlx::query("SELECT state, COUNT(*) AS n FROM runners GROUP BY state ORDER BY state")
-                .fetch_all(self.pool())
-                .await?;
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM runners GROUP BY state ORDER BY state")
+            .fetch_all(self.pool())
+            .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("state")?, r.try_get("n")?)))
             .collect()

@@ -3,9 +3,7 @@ use crate::domain::{JobId, JobStatus, LabelSet, NamePrefix, RepoName, RunnerName
 use crate::ingress::JobEvent;
 
 async fn store() -> Store {
-    Store::open("sqlite::memory:")
-        .await
-        .expect("in-memory store")
+    Store::open("sqlite::memory:").await.expect("in-memory store")
 }
 
 fn event(action: &str, status: JobStatus, runner: Option<&str>) -> JobEvent {
@@ -61,11 +59,7 @@ async fn completed_before_queued_stays_completed() {
     )
     .await;
     record(&s, "g3", event("queued", JobStatus::Queued, None)).await;
-    let job = s
-        .job(JobId(12_877_621_891))
-        .await
-        .expect("read")
-        .expect("exists");
+    let job = s.job(JobId(12_877_621_891)).await.expect("read").expect("exists");
     assert_eq!(job.status, JobStatus::Completed);
     assert_eq!(job.conclusion.as_deref(), Some("success"));
     assert_eq!(job.runner_name.as_deref(), Some("modal-1-1"));
@@ -82,11 +76,7 @@ async fn a_late_in_progress_fills_in_the_runner_of_a_completed_job() {
         event("in_progress", JobStatus::InProgress, Some("modal-1-1")),
     )
     .await;
-    let job = s
-        .job(JobId(12_877_621_891))
-        .await
-        .expect("read")
-        .expect("exists");
+    let job = s.job(JobId(12_877_621_891)).await.expect("read").expect("exists");
     assert_eq!(job.status, JobStatus::Completed);
     assert_eq!(job.runner_name.as_deref(), Some("modal-1-1"));
 }
@@ -95,21 +85,10 @@ async fn a_late_in_progress_fills_in_the_runner_of_a_completed_job() {
 async fn waiting_and_queued_replace_each_other_until_the_job_starts() {
     let s = store().await;
     record(&s, "g1", event("queued", JobStatus::Waiting, None)).await;
-    assert_eq!(
-        s.open_jobs().await.expect("jobs")[0].status,
-        JobStatus::Waiting
-    );
+    assert_eq!(s.open_jobs().await.expect("jobs")[0].status, JobStatus::Waiting);
     record(&s, "g2", event("queued", JobStatus::Queued, None)).await;
-    assert_eq!(
-        s.open_jobs().await.expect("jobs")[0].status,
-        JobStatus::Queued
-    );
-    record(
-        &s,
-        "g3",
-        event("in_progress", JobStatus::InProgress, Some("r")),
-    )
-    .await;
+    assert_eq!(s.open_jobs().await.expect("jobs")[0].status, JobStatus::Queued);
+    record(&s, "g3", event("in_progress", JobStatus::InProgress, Some("r"))).await;
     record(&s, "g4", event("waiting", JobStatus::Waiting, None)).await;
     assert_eq!(
         s.open_jobs().await.expect("jobs")[0].status,
@@ -126,8 +105,7 @@ async fn many_concurrent_events_are_all_recorded() {
         tasks.push(tokio::spawn(async move {
             let mut e = event("queued", JobStatus::Queued, None);
             e.job_id = JobId(1_000 + i);
-            s.record(Some(format!("g{i}")), e, EventSource::Webhook)
-                .await
+            s.record(Some(format!("g{i}")), e, EventSource::Webhook).await
         }));
     }
     for t in tasks {
@@ -180,23 +158,11 @@ async fn runner_transitions_are_compare_and_set() {
         github_id: Some(42),
         ..Default::default()
     };
-    s.transition(
-        &name,
-        &[RunnerState::Registering],
-        RunnerState::Registered,
-        patch,
-    )
-    .await
-    .expect("transition");
-    let row = s
-        .runner(name.as_str())
+    s.transition(&name, &[RunnerState::Registering], RunnerState::Registered, patch)
         .await
-        .expect("read")
-        .expect("exists");
-    assert_eq!(
-        (row.state, row.github_id),
-        (RunnerState::Registered, Some(42))
-    );
+        .expect("transition");
+    let row = s.runner(name.as_str()).await.expect("read").expect("exists");
+    assert_eq!((row.state, row.github_id), (RunnerState::Registered, Some(42)));
 }
 
 #[tokio::test]

@@ -6,9 +6,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use modal_github_runner::fake::github::{FakeGitHub, FakeGitHubConfig, WebhookTarget};
+use modal_github_runner::backend::modal::ModalSettings;
+use modal_github_runner::backend::modal::client::ModalConnection;
+use modal_github_runner::backend::modal::image::ImageSettings;
+use modal_github_runner::fake::github::{FakeGitHub, FakeGitHubConfig, JobSpec, RunSpec, WebhookTarget};
 use modal_github_runner::fake::modal::{FakeModal, FakeModalConfig};
+use modal_github_runner::github::{GitHub, GitHubConfig};
+use modal_github_runner::retry::Backoff;
 use modal_github_runner::store::{RunnerRow, Store};
+use secrecy::SecretString;
 
 pub const SECRET: &str = "e2e-webhook-secret";
 pub const REPO: &str = "octo/app";
@@ -72,11 +78,8 @@ impl TestEnv {
         github.add_repo(REPO);
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(dir.path().join("runner")).expect("runner dir");
-        modal_github_runner::fake::runner::make_runner_dir(
-            &dir.path().join("runner"),
-            Path::new(BIN),
-        )
-        .expect("run.sh");
+        modal_github_runner::fake::runner::make_runner_dir(&dir.path().join("runner"), Path::new(BIN))
+            .expect("run.sh");
         let port = free_port();
         let modal = match options.kind {
             Kind::Local => None,
@@ -192,10 +195,7 @@ impl TestEnv {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!(
-            "the service did not become ready:\n{}",
-            self.logs().join("\n")
-        );
+        panic!("the service did not become ready:\n{}", self.logs().join("\n"));
     }
 
     /// SIGTERM, then waits for a clean exit; returns the exit code.
@@ -231,9 +231,7 @@ impl TestEnv {
 
     /// A read handle on the service's store.
     pub async fn store(&self) -> Store {
-        Store::open(&self.database_url())
-            .await
-            .expect("the store opens")
+        Store::open(&self.database_url()).await.expect("the store opens")
     }
 
     pub async fn runners(&self) -> Vec<RunnerRow> {
@@ -278,20 +276,13 @@ impl TestEnv {
                 .filter(|r| r.state.is_live())
                 .map(|r| format!("{} {}", r.name, r.state))
                 .collect();
-            if registrations.is_empty()
-                && sandboxes.is_empty()
-                && processes.is_empty()
-                && live.is_empty()
-            {
+            if registrations.is_empty() && sandboxes.is_empty() && processes.is_empty() && live.is_empty() {
                 return;
             }
             if tokio::time::Instant::now() >= deadline {
                 panic!(
                     "left behind: registrations {:?}, sandboxes {sandboxes:?}, processes {processes:?}, live runners {live:?}\n{}",
-                    registrations
-                        .iter()
-                        .map(|r| r.name.clone())
-                        .collect::<Vec<_>>(),
+                    registrations.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
                     self.tail_logs(60)
                 );
             }
@@ -343,10 +334,8 @@ impl Drop for TestEnv {
         self.kill_service();
         // Leave no runner behind even when a test fails.
         for pid in processes_under(&self.work_dir()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }
 }
@@ -414,9 +403,70 @@ pub fn processes_under(dir: &Path) -> Vec<i32> {
             let zombie = stat
                 .rsplit_once(')')
                 .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
-            !zombie
-                && std::fs::read_link(format!("/proc/{pid}/cwd"))
-                    .is_ok_and(|cwd| cwd.starts_with(dir))
+            !zombie && std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
         })
         .collect()
+}
+
+/// `n` jobs with our labels, each running `ms` milliseconds, in one run.
+pub fn jobs(n: usize, ms: u64) -> RunSpec {
+    RunSpec::new(
+        REPO,
+        (0..n)
+            .map(|i| {
+                JobSpec::new(format!("job {i}"), ["self-hosted", "modal"]).duration(Duration::from_millis(ms))
+            })
+            .collect(),
+    )
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes.
+pub async fn wait(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cond()
+}
+
+/// A GitHub client for the fake, as a test would make leftovers with it.
+pub fn github_client(api_url: String) -> GitHub {
+    GitHub::new(
+        GitHubConfig {
+            api_url,
+            token: SecretString::from(FakeGitHubConfig::default().token),
+            timeout: Duration::from_secs(5),
+            retry: Backoff::new(2, Duration::from_millis(10), Duration::from_millis(50)),
+        },
+        None,
+    )
+    .expect("client")
+}
+
+/// Modal backend settings pointing at a fake, for the app and deployment tag given.
+pub fn modal_settings(fake: &FakeModal, rate: Option<f64>, app: &str, deployment: &str) -> ModalSettings {
+    let (id, secret) = fake.credentials();
+    ModalSettings {
+        connection: ModalConnection {
+            server_url: fake.url(),
+            token_id: id,
+            token_secret: SecretString::from(secret),
+            max_throttle_wait: Duration::from_secs(30),
+            retry: Backoff::new(6, Duration::from_millis(50), Duration::from_secs(1)),
+        },
+        environment: String::new(),
+        app_name: app.into(),
+        image: ImageSettings::default(),
+        cpu: 2.0,
+        memory_mib: 4096,
+        gpu: None,
+        create_rate: rate,
+        deployment: deployment.into(),
+        builder_version: None,
+        build_timeout: Duration::from_secs(30),
+        refresh_interval: Duration::from_secs(3600),
+    }
 }

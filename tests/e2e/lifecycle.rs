@@ -6,17 +6,14 @@ use modal_github_runner::domain::JobId;
 use modal_github_runner::fake::github::{DeliveryMode, JobSpec, RunSpec, RunnerBehavior};
 
 use crate::both_backends;
-use crate::helpers::{Kind, Options, REPO, TestEnv, reqwest_client};
+use crate::helpers::{Kind, Options, REPO, TestEnv, reqwest_client, wait};
 
 const LABELS: [&str; 2] = ["self-hosted", "modal"];
 
 fn one_job(labels: &[&str], duration_ms: u64) -> RunSpec {
     RunSpec::new(
         REPO,
-        vec![
-            JobSpec::new("build", labels.iter().copied())
-                .duration(Duration::from_millis(duration_ms)),
-        ],
+        vec![JobSpec::new("build", labels.iter().copied()).duration(Duration::from_millis(duration_ms))],
     )
 }
 
@@ -54,11 +51,7 @@ async fn a_queued_job_runs_on_a_fresh_jit_runner_and_leaves_nothing_behind(kind:
     // Nothing is left, and the store agrees with GitHub.
     env.assert_nothing_left(Duration::from_secs(20)).await;
     let store = env.store().await;
-    let stored = store
-        .job(JobId(job_id))
-        .await
-        .expect("read")
-        .expect("stored");
+    let stored = store.job(JobId(job_id)).await.expect("read").expect("stored");
     assert_eq!(stored.status.as_str(), "completed");
     assert_eq!(stored.runner_name.as_deref(), Some(expected_name.as_str()));
     env.assert_no_secret_in_logs();
@@ -82,12 +75,7 @@ async fn jobs_without_the_label_are_ignored(kind: Kind) {
         "no runner for a job without the label"
     );
     assert!(
-        env.store()
-            .await
-            .open_jobs()
-            .await
-            .expect("jobs")
-            .is_empty(),
+        env.store().await.open_jobs().await.expect("jobs").is_empty(),
         "nothing recorded"
     );
 }
@@ -95,10 +83,9 @@ async fn jobs_without_the_label_are_ignored(kind: Kind) {
 async fn repositories_outside_allowed_repos_are_refused_and_get_no_runner(kind: Kind) {
     let env = TestEnv::start(Options::backend(kind).with("ALLOWED_REPOS", REPO)).await;
     env.github.add_repo("octo/other");
-    let other = env.github.queue_run(RunSpec::new(
-        "octo/other",
-        vec![JobSpec::new("build", LABELS)],
-    ));
+    let other = env
+        .github
+        .queue_run(RunSpec::new("octo/other", vec![JobSpec::new("build", LABELS)]));
     let mine = env.github.queue_run(one_job(&LABELS, 100));
     let done = env
         .github
@@ -130,19 +117,14 @@ async fn repositories_outside_allowed_repos_are_refused_and_get_no_runner(kind: 
 async fn a_job_cancelled_before_pickup_has_its_runner_deregistered_and_stopped(kind: Kind) {
     // Arrange: runners start but never connect, so the job is never picked up.
     let env = TestEnv::start(Options::backend(kind)).await;
-    env.github
-        .set_runner_behavior(|_| RunnerBehavior::NeverConnect);
+    env.github.set_runner_behavior(|_| RunnerBehavior::NeverConnect);
     let run = env.github.queue_run(one_job(&LABELS, 100));
     let job_id = run.job_ids[0];
     let registered = env
         .github
         .wait_until(Duration::from_secs(20), |gh| !gh.runners().is_empty())
         .await;
-    assert!(
-        registered,
-        "a runner was registered:\n{}",
-        env.tail_logs(40)
-    );
+    assert!(registered, "a runner was registered:\n{}", env.tail_logs(40));
     let sandbox_up = wait(Duration::from_secs(10), || !env.live_sandboxes().is_empty()).await;
     assert!(sandbox_up);
 
@@ -173,17 +155,10 @@ async fn duplicated_deliveries_are_answered_as_duplicates_and_change_nothing(kin
     env.github.queue_run(one_job(&LABELS, 200));
     env.wait_all_completed(Duration::from_secs(30)).await;
     env.assert_nothing_left(Duration::from_secs(20)).await;
-    assert_eq!(
-        env.github.registrations_ever().len(),
-        1,
-        "one runner for one job"
-    );
+    assert_eq!(env.github.registrations_ever().len(), 1, "one runner for one job");
     // Every event was sent twice under one GUID: the first accepted, the second a duplicate.
     let deliveries = env.github.deliveries();
-    let accepted = deliveries
-        .iter()
-        .filter(|d| d.status_code == Some(202))
-        .count();
+    let accepted = deliveries.iter().filter(|d| d.status_code == Some(202)).count();
     assert_eq!(accepted, 3, "queued, in_progress and completed, once each");
     assert_eq!(deliveries.len(), 6);
     assert!(
@@ -291,17 +266,6 @@ async fn a_badly_signed_delivery_is_refused_and_sigterm_exits_cleanly() {
         r#"{"error":"invalid signature"}"#
     );
     assert_eq!(env.stop_service().await, Some(0), "SIGTERM is a clean exit");
-}
-
-pub async fn wait(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + timeout;
-    while tokio::time::Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cond()
 }
 
 both_backends!(

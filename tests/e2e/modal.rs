@@ -3,32 +3,16 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use modal_github_runner::backend::modal::client::ModalConnection;
-use modal_github_runner::backend::modal::image::ImageSettings;
-use modal_github_runner::backend::modal::{ModalBackend, ModalSettings, RunnerSource};
+use modal_github_runner::backend::modal::{ModalBackend, RunnerSource};
 use modal_github_runner::backend::{BackendError, SandboxSpec};
 use modal_github_runner::domain::RepoName;
-use modal_github_runner::fake::github::{FakeGitHub, FakeGitHubConfig, JobSpec, RunSpec};
+use modal_github_runner::fake::github::{FakeGitHub, FakeGitHubConfig};
 use modal_github_runner::fake::modal::{FakeModal, FakeModalConfig, FaultKind, ModalFault};
-use modal_github_runner::github::{GitHub, GitHubConfig};
-use modal_github_runner::retry::Backoff;
 use modal_github_runner::runner_version::RunnerVersion;
 use secrecy::SecretString;
 use tonic::Code;
 
-use crate::helpers::{Kind, Options, REPO, TestEnv};
-
-fn jobs(n: usize, ms: u64) -> RunSpec {
-    RunSpec::new(
-        REPO,
-        (0..n)
-            .map(|i| {
-                JobSpec::new(format!("job {i}"), ["self-hosted", "modal"])
-                    .duration(Duration::from_millis(ms))
-            })
-            .collect(),
-    )
-}
+use crate::helpers::{Kind, Options, REPO, TestEnv, github_client, jobs, modal_settings, wait};
 
 fn modal(env: &TestEnv) -> &FakeModal {
     env.modal.as_ref().expect("the modal backend")
@@ -36,11 +20,7 @@ fn modal(env: &TestEnv) -> &FakeModal {
 
 /// Every sandbox name is used once, whatever retries happened.
 fn assert_one_sandbox_per_name(fake: &FakeModal) {
-    let names: Vec<String> = fake
-        .sandboxes()
-        .into_iter()
-        .filter_map(|s| s.name)
-        .collect();
+    let names: Vec<String> = fake.sandboxes().into_iter().filter_map(|s| s.name).collect();
     let unique: HashSet<&String> = names.iter().collect();
     assert_eq!(
         unique.len(),
@@ -65,11 +45,7 @@ async fn sandboxes_carry_the_runner_name_tags_resources_and_no_credential_in_the
     assert_eq!(sb.tag("job"), Some(run.job_ids[0].to_string().as_str()));
     assert_eq!(sb.tag("runner"), Some(name.as_str()));
     assert_eq!(
-        (
-            sb.resources.milli_cpu,
-            sb.resources.memory_mb,
-            sb.timeout_secs
-        ),
+        (sb.resources.milli_cpu, sb.resources.memory_mb, sb.timeout_secs),
         (2000, 4096, 3600)
     );
     assert_eq!(
@@ -107,10 +83,7 @@ async fn sandboxes_carry_the_runner_name_tags_resources_and_no_credential_in_the
     // Every call carried the auth and client metadata.
     for call in modal(&env).requests() {
         assert_eq!(call.token_secret_matched, Some(true), "{}", call.rpc);
-        assert!(
-            call.header("x-modal-client-type").is_some()
-                && call.header("x-idempotency-key").is_some()
-        );
+        assert!(call.header("x-modal-client-type").is_some() && call.header("x-idempotency-key").is_some());
     }
 }
 
@@ -129,9 +102,7 @@ async fn one_image_build_serves_every_sandbox() {
         .find(|c| c.rpc == "ImageGetOrCreate")
         .expect("an image request");
     assert!(
-        build
-            .request
-            .contains("actions-runner-linux-x64-2.336.0.tar.gz"),
+        build.request.contains("actions-runner-linux-x64-2.336.0.tar.gz"),
         "{}",
         build.request
     );
@@ -201,32 +172,8 @@ async fn a_lost_create_answer_is_recovered_through_already_exists_without_a_seco
 
 // ---- the backend on its own ----
 
-fn settings(fake: &FakeModal, rate: Option<f64>) -> ModalSettings {
-    let (id, secret) = fake.credentials();
-    ModalSettings {
-        connection: ModalConnection {
-            server_url: fake.url(),
-            token_id: id,
-            token_secret: SecretString::from(secret),
-            max_throttle_wait: Duration::from_secs(30),
-            retry: Backoff::new(6, Duration::from_millis(50), Duration::from_secs(1)),
-        },
-        environment: String::new(),
-        app_name: "mgr-test".into(),
-        image: ImageSettings::default(),
-        cpu: 2.0,
-        memory_mib: 4096,
-        gpu: None,
-        create_rate: rate,
-        deployment: "test".into(),
-        builder_version: None,
-        build_timeout: Duration::from_secs(30),
-        refresh_interval: Duration::from_secs(3600),
-    }
-}
-
 async fn backend(fake: &FakeModal, rate: Option<f64>, runner: RunnerSource) -> ModalBackend {
-    ModalBackend::new(settings(fake, rate), runner).expect("backend")
+    ModalBackend::new(modal_settings(fake, rate, "mgr-test", "test"), runner).expect("backend")
 }
 
 fn pinned() -> RunnerSource {
@@ -271,11 +218,7 @@ async fn a_burst_of_100_creates_never_exceeds_the_creation_rate() {
         t.await.expect("join").expect("created");
     }
     let elapsed = started.elapsed();
-    assert_eq!(
-        fake.rate_limit_errors(),
-        0,
-        "no create bounced off the limit"
-    );
+    assert_eq!(fake.rate_limit_errors(), 0, "no create bounced off the limit");
     assert_eq!(fake.sandboxes().len(), 100);
     assert_one_sandbox_per_name(&fake);
     let times = fake.create_times();
@@ -387,7 +330,7 @@ async fn a_failed_image_build_is_a_clear_error_with_the_end_of_the_build_log() {
 #[tokio::test]
 async fn wrong_credentials_fail_fast_and_permanently() {
     let fake = fake_with(FakeModalConfig::default()).await;
-    let mut wrong = settings(&fake, None);
+    let mut wrong = modal_settings(&fake, None, "mgr-test", "test");
     wrong.connection.token_secret = SecretString::from("as-wrong");
     let b = ModalBackend::new(wrong, pinned()).expect("backend");
     let started = Instant::now();
@@ -411,16 +354,7 @@ async fn the_runner_release_github_serves_is_the_one_installed() {
         .expect("fake GitHub");
     github.add_repo(REPO);
     github.set_runner_version("2.340.1");
-    let client = GitHub::new(
-        GitHubConfig {
-            api_url: github.api_url(),
-            token: SecretString::from(FakeGitHubConfig::default().token),
-            timeout: Duration::from_secs(5),
-            retry: Backoff::new(2, Duration::from_millis(10), Duration::from_millis(50)),
-        },
-        None,
-    )
-    .expect("client");
+    let client = github_client(github.api_url());
     let fake = fake_with(FakeModalConfig::default()).await;
     let b = backend(
         &fake,
@@ -438,9 +372,7 @@ async fn the_runner_release_github_serves_is_the_one_installed() {
         .find(|c| c.rpc == "ImageGetOrCreate")
         .expect("an image request");
     assert!(
-        build
-            .request
-            .contains("actions-runner-linux-x64-2.340.1.tar.gz"),
+        build.request.contains("actions-runner-linux-x64-2.340.1.tar.gz"),
         "{}",
         build.request
     );
@@ -451,15 +383,4 @@ async fn the_runner_release_github_serves_is_the_one_installed() {
             .any(|c| c.path == format!("/repos/{REPO}/actions/runners/downloads"))
     );
     fake.shutdown().await;
-}
-
-async fn wait(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if cond() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cond()
 }

@@ -6,33 +6,18 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use modal_github_runner::backend::SandboxSpec;
-use modal_github_runner::backend::modal::client::ModalConnection;
-use modal_github_runner::backend::modal::image::ImageSettings;
-use modal_github_runner::backend::modal::{ModalBackend, ModalSettings, RunnerSource};
+use modal_github_runner::backend::modal::{ModalBackend, RunnerSource};
 use modal_github_runner::domain::{JobId, RepoName};
 use modal_github_runner::fake::github::{
-    DeliveryMode, FakeGitHubConfig, Fault, FaultRule, JobSpec, Route, RunSpec, RunnerBehavior,
+    DeliveryMode, Fault, FaultRule, JobSpec, Route, RunSpec, RunnerBehavior,
 };
 use modal_github_runner::fake::modal::{FaultKind, ModalFault};
-use modal_github_runner::github::{GitHub, GitHubConfig, JitRequest};
-use modal_github_runner::retry::Backoff;
+use modal_github_runner::github::JitRequest;
 use modal_github_runner::runner_version::RunnerVersion;
 use secrecy::SecretString;
 use tonic::Code;
 
-use crate::helpers::{BIN, Kind, Options, REPO, TestEnv};
-
-fn jobs(n: usize, ms: u64) -> RunSpec {
-    RunSpec::new(
-        REPO,
-        (0..n)
-            .map(|i| {
-                JobSpec::new(format!("job {i}"), ["self-hosted", "modal"])
-                    .duration(Duration::from_millis(ms))
-            })
-            .collect(),
-    )
-}
+use crate::helpers::{BIN, Kind, Options, REPO, TestEnv, github_client, jobs, modal_settings, wait};
 
 fn fast_reconcile(kind: Kind) -> Options {
     Options::backend(kind).with("RECONCILE_INTERVAL_SECS", "1")
@@ -40,11 +25,7 @@ fn fast_reconcile(kind: Kind) -> Options {
 
 fn assert_unique(names: &[String]) {
     let unique: HashSet<&String> = names.iter().collect();
-    assert_eq!(
-        unique.len(),
-        names.len(),
-        "a name was used twice: {names:?}"
-    );
+    assert_eq!(unique.len(), names.len(), "a name was used twice: {names:?}");
 }
 
 #[tokio::test]
@@ -66,10 +47,7 @@ async fn a_webhook_never_delivered_is_served_by_polling() {
         assert_eq!(job.source, "poll");
     }
     assert!(
-        env.github
-            .deliveries()
-            .iter()
-            .all(|d| d.status_code.is_none()),
+        env.github.deliveries().iter().all(|d| d.status_code.is_none()),
         "no webhook got through"
     );
 }
@@ -125,9 +103,7 @@ async fn the_service_killed_during_a_burst_of_50_jobs_completes_all_with_one_san
     env.github.queue_run(jobs(50, 1500));
     let some = env
         .github
-        .wait_until(Duration::from_secs(30), |gh| {
-            gh.registrations_ever().len() >= 15
-        })
+        .wait_until(Duration::from_secs(30), |gh| gh.registrations_ever().len() >= 15)
         .await;
     assert!(some);
 
@@ -140,11 +116,7 @@ async fn the_service_killed_during_a_burst_of_50_jobs_completes_all_with_one_san
     env.wait_all_completed(Duration::from_secs(120)).await;
     env.assert_nothing_left(Duration::from_secs(60)).await;
     let modal = env.modal.as_ref().expect("modal");
-    let names: Vec<String> = modal
-        .sandboxes()
-        .into_iter()
-        .filter_map(|s| s.name)
-        .collect();
+    let names: Vec<String> = modal.sandboxes().into_iter().filter_map(|s| s.name).collect();
     assert_unique(&names);
     assert_unique(&env.github.registrations_ever());
     assert!(
@@ -162,9 +134,7 @@ async fn github_errors_rate_limits_and_hangs_are_retried_without_duplicates() {
     gh.inject(FaultRule::new(Route::GenerateJitConfig, Fault::status(500)));
     gh.inject(FaultRule::new(
         Route::GenerateJitConfig,
-        Fault::SecondaryRateLimit {
-            retry_after_secs: 1,
-        },
+        Fault::SecondaryRateLimit { retry_after_secs: 1 },
     ));
     gh.inject(FaultRule::new(
         Route::GenerateJitConfig,
@@ -199,10 +169,7 @@ async fn github_errors_rate_limits_and_hangs_are_retried_without_duplicates() {
         .filter(|c| c.method == "DELETE" && c.status == 204)
         .count();
     assert!(deletes >= 1, "the orphaned registration was deleted");
-    assert!(
-        names.len() <= 4,
-        "at most one extra registration: {names:?}"
-    );
+    assert!(names.len() <= 4, "at most one extra registration: {names:?}");
 }
 
 #[tokio::test]
@@ -231,19 +198,14 @@ async fn modal_unavailable_and_resource_exhausted_on_every_call_are_ridden_out()
     env.github.queue_run(jobs(3, 200));
     env.wait_all_completed(Duration::from_secs(60)).await;
     env.assert_nothing_left(Duration::from_secs(30)).await;
-    let names: Vec<String> = modal
-        .sandboxes()
-        .into_iter()
-        .filter_map(|s| s.name)
-        .collect();
+    let names: Vec<String> = modal.sandboxes().into_iter().filter_map(|s| s.name).collect();
     assert_eq!(names.len(), 3);
     assert_unique(&names);
 }
 
 #[tokio::test]
 async fn a_runner_that_never_comes_online_is_replaced() {
-    let env =
-        TestEnv::start(Options::default().with("RUNNER_REGISTRATION_TIMEOUT_SECS", "2")).await;
+    let env = TestEnv::start(Options::default().with("RUNNER_REGISTRATION_TIMEOUT_SECS", "2")).await;
     env.github.set_runner_behavior(|name| {
         if name.ends_with("-1") {
             RunnerBehavior::NeverConnect
@@ -291,9 +253,7 @@ async fn a_runner_taken_by_a_foreign_job_gets_exactly_one_replacement() {
     let first = format!("modal-{id}-1");
     let second = format!("modal-{id}-2");
     assert_eq!(
-        env.github
-            .job(foreign.job_ids[0])
-            .and_then(|j| j.runner_name),
+        env.github.job(foreign.job_ids[0]).and_then(|j| j.runner_name),
         Some(first.clone()),
         "our runner was stolen"
     );
@@ -312,8 +272,7 @@ async fn a_runner_taken_by_a_foreign_job_gets_exactly_one_replacement() {
 #[tokio::test]
 async fn several_cancellations_before_pickup_leave_nothing() {
     let env = TestEnv::start(Options::backend(Kind::Modal)).await;
-    env.github
-        .set_runner_behavior(|_| RunnerBehavior::NeverConnect);
+    env.github.set_runner_behavior(|_| RunnerBehavior::NeverConnect);
     let run = env.github.queue_run(jobs(5, 100));
     let up = env
         .github
@@ -338,28 +297,8 @@ async fn orphan_sandboxes_and_offline_registrations_from_a_crash_are_cleaned_up(
     let modal = env.modal.as_ref().expect("modal");
     // Leftovers of an earlier process: a sandbox tagged as this deployment's, and an offline
     // registration with our prefix, both unknown to the (fresh) store.
-    let (id, secret) = modal.credentials();
     let leftover = ModalBackend::new(
-        ModalSettings {
-            connection: ModalConnection {
-                server_url: modal.url(),
-                token_id: id,
-                token_secret: SecretString::from(secret),
-                max_throttle_wait: Duration::from_secs(10),
-                retry: Backoff::new(3, Duration::from_millis(50), Duration::from_millis(500)),
-            },
-            environment: String::new(),
-            app_name: "modal-github-runner".into(),
-            image: ImageSettings::default(),
-            cpu: 2.0,
-            memory_mib: 4096,
-            gpu: None,
-            create_rate: None,
-            deployment: "modal".into(),
-            builder_version: None,
-            build_timeout: Duration::from_secs(30),
-            refresh_interval: Duration::from_secs(3600),
-        },
+        modal_settings(modal, None, "modal-github-runner", "modal"),
         RunnerSource::Pinned(RunnerVersion::parse("2.336.0").expect("version")),
     )
     .expect("backend");
@@ -373,16 +312,7 @@ async fn orphan_sandboxes_and_offline_registrations_from_a_crash_are_cleaned_up(
         })
         .await
         .expect("orphan sandbox");
-    let github = GitHub::new(
-        GitHubConfig {
-            api_url: env.github.api_url(),
-            token: SecretString::from(FakeGitHubConfig::default().token),
-            timeout: Duration::from_secs(5),
-            retry: Backoff::new(2, Duration::from_millis(10), Duration::from_millis(50)),
-        },
-        None,
-    )
-    .expect("client");
+    let github = github_client(env.github.api_url());
     let request = JitRequest {
         name: "modal-998-1".into(),
         runner_group_id: 1,
@@ -405,10 +335,8 @@ async fn a_rejected_token_fails_fast_with_a_clear_message_and_does_not_loop() {
     let env = TestEnv::start(Options::default()).await;
     env.github.set_token("ghp_someone_else");
     env.github.queue_run(jobs(2, 100));
-    let failed = crate::lifecycle::wait(Duration::from_secs(10), || {
-        env.logs()
-            .iter()
-            .any(|l| l.contains("GitHub refused the token"))
+    let failed = wait(Duration::from_secs(10), || {
+        env.logs().iter().any(|l| l.contains("GitHub refused the token"))
     })
     .await;
     assert!(failed, "{}", env.tail_logs(30));
@@ -462,7 +390,7 @@ async fn a_runner_idle_past_its_timeout_is_removed() {
     ));
     let id = run.job_ids[0];
     let first = format!("modal-{id}-1");
-    let removed = crate::lifecycle::wait(Duration::from_secs(20), || {
+    let removed = wait(Duration::from_secs(20), || {
         env.github
             .calls()
             .iter()
@@ -497,8 +425,7 @@ async fn a_sandbox_over_its_maximum_runtime_is_stopped(kind: Kind) {
         })
         .await;
     assert!(running);
-    let stopped =
-        crate::lifecycle::wait(Duration::from_secs(15), || env.live_sandboxes().is_empty()).await;
+    let stopped = wait(Duration::from_secs(15), || env.live_sandboxes().is_empty()).await;
     assert!(
         stopped,
         "the sandbox outlived its timeout: {:?}",
@@ -522,16 +449,7 @@ async fn a_409_for_a_name_already_registered_is_recovered_without_a_duplicate() 
     // A registration under the name the service will choose exists already (left by a try
     // whose answer was lost): the POST gets 409 Already exists.
     let env = TestEnv::start(Options::default()).await;
-    let github = GitHub::new(
-        GitHubConfig {
-            api_url: env.github.api_url(),
-            token: SecretString::from(FakeGitHubConfig::default().token),
-            timeout: Duration::from_secs(5),
-            retry: Backoff::new(2, Duration::from_millis(10), Duration::from_millis(50)),
-        },
-        None,
-    )
-    .expect("client");
+    let github = github_client(env.github.api_url());
     let next_job = modal_github_runner::fake::github::JOB_ID_BASE;
     let taken = format!("modal-{next_job}-1");
     let request = JitRequest {
@@ -559,17 +477,12 @@ async fn a_409_for_a_name_already_registered_is_recovered_without_a_duplicate() 
         .filter(|c| c.route == Route::GenerateJitConfig)
         .map(|c| c.status)
         .collect();
-    assert_eq!(
-        jit,
-        [201, 409, 201],
-        "ours, the service's first try, its second"
-    );
+    assert_eq!(jit, [201, 409, 201], "ours, the service's first try, its second");
     assert!(
         env.github
             .calls()
             .iter()
-            .any(|c| c.route == Route::ListRunners
-                && c.query.as_deref().is_some_and(|q| q.contains(&taken)))
+            .any(|c| c.route == Route::ListRunners && c.query.as_deref().is_some_and(|q| q.contains(&taken)))
     );
     assert_eq!(
         env.github.job(next_job).and_then(|j| j.runner_name),

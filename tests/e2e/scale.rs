@@ -19,8 +19,7 @@ async fn twenty_concurrent_jobs_over_three_label_sets_all_complete(kind: Kind) {
     ];
     let jobs = (0..20)
         .map(|i| {
-            JobSpec::new(format!("job {i}"), sets[i % 3].iter().copied())
-                .duration(Duration::from_millis(300))
+            JobSpec::new(format!("job {i}"), sets[i % 3].iter().copied()).duration(Duration::from_millis(300))
         })
         .collect();
     env.github.queue_run(RunSpec::new(REPO, jobs));
@@ -40,8 +39,7 @@ async fn twenty_concurrent_jobs_over_three_label_sets_all_complete(kind: Kind) {
             .find(|c| c.body.as_ref().is_some_and(|b| b["name"] == runner))
             .expect("registered by the service");
         let labels: Vec<String> =
-            serde_json::from_value(registration.body.expect("body")["labels"].clone())
-                .expect("labels");
+            serde_json::from_value(registration.body.expect("body")["labels"].clone()).expect("labels");
         let has = |l: &String| labels.iter().any(|r| r.eq_ignore_ascii_case(l));
         assert!(
             job.labels.iter().all(has),
@@ -120,16 +118,13 @@ async fn a_restart_in_the_middle_of_a_burst_completes_every_job_and_reuses_no_na
     let mut env = TestEnv::start(Options::backend(kind)).await;
     let jobs = (0..12)
         .map(|i| {
-            JobSpec::new(format!("job {i}"), ["self-hosted", "modal"])
-                .duration(Duration::from_millis(1500))
+            JobSpec::new(format!("job {i}"), ["self-hosted", "modal"]).duration(Duration::from_millis(1500))
         })
         .collect();
     env.github.queue_run(RunSpec::new(REPO, jobs));
     let some_started = env
         .github
-        .wait_until(Duration::from_secs(20), |gh| {
-            gh.registrations_ever().len() >= 4
-        })
+        .wait_until(Duration::from_secs(20), |gh| gh.registrations_ever().len() >= 4)
         .await;
     assert!(some_started);
 

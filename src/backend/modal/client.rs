@@ -176,10 +176,7 @@ impl ModalApi {
                 code: status.code(),
                 message: status.message().to_string(),
             };
-            if err.is_transient()
-                && !no_retry.contains(&err.code)
-                && attempt + 1 < self.conn.retry.attempts
-            {
+            if err.is_transient() && !no_retry.contains(&err.code) && attempt + 1 < self.conn.retry.attempts {
                 let wait = self.conn.retry.delay(attempt);
                 tracing::debug!(rpc, code = ?err.code, wait_ms = wait.as_millis() as u64, "retrying Modal call");
                 tokio::time::sleep(wait).await;
@@ -209,14 +206,7 @@ impl ModalApi {
         (self.client.clone(), req)
     }
 
-    fn metadata(
-        &self,
-        md: &mut MetadataMap,
-        key: &str,
-        attempt: u32,
-        throttled: u32,
-        delay: Duration,
-    ) {
+    fn metadata(&self, md: &mut MetadataMap, key: &str, attempt: u32, throttled: u32, delay: Duration) {
         let mut put = |name: &'static str, value: &str, sensitive: bool| {
             if let Ok(mut v) = MetadataValue::try_from(value) {
                 v.set_sensitive(sensitive);
@@ -239,11 +229,7 @@ impl ModalApi {
         put("x-idempotency-key", key, false);
         put("x-retry-attempt", &attempt.to_string(), false);
         put("x-throttle-retry-attempt", &throttled.to_string(), false);
-        put(
-            "x-retry-delay",
-            &format!("{:.3}", delay.as_secs_f64()),
-            false,
-        );
+        put("x-retry-delay", &format!("{:.3}", delay.as_secs_f64()), false);
     }
 }
 
@@ -287,10 +273,7 @@ mod tests {
             "slow down",
             details.encode_to_vec().into(),
         );
-        assert_eq!(
-            server_retry_after(&status),
-            Some(Duration::from_millis(1500))
-        );
+        assert_eq!(server_retry_after(&status), Some(Duration::from_millis(1500)));
         assert_eq!(server_retry_after(&tonic::Status::unavailable("x")), None);
     }
 

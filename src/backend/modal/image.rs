@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use super::client::{ModalApi, ModalError};
 use super::proto::generic_result::GenericStatus;
 use super::proto::{
-    EnvironmentGetOrCreateRequest, GenericResult, Image, ImageGetOrCreateRequest,
-    ImageJoinStreamingRequest, ObjectCreationType,
+    EnvironmentGetOrCreateRequest, GenericResult, Image, ImageGetOrCreateRequest, ImageJoinStreamingRequest,
+    ObjectCreationType,
 };
 use crate::runner_version::RunnerRelease;
 
@@ -62,9 +62,7 @@ pub fn dockerfile_commands(settings: &ImageSettings, release: &RunnerRelease) ->
 pub enum BuildError {
     #[error(transparent)]
     Modal(#[from] ModalError),
-    #[error(
-        "the runner image build failed: {message}\n--- last lines of the build log ---\n{log_tail}"
-    )]
+    #[error("the runner image build failed: {message}\n--- last lines of the build log ---\n{log_tail}")]
     Failed { message: String, log_tail: String },
     #[error("the runner image build did not finish within {0:?}")]
     TimedOut(Duration),
@@ -162,11 +160,7 @@ fn failure_message(r: &GenericResult) -> String {
 
 /// Follows the build log until a result arrives, reopening the stream from the last entry
 /// when the server ends it (every 55 s) or it breaks.
-async fn join(
-    api: &ModalApi,
-    image_id: &str,
-    timeout: Duration,
-) -> Result<GenericResult, BuildError> {
+async fn join(api: &ModalApi, image_id: &str, timeout: Duration) -> Result<GenericResult, BuildError> {
     let started = Instant::now();
     let mut last_entry = String::new();
     let mut tail: VecDeque<String> = VecDeque::with_capacity(LOG_TAIL);
@@ -247,18 +241,9 @@ mod tests {
         };
         let commands = dockerfile_commands(&settings, &release);
         assert_eq!(commands[0], "FROM ubuntu:24.04");
-        assert!(
-            commands[1].contains("git")
-                && commands[1].contains("jq")
-                && commands[1].contains("sudo")
-        );
+        assert!(commands[1].contains("git") && commands[1].contains("jq") && commands[1].contains("sudo"));
         assert!(commands[2].contains("actions-runner-linux-x64-2.336.0.tar.gz"));
-        assert!(
-            commands[2].contains("sha256sum -c") && commands[2].contains("installdependencies.sh")
-        );
-        assert_eq!(
-            commands.last().map(String::as_str),
-            Some("RUN pip install uv")
-        );
+        assert!(commands[2].contains("sha256sum -c") && commands[2].contains("installdependencies.sh"));
+        assert_eq!(commands.last().map(String::as_str), Some("RUN pip install uv"));
     }
 }

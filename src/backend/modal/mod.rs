@@ -24,8 +24,8 @@ use self::image::{BuildError, ImageSettings, RUNNER_HOME};
 use self::proto::network_access::NetworkAccessType;
 use self::proto::{
     AppGetOrCreateRequest, GpuConfig, NetworkAccess, ObjectCreationType, Resources, Sandbox,
-    SandboxCreateRequest, SandboxGetFromNameRequest, SandboxListRequest, SandboxTag,
-    SandboxTerminateRequest, SecretGetOrCreateRequest,
+    SandboxCreateRequest, SandboxGetFromNameRequest, SandboxListRequest, SandboxTag, SandboxTerminateRequest,
+    SecretGetOrCreateRequest,
 };
 use super::{BackendError, SandboxInfo, SandboxSpec};
 use crate::domain::RepoName;
@@ -51,10 +51,7 @@ impl Gpu {
             None => (s, 1),
         };
         let kind = kind.trim().to_ascii_uppercase();
-        if kind.is_empty()
-            || count == 0
-            || !kind.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        {
+        if kind.is_empty() || count == 0 || !kind.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
             return Err(format!("`{s}` is not a GPU like A10G or H100:2"));
         }
         Ok(Gpu { kind, count })
@@ -67,10 +64,7 @@ pub enum RunnerSource {
     /// `RUNNER_VERSION`.
     Pinned(RunnerVersion),
     /// Ask GitHub (for this repository, if one is known), daily.
-    Resolve {
-        github: GitHub,
-        repo: Option<RepoName>,
-    },
+    Resolve { github: GitHub, repo: Option<RepoName> },
 }
 
 /// Everything the Modal backend is configured with.
@@ -120,12 +114,9 @@ pub struct ModalBackend {
 }
 
 impl ModalBackend {
-    pub fn new(
-        settings: ModalSettings,
-        runner: RunnerSource,
-    ) -> Result<ModalBackend, BackendError> {
-        let api = ModalApi::new(settings.connection.clone())
-            .map_err(|e| BackendError::Permanent(e.to_string()))?;
+    pub fn new(settings: ModalSettings, runner: RunnerSource) -> Result<ModalBackend, BackendError> {
+        let api =
+            ModalApi::new(settings.connection.clone()).map_err(|e| BackendError::Permanent(e.to_string()))?;
         Ok(ModalBackend {
             api,
             runner,
@@ -170,10 +161,18 @@ impl ModalBackend {
     async fn release(&self) -> Result<RunnerRelease, BackendError> {
         match &self.runner {
             RunnerSource::Pinned(v) => Ok(RunnerRelease::from_version(v.clone())),
-            RunnerSource::Resolve { github, repo } => runner_version::resolve(github, repo.as_ref()).await.map_err(|e| {
-                let msg = format!("could not find the runner release GitHub serves ({e}); set RUNNER_VERSION to pin one");
-                if e.is_transient() { BackendError::Transient(msg) } else { BackendError::Permanent(msg) }
-            }),
+            RunnerSource::Resolve { github, repo } => {
+                runner_version::resolve(github, repo.as_ref()).await.map_err(|e| {
+                    let msg = format!(
+                        "could not find the runner release GitHub serves ({e}); set RUNNER_VERSION to pin one"
+                    );
+                    if e.is_transient() {
+                        BackendError::Transient(msg)
+                    } else {
+                        BackendError::Permanent(msg)
+                    }
+                })
+            }
         }
     }
 
@@ -187,18 +186,12 @@ impl ModalBackend {
         .map_err(|e| classify(&e))?;
         tracing::info!(runner.version = %release.version, builder = %builder, "building the runner image");
         let commands = image::dockerfile_commands(&self.settings.image, release);
-        image::build(
-            &self.api,
-            app_id,
-            commands,
-            &builder,
-            self.settings.build_timeout,
-        )
-        .await
-        .map_err(|e| match e {
-            BuildError::Modal(m) => classify(&m),
-            other => BackendError::Permanent(other.to_string()),
-        })
+        image::build(&self.api, app_id, commands, &builder, self.settings.build_timeout)
+            .await
+            .map_err(|e| match e {
+                BuildError::Modal(m) => classify(&m),
+                other => BackendError::Permanent(other.to_string()),
+            })
     }
 
     /// Rebuilds the image when GitHub starts serving a newer runner, so new sandboxes never
@@ -316,10 +309,7 @@ impl ModalBackend {
         let request = SecretGetOrCreateRequest {
             environment_name: self.settings.environment.clone(),
             object_creation_type: ObjectCreationType::Ephemeral as i32,
-            env_dict: HashMap::from([(
-                JIT_ENV.to_string(),
-                spec.jit_config.expose_secret().to_string(),
-            )]),
+            env_dict: HashMap::from([(JIT_ENV.to_string(), spec.jit_config.expose_secret().to_string())]),
             ..Default::default()
         };
         let resp = self

@@ -44,12 +44,7 @@ fn status_only(status: StatusCode) -> Response {
 }
 
 /// Routes `/_fake/actions/<rest>`.
-pub(super) async fn handle(
-    shared: &Arc<Shared>,
-    method: &Method,
-    rest: &str,
-    body: &[u8],
-) -> Response {
+pub(super) async fn handle(shared: &Arc<Shared>, method: &Method, rest: &str, body: &[u8]) -> Response {
     if method != Method::POST {
         return status_only(StatusCode::METHOD_NOT_ALLOWED);
     }
@@ -62,10 +57,7 @@ pub(super) async fn handle(
     let auth = shared.lock().authenticate(call.agent_id, &call.client_id);
     match auth {
         RunnerAuth::Unknown => {
-            return answer(
-                StatusCode::UNAUTHORIZED,
-                json!({ "message": "Bad credentials" }),
-            );
+            return answer(StatusCode::UNAUTHORIZED, json!({ "message": "Bad credentials" }));
         }
         RunnerAuth::Retired => return status_only(StatusCode::GONE),
         RunnerAuth::Live => {}
@@ -75,10 +67,9 @@ pub(super) async fn handle(
         ("acquire", _) => acquire(shared, call.agent_id),
         ("renew", Some(job_id)) => renew(shared, call.agent_id, job_id),
         ("complete", Some(job_id)) => complete(shared, call.agent_id, job_id),
-        ("renew" | "complete", None) => answer(
-            StatusCode::BAD_REQUEST,
-            json!({ "message": "job_id missing" }),
-        ),
+        ("renew" | "complete", None) => {
+            answer(StatusCode::BAD_REQUEST, json!({ "message": "job_id missing" }))
+        }
         _ => status_only(StatusCode::NOT_FOUND),
     }
 }

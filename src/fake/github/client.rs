@@ -78,8 +78,8 @@ impl HttpClient {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Result<HttpResponse, HttpError> {
-        let method = reqwest::Method::from_bytes(method.as_bytes())
-            .map_err(|e| HttpError::Request(e.to_string()))?;
+        let method =
+            reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| HttpError::Request(e.to_string()))?;
         let mut req = shared()?
             .request(method, url)
             .timeout(self.timeout)
@@ -108,11 +108,7 @@ impl HttpClient {
     }
 
     /// POSTs a JSON document.
-    pub async fn post_json(
-        &self,
-        url: &str,
-        value: &serde_json::Value,
-    ) -> Result<HttpResponse, HttpError> {
+    pub async fn post_json(&self, url: &str, value: &serde_json::Value) -> Result<HttpResponse, HttpError> {
         let body = serde_json::to_vec(value).unwrap_or_default();
         self.send("POST", url, &[("content-type", "application/json")], &body)
             .await
@@ -147,9 +143,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_server_that_never_answers_times_out() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let hold = tokio::spawn(async move {
             let (_conn, _) = listener.accept().await.expect("accept");

@@ -85,12 +85,7 @@ fn item_json(delivery: &StoredDelivery) -> Value {
 }
 
 /// `POST …/deliveries/{id}/attempts` → 202; the resend happens in the background.
-pub(super) fn redeliver(
-    state: &mut State,
-    repo: &RepoView,
-    hook_id: u64,
-    delivery_id: u64,
-) -> Reply {
+pub(super) fn redeliver(state: &mut State, repo: &RepoView, hook_id: u64, delivery_id: u64) -> Reply {
     if hook_id != HOOK_ID {
         return Reply::not_found();
     }

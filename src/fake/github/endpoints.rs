@@ -17,20 +17,12 @@ use super::state::State;
 use super::types::RepoView;
 
 /// Runs one endpoint.
-pub(super) fn dispatch(
-    state: &mut State,
-    endpoint: &Endpoint,
-    query: Option<&str>,
-    body: &[u8],
-) -> Reply {
+pub(super) fn dispatch(state: &mut State, endpoint: &Endpoint, query: Option<&str>, body: &[u8]) -> Reply {
     let params = Params::parse(query);
     if endpoint == &Endpoint::RateLimit {
         return rate_limit(state);
     }
-    let Some(repo) = endpoint_repo(endpoint)
-        .and_then(|name| state.repo(name))
-        .cloned()
-    else {
+    let Some(repo) = endpoint_repo(endpoint).and_then(|name| state.repo(name)).cloned() else {
         return Reply::not_found();
     };
     match endpoint {
@@ -44,13 +36,9 @@ pub(super) fn dispatch(
         Endpoint::ListRunJobs { run_id, .. } => list_run_jobs(state, &repo, *run_id, &params),
         Endpoint::GetJob { job_id, .. } => get_job(state, &repo, *job_id),
         Endpoint::GetContents { path, .. } => get_contents(state, &repo, path, &params),
-        Endpoint::ListDeliveries { hook_id, .. } => {
-            deliveries_api::list(state, &repo, *hook_id, &params)
-        }
+        Endpoint::ListDeliveries { hook_id, .. } => deliveries_api::list(state, &repo, *hook_id, &params),
         Endpoint::Redeliver {
-            hook_id,
-            delivery_id,
-            ..
+            hook_id, delivery_id, ..
         } => deliveries_api::redeliver(state, &repo, *hook_id, *delivery_id),
         Endpoint::RateLimit => rate_limit(state),
     }
@@ -80,18 +68,11 @@ pub(super) struct Params(Vec<(String, String)>);
 impl Params {
     fn parse(query: Option<&str>) -> Self {
         let pairs = form_urlencoded::parse(query.unwrap_or("").as_bytes());
-        Self(
-            pairs
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect(),
-        )
+        Self(pairs.map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     /// `per_page` clamped to 1..=100 (default 30), as GitHub does.
@@ -103,10 +84,7 @@ impl Params {
     }
 
     fn page(&self) -> usize {
-        self.get("page")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1)
-            .max(1)
+        self.get("page").and_then(|v| v.parse().ok()).unwrap_or(1).max(1)
     }
 
     /// The query string with `key` set to `value` (other parameters kept).
@@ -121,11 +99,7 @@ impl Params {
 }
 
 /// One page of `items` plus the `Link` header GitHub would send with it.
-pub(super) fn paginate<T: Clone>(
-    items: &[T],
-    params: &Params,
-    url: &str,
-) -> (Vec<T>, Option<String>) {
+pub(super) fn paginate<T: Clone>(items: &[T], params: &Params, url: &str) -> (Vec<T>, Option<String>) {
     let per_page = params.per_page();
     let page = params.page();
     let last = items.len().div_ceil(per_page).max(1);
@@ -135,12 +109,8 @@ pub(super) fn paginate<T: Clone>(
         .take(per_page)
         .cloned()
         .collect();
-    let link = |n: usize, rel: &str| {
-        format!(
-            "<{url}?{}>; rel=\"{rel}\"",
-            params.with("page", &n.to_string())
-        )
-    };
+    let link =
+        |n: usize, rel: &str| format!("<{url}?{}>; rel=\"{rel}\"", params.with("page", &n.to_string()));
     let mut links = Vec::new();
     if page > 1 {
         links.push(link(page - 1, "prev"));
@@ -173,11 +143,8 @@ fn parse_registration(repo: &RepoView, body: &[u8]) -> Result<Registration, Repl
     let object = value
         .as_object()
         .ok_or_else(|| Reply::error(400, "Problems parsing JSON"))?;
-    let missing = |key: &str| {
-        validation_error(&format!(
-            "Invalid input: object is missing required key: {key}"
-        ))
-    };
+    let missing =
+        |key: &str| validation_error(&format!("Invalid input: object is missing required key: {key}"));
     let name = object.get("name").ok_or_else(|| missing("name"))?;
     let group = object
         .get("runner_group_id")
@@ -197,12 +164,7 @@ fn parse_registration(repo: &RepoView, body: &[u8]) -> Result<Registration, Repl
         .ok_or_else(|| validation_error("Invalid input: runner_group_id must be an integer"))?;
     let labels: Vec<String> = labels
         .as_array()
-        .and_then(|items| {
-            items
-                .iter()
-                .map(|l| l.as_str().map(str::to_owned))
-                .collect()
-        })
+        .and_then(|items| items.iter().map(|l| l.as_str().map(str::to_owned)).collect())
         .ok_or_else(|| validation_error("Invalid input: labels must be an array of strings"))?;
     if labels.is_empty() || labels.len() > 100 {
         return Err(validation_error(
@@ -213,9 +175,7 @@ fn parse_registration(repo: &RepoView, body: &[u8]) -> Result<Registration, Repl
         None | Some(Value::Null) => "_work".to_owned(),
         Some(Value::String(folder)) => folder.clone(),
         Some(_) => {
-            return Err(validation_error(
-                "Invalid input: work_folder must be a string",
-            ));
+            return Err(validation_error("Invalid input: work_folder must be a string"));
         }
     };
     Ok(Registration {
@@ -235,10 +195,7 @@ fn generate_jitconfig(state: &mut State, repo: &RepoView, body: &[u8]) -> Reply 
     let name = registration.name.clone();
     let group_id = registration.group_id;
     match state.register_runner(registration) {
-        Ok((runner, encoded)) => Reply::json(
-            201,
-            json!({ "runner": runner, "encoded_jit_config": encoded }),
-        ),
+        Ok((runner, encoded)) => Reply::json(201, json!({ "runner": runner, "encoded_jit_config": encoded })),
         Err(RegisterError::GroupNotFound) => Reply::not_found(),
         Err(RegisterError::AlreadyExists) => Reply::error(
             409,
@@ -262,10 +219,7 @@ fn list_runners(state: &State, repo: &RepoView, params: &Params) -> Reply {
     let url = format!("{}/repos/{}/actions/runners", state.api_url, repo.full_name);
     let (page, link) = paginate(&runners, params, &url);
     with_link(
-        Reply::json(
-            200,
-            json!({ "total_count": runners.len(), "runners": page }),
-        ),
+        Reply::json(200, json!({ "total_count": runners.len(), "runners": page })),
         link,
     )
 }
@@ -281,9 +235,9 @@ fn delete_runner(state: &mut State, repo: &RepoView, id: u64) -> Reply {
     match state.delete_runner(&repo.full_name, id) {
         Ok(()) => Reply::no_content(),
         Err(DeleteError::NotFound) => Reply::not_found(),
-        Err(DeleteError::Busy(name)) => validation_error(&format!(
-            "Bad request - Runner \"{name}\" is still running a job"
-        )),
+        Err(DeleteError::Busy(name)) => {
+            validation_error(&format!("Bad request - Runner \"{name}\" is still running a job"))
+        }
     }
 }
 
@@ -341,10 +295,7 @@ fn list_runs(state: &State, repo: &RepoView, params: &Params) -> Reply {
     let url = format!("{}/repos/{}/actions/runs", state.api_url, repo.full_name);
     let (page, link) = paginate(&runs, params, &url);
     with_link(
-        Reply::json(
-            200,
-            json!({ "total_count": runs.len(), "workflow_runs": page }),
-        ),
+        Reply::json(200, json!({ "total_count": runs.len(), "workflow_runs": page })),
         link,
     )
 }
@@ -381,11 +332,7 @@ fn list_run_jobs(state: &State, repo: &RepoView, run_id: u64, params: &Params) -
 }
 
 fn get_job(state: &State, repo: &RepoView, job_id: u64) -> Reply {
-    match state
-        .jobs
-        .get(&job_id)
-        .filter(|j| j.view.repo == repo.full_name)
-    {
+    match state.jobs.get(&job_id).filter(|j| j.view.repo == repo.full_name) {
         Some(job) => Reply::json(200, job_json(&state.api_url, &job.view, repo)),
         None => Reply::not_found(),
     }
@@ -449,10 +396,7 @@ mod tests {
     fn contents_are_base64_wrapped_every_sixty_characters() {
         let wrapped = wrapped_base64(&[7u8; 100]);
         let lines: Vec<&str> = wrapped.lines().collect();
-        assert_eq!(
-            lines.iter().map(|l| l.len()).collect::<Vec<_>>(),
-            [60, 60, 16]
-        );
+        assert_eq!(lines.iter().map(|l| l.len()).collect::<Vec<_>>(), [60, 60, 16]);
         assert!(wrapped.ends_with('\n'));
         let joined: String = lines.concat();
         assert_eq!(STANDARD.decode(joined).expect("decodes"), vec![7u8; 100]);

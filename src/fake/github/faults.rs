@@ -125,11 +125,7 @@ impl FaultRule {
 }
 
 /// Takes the first live rule matching the request, consuming one firing.
-pub(super) fn take_fault(
-    rules: &mut Vec<FaultRule>,
-    route: Route,
-    method: &Method,
-) -> Option<Fault> {
+pub(super) fn take_fault(rules: &mut Vec<FaultRule>, route: Route, method: &Method) -> Option<Fault> {
     let index = rules.iter().position(|rule| rule.matches(route, method))?;
     let rule = &mut rules[index];
     rule.times = rule.times.saturating_sub(1);
@@ -229,24 +225,13 @@ impl RateBook {
 
     /// Decides whether a request may proceed and charges it if so.
     /// `/rate_limit` is free, as on GitHub.
-    pub fn admit(
-        &mut self,
-        route: Route,
-        method: &Method,
-        in_flight: usize,
-    ) -> Result<(), Refusal> {
+    pub fn admit(&mut self, route: Route, method: &Method, in_flight: usize) -> Result<(), Refusal> {
         if route == Route::RateLimit {
             return Ok(());
         }
         self.roll_core_window();
-        if self
-            .limits
-            .max_concurrent
-            .is_some_and(|max| in_flight > max)
-        {
-            return Err(Refusal::Secondary {
-                retry_after_secs: 60,
-            });
+        if self.limits.max_concurrent.is_some_and(|max| in_flight > max) {
+            return Err(Refusal::Secondary { retry_after_secs: 60 });
         }
         if self.core_used >= self.limits.core_per_hour {
             return Err(Refusal::Primary {
@@ -328,8 +313,7 @@ mod tests {
 
     #[test]
     fn a_rule_for_any_route_respects_its_method() {
-        let mut rules =
-            vec![FaultRule::new(Route::Any, Fault::Hang(Duration::ZERO)).method(Method::POST)];
+        let mut rules = vec![FaultRule::new(Route::Any, Fault::Hang(Duration::ZERO)).method(Method::POST)];
         assert!(take_fault(&mut rules, Route::ListRuns, &Method::GET).is_none());
         assert!(take_fault(&mut rules, Route::GenerateJitConfig, &Method::POST).is_some());
     }
@@ -340,23 +324,14 @@ mod tests {
             points_per_minute_per_endpoint: Some(11),
             ..Limits::default()
         });
-        assert_eq!(
-            book.admit(Route::GenerateJitConfig, &Method::POST, 1),
-            Ok(())
-        );
-        assert_eq!(
-            book.admit(Route::GenerateJitConfig, &Method::POST, 1),
-            Ok(())
-        );
+        assert_eq!(book.admit(Route::GenerateJitConfig, &Method::POST, 1), Ok(()));
+        assert_eq!(book.admit(Route::GenerateJitConfig, &Method::POST, 1), Ok(()));
         assert_eq!(book.admit(Route::ListRunners, &Method::GET, 1), Ok(()));
         assert!(matches!(
             book.admit(Route::GenerateJitConfig, &Method::POST, 1),
             Err(Refusal::Secondary { retry_after_secs }) if (1..=60).contains(&retry_after_secs)
         ));
-        assert_eq!(
-            book.admit(Route::GenerateJitConfig, &Method::GET, 1),
-            Ok(())
-        );
+        assert_eq!(book.admit(Route::GenerateJitConfig, &Method::GET, 1), Ok(()));
     }
 
     #[test]

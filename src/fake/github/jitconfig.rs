@@ -192,10 +192,7 @@ pub fn decode_files(encoded: &str) -> Result<BTreeMap<String, Vec<u8>>, JitConfi
         .collect()
 }
 
-fn file_json(
-    files: &BTreeMap<String, Vec<u8>>,
-    name: &'static str,
-) -> Result<Value, JitConfigError> {
+fn file_json(files: &BTreeMap<String, Vec<u8>>, name: &'static str) -> Result<Value, JitConfigError> {
     let bytes = files.get(name).ok_or(JitConfigError::MissingFile(name))?;
     let text = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     Ok(serde_json::from_slice(text)?)
@@ -227,8 +224,7 @@ fn json_bytes(value: &Value) -> Vec<u8> {
 
 /// Key-shaped random material; nothing verifies it, but the file must exist.
 fn random_rsa_params() -> Value {
-    let random =
-        |len: usize| STANDARD.encode((0..len).map(|_| fastrand::u8(..)).collect::<Vec<u8>>());
+    let random = |len: usize| STANDARD.encode((0..len).map(|_| fastrand::u8(..)).collect::<Vec<u8>>());
     json!({
         "d": random(256), "dp": random(128), "dq": random(128), "exponent": "AQAB",
         "inverseQ": random(128), "modulus": random(256), "p": random(128), "q": random(128),
@@ -272,8 +268,8 @@ mod tests {
     #[test]
     fn settings_are_read_case_insensitively_and_ids_may_be_strings() {
         let runner = br#"{"agentid":"42","AGENTNAME":"x","serverurl":"http://s/"}"#.to_vec();
-        let settings = RunnerSettings::from_json(&serde_json::from_slice(&runner).expect("json"))
-            .expect("settings");
+        let settings =
+            RunnerSettings::from_json(&serde_json::from_slice(&runner).expect("json")).expect("settings");
         assert_eq!(settings.agent_id, 42);
         assert_eq!(settings.server_url_v2, "http://s/");
     }

@@ -49,8 +49,8 @@ pub use payload::{WEB_URL, job_json, ping_payload, repository_json, workflow_job
 pub use time::rfc3339;
 pub use types::{
     CallRecord, ContentType, DeliveryInfo, DeliveryMode, DeliveryRecord, FakeGitHubConfig, JobSpec,
-    JobStatus, JobView, OwnerKind, QueuedRun, RepoView, RunSpec, RunnerBehavior, RunnerStatus,
-    RunnerView, WebhookTarget,
+    JobStatus, JobView, OwnerKind, QueuedRun, RepoView, RunSpec, RunnerBehavior, RunnerStatus, RunnerView,
+    WebhookTarget,
 };
 pub use webhook::{encode_body, sign_sha256};
 
@@ -141,10 +141,7 @@ impl FakeGitHub {
             .with_state(Arc::clone(&shared));
         let stop = shared.shutdown.clone().cancelled_owned();
         let server = tokio::spawn(async move {
-            if let Err(error) = axum::serve(listener, app)
-                .with_graceful_shutdown(stop)
-                .await
-            {
+            if let Err(error) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
                 tracing::warn!(%error, "fake GitHub server stopped with an error");
             }
         });
@@ -206,10 +203,8 @@ impl FakeGitHub {
             let repo = s
                 .repo(repo)
                 .map_or_else(|| repo.to_owned(), |r| r.full_name.clone());
-            s.files.insert(
-                (repo, path.to_owned(), git_ref.to_owned()),
-                content.to_owned(),
-            );
+            s.files
+                .insert((repo, path.to_owned(), git_ref.to_owned()), content.to_owned());
         });
     }
 
@@ -245,11 +240,7 @@ impl FakeGitHub {
     pub fn send_ping(&self, repo: &str) -> Option<Uuid> {
         self.with_state(|s| {
             let repo = s.repo(repo)?.clone();
-            let hook_url = s
-                .webhook
-                .as_ref()
-                .map(|w| w.url.clone())
-                .unwrap_or_default();
+            let hook_url = s.webhook.as_ref().map(|w| w.url.clone()).unwrap_or_default();
             let body = ping_payload(&s.api_url, &repo, &hook_url);
             Some(s.emit_raw("ping", body))
         })
@@ -286,10 +277,7 @@ impl FakeGitHub {
     }
 
     /// Chooses, by runner name, how each fake runner behaves when it connects.
-    pub fn set_runner_behavior(
-        &self,
-        choose: impl Fn(&str) -> RunnerBehavior + Send + Sync + 'static,
-    ) {
+    pub fn set_runner_behavior(&self, choose: impl Fn(&str) -> RunnerBehavior + Send + Sync + 'static) {
         self.with_state(|s| s.runner_behavior = Some(Arc::new(choose)));
     }
 
@@ -389,11 +377,7 @@ impl FakeGitHub {
         {
             tracing::warn!("fake GitHub: deliveries still running at shutdown");
         }
-        let server = self
-            .server
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let server = self.server.lock().unwrap_or_else(PoisonError::into_inner).take();
         if let Some(mut server) = server
             && tokio::time::timeout(grace, &mut server).await.is_err()
         {

@@ -110,10 +110,7 @@ fn steps_json(job: &JobView) -> Value {
         }]),
         JobStatus::Completed => {
             let done = job.completed_at.map_or_else(|| started.clone(), rfc3339);
-            let last = job
-                .conclusion
-                .clone()
-                .unwrap_or_else(|| "success".to_owned());
+            let last = job.conclusion.clone().unwrap_or_else(|| "success".to_owned());
             let names = [
                 "Set up job",
                 "Run actions/checkout@v4",
@@ -217,10 +214,7 @@ const REPO_URLS: &[(&str, &str)] = &[
     ("issues_url", "/issues{/number}"),
     ("pulls_url", "/pulls{/number}"),
     ("milestones_url", "/milestones{/number}"),
-    (
-        "notifications_url",
-        "/notifications{?since,all,participating}",
-    ),
+    ("notifications_url", "/notifications{?since,all,participating}"),
     ("labels_url", "/labels{/name}"),
     ("releases_url", "/releases{/id}"),
     ("deployments_url", "/deployments"),

@@ -77,9 +77,7 @@ impl Endpoint {
         let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
         match (method.as_str(), segments.as_slice()) {
             ("GET", ["rate_limit"]) => Some(Endpoint::RateLimit),
-            (method, ["repos", owner, name, rest @ ..])
-                if !owner.is_empty() && !name.is_empty() =>
-            {
+            (method, ["repos", owner, name, rest @ ..]) if !owner.is_empty() && !name.is_empty() => {
                 Self::parse_repo(method, format!("{owner}/{name}"), rest)
             }
             _ => None,
@@ -89,9 +87,7 @@ impl Endpoint {
     fn parse_repo(method: &str, repo: String, rest: &[&str]) -> Option<Self> {
         let num = |s: &str| s.parse::<u64>().ok();
         Some(match (method, rest) {
-            ("POST", ["actions", "runners", "generate-jitconfig"]) => {
-                Endpoint::GenerateJitConfig { repo }
-            }
+            ("POST", ["actions", "runners", "generate-jitconfig"]) => Endpoint::GenerateJitConfig { repo },
             ("GET", ["actions", "runners"]) => Endpoint::ListRunners { repo },
             ("GET", ["actions", "runners", "downloads"]) => Endpoint::RunnerDownloads { repo },
             ("GET", ["actions", "runners", id]) => Endpoint::GetRunner { repo, id: num(id)? },
@@ -206,9 +202,7 @@ impl Reply {
     }
 
     fn has_header(&self, name: &str) -> bool {
-        self.headers
-            .iter()
-            .any(|(n, _)| n.eq_ignore_ascii_case(name))
+        self.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
     }
 
     /// Adds the rate-limit and content headers every GitHub answer has.
@@ -438,10 +432,7 @@ mod tests {
     fn endpoints_are_recognised_by_method_and_path() {
         let parse = |m: Method, p: &str| Endpoint::parse(&m, p);
         assert_eq!(
-            parse(
-                Method::POST,
-                "/repos/acme/w/actions/runners/generate-jitconfig"
-            ),
+            parse(Method::POST, "/repos/acme/w/actions/runners/generate-jitconfig"),
             Some(Endpoint::GenerateJitConfig {
                 repo: "acme/w".into()
             })
@@ -460,10 +451,7 @@ mod tests {
             })
         );
         assert_eq!(
-            parse(
-                Method::GET,
-                "/repos/acme/w/contents/.github/workflows/ci%20x.yml"
-            ),
+            parse(Method::GET, "/repos/acme/w/contents/.github/workflows/ci%20x.yml"),
             Some(Endpoint::GetContents {
                 repo: "acme/w".into(),
                 path: ".github/workflows/ci x.yml".into()
@@ -471,10 +459,7 @@ mod tests {
         );
         assert_eq!(parse(Method::GET, "/rate_limit"), Some(Endpoint::RateLimit));
         assert_eq!(parse(Method::POST, "/repos/acme/w/actions/runners"), None);
-        assert_eq!(
-            parse(Method::GET, "/repos/acme/w/actions/runners/abc"),
-            None
-        );
+        assert_eq!(parse(Method::GET, "/repos/acme/w/actions/runners/abc"), None);
         assert_eq!(parse(Method::GET, "/nope"), None);
     }
 

@@ -138,11 +138,7 @@ impl State {
         }
         let id = self.next_runner_id;
         self.next_runner_id += 1;
-        let labels = reg
-            .labels
-            .iter()
-            .map(|l| (self.label_id(l), l.clone()))
-            .collect();
+        let labels = reg.labels.iter().map(|l| (self.label_id(l), l.clone())).collect();
         let record = RunnerRecord {
             id,
             name: reg.name.clone(),
@@ -190,10 +186,7 @@ impl State {
     /// Stable ids for label names, as GitHub numbers labels.
     fn label_id(&mut self, name: &str) -> u64 {
         let next = self.label_ids.len() as u64 + 1;
-        *self
-            .label_ids
-            .entry(name.to_ascii_lowercase())
-            .or_insert(next)
+        *self.label_ids.entry(name.to_ascii_lowercase()).or_insert(next)
     }
 
     /// Deletes a registration through the API; a busy runner cannot be deleted.
@@ -314,10 +307,7 @@ impl State {
     /// A cancelled job ends the runner (its registration is removed).
     pub fn renew(&mut self, agent_id: u64, job_id: u64) -> bool {
         self.touch(agent_id);
-        let running = self
-            .runners
-            .get(&agent_id)
-            .is_some_and(|r| r.job == Some(job_id))
+        let running = self.runners.get(&agent_id).is_some_and(|r| r.job == Some(job_id))
             && self
                 .jobs
                 .get(&job_id)
@@ -332,11 +322,7 @@ impl State {
     /// single-use registration.
     pub fn complete(&mut self, agent_id: u64, job_id: u64) -> CompleteOutcome {
         self.touch(agent_id);
-        if self
-            .runners
-            .get(&agent_id)
-            .is_none_or(|r| r.job != Some(job_id))
-        {
+        if self.runners.get(&agent_id).is_none_or(|r| r.job != Some(job_id)) {
             return CompleteOutcome::NotAssigned;
         }
         let Some(job) = self.jobs.get(&job_id) else {

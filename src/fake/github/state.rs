@@ -17,8 +17,8 @@ use super::faults::{FaultRule, Limits, RateBook, Route};
 use super::payload::{RunFacts, workflow_job_payload};
 use super::runners::RunnerRecord;
 use super::types::{
-    CallRecord, DeliveryInfo, DeliveryMode, DeliveryRecord, FakeGitHubConfig, JobSpec, JobStatus,
-    JobView, QueuedRun, RepoView, RunSpec, RunnerBehavior, WebhookTarget,
+    CallRecord, DeliveryInfo, DeliveryMode, DeliveryRecord, FakeGitHubConfig, JobSpec, JobStatus, JobView,
+    QueuedRun, RepoView, RunSpec, RunnerBehavior, WebhookTarget,
 };
 use super::{DEFAULT_RUNNER_VERSION, JOB_ID_BASE};
 
@@ -335,10 +335,7 @@ impl State {
         self.outbox.push(Outgoing {
             guid,
             event: event.to_owned(),
-            action: body
-                .get("action")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
+            action: body.get("action").and_then(Value::as_str).map(str::to_owned),
             job_id: body.pointer("/workflow_job/id").and_then(Value::as_u64),
             repository_id: body.pointer("/repository/id").and_then(Value::as_u64),
             payload: Arc::new(body),
@@ -405,7 +402,5 @@ impl State {
 
 /// A random 40-hex commit sha.
 fn random_sha() -> String {
-    (0..20)
-        .map(|_| format!("{:02x}", fastrand::u8(..)))
-        .collect()
+    (0..20).map(|_| format!("{:02x}", fastrand::u8(..))).collect()
 }

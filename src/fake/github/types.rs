@@ -143,10 +143,7 @@ pub struct JobSpec {
 
 impl JobSpec {
     /// A job that runs for 1 s and succeeds.
-    pub fn new<L: Into<String>>(
-        name: impl Into<String>,
-        labels: impl IntoIterator<Item = L>,
-    ) -> Self {
+    pub fn new<L: Into<String>>(name: impl Into<String>, labels: impl IntoIterator<Item = L>) -> Self {
         Self {
             name: name.into(),
             labels: labels.into_iter().map(Into::into).collect(),

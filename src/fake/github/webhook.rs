@@ -142,9 +142,7 @@ async fn attempt(shared: &Arc<Shared>, outgoing: &Outgoing, target: &WebhookTarg
 /// Status code and GitHub-style status text of an attempt.
 fn describe(result: &Result<super::client::HttpResponse, HttpError>) -> (Option<u16>, String) {
     match result {
-        Ok(response) if (200..300).contains(&response.status) => {
-            (Some(response.status), "OK".to_owned())
-        }
+        Ok(response) if (200..300).contains(&response.status) => (Some(response.status), "OK".to_owned()),
         Ok(response) => (
             Some(response.status),
             format!("Invalid HTTP Response: {}", response.status),

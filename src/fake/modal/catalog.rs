@@ -10,8 +10,7 @@ use crate::backend::modal::proto::{
 
 use super::error::RpcError;
 use super::state::{
-    AppRecord, SecretRecord, Shared, State, environment_key, new_id, validate_env_key,
-    validate_name,
+    AppRecord, SecretRecord, Shared, State, environment_key, new_id, validate_env_key, validate_name,
 };
 
 /// The image builder version every environment reports.
@@ -87,9 +86,7 @@ pub(crate) fn app_get_or_create(
             state.apps.insert(id.clone(), record);
             state.app_names.insert(key, id.clone());
         }
-        Ok(AppGetOrCreateResponse {
-            app_id: lookup.id(),
-        })
+        Ok(AppGetOrCreateResponse { app_id: lookup.id() })
     })
 }
 
@@ -111,9 +108,7 @@ pub(crate) fn environment_get_or_create(
                 )));
             }
             None if kind == ObjectCreationType::Unspecified => {
-                return Err(RpcError::NotFound(format!(
-                    "Environment '{name}' not found"
-                )));
+                return Err(RpcError::NotFound(format!("Environment '{name}' not found")));
             }
             None => {
                 let id = new_id("en-");
@@ -155,8 +150,7 @@ pub(crate) fn secret_get_or_create(
                 environment_key(&request.environment_name),
                 request.deployment_name,
             );
-            shared
-                .with_state(|state| named_secret(state, key, kind, env, &request.required_keys))?
+            shared.with_state(|state| named_secret(state, key, kind, env, &request.required_keys))?
         }
     };
     Ok(SecretGetOrCreateResponse { secret_id })

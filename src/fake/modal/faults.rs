@@ -92,11 +92,7 @@ pub(crate) fn resource_exhausted(message: &str, retry_after_secs: Option<f32>) -
             value: policy.encode_to_vec(),
         }],
     };
-    Status::with_details(
-        Code::ResourceExhausted,
-        message,
-        details.encode_to_vec().into(),
-    )
+    Status::with_details(Code::ResourceExhausted, message, details.encode_to_vec().into())
 }
 
 #[cfg(test)]

@@ -11,8 +11,8 @@ use tonic::Status;
 
 use crate::backend::modal::proto::generic_result::GenericStatus;
 use crate::backend::modal::proto::{
-    GenericResult, Image, ImageGetOrCreateRequest, ImageGetOrCreateResponse,
-    ImageJoinStreamingRequest, ImageJoinStreamingResponse, TaskLogs,
+    GenericResult, Image, ImageGetOrCreateRequest, ImageGetOrCreateResponse, ImageJoinStreamingRequest,
+    ImageJoinStreamingResponse, TaskLogs,
 };
 
 use super::error::RpcError;
@@ -153,10 +153,7 @@ fn check_base_images(state: &State, image: &Image) -> Result<(), RpcError> {
         .iter()
         .find(|base| !state.images.contains_key(&base.image_id))
     {
-        Some(base) => Err(RpcError::NotFound(format!(
-            "Image {} not found",
-            base.image_id
-        ))),
+        Some(base) => Err(RpcError::NotFound(format!("Image {} not found", base.image_id))),
         None => Ok(()),
     }
 }
@@ -198,10 +195,7 @@ async fn run_build(shared: Arc<Shared>, job: BuildJob) {
         if !shared.sleep(pause).await {
             return;
         }
-        push_log(
-            &job.progress,
-            format!("Step {}/{steps} : {command}", index + 1),
-        );
+        push_log(&job.progress, format!("Step {}/{steps} : {command}", index + 1));
     }
     if !shared.sleep(pause).await {
         return;
@@ -245,10 +239,7 @@ fn push_log(progress: &watch::Sender<BuildProgress>, data: String) {
 
 /// `ImageJoinStreaming`: logs after `last_entry_id`, then the result with `eof`; ends
 /// without a result once the request's `timeout` passes (the client reopens).
-pub(crate) fn join(
-    shared: &Arc<Shared>,
-    request: ImageJoinStreamingRequest,
-) -> Result<JoinStream, RpcError> {
+pub(crate) fn join(shared: &Arc<Shared>, request: ImageJoinStreamingRequest) -> Result<JoinStream, RpcError> {
     let after = parse_entry_id(&request.last_entry_id)?;
     let progress = shared.with_state(|state| {
         state
@@ -260,8 +251,7 @@ pub(crate) fn join(
     let follow = Follow {
         progress,
         sent: after,
-        deadline: Instant::now()
-            + clamp_secs(request.timeout, MIN_JOIN_WAIT_SECS, MAX_JOIN_WAIT_SECS),
+        deadline: Instant::now() + clamp_secs(request.timeout, MIN_JOIN_WAIT_SECS, MAX_JOIN_WAIT_SECS),
         include_logs_for_finished: request.include_logs_for_finished,
     };
     let (tx, rx) = mpsc::channel(16);

@@ -79,10 +79,7 @@ impl Lifecycle {
     /// Waits up to `limit` for the supervisor to report the processes gone.
     pub(crate) async fn wait_stopped(&self, limit: Duration) {
         let mut stopped = self.stopped.subscribe();
-        let _ = tokio::time::timeout(limit, async {
-            stopped.wait_for(Option::is_some).await.is_ok()
-        })
-        .await;
+        let _ = tokio::time::timeout(limit, async { stopped.wait_for(Option::is_some).await.is_ok() }).await;
     }
 
     pub(crate) fn mark_stopped(&self, log_tail: Option<String>) {

@@ -43,9 +43,7 @@ use crate::backend::modal::proto::modal_client_server::ModalClientServer;
 pub use catalog::IMAGE_BUILDER_VERSION;
 pub use error::RpcError;
 pub use faults::{FaultKind, ModalFault, RETRY_POLICY_TYPE_URL};
-pub use types::{
-    AppView, FakeModalConfig, RecordedCall, SandboxFinish, SandboxResources, SandboxView,
-};
+pub use types::{AppView, FakeModalConfig, RecordedCall, SandboxFinish, SandboxResources, SandboxView};
 
 use service::FakeModalService;
 use state::Shared;
@@ -120,8 +118,7 @@ impl FakeModal {
 
     /// Changes the simulated `SandboxCreate` latency for creates admitted from now on.
     pub fn set_create_latency(&self, latency: Duration) {
-        self.shared
-            .with_state(|state| state.create_latency = latency);
+        self.shared.with_state(|state| state.create_latency = latency);
     }
 
     /// Changes the workspace creation rate (`None` = unlimited).
@@ -193,9 +190,7 @@ impl FakeModal {
     pub async fn shutdown(mut self) {
         self.shared.shutdown.cancel();
         if let Some(mut server) = self.server.take()
-            && tokio::time::timeout(SHUTDOWN_GRACE, &mut server)
-                .await
-                .is_err()
+            && tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.is_err()
         {
             tracing::warn!("fake Modal server did not stop in time; aborting it");
             server.abort();

@@ -210,9 +210,7 @@ fn exit_result(status: io::Result<ExitStatus>) -> GenericResult {
         Ok(status) => {
             let (exitcode, exception) = match (status.code(), status.signal()) {
                 (Some(code), _) => (code, format!("Sandbox exited with code {code}")),
-                (None, Some(signal)) => {
-                    (128 + signal, format!("Sandbox killed by signal {signal}"))
-                }
+                (None, Some(signal)) => (128 + signal, format!("Sandbox killed by signal {signal}")),
                 (None, None) => (1, "Sandbox exited".to_owned()),
             };
             GenericResult {

@@ -11,8 +11,7 @@ use crate::backend::modal::proto::generic_result::GenericStatus;
 use crate::backend::modal::proto::{
     GenericResult, Sandbox, SandboxCreateRequest, SandboxCreateResponse, SandboxGetFromNameRequest,
     SandboxGetFromNameResponse, SandboxInfo, SandboxListRequest, SandboxListResponse, SandboxTag,
-    SandboxTerminateRequest, SandboxTerminateResponse, SandboxWaitRequest, SandboxWaitResponse,
-    TaskInfo,
+    SandboxTerminateRequest, SandboxTerminateResponse, SandboxWaitRequest, SandboxWaitResponse, TaskInfo,
 };
 
 use super::error::RpcError;
@@ -61,8 +60,7 @@ impl SandboxRecord {
     /// The test-facing view.
     pub(crate) fn view(&self) -> SandboxView {
         let finished = self.lifecycle.outcome().map(|finish| SandboxFinish {
-            status: GenericStatus::try_from(finish.result.status)
-                .unwrap_or(GenericStatus::Unspecified),
+            status: GenericStatus::try_from(finish.result.status).unwrap_or(GenericStatus::Unspecified),
             exitcode: finish.result.exitcode,
             exception: finish.result.exception,
             at: finish.at,
@@ -152,8 +150,7 @@ pub(crate) async fn create(
         .definition
         .ok_or_else(|| RpcError::InvalidArgument("definition is required".to_owned()))?;
     validate_definition(&definition)?;
-    let admission =
-        shared.with_state(|state| admit(state, request.app_id, definition, request.tags))?;
+    let admission = shared.with_state(|state| admit(state, request.app_id, definition, request.tags))?;
     let (answer, answered) = oneshot::channel();
     let shared_for_task = Arc::clone(shared);
     shared.tracker.spawn(async move {
@@ -252,8 +249,8 @@ fn check_name_free(
         return Ok(None);
     };
     let key = (app_id.to_owned(), name.to_owned());
-    let taken = state.reserved_names.contains(&key)
-        || state.sandboxes.iter().any(|s| s.holds_name(app_id, name));
+    let taken =
+        state.reserved_names.contains(&key) || state.sandboxes.iter().any(|s| s.holds_name(app_id, name));
     if taken {
         return Err(RpcError::AlreadyExists(format!(
             "Sandbox with name {name} already exists"
@@ -263,10 +260,7 @@ fn check_name_free(
 }
 
 /// After the simulated latency: store the sandbox and start its entrypoint.
-async fn complete(
-    shared: &Arc<Shared>,
-    admission: Admission,
-) -> Result<SandboxCreateResponse, RpcError> {
+async fn complete(shared: &Arc<Shared>, admission: Admission) -> Result<SandboxCreateResponse, RpcError> {
     let alive = admission.latency.is_zero() || shared.sleep(admission.latency).await;
     let launch = shared.with_state(|state| {
         if let Some(key) = &admission.reserved_name {
@@ -296,9 +290,7 @@ fn insert(state: &mut State, admission: Admission) -> Launch {
         created_instant: Instant::now(),
         lifecycle: lifecycle.clone(),
     };
-    state
-        .sandbox_index
-        .insert(id.clone(), state.sandboxes.len());
+    state.sandbox_index.insert(id.clone(), state.sandboxes.len());
     state.sandboxes.push(record);
     state.peak_running = state.peak_running.max(state.running_count());
     Launch {
@@ -318,10 +310,7 @@ pub(crate) fn get_from_name(
     shared.with_state(|state| {
         let key = (environment, request.app_name);
         let app_id = state.app_names.get(&key).ok_or_else(|| {
-            RpcError::NotFound(format!(
-                "App '{}' not found in environment '{}'",
-                key.1, key.0
-            ))
+            RpcError::NotFound(format!("App '{}' not found in environment '{}'", key.1, key.0))
         })?;
         state
             .sandboxes
@@ -331,19 +320,13 @@ pub(crate) fn get_from_name(
                 sandbox_id: s.id.clone(),
             })
             .ok_or_else(|| {
-                RpcError::NotFound(format!(
-                    "Sandbox with name {} not found",
-                    request.sandbox_name
-                ))
+                RpcError::NotFound(format!("Sandbox with name {} not found", request.sandbox_name))
             })
     })
 }
 
 /// `SandboxList`: newest first, filtered by tags, state and `before_timestamp`, one page.
-pub(crate) fn list(
-    shared: &Shared,
-    request: SandboxListRequest,
-) -> Result<SandboxListResponse, RpcError> {
+pub(crate) fn list(shared: &Shared, request: SandboxListRequest) -> Result<SandboxListResponse, RpcError> {
     let page_size = shared.settings.list_page_size;
     shared.with_state(|state| {
         state.require_app(&request.app_id)?;
@@ -369,11 +352,8 @@ pub(crate) async fn terminate(
     shared: &Shared,
     request: SandboxTerminateRequest,
 ) -> Result<SandboxTerminateResponse, RpcError> {
-    let lifecycle = shared.with_state(|state| {
-        state
-            .sandbox(&request.sandbox_id)
-            .map(|s| s.lifecycle.clone())
-    })?;
+    let lifecycle =
+        shared.with_state(|state| state.sandbox(&request.sandbox_id).map(|s| s.lifecycle.clone()))?;
     let existing = lifecycle.outcome();
     if existing.is_none() {
         lifecycle.finish(GenericResult {
@@ -393,11 +373,8 @@ pub(crate) async fn wait(
     shared: &Shared,
     request: SandboxWaitRequest,
 ) -> Result<SandboxWaitResponse, RpcError> {
-    let lifecycle = shared.with_state(|state| {
-        state
-            .sandbox(&request.sandbox_id)
-            .map(|s| s.lifecycle.clone())
-    })?;
+    let lifecycle =
+        shared.with_state(|state| state.sandbox(&request.sandbox_id).map(|s| s.lifecycle.clone()))?;
     let limit = clamp_secs(request.timeout, 0.0, MAX_WAIT_SECS);
     let finish = tokio::select! {
         finish = lifecycle.wait_outcome(limit) => finish,

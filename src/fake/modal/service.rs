@@ -13,10 +13,10 @@ use crate::backend::modal::proto::modal_client_server::ModalClient;
 use crate::backend::modal::proto::{
     AppGetOrCreateRequest, AppGetOrCreateResponse, EnvironmentGetOrCreateRequest,
     EnvironmentGetOrCreateResponse, ImageGetOrCreateRequest, ImageGetOrCreateResponse,
-    ImageJoinStreamingRequest, SandboxCreateRequest, SandboxCreateResponse,
-    SandboxGetFromNameRequest, SandboxGetFromNameResponse, SandboxListRequest, SandboxListResponse,
-    SandboxTerminateRequest, SandboxTerminateResponse, SandboxWaitRequest, SandboxWaitResponse,
-    SecretGetOrCreateRequest, SecretGetOrCreateResponse,
+    ImageJoinStreamingRequest, SandboxCreateRequest, SandboxCreateResponse, SandboxGetFromNameRequest,
+    SandboxGetFromNameResponse, SandboxListRequest, SandboxListResponse, SandboxTerminateRequest,
+    SandboxTerminateResponse, SandboxWaitRequest, SandboxWaitResponse, SecretGetOrCreateRequest,
+    SecretGetOrCreateResponse,
 };
 
 use super::error::RpcError;
@@ -107,9 +107,7 @@ fn authenticate(settings: &Settings, metadata: &MetadataMap) -> Result<(), RpcEr
         .iter()
         .find(|key| metadata.get(**key).is_none())
     {
-        Some(missing) => Err(RpcError::Unauthenticated(format!(
-            "Missing {missing} metadata"
-        ))),
+        Some(missing) => Err(RpcError::Unauthenticated(format!("Missing {missing} metadata"))),
         None => Ok(()),
     }
 }
@@ -123,8 +121,7 @@ struct CallRecorder {
 
 impl CallRecorder {
     fn begin<Req: Debug>(shared: &Arc<Shared>, rpc: &'static str, request: &Request<Req>) -> Self {
-        let (metadata, token_secret_matched) =
-            describe_metadata(&shared.settings, request.metadata());
+        let (metadata, token_secret_matched) = describe_metadata(&shared.settings, request.metadata());
         let call = RecordedCall {
             rpc,
             metadata,
@@ -162,10 +159,7 @@ impl Drop for CallRecorder {
 }
 
 /// Metadata as recorded: everything but the token secret, whose match alone is kept.
-fn describe_metadata(
-    settings: &Settings,
-    metadata: &MetadataMap,
-) -> (Vec<(String, String)>, Option<bool>) {
+fn describe_metadata(settings: &Settings, metadata: &MetadataMap) -> (Vec<(String, String)>, Option<bool>) {
     let headers = metadata.clone().into_headers();
     let mut entries = Vec::with_capacity(headers.len());
     let mut secret_matched = None;
@@ -200,11 +194,9 @@ impl ModalClient for FakeModalService {
         &self,
         request: Request<EnvironmentGetOrCreateRequest>,
     ) -> Result<Response<EnvironmentGetOrCreateResponse>, Status> {
-        self.handle(
-            "EnvironmentGetOrCreate",
-            request,
-            |shared, req| async move { catalog::environment_get_or_create(&shared, req) },
-        )
+        self.handle("EnvironmentGetOrCreate", request, |shared, req| async move {
+            catalog::environment_get_or_create(&shared, req)
+        })
         .await
     }
 

@@ -281,9 +281,7 @@ pub(crate) fn validate_name(kind: &str, name: &str) -> Result<(), RpcError> {
 /// INVALID_ARGUMENT unless `key` matches `^[a-zA-Z_][a-zA-Z0-9_]*$`.
 pub(crate) fn validate_env_key(key: &str) -> Result<(), RpcError> {
     let mut chars = key.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
     if !first_ok || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
         return Err(RpcError::InvalidArgument(format!(
             "Invalid secret key {key:?}: keys must match ^[a-zA-Z_][a-zA-Z0-9_]*$"
@@ -313,10 +311,7 @@ mod unit {
             assert!(validate_name("App", ok).is_ok(), "{ok} should be valid");
         }
         for bad in ["", "has space", "slash/x", "ünï", &"a".repeat(65)] {
-            assert!(
-                validate_name("App", bad).is_err(),
-                "{bad} should be invalid"
-            );
+            assert!(validate_name("App", bad).is_err(), "{bad} should be invalid");
         }
     }
 

@@ -21,11 +21,7 @@ async fn a_fake_runner_takes_a_queued_job_and_every_webhook_is_signed() {
         .expect("runner finishes");
     assert!(matches!(outcome, Ok(Ok(()))), "{outcome:?}");
     assert!(fake.wait_until(WAIT, |f| f.deliveries().len() >= 3).await);
-    let actions: Vec<String> = receiver
-        .job_events(job_id)
-        .into_iter()
-        .map(|(a, _)| a)
-        .collect();
+    let actions: Vec<String> = receiver.job_events(job_id).into_iter().map(|(a, _)| a).collect();
     assert_eq!(actions, ["queued", "in_progress", "completed"]);
     let seen = receiver.seen();
     assert!(
@@ -36,19 +32,13 @@ async fn a_fake_runner_takes_a_queued_job_and_every_webhook_is_signed() {
         .iter()
         .find(|r| r.body["action"] == "in_progress")
         .expect("in_progress");
-    assert_eq!(
-        in_progress.body["workflow_job"]["runner_name"],
-        "runner-e2e"
-    );
+    assert_eq!(in_progress.body["workflow_job"]["runner_name"], "runner-e2e");
     let job = fake.job(job_id).expect("job");
     assert_eq!(
         (job.status, job.conclusion.as_deref()),
         (JobStatus::Completed, Some("success"))
     );
-    assert!(
-        fake.runners().is_empty(),
-        "the JIT registration is single-use"
-    );
+    assert!(fake.runners().is_empty(), "the JIT registration is single-use");
     assert_eq!(fake.peak_live_runners(REPO), 1);
     fake.shutdown().await;
 }
@@ -71,9 +61,7 @@ async fn dispatch_never_runs_more_jobs_of_a_group_than_its_max_parallel() {
         ));
     }
     for handle in runners {
-        let outcome = tokio::time::timeout(WAIT, handle)
-            .await
-            .expect("runner finishes");
+        let outcome = tokio::time::timeout(WAIT, handle).await.expect("runner finishes");
         assert!(matches!(outcome, Ok(Ok(()))), "{outcome:?}");
     }
     let views: Vec<JobView> = run.job_ids.iter().filter_map(|id| fake.job(*id)).collect();
@@ -130,9 +118,7 @@ async fn deleting_a_busy_runner_is_refused_and_deleting_an_idle_one_stops_it() {
     );
     let deleted = api(&fake, "DELETE", &path(id_of("idle-runner")), None).await;
     assert_eq!(deleted.status, 204);
-    let outcome = tokio::time::timeout(WAIT, idle)
-        .await
-        .expect("idle runner exits");
+    let outcome = tokio::time::timeout(WAIT, idle).await.expect("idle runner exits");
     assert!(matches!(outcome, Ok(Ok(()))), "{outcome:?}");
 
     assert!(fake.cancel_job(run.job_ids[0]));
@@ -141,9 +127,7 @@ async fn deleting_a_busy_runner_is_refused_and_deleting_an_idle_one_stops_it() {
         .expect("cancelled runner exits");
     assert!(matches!(outcome, Ok(Ok(()))), "{outcome:?}");
     assert_eq!(
-        fake.job(run.job_ids[0])
-            .and_then(|j| j.conclusion)
-            .as_deref(),
+        fake.job(run.job_ids[0]).and_then(|j| j.conclusion).as_deref(),
         Some("cancelled")
     );
     assert!(fake.runners().is_empty());
@@ -166,12 +150,7 @@ async fn runner_behaviors_leave_a_crashed_runner_offline_and_a_hung_one_never_co
     assert!(!hangs.is_finished(), "a hung runner never returns");
     hangs.abort();
     let runners = fake.runners();
-    let view = |name: &str| {
-        runners
-            .iter()
-            .find(|r| r.name == name)
-            .expect("still registered")
-    };
+    let view = |name: &str| runners.iter().find(|r| r.name == name).expect("still registered");
     assert!(view("crashes").connected && !view("crashes").busy);
     assert!(!view("hangs").connected);
     assert_eq!(view("hangs").status, RunnerStatus::Offline);
@@ -183,11 +162,7 @@ async fn a_runner_takes_any_matching_job_not_the_one_it_was_made_for() {
     let fake = start_fake().await;
     let first = fake.queue_run(RunSpec::new(REPO, vec![JobSpec::new("first", ["gpu"])]));
     let second = fake.queue_run(RunSpec::new(REPO, vec![JobSpec::new("second", ["gpu"])]));
-    let outcome = tokio::time::timeout(
-        WAIT,
-        spawn_runner(jit_config(&fake, "late", &["GPU"]).await),
-    )
-    .await;
+    let outcome = tokio::time::timeout(WAIT, spawn_runner(jit_config(&fake, "late", &["GPU"]).await)).await;
     assert!(matches!(outcome, Ok(Ok(Ok(())))), "{outcome:?}");
     let runner_of = |id: u64| fake.job(id).and_then(|j| j.runner_name);
     assert_eq!(

@@ -52,10 +52,7 @@ impl Receiver {
     }
 
     fn seen(&self) -> Vec<Received> {
-        self.seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// `(action, workflow_job.status)` of the workflow_job events of `job_id`.
@@ -65,10 +62,7 @@ impl Receiver {
             .filter(|r| r.event == "workflow_job" && r.body["workflow_job"]["id"] == job_id)
             .map(|r| {
                 let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
-                (
-                    text(&r.body["action"]),
-                    text(&r.body["workflow_job"]["status"]),
-                )
+                (text(&r.body["action"]), text(&r.body["workflow_job"]["status"]))
             })
             .collect()
     }
@@ -88,9 +82,7 @@ async fn receive(State(seen): State<Arc<Mutex<Vec<Received>>>>, headers: HeaderM
         signature_ok: header("x-hub-signature-256") == sign_sha256(SECRET.as_bytes(), &body),
         body: parse_body(&header("content-type"), &body),
     };
-    seen.lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .push(received);
+    seen.lock().unwrap_or_else(PoisonError::into_inner).push(received);
 }
 
 /// The JSON of a delivery: the body itself, or the `payload` form field.
@@ -136,10 +128,7 @@ async fn api_with_token(
         .send(
             method,
             &url,
-            &[
-                ("authorization", &auth),
-                ("content-type", "application/json"),
-            ],
+            &[("authorization", &auth), ("content-type", "application/json")],
             &bytes,
         )
         .await
@@ -147,8 +136,7 @@ async fn api_with_token(
 }
 
 async fn register(fake: &FakeGitHub, name: &str, labels: &[&str]) -> HttpResponse {
-    let body =
-        json!({ "name": name, "runner_group_id": 1, "labels": labels, "work_folder": "_work" });
+    let body = json!({ "name": name, "runner_group_id": 1, "labels": labels, "work_folder": "_work" });
     api(
         fake,
         "POST",
@@ -161,17 +149,9 @@ async fn register(fake: &FakeGitHub, name: &str, labels: &[&str]) -> HttpRespons
 /// Registers a runner and returns its encoded JIT config.
 async fn jit_config(fake: &FakeGitHub, name: &str, labels: &[&str]) -> String {
     let answer = register(fake, name, labels).await;
-    assert_eq!(
-        answer.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&answer.body)
-    );
+    assert_eq!(answer.status, 201, "{}", String::from_utf8_lossy(&answer.body));
     let body = answer.json().expect("json");
-    body["encoded_jit_config"]
-        .as_str()
-        .expect("config")
-        .to_owned()
+    body["encoded_jit_config"].as_str().expect("config").to_owned()
 }
 
 fn temp_dir() -> PathBuf {

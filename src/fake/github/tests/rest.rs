@@ -20,10 +20,7 @@ async fn generate_jitconfig_returns_a_decodable_config_with_the_three_runner_fil
     let (config, files) = JitConfig::decode(encoded).expect("decodes");
     assert_eq!(files.len(), 3);
     assert_eq!(config.settings.agent_name, "runner-1");
-    assert_eq!(
-        Some(config.settings.agent_id),
-        body["runner"]["id"].as_u64()
-    );
+    assert_eq!(Some(config.settings.agent_id), body["runner"]["id"].as_u64());
     assert!(config.settings.server_url.starts_with(&fake.api_url()));
     assert!(config.settings.ephemeral && config.settings.use_v2_flow);
     assert_eq!(fake.registrations_ever(), ["runner-1"]);
@@ -111,15 +108,9 @@ async fn an_after_success_fault_creates_the_registration_yet_answers_500() {
         Route::GenerateJitConfig,
         Fault::after_success(Fault::status(500)),
     ));
+    assert_eq!(register(&fake, "retried", &["self-hosted"]).await.status, 500);
     assert_eq!(
-        register(&fake, "retried", &["self-hosted"]).await.status,
-        500
-    );
-    assert_eq!(
-        fake.runners()
-            .iter()
-            .map(|r| r.name.as_str())
-            .collect::<Vec<_>>(),
+        fake.runners().iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
         ["retried"]
     );
     assert_eq!(
@@ -134,11 +125,7 @@ async fn an_after_success_fault_creates_the_registration_yet_answers_500() {
 async fn runs_jobs_and_contents_are_served_in_githubs_shapes() {
     let fake = start_fake().await;
     let run = fake.queue_run(
-        RunSpec::new(
-            REPO,
-            vec![JobSpec::new("a", ["x"]), JobSpec::new("b", ["x"])],
-        )
-        .head_sha("c0ffee"),
+        RunSpec::new(REPO, vec![JobSpec::new("a", ["x"]), JobSpec::new("b", ["x"])]).head_sha("c0ffee"),
     );
     fake.put_file(REPO, ".github/workflows/ci.yml", "c0ffee", "on: push\n");
     let runs = api(
@@ -154,10 +141,7 @@ async fn runs_jobs_and_contents_are_served_in_githubs_shapes() {
     assert_eq!(runs["workflow_runs"][0]["head_sha"], "c0ffee");
     let jobs_path = format!("/repos/{REPO}/actions/runs/{}/jobs?per_page=1", run.run_id);
     let jobs = api(&fake, "GET", &jobs_path, None).await;
-    assert!(
-        jobs.header("link")
-            .is_some_and(|l| l.contains("rel=\"next\""))
-    );
+    assert!(jobs.header("link").is_some_and(|l| l.contains("rel=\"next\"")));
     assert_eq!(jobs.json().expect("json")["total_count"], 2);
     let file = api(
         &fake,
@@ -186,15 +170,10 @@ async fn limits_and_rate_limit_faults_answer_403_and_are_counted() {
     let path = format!("/repos/{REPO}/actions/runners");
     fake.inject(FaultRule::new(
         Route::ListRunners,
-        Fault::SecondaryRateLimit {
-            retry_after_secs: 7,
-        },
+        Fault::SecondaryRateLimit { retry_after_secs: 7 },
     ));
     let limited = api(&fake, "GET", &path, None).await;
-    assert_eq!(
-        (limited.status, limited.header("retry-after")),
-        (403, Some("7"))
-    );
+    assert_eq!((limited.status, limited.header("retry-after")), (403, Some("7")));
     fake.inject(FaultRule::new(
         Route::Any,
         Fault::PrimaryRateLimit { reset_in_secs: 60 },

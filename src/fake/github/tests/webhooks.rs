@@ -14,10 +14,7 @@ async fn a_dropped_delivery_is_listed_as_failed_and_redelivered_with_the_same_gu
             DeliveryMode::Drop
         }
     });
-    let run = fake.queue_run(RunSpec::new(
-        REPO,
-        vec![JobSpec::new("build", ["self-hosted"])],
-    ));
+    let run = fake.queue_run(RunSpec::new(REPO, vec![JobSpec::new("build", ["self-hosted"])]));
     assert!(fake.wait_until(WAIT, |f| f.deliveries().len() == 1).await);
     assert!(receiver.seen().is_empty());
 
@@ -48,10 +45,7 @@ async fn a_dropped_delivery_is_listed_as_failed_and_redelivered_with_the_same_gu
     assert!(fake.wait_until(WAIT, |f| f.deliveries().len() == 2).await);
     let all = api(&fake, "GET", &list, None).await.json().expect("json");
     assert_eq!(
-        (
-            all[0]["redelivery"].as_bool(),
-            all[0]["status_code"].as_u64()
-        ),
+        (all[0]["redelivery"].as_bool(), all[0]["status_code"].as_u64()),
         (Some(true), Some(200))
     );
     assert_eq!(all[0]["guid"], guid.as_str());
@@ -70,10 +64,7 @@ async fn a_waiting_job_is_announced_as_queued_with_status_waiting_and_requeued_o
     let job_id = run.job_ids[0];
     assert!(fake.wait_until(WAIT, |_| receiver.seen().len() == 2).await);
     assert!(fake.approve_job(job_id));
-    assert!(
-        !fake.approve_job(job_id),
-        "only a waiting job can be approved"
-    );
+    assert!(!fake.approve_job(job_id), "only a waiting job can be approved");
     assert!(fake.wait_until(WAIT, |_| receiver.seen().len() == 3).await);
     let mut events = receiver.job_events(job_id);
     events.sort();
@@ -98,10 +89,7 @@ async fn a_duplicated_delivery_arrives_twice_with_one_guid_and_pings_are_signed(
             DeliveryMode::Deliver
         }
     });
-    fake.queue_run(RunSpec::new(
-        REPO,
-        vec![JobSpec::new("build", ["self-hosted"])],
-    ));
+    fake.queue_run(RunSpec::new(REPO, vec![JobSpec::new("build", ["self-hosted"])]));
     let ping = fake.send_ping(REPO).expect("known repo");
     assert!(fake.wait_until(WAIT, |_| receiver.seen().len() == 3).await);
     let seen = receiver.seen();
@@ -112,11 +100,7 @@ async fn a_duplicated_delivery_arrives_twice_with_one_guid_and_pings_are_signed(
     assert_eq!(pinged.guid, ping.to_string());
     assert!(seen.iter().all(|r| r.signature_ok));
     assert!(
-        fake.wait_until(WAIT, |f| f
-            .deliveries()
-            .iter()
-            .filter(|d| d.is_success())
-            .count()
+        fake.wait_until(WAIT, |f| f.deliveries().iter().filter(|d| d.is_success()).count()
             == 3)
             .await
     );
@@ -126,16 +110,11 @@ async fn a_duplicated_delivery_arrives_twice_with_one_guid_and_pings_are_signed(
 #[tokio::test]
 async fn an_unreachable_receiver_is_recorded_as_a_failed_delivery_and_never_retried() {
     let fake = start_fake().await;
-    let closed = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}/hook", closed.local_addr().expect("addr"));
     drop(closed);
     fake.set_webhook(WebhookTarget::json(url, SECRET));
-    fake.queue_run(RunSpec::new(
-        REPO,
-        vec![JobSpec::new("build", ["self-hosted"])],
-    ));
+    fake.queue_run(RunSpec::new(REPO, vec![JobSpec::new("build", ["self-hosted"])]));
     assert!(fake.wait_until(WAIT, |f| f.deliveries().len() == 1).await);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let deliveries = fake.deliveries();

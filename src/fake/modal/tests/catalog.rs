@@ -53,10 +53,7 @@ async fn calls_without_or_with_a_wrong_token_are_unauthenticated() {
     for call in &calls {
         assert_eq!(call.rpc, "AppGetOrCreate");
         assert!(call.header("x-modal-token-secret").is_none());
-        assert!(
-            !format!("{call:?}").contains(&token_secret),
-            "secret leaked"
-        );
+        assert!(!format!("{call:?}").contains(&token_secret), "secret leaked");
     }
     fake.shutdown().await;
 }
@@ -66,21 +63,18 @@ async fn calls_without_the_client_headers_are_unauthenticated() {
     // Arrange
     let fake = FakeModal::start(config(&[])).await.expect("fake starts");
     let (token_id, token_secret) = fake.credentials();
-    let mut bare =
-        ModalClientClient::with_interceptor(channel(&fake).await, move |mut r: Request<()>| {
-            let metadata = r.metadata_mut();
-            metadata.insert(
-                "x-modal-token-id",
-                token_id.parse().map_err(|_| Status::internal("id"))?,
-            );
-            metadata.insert(
-                "x-modal-token-secret",
-                token_secret
-                    .parse()
-                    .map_err(|_| Status::internal("secret"))?,
-            );
-            Ok(r)
-        });
+    let mut bare = ModalClientClient::with_interceptor(channel(&fake).await, move |mut r: Request<()>| {
+        let metadata = r.metadata_mut();
+        metadata.insert(
+            "x-modal-token-id",
+            token_id.parse().map_err(|_| Status::internal("id"))?,
+        );
+        metadata.insert(
+            "x-modal-token-secret",
+            token_secret.parse().map_err(|_| Status::internal("secret"))?,
+        );
+        Ok(r)
+    });
 
     // Act
     let status = bare
@@ -90,10 +84,7 @@ async fn calls_without_the_client_headers_are_unauthenticated() {
 
     // Assert
     assert_eq!(status.code(), Code::Unauthenticated);
-    assert!(
-        status.message().contains("x-modal-client-type"),
-        "{status:?}"
-    );
+    assert!(status.message().contains("x-modal-client-type"), "{status:?}");
     fake.shutdown().await;
 }
 
@@ -117,10 +108,7 @@ async fn app_get_or_create_is_idempotent_by_name() {
     assert!(first.starts_with("ap-") && first.len() == 25, "{first}");
     assert_eq!(looked_up.expect("found").into_inner().app_id, first);
     assert_eq!(invalid.expect_err("bad name").code(), Code::InvalidArgument);
-    assert_eq!(
-        too_long.expect_err("too long").code(),
-        Code::InvalidArgument
-    );
+    assert_eq!(too_long.expect_err("too long").code(), Code::InvalidArgument);
     assert_eq!(fake.apps().len(), 2);
     fake.shutdown().await;
 }
@@ -150,10 +138,7 @@ async fn the_default_environment_reports_the_image_builder_version() {
     assert_eq!(metadata.name, "main");
     let settings = metadata.settings.expect("settings");
     assert_eq!(settings.image_builder_version, "2025.06");
-    assert_eq!(
-        unknown.expect_err("no such environment").code(),
-        Code::NotFound
-    );
+    assert_eq!(unknown.expect_err("no such environment").code(), Code::NotFound);
     fake.shutdown().await;
 }
 

@@ -45,19 +45,13 @@ async fn creations_beyond_the_rate_are_refused_and_admissions_are_paced() {
     assert_eq!(refused.len(), 9, "burst 1: only the first is admitted");
     for status in &refused {
         assert_eq!(status.code(), Code::ResourceExhausted);
-        assert_eq!(
-            status.message(),
-            "Sandbox creation rate limit (5/s) exceeded"
-        );
+        assert_eq!(status.message(), "Sandbox creation rate limit (5/s) exceeded");
     }
     let times = fake.create_times();
     assert_eq!(times.len(), 10);
     for pair in times.windows(2) {
         let gap = pair[1] - pair[0];
-        assert!(
-            gap >= Duration::from_millis(199),
-            "admissions {gap:?} apart"
-        );
+        assert!(gap >= Duration::from_millis(199), "admissions {gap:?} apart");
     }
     assert!(fake.rate_limit_errors() >= 9);
     assert_eq!(fake.sandboxes().len(), 10);
@@ -160,10 +154,7 @@ async fn after_success_leaves_a_running_sandbox_while_the_caller_gets_the_error(
     let sandboxes = fake.sandboxes();
     assert_eq!(sandboxes.len(), 1);
     assert!(sandboxes[0].is_running());
-    assert_eq!(
-        found.expect("it exists").into_inner().sandbox_id,
-        sandboxes[0].id
-    );
+    assert_eq!(found.expect("it exists").into_inner().sandbox_id, sandboxes[0].id);
     assert_eq!(retried.expect_err("name taken").code(), Code::AlreadyExists);
     fake.shutdown().await;
 }

@@ -48,9 +48,7 @@ async fn one_recipe_is_built_once_however_often_it_is_requested() {
     assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
     assert_ne!(other.image_id, ids[0]);
     assert_eq!(again.image_id, ids[0]);
-    let result = again
-        .result
-        .expect("an existing image answers with its result");
+    let result = again.result.expect("an existing image answers with its result");
     assert_eq!(result.status, GenericStatus::Success as i32);
     assert_ne!(forced.image_id, ids[0]);
     assert_eq!(fake.image_builds(), 3, "two recipes plus one forced build");
@@ -110,10 +108,7 @@ async fn a_join_stream_ends_without_result_at_its_timeout_and_resumes_from_the_l
         .iter()
         .filter(|c| c.rpc == "ImageJoinStreaming")
         .count();
-    assert!(
-        joins >= 3,
-        "the client had to reopen the stream ({joins} joins)"
-    );
+    assert!(joins >= 3, "the client had to reopen the stream ({joins} joins)");
     assert!(started.elapsed() >= Duration::from_millis(400));
     fake.shutdown().await;
 }
@@ -145,14 +140,8 @@ async fn a_failing_build_reports_failure_with_the_message() {
     // Assert
     assert_eq!(result.status, GenericStatus::Failure as i32);
     assert_eq!(result.exception, "registry said no");
-    assert!(
-        logs.iter().any(|l| l.contains("registry said no")),
-        "{logs:?}"
-    );
-    assert_eq!(
-        create.expect_err("no image").code(),
-        Code::FailedPrecondition
-    );
+    assert!(logs.iter().any(|l| l.contains("registry said no")), "{logs:?}");
+    assert_eq!(create.expect_err("no image").code(), Code::FailedPrecondition);
     assert_ne!(retried.image_id, image_id, "a failed build is not reused");
     assert_eq!(fake.image_builds(), 2);
     fake.shutdown().await;
@@ -169,9 +158,7 @@ async fn bad_recipes_unknown_apps_and_unknown_images_are_refused() {
     let no_from = client
         .image_get_or_create(image_request(&app_id, &["RUN echo hi"]))
         .await;
-    let empty = client
-        .image_get_or_create(image_request(&app_id, &[]))
-        .await;
+    let empty = client.image_get_or_create(image_request(&app_id, &[])).await;
     let unknown_app = client
         .image_get_or_create(image_request("ap-0000000000000000000000", &["FROM alpine"]))
         .await;
@@ -187,10 +174,7 @@ async fn bad_recipes_unknown_apps_and_unknown_images_are_refused() {
     assert_eq!(no_from.expect_err("no FROM").code(), Code::InvalidArgument);
     assert_eq!(empty.expect_err("empty").code(), Code::InvalidArgument);
     assert_eq!(unknown_app.expect_err("unknown app").code(), Code::NotFound);
-    assert_eq!(
-        unknown_image.expect_err("unknown image").code(),
-        Code::NotFound
-    );
+    assert_eq!(unknown_image.expect_err("unknown image").code(), Code::NotFound);
     assert_eq!(fake.image_builds(), 0);
     fake.shutdown().await;
 }

@@ -16,9 +16,9 @@ use tonic::{Request, Status};
 use super::{FakeModal, FakeModalConfig};
 use crate::backend::modal::proto::modal_client_client::ModalClientClient;
 use crate::backend::modal::proto::{
-    AppGetOrCreateRequest, GenericResult, Image, ImageGetOrCreateRequest,
-    ImageJoinStreamingRequest, ObjectCreationType, Sandbox, SandboxCreateRequest, SandboxTag,
-    SandboxWaitRequest, SecretGetOrCreateRequest,
+    AppGetOrCreateRequest, GenericResult, Image, ImageGetOrCreateRequest, ImageJoinStreamingRequest,
+    ObjectCreationType, Sandbox, SandboxCreateRequest, SandboxTag, SandboxWaitRequest,
+    SecretGetOrCreateRequest,
 };
 
 type Client = ModalClientClient<InterceptedService<Channel, Auth>>;
@@ -111,11 +111,7 @@ fn image_request(app_id: &str, commands: &[&str]) -> ImageGetOrCreateRequest {
 
 /// Follows the build like libmodal: reopen the stream from the last entry id until a
 /// result arrives. Returns the log lines and the result.
-async fn follow_build(
-    client: &mut Client,
-    image_id: &str,
-    timeout: f32,
-) -> (Vec<String>, GenericResult) {
+async fn follow_build(client: &mut Client, image_id: &str, timeout: f32) -> (Vec<String>, GenericResult) {
     let mut logs = Vec::new();
     let mut last_entry_id = String::new();
     for _ in 0..200 {
@@ -131,12 +127,7 @@ async fn follow_build(
             .expect("join opens")
             .into_inner();
         while let Some(message) = stream.message().await.expect("stream message") {
-            logs.extend(
-                message
-                    .task_logs
-                    .iter()
-                    .map(|l| l.data.trim_end().to_owned()),
-            );
+            logs.extend(message.task_logs.iter().map(|l| l.data.trim_end().to_owned()));
             if !message.entry_id.is_empty() {
                 last_entry_id = message.entry_id.clone();
             }
@@ -212,11 +203,7 @@ fn tagged(mut request: SandboxCreateRequest, tags: &[(&str, &str)]) -> SandboxCr
 }
 
 async fn create(client: &mut Client, request: SandboxCreateRequest) -> Result<String, Status> {
-    Ok(client
-        .sandbox_create(request)
-        .await?
-        .into_inner()
-        .sandbox_id)
+    Ok(client.sandbox_create(request).await?.into_inner().sandbox_id)
 }
 
 async fn wait(client: &mut Client, sandbox_id: &str, timeout: f32) -> Option<GenericResult> {

@@ -44,11 +44,7 @@ async fn create_runs_the_command_with_the_secrets_env() {
     let dir = tempfile::tempdir().expect("temp dir");
     let out = dir.path().join("out");
     let out_text = out.to_str().expect("utf-8 path");
-    let first = secret(
-        &mut client,
-        &[("GREETING", "hello"), ("OUT_FILE", out_text)],
-    )
-    .await;
+    let first = secret(&mut client, &[("GREETING", "hello"), ("OUT_FILE", out_text)]).await;
     let second = secret(&mut client, &[("GREETING", "hi")]).await;
     let mut request = tagged(
         create_request(&app_id, &image_id, &[&first, &second]),
@@ -90,10 +86,7 @@ async fn create_runs_the_command_with_the_secrets_env() {
     assert_eq!(view.secret_ids, [first, second]);
     assert_eq!(view.tag("pool"), Some("linux"));
     assert_eq!(view.resources.gpu.as_deref(), Some("H100:2"));
-    assert_eq!(
-        (view.resources.milli_cpu, view.resources.memory_mb),
-        (2000, 4096)
-    );
+    assert_eq!((view.resources.milli_cpu, view.resources.memory_mb), (2000, 4096));
     assert_eq!(view.timeout_secs, 60);
     assert_eq!(view.finished.expect("finished").exitcode, 0);
     fake.shutdown().await;
@@ -109,9 +102,7 @@ async fn a_failing_command_finishes_with_failure_and_its_exit_code() {
     let sandbox_id = create(&mut client, create_request(&app_id, &image_id, &[]))
         .await
         .expect("created");
-    let result = wait(&mut client, &sandbox_id, 10.0)
-        .await
-        .expect("finished");
+    let result = wait(&mut client, &sandbox_id, 10.0).await.expect("finished");
 
     // Assert
     assert_eq!(result.status, GenericStatus::Failure as i32);
@@ -186,9 +177,7 @@ async fn terminate_kills_a_long_running_sandbox_and_is_idempotent() {
     let pid = Pid::from_raw(read(&out).trim().parse().expect("pid"));
 
     // Act
-    let first = terminate(&mut client, &sandbox_id)
-        .await
-        .expect("terminated");
+    let first = terminate(&mut client, &sandbox_id).await.expect("terminated");
     let result = wait(&mut client, &sandbox_id, 5.0).await;
     let second = terminate(&mut client, &sandbox_id)
         .await
@@ -223,10 +212,7 @@ async fn timeout_secs_is_enforced() {
     let result = wait(&mut client, &sandbox_id, 5.0).await;
 
     // Assert
-    assert_eq!(
-        refused.expect_err("over 24 h").code(),
-        Code::InvalidArgument
-    );
+    assert_eq!(refused.expect_err("over 24 h").code(), Code::InvalidArgument);
     assert!(polled.is_none(), "a poll returns at once while running");
     assert_eq!(status_of(result), GenericStatus::Timeout);
     fake.shutdown().await;
@@ -247,10 +233,7 @@ async fn create_checks_the_app_image_secrets_and_name() {
 
     // Assert
     assert_eq!(no_app.expect_err("app").code(), Code::NotFound);
-    assert_eq!(
-        no_image.expect_err("image").code(),
-        Code::FailedPrecondition
-    );
+    assert_eq!(no_image.expect_err("image").code(), Code::FailedPrecondition);
     assert_eq!(no_secret.expect_err("secret").code(), Code::NotFound);
     assert_eq!(bad_name.expect_err("name").code(), Code::InvalidArgument);
     assert!(fake.sandboxes().is_empty());
@@ -289,9 +272,7 @@ async fn list_filters_by_tags_hides_finished_ones_and_pages() {
     }
     let request = tagged(create_request(&app_id, &image_id, &[]), &[("pool", "b")]);
     create(&mut client, request).await.expect("created");
-    terminate(&mut client, &pool_a[4])
-        .await
-        .expect("terminated");
+    terminate(&mut client, &pool_a[4]).await.expect("terminated");
 
     // Act: page like libmodal until an empty page.
     let mut pages = Vec::new();
