@@ -68,7 +68,7 @@ impl Metrics {
         registry.register("runners", "Runners in the store by state", m.runners.clone());
         registry.register(
             "job_startup_seconds",
-            "Time from a job being first seen to a runner taking it",
+            "How long jobs queued before a runner took them (GitHub's started_at - created_at)",
             m.startup_seconds.clone(),
         );
         registry.register(

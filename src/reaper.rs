@@ -204,14 +204,22 @@ async fn sandbox_gone(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapErr
             DeleteOutcome::Deleted => {}
         }
     }
-    let patch = RunnerPatch::failed("the sandbox ended before the runner took a job", true);
+    let how = match &r.row.sandbox_id {
+        Some(id) => ctx.backend.exit_status(id).await,
+        None => None,
+    };
+    let reason = match how {
+        Some(how) => format!("the sandbox ended before the runner took a job ({how})"),
+        None => "the sandbox ended before the runner took a job".to_string(),
+    };
+    let patch = RunnerPatch::failed(reason.as_str(), true);
     if ctx
         .store
         .transition(&r.row.name, &[RunnerState::Running], RunnerState::Failed, patch)
         .await?
     {
         ctx.metrics.runner_failed("sandbox_ended_idle");
-        tracing::warn!("the sandbox ended before the runner took a job");
+        tracing::warn!("{reason}");
         ctx.wake.planner.notify_one();
     }
     Ok(())

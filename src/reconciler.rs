@@ -208,6 +208,7 @@ fn to_event(repo: &RepoName, job: RemoteJob, label: &str) -> Option<JobEvent> {
             .runner_name
             .filter(|n| !n.is_empty() && status.rank() >= JobStatus::InProgress.rank()),
         repo: repo.clone(),
+        queued_for: None,
     })
 }
 

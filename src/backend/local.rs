@@ -49,7 +49,12 @@ struct Sandboxes {
     /// Names whose create is under way, so a concurrent create of the same name waits for
     /// it instead of starting a second process.
     starting: HashSet<String>,
+    /// How recently ended sandboxes ended (bounded).
+    exits: std::collections::VecDeque<(String, String)>,
 }
+
+/// How many ended sandboxes' exit descriptions are kept.
+const EXITS_KEPT: usize = 1000;
 
 struct Live {
     created_at: i64,
@@ -174,6 +179,16 @@ impl LocalBackend {
         Ok(out)
     }
 
+    /// How a sandbox that ended recently ended.
+    pub fn exit_status(&self, id: &str) -> Option<String> {
+        self.lock()
+            .exits
+            .iter()
+            .rev()
+            .find(|(name, _)| name == id)
+            .map(|(_, how)| how.clone())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Sandboxes> {
         // A poisoned lock only means a panic elsewhere; the map itself stays consistent
         // because every update is a single insert or remove.
@@ -281,11 +296,14 @@ impl LocalBackend {
             tracing::info!(runner.name = %meta.name, ended = %how, "local sandbox ended");
             log_tail(&meta.name, &paths.log).await;
             paths.remove().await;
-            state
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .live
-                .remove(&meta.name);
+            {
+                let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                st.live.remove(&meta.name);
+                if st.exits.len() == EXITS_KEPT {
+                    st.exits.pop_front();
+                }
+                st.exits.push_back((meta.name.clone(), how));
+            }
             let _ = done_tx.send(true);
         });
     }

@@ -97,6 +97,15 @@ impl Backend {
         }
     }
 
+    /// How a sandbox ended (e.g. `exited (exit status: 1)`, `FAILURE exit 1`), for the
+    /// reason recorded when a runner dies without a job; `None` if unknown.
+    pub async fn exit_status(&self, id: &str) -> Option<String> {
+        match self {
+            Backend::Local(b) => b.exit_status(id),
+            Backend::Modal(b) => b.exit_status(id).await,
+        }
+    }
+
     /// Running sandboxes this deployment made.
     pub async fn list(&self) -> Result<Vec<SandboxInfo>, BackendError> {
         match self {

@@ -40,6 +40,10 @@ struct RawJob<'a> {
     workflow_name: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     head_sha: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    created_at: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    started_at: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -67,6 +71,9 @@ pub struct JobEvent {
     /// payloads can carry stale runner fields (§0.1 example 5).
     pub runner_name: Option<String>,
     pub repo: RepoName,
+    /// For a job that started: how long it waited, by GitHub's clock (`started_at` −
+    /// `created_at`): the queue time users feel.
+    pub queued_for: Option<std::time::Duration>,
 }
 
 /// Why a body is not a usable `workflow_job` event. The message is safe to log; it never
@@ -88,6 +95,9 @@ impl JobEvent {
         let action = raw.action.ok_or(EventError::MissingAction)?.into_owned();
         let status = effective_status(&action, raw.workflow_job.status.as_deref());
         let job = raw.workflow_job;
+        let queued_for = (status == JobStatus::InProgress)
+            .then(|| waited(job.created_at.as_deref()?, job.started_at.as_deref()?))
+            .flatten();
         let runner_name = job
             .runner_name
             .filter(|n| !n.is_empty() && status.rank() >= JobStatus::InProgress.rank())
@@ -105,6 +115,7 @@ impl JobEvent {
             runner_name,
             repo: RepoName::parse(&raw.repository.full_name)?,
             action,
+            queued_for,
         })
     }
 
@@ -115,6 +126,15 @@ impl JobEvent {
             "queued" | "waiting" | "in_progress" | "completed"
         )
     }
+}
+
+/// `started - created` for two RFC 3339 times, if both parse and are in order.
+fn waited(created: &str, started: &str) -> Option<std::time::Duration> {
+    let created = humantime::parse_rfc3339_weak(created).ok()?;
+    humantime::parse_rfc3339_weak(started)
+        .ok()?
+        .duration_since(created)
+        .ok()
 }
 
 /// Reconciles the action with the payload's status: the later of the two wins, except that
@@ -214,6 +234,18 @@ mod tests {
         let e = parse(&v);
         assert!(e.labels.is_empty());
         assert_eq!(e.conclusion.as_deref(), Some("cancelled"));
+    }
+
+    #[test]
+    fn a_started_job_reports_how_long_it_queued() {
+        let mut v = payload("in_progress", Some("in_progress"));
+        v["workflow_job"]["created_at"] = json!("2026-11-28T10:00:00Z");
+        v["workflow_job"]["started_at"] = json!("2026-11-28T10:00:07Z");
+        assert_eq!(parse(&v).queued_for, Some(std::time::Duration::from_secs(7)));
+        let mut q = payload("queued", Some("queued"));
+        q["workflow_job"]["created_at"] = json!("2026-11-28T10:00:00Z");
+        q["workflow_job"]["started_at"] = json!("2026-11-28T10:00:00Z");
+        assert_eq!(parse(&q).queued_for, None, "only started jobs have waited");
     }
 
     #[test]

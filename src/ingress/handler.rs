@@ -163,11 +163,12 @@ async fn handle(s: &Ingress, headers: &HeaderMap, body: Body) -> Result<Answer, 
 }
 
 async fn record(s: &Ingress, delivery: &str, job: JobEvent) -> Result<Answer, Refusal> {
-    let (repo, job_id, action, runner) = (
+    let (repo, job_id, action, runner, queued_for) = (
         job.repo.to_string(),
         job.job_id,
         job.action.clone(),
         job.runner_name.clone().unwrap_or_default(),
+        job.queued_for,
     );
     let recorded = s
         .store
@@ -176,6 +177,9 @@ async fn record(s: &Ingress, delivery: &str, job: JobEvent) -> Result<Answer, Re
     match recorded {
         Recorded::Applied => {
             tracing::debug!(repo = %repo, job.id = %job_id, runner.name = %runner, action = %action, "job event recorded");
+            if let Some(waited) = queued_for {
+                s.metrics.job_started_after(waited.as_secs_f64());
+            }
             s.wake.planner.notify_one();
             s.wake.strategy.notify_one();
             Ok(Answer::Accepted)

@@ -483,6 +483,7 @@ async fn footprint(quick: bool) -> Result<(), String> {
                 labels: LabelSet::new(["self-hosted", "modal"]),
                 runner_name: Some(format!("modal-{i}-1")),
                 repo,
+                queued_for: None,
             };
             store
                 .record(Some(format!("footprint-{i}")), event, EventSource::Webhook)

@@ -20,6 +20,7 @@ fn event(action: &str, status: JobStatus, runner: Option<&str>) -> JobEvent {
         labels: LabelSet::new(["self-hosted", "modal"]),
         runner_name: runner.map(String::from),
         repo: RepoName::parse("octo/repo").expect("valid"),
+        queued_for: None,
     }
 }
 

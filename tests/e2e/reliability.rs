@@ -489,3 +489,98 @@ async fn a_409_for_a_name_already_registered_is_recovered_without_a_duplicate() 
         Some(format!("modal-{next_job}-2"))
     );
 }
+
+async fn a_runner_that_exits_without_a_job_is_failed_with_how_it_ended_and_replaced(kind: Kind) {
+    let env = TestEnv::start(Options::backend(kind)).await;
+    env.github.set_runner_behavior(|name| {
+        if name.ends_with("-1") {
+            RunnerBehavior::ExitWithoutJob
+        } else {
+            RunnerBehavior::Normal
+        }
+    });
+    let run = env.github.queue_run(jobs(1, 200));
+    env.wait_all_completed(Duration::from_secs(40)).await;
+    env.assert_nothing_left(Duration::from_secs(20)).await;
+    let id = run.job_ids[0];
+    assert_eq!(
+        env.github.registrations_ever(),
+        [format!("modal-{id}-1"), format!("modal-{id}-2")]
+    );
+    let first = env
+        .runners()
+        .await
+        .into_iter()
+        .find(|r| r.attempt == 1)
+        .expect("first attempt");
+    assert_eq!(first.state.as_str(), "failed");
+    let reason = first.failure.unwrap_or_default();
+    let how = if kind == Kind::Modal {
+        "SUCCESS, exit 0"
+    } else {
+        "exit status: 0"
+    };
+    assert!(
+        reason.contains("ended before the runner took a job") && reason.contains(how),
+        "{reason}"
+    );
+}
+
+crate::both_backends!(a_runner_that_exits_without_a_job_is_failed_with_how_it_ended_and_replaced);
+
+#[tokio::test]
+async fn a_surplus_runner_github_says_is_busy_is_kept() {
+    // Arrange: the runner took its job, but the in_progress event is lost; then a late
+    // `waiting` event makes the job look not runnable, so the runner looks surplus.
+    let env = TestEnv::start(Options::default()).await;
+    env.github.set_delivery_filter(|d| {
+        if d.action.as_deref() == Some("in_progress") {
+            DeliveryMode::Drop
+        } else {
+            DeliveryMode::Deliver
+        }
+    });
+    let run = env.github.queue_run(jobs(1, 4000));
+    let id = run.job_ids[0];
+    let taken = env
+        .github
+        .wait_until(Duration::from_secs(20), |gh| {
+            gh.job(id).is_some_and(|j| j.status.as_str() == "in_progress")
+        })
+        .await;
+    assert!(taken);
+
+    // Act: a (stale) delivery says the job waits, with no runner.
+    let mut view = env.github.job(id).expect("job");
+    view.status = modal_github_runner::fake::github::JobStatus::Waiting;
+    (view.runner_id, view.runner_name) = (None, None);
+    let repo = env.github.repo(REPO).expect("repo");
+    let body = modal_github_runner::fake::github::workflow_job_payload(
+        &env.github.api_url(),
+        "waiting",
+        &view,
+        &repo,
+    );
+    env.github.send_raw("workflow_job", body);
+
+    // Assert: the planner retires it, GitHub answers 422, the runner is kept and finishes.
+    let refused = wait(Duration::from_secs(10), || {
+        env.github
+            .calls()
+            .iter()
+            .any(|c| c.route == Route::DeleteRunner && c.status == 422)
+    })
+    .await;
+    assert!(refused, "{}", env.tail_logs(30));
+    env.wait_all_completed(Duration::from_secs(30)).await;
+    env.assert_nothing_left(Duration::from_secs(20)).await;
+    assert_eq!(
+        env.github.job(id).and_then(|j| j.conclusion),
+        Some("success".into())
+    );
+    assert_eq!(
+        env.github.registrations_ever(),
+        [format!("modal-{id}-1")],
+        "no replacement was made"
+    );
+}

@@ -21,11 +21,12 @@ use tonic::Code;
 
 use self::client::{ModalApi, ModalConnection, ModalError};
 use self::image::{BuildError, ImageSettings, RUNNER_HOME};
+use self::proto::generic_result::GenericStatus;
 use self::proto::network_access::NetworkAccessType;
 use self::proto::{
     AppGetOrCreateRequest, GpuConfig, NetworkAccess, ObjectCreationType, Resources, Sandbox,
     SandboxCreateRequest, SandboxGetFromNameRequest, SandboxListRequest, SandboxTag, SandboxTerminateRequest,
-    SecretGetOrCreateRequest,
+    SandboxWaitRequest, SecretGetOrCreateRequest,
 };
 use super::{BackendError, SandboxInfo, SandboxSpec};
 use crate::domain::RepoName;
@@ -398,6 +399,36 @@ impl ModalBackend {
             Err(e) if e.code == Code::NotFound => Ok(()),
             Err(e) => Err(classify(&e)),
         }
+    }
+
+    /// The result of a finished sandbox (`SandboxWait` with timeout 0 polls without waiting).
+    pub async fn exit_status(&self, id: &str) -> Option<String> {
+        let request = SandboxWaitRequest {
+            sandbox_id: id.to_string(),
+            timeout: 0.0,
+        };
+        let resp = self
+            .api
+            .unary(
+                "SandboxWait",
+                request,
+                Duration::from_secs(10),
+                |mut c, r| async move { c.sandbox_wait(r).await },
+            )
+            .await
+            .ok()?;
+        let result = resp
+            .result
+            .filter(|r| r.status != GenericStatus::Unspecified as i32)?;
+        let status = GenericStatus::try_from(result.status)
+            .map(|s| s.as_str_name())
+            .unwrap_or("UNKNOWN");
+        let status = status.trim_start_matches("GENERIC_STATUS_");
+        Some(if result.exception.is_empty() {
+            format!("{status}, exit {}", result.exitcode)
+        } else {
+            format!("{status}, exit {}: {}", result.exitcode, result.exception)
+        })
     }
 
     /// Running sandboxes tagged as this deployment's, every page.
