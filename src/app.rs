@@ -167,10 +167,12 @@ impl Application {
                 max_runners: s.max_runners,
                 prefix: s.prefix.clone(),
                 strategy_grace: Duration::from_secs(10),
+                machine: s.machine.clone(),
             },
             wake: self.wake.clone(),
             metrics: self.metrics.clone(),
             interval: PLAN_INTERVAL,
+            refused: Mutex::default(),
         };
         let strategy = Arc::new(StrategyContext {
             store: self.store.clone(),

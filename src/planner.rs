@@ -12,12 +12,12 @@
 //! writes its intents back to the store, where the provisioner and the reaper pick them up.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{JobId, JobStatus, NamePrefix, RunnerName, RunnerState, now_millis};
+use crate::domain::{JobId, JobStatus, MachinePolicy, NamePrefix, RunnerName, RunnerState, now_millis};
 use crate::metrics::Metrics;
 use crate::retry::job_retry_delay;
 use crate::store::{AttemptStats, LiveRunner, NewRunner, OpenJob, RunnerPatch, Store, StoreError};
@@ -32,6 +32,8 @@ pub struct Limits {
     /// How long a job waits for its run's max-parallel lookup before it is planned as
     /// unlimited anyway (the lookup failing must not strand it).
     pub strategy_grace: Duration,
+    /// What machines (`cpu=`, `memory=`, `gpu=` labels) jobs may ask for.
+    pub machine: MachinePolicy,
 }
 
 /// The store as the planner sees it at one instant.
@@ -52,6 +54,12 @@ pub enum Intent {
     Cancel(RunnerName),
     /// Deregister and stop a surplus runner.
     Retire(RunnerName),
+    /// A queued job whose labels ask for a machine this deployment does not allow.
+    Refuse {
+        job: JobId,
+        repo: String,
+        reason: String,
+    },
 }
 
 /// Repository (lower-cased) and label-set key: runners in one pool are interchangeable.
@@ -101,6 +109,15 @@ pub fn plan(s: &Snapshot, limits: &Limits) -> Vec<Intent> {
         }
     }
 
+    for job in s.jobs.iter().filter(|j| j.status == JobStatus::Queued) {
+        if let Err(reason) = limits.machine.check(&job.labels) {
+            intents.push(Intent::Refuse {
+                job: job.id,
+                repo: job.repo.clone(),
+                reason,
+            });
+        }
+    }
     let live = s.runners.iter().filter(|r| r.row.state.is_live()).count();
     let headroom = limits.max_runners.saturating_sub(live);
     creates.sort_by_key(|(job, _)| (job.first_seen_at, job.id));
@@ -136,7 +153,7 @@ fn eligible_jobs<'a>(s: &'a Snapshot, limits: &Limits) -> Vec<&'a OpenJob> {
     queued.sort_by_key(|j| j.id);
     for job in queued {
         let resolved = job.max_parallel.is_some() || s.now - job.first_seen_at >= grace;
-        if !resolved {
+        if !resolved || limits.machine.check(&job.labels).is_err() {
             continue;
         }
         match (job.max_parallel, &job.mp_group) {
@@ -216,6 +233,8 @@ pub struct PlannerContext {
     pub wake: Arc<Wake>,
     pub metrics: Arc<Metrics>,
     pub interval: Duration,
+    /// Refused jobs already reported, so each is logged once.
+    pub refused: Mutex<HashSet<JobId>>,
 }
 
 /// Plans on every wake-up and at least every `interval`, until `stop`.
@@ -247,6 +266,16 @@ async fn apply(ctx: &PlannerContext, s: &Snapshot, intents: Vec<Intent>) -> Resu
     for intent in intents {
         match intent {
             Intent::Create(r) => new.push(r),
+            Intent::Refuse { job, repo, reason } => {
+                if ctx
+                    .refused
+                    .lock()
+                    .map(|mut seen| seen.insert(job))
+                    .unwrap_or(false)
+                {
+                    tracing::warn!(repo = %repo, job.id = %job, runner.name = "", "job gets no runner: {reason}");
+                }
+            }
             Intent::Cancel(name) => {
                 let patch = RunnerPatch::ended_because("not needed any more");
                 if ctx

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backend::{Backend, BackendError, SandboxSpec};
-use crate::domain::{RepoName, RunnerState};
+use crate::domain::{MachineSpec, RepoName, RunnerState};
 use crate::github::{GitHub, GitHubError, JitConfig, JitRequest};
 use crate::metrics::Metrics;
 use crate::pace::Window;
@@ -248,6 +248,7 @@ async fn create_sandbox(
     row: &RunnerRow,
     jit: JitConfig,
 ) -> Result<String, BackendError> {
+    let machine = MachineSpec::from_labels(&row.labels).unwrap_or_default();
     let spec = || SandboxSpec {
         name: row.name.to_string(),
         jit_config: jit.encoded.clone(),
@@ -257,6 +258,7 @@ async fn create_sandbox(
             ("runner".into(), row.name.to_string()),
         ],
         timeout: ctx.sandbox_timeout,
+        machine: machine.clone(),
     };
     let mut attempt = 0;
     loop {

@@ -497,6 +497,7 @@ mod tests {
             jit_config: SecretString::from("c2VjcmV0"),
             tags: vec![],
             timeout,
+            machine: Default::default(),
         }
     }
 

@@ -16,6 +16,8 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
+use crate::domain::MachineSpec;
+
 pub use local::{LocalBackend, LocalConfig};
 pub use modal::{ModalBackend, ModalSettings};
 
@@ -29,6 +31,9 @@ pub struct SandboxSpec {
     pub tags: Vec<(String, String)>,
     /// The sandbox is stopped after this long, whatever it is doing.
     pub timeout: Duration,
+    /// What the job's labels asked for; unset parts take the backend's defaults. The local
+    /// backend runs on the host as it is and ignores it.
+    pub machine: MachineSpec,
 }
 
 /// A running sandbox as `list` reports it.

@@ -13,7 +13,7 @@ use clap::{Args, ValueEnum};
 use secrecy::SecretString;
 
 use crate::backend::modal::ModalSettings;
-use crate::domain::{NamePrefix, RepoAllowList, RepoName};
+use crate::domain::{Gpu, MachinePolicy, NamePrefix, RepoAllowList, RepoName};
 use crate::github::Hook;
 use crate::runner_version::RunnerVersion;
 use crate::store::Durability;
@@ -173,6 +173,23 @@ pub struct ServeArgs {
         value_name = "SECS"
     )]
     pub auth_failure_pause_secs: String,
+    /// Most cores a job may ask for with a `cpu=N` label.
+    #[arg(long, env = "SANDBOX_MAX_CPU", default_value = "16", value_name = "CORES")]
+    pub sandbox_max_cpu: String,
+    /// Most memory a job may ask for with a `memory=N` label (MiB, or GiB with a g suffix).
+    #[arg(
+        long,
+        env = "SANDBOX_MAX_MEMORY_MIB",
+        default_value = "65536",
+        value_name = "MIB"
+    )]
+    pub sandbox_max_memory_mib: String,
+    /// GPU types a job may ask for with a `gpu=TYPE[:N]` label, comma-separated (default: none).
+    #[arg(long, env = "SANDBOX_GPU_TYPES", value_name = "TYPES")]
+    pub sandbox_gpu_types: Option<String>,
+    /// Most GPUs a job may ask for.
+    #[arg(long, env = "SANDBOX_MAX_GPUS", default_value = "1", value_name = "N")]
+    pub sandbox_max_gpus: String,
     #[command(flatten)]
     pub modal: ModalArgs,
 }
@@ -238,6 +255,7 @@ pub struct Settings {
     pub auth_pause: Duration,
     /// JIT registrations per minute GitHub allows; `None` = no pacing.
     pub jit_limit_per_min: Option<f64>,
+    pub machine: MachinePolicy,
 }
 
 /// The chosen backend and its settings.
@@ -328,6 +346,7 @@ impl Settings {
                 seconds("REDELIVER_WINDOW_HOURS", &args.redeliver_window_hours)?.as_secs_f64() * 3600.0,
             ),
             auth_pause: seconds("AUTH_FAILURE_PAUSE_SECS", &args.auth_failure_pause_secs)?,
+            machine: machine_policy(&args)?,
             jit_limit_per_min: {
                 let n: f64 = number("GITHUB_JIT_LIMIT_PER_MIN", &args.github_jit_limit_per_min)?;
                 if !n.is_finite() || n < 0.0 {
@@ -390,6 +409,31 @@ fn seconds(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
         return Err(err(var, format!("`{value}` is not a duration in seconds")));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+fn machine_policy(args: &ServeArgs) -> Result<MachinePolicy, ConfigError> {
+    let max_cpu: f64 = number("SANDBOX_MAX_CPU", &args.sandbox_max_cpu)?;
+    if !(max_cpu.is_finite() && max_cpu > 0.0) {
+        return Err(err("SANDBOX_MAX_CPU", "must be a positive number of cores"));
+    }
+    let mut gpu_types = Vec::new();
+    for t in args
+        .sandbox_gpu_types
+        .as_deref()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        let gpu = Gpu::parse(t).map_err(|m| err("SANDBOX_GPU_TYPES", m))?;
+        gpu_types.push(gpu.kind);
+    }
+    Ok(MachinePolicy {
+        max_cpu,
+        max_memory_mib: positive("SANDBOX_MAX_MEMORY_MIB", &args.sandbox_max_memory_mib)?,
+        gpu_types,
+        max_gpus: number("SANDBOX_MAX_GPUS", &args.sandbox_max_gpus)?,
+    })
 }
 
 fn nonzero(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
@@ -615,6 +659,8 @@ mod tests {
             (&["--reap-interval-secs", "soon"], "REAP_INTERVAL_SECS"),
             (&["--local-runner-dir", "/nonexistent"], "LOCAL_RUNNER_DIR"),
             (&["--reconcile-interval-secs", "0"], "RECONCILE_INTERVAL_SECS"),
+            (&["--sandbox-gpu-types", "T4,not a gpu"], "SANDBOX_GPU_TYPES"),
+            (&["--sandbox-max-cpu", "0"], "SANDBOX_MAX_CPU"),
             (&["--runner-idle-timeout-secs", "x"], "RUNNER_IDLE_TIMEOUT_SECS"),
             (&["--webhook-hook-id", "12"], "WEBHOOK_HOOK_ID"),
             (&["--webhook-hook-id", "octo/repo:x"], "WEBHOOK_HOOK_ID"),

@@ -8,9 +8,10 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use super::{ConfigError, err, number, positive};
+use crate::backend::modal::ModalSettings;
 use crate::backend::modal::client::ModalConnection;
 use crate::backend::modal::image::ImageSettings;
-use crate::backend::modal::{Gpu, ModalSettings};
+use crate::domain::Gpu;
 use crate::retry::Backoff;
 
 /// `serve` options for the `modal` backend.

@@ -4,11 +4,13 @@
 
 mod job;
 mod labels;
+mod machine;
 mod repo;
 mod runner;
 
 pub use job::{JobId, JobStatus};
 pub use labels::LabelSet;
+pub use machine::{Gpu, MachinePolicy, MachineSpec};
 pub use repo::{RepoAllowList, RepoName, RepoNameError};
 pub use runner::{NamePrefix, RunnerName, RunnerState};
 

@@ -45,6 +45,9 @@ pub fn router(state: Ingress) -> Router {
         .with_state(state)
 }
 
+/// Longest time a request body may take to arrive.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A delivery that was handled: recorded, recognised as a repeat, or deliberately ignored.
 #[derive(Debug)]
 enum Answer {
@@ -195,10 +198,14 @@ async fn read_body(body: Body, limit: usize, headers: &HeaderMap) -> Result<byte
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(Refusal::TooLarge);
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Refusal::TooLarge),
-        Err(e) => Err(Refusal::Body(e.to_string())),
+    // GitHub sends a whole delivery at once; a client trickling a body must not hold a
+    // connection (and a graceful shutdown) open.
+    let read = tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, limit).collect());
+    match read.await {
+        Err(_) => Err(Refusal::Body("the body did not arrive in time".into())),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(Refusal::TooLarge),
+        Ok(Err(e)) => Err(Refusal::Body(e.to_string())),
     }
 }
 

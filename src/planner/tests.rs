@@ -9,6 +9,10 @@ fn limits(max: usize) -> Limits {
         max_runners: max,
         prefix: NamePrefix::parse("modal").expect("prefix"),
         strategy_grace: Duration::from_secs(10),
+        machine: MachinePolicy {
+            gpu_types: vec!["T4".into()],
+            ..MachinePolicy::default()
+        },
     }
 }
 
@@ -322,4 +326,20 @@ fn planning_again_after_applying_the_plan_changes_nothing() {
         .collect();
     assert_eq!(runners.len(), 7);
     assert!(plan(&snapshot(jobs, runners), &limits(50)).is_empty());
+}
+
+#[test]
+fn jobs_asking_for_a_machine_the_policy_forbids_are_refused_not_planned() {
+    let mut allowed = job(1, JobStatus::Queued);
+    allowed.labels = LabelSet::new(["self-hosted", "modal", "gpu=t4", "cpu=4"]);
+    let mut forbidden = job(2, JobStatus::Queued);
+    forbidden.labels = LabelSet::new(["self-hosted", "modal", "gpu=H100"]);
+    let intents = plan(&snapshot(vec![allowed, forbidden], vec![]), &limits(50));
+    assert_eq!(created(&intents), ["modal-1-1"]);
+    assert!(
+        intents
+            .iter()
+            .any(|i| matches!(i, Intent::Refuse { job, reason, .. }
+        if *job == JobId(2) && reason.contains("SANDBOX_GPU_TYPES")))
+    );
 }

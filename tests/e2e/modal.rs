@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use modal_github_runner::backend::modal::{ModalBackend, RunnerSource};
 use modal_github_runner::backend::{BackendError, SandboxSpec};
 use modal_github_runner::domain::RepoName;
-use modal_github_runner::fake::github::{FakeGitHub, FakeGitHubConfig};
+use modal_github_runner::fake::github::{FakeGitHub, FakeGitHubConfig, JobSpec, RunSpec};
 use modal_github_runner::fake::modal::{FakeModal, FakeModalConfig, FaultKind, ModalFault};
 use modal_github_runner::runner_version::RunnerVersion;
 use secrecy::SecretString;
@@ -189,6 +189,7 @@ fn spec(name: &str) -> SandboxSpec {
             ("runner".into(), name.into()),
         ],
         timeout: Duration::from_secs(60),
+        machine: Default::default(),
     }
 }
 
@@ -383,4 +384,49 @@ async fn the_runner_release_github_serves_is_the_one_installed() {
             .any(|c| c.path == format!("/repos/{REPO}/actions/runners/downloads"))
     );
     fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn jobs_choose_cpu_memory_and_gpu_by_label_within_the_operators_policy() {
+    let env = TestEnv::start(Options::backend(Kind::Modal).with("SANDBOX_GPU_TYPES", "T4,A10G")).await;
+    let gpu_job = JobSpec::new("train", ["self-hosted", "modal", "gpu=t4", "cpu=4", "memory=8g"])
+        .duration(Duration::from_millis(200));
+    let forbidden = JobSpec::new("big", ["self-hosted", "modal", "gpu=H100"]);
+    let run = env.github.queue_run(RunSpec::new(REPO, vec![gpu_job, forbidden]));
+    let (allowed, refused) = (run.job_ids[0], run.job_ids[1]);
+
+    let done = env
+        .github
+        .wait_until(Duration::from_secs(30), |gh| {
+            gh.job(allowed).is_some_and(|j| j.status.as_str() == "completed")
+        })
+        .await;
+    assert!(done, "{}", env.tail_logs(30));
+    let sandboxes = modal(&env).sandboxes();
+    assert_eq!(sandboxes.len(), 1, "the forbidden job got no sandbox");
+    let r = &sandboxes[0].resources;
+    assert_eq!(
+        (r.milli_cpu, r.memory_mb, r.gpu.as_deref()),
+        (4000, 8192, Some("T4"))
+    );
+    let warned = wait(Duration::from_secs(10), || {
+        env.logs().iter().any(|l| {
+            l.contains("job gets no runner")
+                && l.contains("SANDBOX_GPU_TYPES")
+                && l.contains(&refused.to_string())
+        })
+    })
+    .await;
+    assert!(warned, "{}", env.tail_logs(20));
+    assert_eq!(
+        env.logs()
+            .iter()
+            .filter(|l| l.contains("job gets no runner"))
+            .count(),
+        1,
+        "said once"
+    );
+
+    env.github.cancel_job(refused);
+    env.assert_nothing_left(Duration::from_secs(20)).await;
 }

@@ -309,6 +309,7 @@ async fn orphan_sandboxes_and_offline_registrations_from_a_crash_are_cleaned_up(
             jit_config: SecretString::from("x"),
             tags: vec![("modal-github-runner".into(), "modal".into())],
             timeout: Duration::from_secs(600),
+            machine: Default::default(),
         })
         .await
         .expect("orphan sandbox");

@@ -29,35 +29,10 @@ use self::proto::{
     SandboxWaitRequest, SecretGetOrCreateRequest,
 };
 use super::{BackendError, SandboxInfo, SandboxSpec};
-use crate::domain::RepoName;
+use crate::domain::{Gpu, RepoName};
 use crate::github::GitHub;
 use crate::pace::Pacer;
 use crate::runner_version::{self, RunnerRelease, RunnerVersion};
-
-/// A GPU request: `SANDBOX_GPU` like `A10G` or `H100:2`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Gpu {
-    pub kind: String,
-    pub count: u32,
-}
-
-impl Gpu {
-    pub fn parse(s: &str) -> Result<Gpu, String> {
-        let (kind, count) = match s.split_once(':') {
-            Some((k, n)) => (
-                k,
-                n.parse::<u32>()
-                    .map_err(|_| format!("`{n}` is not a GPU count"))?,
-            ),
-            None => (s, 1),
-        };
-        let kind = kind.trim().to_ascii_uppercase();
-        if kind.is_empty() || count == 0 || !kind.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            return Err(format!("`{s}` is not a GPU like A10G or H100:2"));
-        }
-        Ok(Gpu { kind, count })
-    }
-}
 
 /// Which runner release to install.
 #[derive(Clone)]
@@ -328,7 +303,8 @@ impl ModalBackend {
 
     fn definition(&self, spec: &SandboxSpec, image_id: String, secret_id: String) -> Sandbox {
         let s = &self.settings;
-        let gpu = s.gpu.as_ref().map(|g| GpuConfig {
+        let m = &spec.machine;
+        let gpu = m.gpu.as_ref().or(s.gpu.as_ref()).map(|g| GpuConfig {
             r#type: 0,
             count: g.count,
             gpu_type: g.kind.clone(),
@@ -343,8 +319,8 @@ impl ModalBackend {
             image_id,
             secret_ids: vec![secret_id],
             resources: Some(Resources {
-                memory_mb: s.memory_mib,
-                milli_cpu: (s.cpu * 1000.0).round() as u32,
+                memory_mb: m.memory_mib.unwrap_or(s.memory_mib),
+                milli_cpu: (m.cpu.unwrap_or(s.cpu) * 1000.0).round() as u32,
                 gpu_config: gpu,
             }),
             timeout_secs: u32::try_from(spec.timeout.as_secs())
@@ -476,38 +452,5 @@ fn classify(e: &ModalError) -> BackendError {
         BackendError::Transient(e.to_string())
     } else {
         BackendError::Permanent(e.to_string())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn gpu_requests_parse_type_and_count() {
-        assert_eq!(
-            Gpu::parse("a10g"),
-            Ok(Gpu {
-                kind: "A10G".into(),
-                count: 1
-            })
-        );
-        assert_eq!(
-            Gpu::parse("H100:2"),
-            Ok(Gpu {
-                kind: "H100".into(),
-                count: 2
-            })
-        );
-        assert_eq!(
-            Gpu::parse("A100-80GB"),
-            Ok(Gpu {
-                kind: "A100-80GB".into(),
-                count: 1
-            })
-        );
-        assert!(Gpu::parse("H100:0").is_err());
-        assert!(Gpu::parse("H100:x").is_err());
-        assert!(Gpu::parse("").is_err());
     }
 }
