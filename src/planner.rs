@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::domain::{JobId, JobStatus, MachinePolicy, NamePrefix, RunnerName, RunnerState, now_millis};
 use crate::metrics::Metrics;
 use crate::retry::job_retry_delay;
-use crate::store::{AttemptStats, LiveRunner, NewRunner, OpenJob, RunnerPatch, Store, StoreError};
+use crate::store::{AttemptStats, JobRow, LiveRunner, NewRunner, RunnerPatch, Store, StoreError};
 use crate::wake::{Wake, next_round};
 
 /// What the planner may do.
@@ -40,7 +40,7 @@ pub struct Limits {
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub now: i64,
-    pub jobs: Vec<OpenJob>,
+    pub jobs: Vec<JobRow>,
     pub runners: Vec<LiveRunner>,
     pub attempts: HashMap<JobId, AttemptStats>,
 }
@@ -65,7 +65,7 @@ pub enum Intent {
 /// Repository (lower-cased) and label-set key: runners in one pool are interchangeable.
 type Pool = (String, String);
 
-fn pool_of_job(j: &OpenJob) -> Pool {
+fn pool_of_job(j: &JobRow) -> Pool {
     (j.repo.to_ascii_lowercase(), j.labels.key().to_string())
 }
 
@@ -87,7 +87,7 @@ pub fn plan(s: &Snapshot, limits: &Limits) -> Vec<Intent> {
     let eligible = eligible_jobs(s, limits);
     let eligible_ids: HashSet<JobId> = eligible.iter().map(|j| j.id).collect();
 
-    let mut demand: BTreeMap<Pool, Vec<&OpenJob>> = BTreeMap::new();
+    let mut demand: BTreeMap<Pool, Vec<&JobRow>> = BTreeMap::new();
     for job in &eligible {
         demand.entry(pool_of_job(job)).or_default().push(job);
     }
@@ -128,7 +128,7 @@ pub fn plan(s: &Snapshot, limits: &Limits) -> Vec<Intent> {
 /// Queued jobs GitHub would dispatch now: runnable, and within their matrix's
 /// max-parallel once the jobs already running (or whose runner is still winding down)
 /// are counted. Oldest first.
-fn eligible_jobs<'a>(s: &'a Snapshot, limits: &Limits) -> Vec<&'a OpenJob> {
+fn eligible_jobs<'a>(s: &'a Snapshot, limits: &Limits) -> Vec<&'a JobRow> {
     let grace = i64::try_from(limits.strategy_grace.as_millis()).unwrap_or(i64::MAX);
     let mut active: HashMap<(u64, &str), usize> = HashMap::new();
     for j in &s.jobs {
@@ -148,7 +148,7 @@ fn eligible_jobs<'a>(s: &'a Snapshot, limits: &Limits) -> Vec<&'a OpenJob> {
     }
     let mut used: HashMap<(u64, &str), usize> = HashMap::new();
     let mut out = Vec::new();
-    let mut queued: Vec<&OpenJob> = s.jobs.iter().filter(|j| j.status == JobStatus::Queued).collect();
+    let mut queued: Vec<&JobRow> = s.jobs.iter().filter(|j| j.status == JobStatus::Queued).collect();
     // Matrix jobs are dispatched in order; job ids follow that order.
     queued.sort_by_key(|j| j.id);
     for job in queued {
@@ -176,11 +176,11 @@ fn eligible_jobs<'a>(s: &'a Snapshot, limits: &Limits) -> Vec<&'a OpenJob> {
 /// for them, skipping jobs still backing off after failed attempts.
 fn creations<'a>(
     s: &Snapshot,
-    wanted: &[&'a OpenJob],
+    wanted: &[&'a JobRow],
     have: &[&LiveRunner],
     count: usize,
     limits: &Limits,
-) -> Vec<(&'a OpenJob, NewRunner)> {
+) -> Vec<(&'a JobRow, NewRunner)> {
     let covered: HashSet<JobId> = have.iter().map(|r| r.row.job).collect();
     wanted
         .iter()

@@ -16,23 +16,25 @@ fn limits(max: usize) -> Limits {
     }
 }
 
-fn job(id: u64, status: JobStatus) -> OpenJob {
-    OpenJob {
+fn job(id: u64, status: JobStatus) -> JobRow {
+    JobRow {
         id: JobId(id),
         repo: "octo/repo".into(),
         run_id: 7,
         name: format!("job {id}"),
         labels: LabelSet::new(["self-hosted", "modal"]),
         status,
+        conclusion: None,
         runner_name: None,
+        source: "webhook".into(),
         first_seen_at: NOW - 1000 + i64::try_from(id).expect("small id"),
         mp_group: None,
         max_parallel: Some(0),
     }
 }
 
-fn matrix(id: u64, status: JobStatus, max: u32) -> OpenJob {
-    OpenJob {
+fn matrix(id: u64, status: JobStatus, max: u32) -> JobRow {
+    JobRow {
         mp_group: Some("test".into()),
         max_parallel: Some(max),
         ..job(id, status)
@@ -71,7 +73,7 @@ fn took(mut r: LiveRunner, job: u64, status: JobStatus, group: Option<&str>) -> 
     r
 }
 
-fn snapshot(jobs: Vec<OpenJob>, runners: Vec<LiveRunner>) -> Snapshot {
+fn snapshot(jobs: Vec<JobRow>, runners: Vec<LiveRunner>) -> Snapshot {
     Snapshot {
         now: NOW,
         jobs,

@@ -82,8 +82,9 @@ async fn write_loop(pool: SqlitePool, mut rx: mpsc::Receiver<Request>) {
             }
             Err(e) => {
                 tracing::error!(error = %e, events = group.len(), "could not record events");
+                let reason = e.to_string();
                 for req in group.drain(..) {
-                    let _ = req.reply.send(Err(StoreError::Closed));
+                    let _ = req.reply.send(Err(StoreError::WriteFailed(reason.clone())));
                 }
             }
         }

@@ -7,24 +7,7 @@ use super::ingest::to_i64;
 use super::{Store, StoreError, corrupt};
 use crate::domain::{JobId, JobStatus, LabelSet};
 
-/// A job that has not completed, as the planner sees it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct OpenJob {
-    pub id: JobId,
-    pub repo: String,
-    pub run_id: u64,
-    pub name: String,
-    pub labels: LabelSet,
-    pub status: JobStatus,
-    pub runner_name: Option<String>,
-    pub first_seen_at: i64,
-    /// The workflow job that `strategy.max-parallel` counts by, once looked up.
-    pub mp_group: Option<String>,
-    /// `None`: not looked up yet; `Some(0)`: unlimited.
-    pub max_parallel: Option<u32>,
-}
-
-/// Every stored field of a job, for `status` and for tests.
+/// A stored job: what the planner, the reconciler and `status` read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobRow {
     pub id: JobId,
@@ -34,9 +17,14 @@ pub struct JobRow {
     pub labels: LabelSet,
     pub status: JobStatus,
     pub conclusion: Option<String>,
+    /// The runner that took it.
     pub runner_name: Option<String>,
+    /// `webhook` or `poll`: how the job was first learned of.
     pub source: String,
     pub first_seen_at: i64,
+    /// The workflow job that `strategy.max-parallel` counts by, once looked up.
+    pub mp_group: Option<String>,
+    /// `None`: not looked up yet; `Some(0)`: unlimited.
     pub max_parallel: Option<u32>,
 }
 
@@ -71,23 +59,6 @@ fn max_parallel(row: &SqliteRow) -> Result<Option<u32>, StoreError> {
     Ok(v.map(|v| u32::try_from(v).unwrap_or(0)))
 }
 
-impl OpenJob {
-    fn from_row(row: &SqliteRow) -> Result<OpenJob, StoreError> {
-        Ok(OpenJob {
-            id: JobId(id(row, "id")?),
-            repo: row.try_get("repo")?,
-            run_id: id(row, "run_id")?,
-            name: row.try_get("name")?,
-            labels: labels(row)?,
-            status: status(row)?,
-            runner_name: row.try_get("runner_name")?,
-            first_seen_at: row.try_get("first_seen_at")?,
-            mp_group: row.try_get("mp_group")?,
-            max_parallel: max_parallel(row)?,
-        })
-    }
-}
-
 impl JobRow {
     fn from_row(row: &SqliteRow) -> Result<JobRow, StoreError> {
         Ok(JobRow {
@@ -101,6 +72,7 @@ impl JobRow {
             runner_name: row.try_get("runner_name")?,
             source: row.try_get("source")?,
             first_seen_at: row.try_get("first_seen_at")?,
+            mp_group: row.try_get("mp_group")?,
             max_parallel: max_parallel(row)?,
         })
     }
@@ -108,15 +80,11 @@ impl JobRow {
 
 impl Store {
     /// Jobs not yet completed, oldest first.
-    pub async fn open_jobs(&self) -> Result<Vec<OpenJob>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT id, repo, run_id, name, labels, status, runner_name, first_seen_at, mp_group,
-                    max_parallel
-             FROM jobs WHERE rank < 3 ORDER BY first_seen_at, id",
-        )
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(OpenJob::from_row).collect()
+    pub async fn open_jobs(&self) -> Result<Vec<JobRow>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM jobs WHERE rank < 3 ORDER BY first_seen_at, id")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter().map(JobRow::from_row).collect()
     }
 
     /// One job, if known.

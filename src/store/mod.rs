@@ -16,7 +16,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use tokio::sync::mpsc;
 
 pub use ingest::{EventSource, Recorded};
-pub use jobs::{JobRow, OpenJob, StrategyUpdate};
+pub use jobs::{JobRow, StrategyUpdate};
 pub use runners::{AttemptStats, LiveRunner, NewRunner, RunnerPatch, RunnerRow, TookJob};
 pub use runs::{RunStrategy, UnresolvedRun};
 
@@ -29,6 +29,8 @@ pub enum StoreError {
     Db(#[from] sqlx::Error),
     #[error("the store is closed")]
     Closed,
+    #[error("a group of events could not be written: {0}")]
+    WriteFailed(String),
     #[error("a stored row is not readable: {0}")]
     Corrupt(String),
 }

@@ -203,12 +203,12 @@ async fn modal_unavailable_and_resource_exhausted_on_every_call_are_ridden_out()
     assert_unique(&names);
 }
 
-#[tokio::test]
-async fn a_runner_that_never_comes_online_is_replaced() {
-    let env = TestEnv::start(Options::default().with("RUNNER_REGISTRATION_TIMEOUT_SECS", "2")).await;
-    env.github.set_runner_behavior(|name| {
+/// Runs one job whose first runner behaves as `first` and whose second is normal; checks
+/// the job completed on the second and nothing is left; returns the first runner's row.
+async fn replaced_after(env: &TestEnv, first: RunnerBehavior) -> modal_github_runner::store::RunnerRow {
+    env.github.set_runner_behavior(move |name| {
         if name.ends_with("-1") {
-            RunnerBehavior::NeverConnect
+            first
         } else {
             RunnerBehavior::Normal
         }
@@ -221,13 +221,20 @@ async fn a_runner_that_never_comes_online_is_replaced() {
         env.github.registrations_ever(),
         [format!("modal-{id}-1"), format!("modal-{id}-2")]
     );
-    let first = env
+    let row = env
         .runners()
         .await
         .into_iter()
         .find(|r| r.attempt == 1)
         .expect("first attempt");
-    assert_eq!(first.state.as_str(), "failed");
+    assert_eq!(row.state.as_str(), "failed");
+    row
+}
+
+#[tokio::test]
+async fn a_runner_that_never_comes_online_is_replaced() {
+    let env = TestEnv::start(Options::default().with("RUNNER_REGISTRATION_TIMEOUT_SECS", "2")).await;
+    let first = replaced_after(&env, RunnerBehavior::NeverConnect).await;
     assert!(
         first
             .failure
@@ -493,29 +500,10 @@ async fn a_409_for_a_name_already_registered_is_recovered_without_a_duplicate() 
 
 async fn a_runner_that_exits_without_a_job_is_failed_with_how_it_ended_and_replaced(kind: Kind) {
     let env = TestEnv::start(Options::backend(kind)).await;
-    env.github.set_runner_behavior(|name| {
-        if name.ends_with("-1") {
-            RunnerBehavior::ExitWithoutJob
-        } else {
-            RunnerBehavior::Normal
-        }
-    });
-    let run = env.github.queue_run(jobs(1, 200));
-    env.wait_all_completed(Duration::from_secs(40)).await;
-    env.assert_nothing_left(Duration::from_secs(20)).await;
-    let id = run.job_ids[0];
-    assert_eq!(
-        env.github.registrations_ever(),
-        [format!("modal-{id}-1"), format!("modal-{id}-2")]
-    );
-    let first = env
-        .runners()
+    let reason = replaced_after(&env, RunnerBehavior::ExitWithoutJob)
         .await
-        .into_iter()
-        .find(|r| r.attempt == 1)
-        .expect("first attempt");
-    assert_eq!(first.state.as_str(), "failed");
-    let reason = first.failure.unwrap_or_default();
+        .failure
+        .unwrap_or_default();
     let how = if kind == Kind::Modal {
         "SUCCESS, exit 0"
     } else {
