@@ -13,7 +13,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::modal::RunnerSource;
-use crate::backend::{Backend, LocalBackend, LocalConfig, ModalBackend};
+use crate::backend::{Backend, BackendError, LocalBackend, LocalConfig, ModalBackend};
 use crate::config::{BackendSettings, Settings};
 use crate::github::{GitHub, GitHubConfig};
 use crate::ingress::{self, Ingress};
@@ -247,15 +247,17 @@ impl Application {
         // Runners are made and reaped only once the backend is ready (the Modal image is
         // built); webhooks are recorded meanwhile.
         tasks.spawn(async move {
-            let prepared = tokio::select! {
-                r = backend.prepare() => r,
+            match tokio::select! {
+                r = prepare(&backend) => r,
                 () = stop.cancelled() => return ("backend", Ok(())),
-            };
-            if let Err(e) = prepared {
-                return (
-                    "backend",
-                    Err(anyhow::anyhow!(e).context("the backend could not start")),
-                );
+            } {
+                Ok(()) => {}
+                Err(e) => {
+                    return (
+                        "backend",
+                        Err(anyhow::anyhow!(e).context("the backend could not start")),
+                    );
+                }
             }
             ready.store(true, Ordering::Release);
             tracing::info!("backend ready");
@@ -264,6 +266,24 @@ impl Application {
             let _ = reap.await;
             ("provisioner", Ok(()))
         });
+    }
+}
+
+/// Prepares the backend, retrying transient failures (Modal briefly unreachable) with
+/// backoff; a permanent one (bad credentials, failed image build) ends the service.
+async fn prepare(backend: &Backend) -> Result<(), BackendError> {
+    let backoff = Backoff::new(u32::MAX, Duration::from_secs(1), Duration::from_secs(60));
+    let mut attempt = 0;
+    loop {
+        match backend.prepare().await {
+            Err(e) if e.is_transient() => {
+                let wait = backoff.delay(attempt);
+                tracing::warn!(error = %e, retry_in_secs = wait.as_secs(), "the backend is not ready yet");
+                tokio::time::sleep(wait).await;
+                attempt = attempt.saturating_add(1);
+            }
+            other => return other,
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use modal_github_runner::backend::modal::ModalSettings;
 use modal_github_runner::backend::modal::client::ModalConnection;
 use modal_github_runner::backend::modal::image::ImageSettings;
 use modal_github_runner::fake::github::{FakeGitHub, FakeGitHubConfig, JobSpec, RunSpec, WebhookTarget};
-use modal_github_runner::fake::modal::{FakeModal, FakeModalConfig};
+use modal_github_runner::fake::modal::{FakeModal, FakeModalConfig, ModalFault};
 use modal_github_runner::github::{GitHub, GitHubConfig};
 use modal_github_runner::retry::Backoff;
 use modal_github_runner::store::{RunnerRow, Store};
@@ -35,13 +35,15 @@ pub enum Kind {
 pub struct Options {
     pub kind: Kind,
     pub env: Vec<(String, String)>,
+    /// Faults the fake Modal has from the start (before the service's first call).
+    pub modal_faults: Vec<ModalFault>,
 }
 
 impl Options {
     pub fn backend(kind: Kind) -> Options {
         Options {
             kind,
-            env: Vec::new(),
+            ..Options::default()
         }
     }
 
@@ -94,6 +96,11 @@ impl TestEnv {
                 .expect("fake Modal starts"),
             ),
         };
+        if let Some(fake) = &modal {
+            for fault in &options.modal_faults {
+                fake.inject(fault.clone());
+            }
+        }
         let mut env = TestEnv {
             github,
             modal,

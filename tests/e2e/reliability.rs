@@ -573,3 +573,23 @@ async fn a_surplus_runner_github_says_is_busy_is_kept() {
         "no replacement was made"
     );
 }
+
+#[tokio::test]
+async fn modal_unreachable_at_start_up_is_waited_out() {
+    // More failures than one call's retries: the service keeps trying, and serves meanwhile.
+    let mut options = Options::backend(Kind::Modal);
+    options.modal_faults.push(ModalFault::new(
+        "AppGetOrCreate",
+        8,
+        FaultKind::Status(Code::Unavailable, "no healthy upstream".into()),
+    ));
+    let env = TestEnv::start(options).await;
+    env.github.queue_run(jobs(1, 200));
+    env.wait_all_completed(Duration::from_secs(30)).await;
+    env.assert_nothing_left(Duration::from_secs(20)).await;
+    assert!(
+        env.logs()
+            .iter()
+            .any(|l| l.contains("the backend is not ready yet"))
+    );
+}
