@@ -217,6 +217,7 @@ impl Application {
             interval: s.reap_interval,
             sweep_interval: s.reconcile_interval,
             seen_online: Mutex::default(),
+            retention: s.retention,
         });
         let reconciler = Arc::new(ReconcilerContext {
             store: self.store.clone(),

@@ -50,7 +50,12 @@ pub struct ReaperContext {
     pub sweep_interval: Duration,
     /// Runners seen online at GitHub: their registration timeout no longer applies.
     pub seen_online: Mutex<HashSet<String>>,
+    /// `STORE_RETENTION_DAYS`: history older than this is pruned (hourly).
+    pub retention: Duration,
 }
+
+/// How often old history is pruned from the store.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 enum ReapError {
@@ -66,7 +71,17 @@ enum ReapError {
 /// every `sweep_interval`, until `stop`.
 pub async fn run(ctx: Arc<ReaperContext>, stop: CancellationToken) {
     let mut last_sweep: Option<Instant> = None;
+    let mut last_prune: Option<Instant> = None;
     loop {
+        if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_INTERVAL) {
+            last_prune = Some(Instant::now());
+            let cutoff = now_millis() - millis(ctx.retention);
+            match ctx.store.prune(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, "pruned old history from the store"),
+                Err(e) => tracing::warn!(error = %e, "could not prune the store"),
+            }
+        }
         if let Err(e) = pass(&ctx).await {
             tracing::warn!(error = %e, "reaping pass failed");
         }

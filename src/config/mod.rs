@@ -173,6 +173,10 @@ pub struct ServeArgs {
         value_name = "SECS"
     )]
     pub auth_failure_pause_secs: String,
+    /// Days of history (completed jobs, ended runners, delivery GUIDs) kept in the store; at
+    /// least 3, the window in which GitHub can redeliver a webhook.
+    #[arg(long, env = "STORE_RETENTION_DAYS", default_value = "7", value_name = "DAYS")]
+    pub store_retention_days: String,
     /// Most cores a job may ask for with a `cpu=N` label.
     #[arg(long, env = "SANDBOX_MAX_CPU", default_value = "16", value_name = "CORES")]
     pub sandbox_max_cpu: String,
@@ -256,6 +260,7 @@ pub struct Settings {
     /// JIT registrations per minute GitHub allows; `None` = no pacing.
     pub jit_limit_per_min: Option<f64>,
     pub machine: MachinePolicy,
+    pub retention: Duration,
 }
 
 /// The chosen backend and its settings.
@@ -347,6 +352,16 @@ impl Settings {
             ),
             auth_pause: seconds("AUTH_FAILURE_PAUSE_SECS", &args.auth_failure_pause_secs)?,
             machine: machine_policy(&args)?,
+            retention: {
+                let days: f64 = number("STORE_RETENTION_DAYS", &args.store_retention_days)?;
+                if !(days.is_finite() && days >= 3.0) {
+                    return Err(err(
+                        "STORE_RETENTION_DAYS",
+                        "must be at least 3 (GitHub redelivers webhooks for 3 days)",
+                    ));
+                }
+                Duration::from_secs_f64(days * 86_400.0)
+            },
             jit_limit_per_min: {
                 let n: f64 = number("GITHUB_JIT_LIMIT_PER_MIN", &args.github_jit_limit_per_min)?;
                 if !n.is_finite() || n < 0.0 {
@@ -661,6 +676,7 @@ mod tests {
             (&["--reconcile-interval-secs", "0"], "RECONCILE_INTERVAL_SECS"),
             (&["--sandbox-gpu-types", "T4,not a gpu"], "SANDBOX_GPU_TYPES"),
             (&["--sandbox-max-cpu", "0"], "SANDBOX_MAX_CPU"),
+            (&["--store-retention-days", "1"], "STORE_RETENTION_DAYS"),
             (&["--runner-idle-timeout-secs", "x"], "RUNNER_IDLE_TIMEOUT_SECS"),
             (&["--webhook-hook-id", "12"], "WEBHOOK_HOOK_ID"),
             (&["--webhook-hook-id", "octo/repo:x"], "WEBHOOK_HOOK_ID"),

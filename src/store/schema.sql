@@ -7,6 +7,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     guid        TEXT PRIMARY KEY NOT NULL,
     received_at INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deliveries_by_time ON deliveries(received_at);
 
 -- Jobs that asked for our label, merged from webhooks and polling.
 CREATE TABLE IF NOT EXISTS jobs (
@@ -34,6 +35,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs(rank) WHERE rank < 3;
 CREATE INDEX IF NOT EXISTS jobs_by_runner ON jobs(runner_name) WHERE runner_name IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_by_run ON jobs(run_id);
+CREATE INDEX IF NOT EXISTS jobs_done ON jobs(updated_at) WHERE rank = 3;
 
 -- One row per runner name; see domain::RunnerState for the life cycle.
 CREATE TABLE IF NOT EXISTS runners (
@@ -55,6 +57,7 @@ CREATE TABLE IF NOT EXISTS runners (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS runners_live ON runners(state) WHERE state NOT IN ('done', 'failed');
 CREATE INDEX IF NOT EXISTS runners_by_job ON runners(job_id);
+CREATE INDEX IF NOT EXISTS runners_ended ON runners(updated_at) WHERE state IN ('done', 'failed');
 
 -- Workflow runs whose `strategy.max-parallel` settings were looked up.
 CREATE TABLE IF NOT EXISTS runs (

@@ -240,3 +240,51 @@ async fn the_store_survives_a_reopen() {
         Recorded::Duplicate
     );
 }
+
+#[tokio::test]
+async fn pruning_removes_old_history_but_never_open_jobs_or_live_runners() {
+    let s = store().await;
+    let prefix = NamePrefix::parse("modal").expect("prefix");
+    // An old completed job with its ended runner, an open job with a live runner.
+    let mut done = event("completed", JobStatus::Completed, Some("modal-1-1"));
+    done.job_id = JobId(1);
+    record(&s, "g1", done).await;
+    let mut open = event("queued", JobStatus::Queued, None);
+    open.job_id = JobId(2);
+    record(&s, "g2", open).await;
+    for (job, name) in [(1, "modal-1-1"), (2, "modal-2-1")] {
+        s.insert_runners(&[NewRunner {
+            name: RunnerName::for_job(&prefix, JobId(job), 1),
+            job: JobId(job),
+            attempt: 1,
+            repo: "octo/repo".into(),
+            labels: LabelSet::new(["modal"]),
+        }])
+        .await
+        .expect("insert");
+        assert_eq!(name, RunnerName::for_job(&prefix, JobId(job), 1).as_str());
+    }
+    let ended = RunnerName::for_job(&prefix, JobId(1), 1);
+    s.transition(
+        &ended,
+        &[RunnerState::Pending],
+        RunnerState::Done,
+        RunnerPatch::ended(),
+    )
+    .await
+    .expect("end");
+
+    // Act: everything so far is "old".
+    let pruned = s.prune(crate::domain::now_millis() + 1).await.expect("prune");
+
+    // Assert
+    assert_eq!(pruned, 4, "two deliveries, the ended runner, the completed job");
+    assert!(s.job(JobId(1)).await.expect("read").is_none());
+    assert!(s.job(JobId(2)).await.expect("read").is_some(), "open jobs stay");
+    assert!(
+        s.runner("modal-2-1").await.expect("read").is_some(),
+        "live runners stay"
+    );
+    assert!(s.runner("modal-1-1").await.expect("read").is_none());
+    assert_eq!(s.delivery_count().await.expect("count"), 0);
+}
