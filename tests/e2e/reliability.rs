@@ -398,21 +398,23 @@ async fn a_runner_idle_past_its_timeout_is_removed() {
     ));
     let id = run.job_ids[0];
     let first = format!("modal-{id}-1");
-    let removed = wait(Duration::from_secs(20), || {
+    // The reaper deletes the registration, stops the sandbox, then records the end.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let row = loop {
+        let row = env.runners().await.into_iter().find(|r| r.name.as_str() == first);
+        if let Some(row) = row.filter(|r| !r.state.is_live()) {
+            break row;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{}", env.tail_logs(30));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(row.state.as_str(), "done");
+    assert!(
         env.github
             .calls()
             .iter()
             .any(|c| c.method == "DELETE" && c.status == 204)
-    })
-    .await;
-    assert!(removed, "{}", env.tail_logs(30));
-    let row = env
-        .runners()
-        .await
-        .into_iter()
-        .find(|r| r.name.as_str() == first)
-        .expect("the first runner");
-    assert_eq!(row.state.as_str(), "done");
+    );
     assert!(
         row.failure.as_deref().is_some_and(|f| f.contains("idle")),
         "{:?}",
