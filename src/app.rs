@@ -57,7 +57,7 @@ impl Application {
         let github = GitHub::new(
             GitHubConfig {
                 api_url: settings.github_api_url.clone(),
-                token: settings.github_token.clone(),
+                credentials: settings.github.clone(),
                 timeout: settings.github_timeout,
                 retry: Backoff::new(5, Duration::from_millis(500), Duration::from_secs(30)),
             },

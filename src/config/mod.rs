@@ -14,7 +14,7 @@ use secrecy::SecretString;
 
 use crate::backend::modal::ModalSettings;
 use crate::domain::{Gpu, MachinePolicy, NamePrefix, RepoAllowList, RepoName};
-use crate::github::Hook;
+use crate::github::{AppCredentials, Credentials, Hook};
 use crate::runner_version::RunnerVersion;
 use crate::store::Durability;
 
@@ -28,6 +28,15 @@ pub struct ServeArgs {
     /// File holding the GitHub token (default: the GITHUB_TOKEN environment variable, required).
     #[arg(long, value_name = "PATH")]
     pub github_token_file: Option<PathBuf>,
+    /// Authenticate as this GitHub App instead of with GITHUB_TOKEN.
+    #[arg(long, env = "GITHUB_APP_ID", value_name = "ID")]
+    pub github_app_id: Option<String>,
+    /// File holding the App's private key, PEM (default: the GITHUB_APP_PRIVATE_KEY environment variable).
+    #[arg(long, value_name = "PATH")]
+    pub github_app_private_key_file: Option<PathBuf>,
+    /// The App's installation (default: the installation on the first ALLOWED_REPOS repository).
+    #[arg(long, env = "GITHUB_APP_INSTALLATION_ID", value_name = "ID")]
+    pub github_app_installation_id: Option<String>,
     /// File holding the webhook secret (default: the WEBHOOK_SECRET environment variable, required).
     #[arg(long, value_name = "PATH")]
     pub webhook_secret_file: Option<PathBuf>,
@@ -230,7 +239,8 @@ fn err(var: &'static str, message: impl Into<String>) -> ConfigError {
 /// Validated settings.
 #[derive(Debug, Clone)]
 pub struct Settings {
-    pub github_token: SecretString,
+    /// A token (`GITHUB_TOKEN`) or a GitHub App (`GITHUB_APP_ID`, …).
+    pub github: Credentials,
     pub webhook_secret: SecretString,
     pub allowed_repos: RepoAllowList,
     pub runner_version: Option<String>,
@@ -279,12 +289,6 @@ pub enum BackendSettings {
 impl Settings {
     /// Validates `args`; secrets not given as files are looked up with `env`.
     pub fn from_args(args: ServeArgs, env: impl Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
-        let github_token = secret(
-            "GITHUB_TOKEN",
-            "--github-token-file",
-            args.github_token_file.as_ref(),
-            &env,
-        )?;
         let webhook_secret = secret(
             "WEBHOOK_SECRET",
             "--webhook-secret-file",
@@ -294,6 +298,7 @@ impl Settings {
         let allowed_repos = RepoAllowList::parse(args.allowed_repos.as_deref().unwrap_or(""))
             .map_err(|e| err("ALLOWED_REPOS", e.to_string()))?;
         let allowed_repos_for_hooks = allowed_repos.clone();
+        let github = github_credentials(&args, &env, &allowed_repos)?;
         let runner_label = args.runner_label.trim().to_string();
         if runner_label.is_empty() || runner_label.contains(',') {
             return Err(err("RUNNER_LABEL", "must be one non-empty label without commas"));
@@ -316,7 +321,7 @@ impl Settings {
             )
         })?;
         Ok(Settings {
-            github_token,
+            github,
             webhook_secret,
             allowed_repos,
             runner_version: args.runner_version.clone().filter(|v| !v.trim().is_empty()),
@@ -374,6 +379,62 @@ impl Settings {
             },
         })
     }
+}
+
+/// `GITHUB_TOKEN`, or a GitHub App: exactly one of them.
+fn github_credentials(
+    args: &ServeArgs,
+    env: &impl Fn(&str) -> Option<String>,
+    allowed: &RepoAllowList,
+) -> Result<Credentials, ConfigError> {
+    let Some(app_id) = args
+        .github_app_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+    else {
+        return secret(
+            "GITHUB_TOKEN",
+            "--github-token-file",
+            args.github_token_file.as_ref(),
+            env,
+        )
+        .map(Credentials::Token);
+    };
+    if args.github_token_file.is_some() || env("GITHUB_TOKEN").is_some_and(|t| !t.trim().is_empty()) {
+        return Err(err(
+            "GITHUB_APP_ID",
+            "set either GITHUB_TOKEN or a GitHub App, not both",
+        ));
+    }
+    let app_id = positive("GITHUB_APP_ID", app_id)?;
+    let private_key = secret(
+        "GITHUB_APP_PRIVATE_KEY",
+        "--github-app-private-key-file",
+        args.github_app_private_key_file.as_ref(),
+        env,
+    )?;
+    let installation_id = args
+        .github_app_installation_id
+        .as_deref()
+        .filter(|i| !i.trim().is_empty())
+        .map(|i| positive("GITHUB_APP_INSTALLATION_ID", i))
+        .transpose()?;
+    let discovery_repo = allowed.listed().and_then(|r| r.first().cloned());
+    if installation_id.is_none() && discovery_repo.is_none() {
+        return Err(err(
+            "GITHUB_APP_INSTALLATION_ID",
+            "is required with a GitHub App unless ALLOWED_REPOS names a repository to find it from",
+        ));
+    }
+    let app = AppCredentials {
+        app_id,
+        private_key,
+        installation_id,
+        discovery_repo,
+    };
+    app.validate().map_err(|m| err("GITHUB_APP_PRIVATE_KEY", m))?;
+    Ok(Credentials::App(app))
 }
 
 fn secret(
@@ -650,7 +711,10 @@ mod tests {
         )
         .expect("valid");
         use secrecy::ExposeSecret;
-        assert_eq!(s.github_token.expose_secret(), "ghp_from_file");
+        let Credentials::Token(token) = &s.github else {
+            panic!("a token")
+        };
+        assert_eq!(token.expose_secret(), "ghp_from_file");
     }
 
     #[test]
@@ -695,6 +759,67 @@ mod tests {
         for (flags, var) in cases {
             let e = parse(flags, SECRETS).expect_err("invalid");
             assert_eq!(&e.var, var, "{flags:?} gave {e}");
+        }
+    }
+
+    #[test]
+    fn a_github_app_replaces_the_token() {
+        let key = include_str!("../../tests/fixtures/github-app-test-key.pem");
+        let env = [("WEBHOOK_SECRET", "s"), ("GITHUB_APP_PRIVATE_KEY", key)];
+        let s = parse(
+            &["--github-app-id", "42", "--github-app-installation-id", "7"],
+            &env,
+        )
+        .expect("valid");
+        let Credentials::App(app) = &s.github else {
+            panic!("an App")
+        };
+        assert_eq!((app.app_id, app.installation_id), (42, Some(7)));
+        let s = parse(&["--github-app-id", "42", "--allowed-repos", "octo/one"], &env).expect("valid");
+        let Credentials::App(app) = &s.github else {
+            panic!("an App")
+        };
+        assert_eq!(app.discovery_repo.as_ref().map(|r| r.as_str()), Some("octo/one"));
+    }
+
+    #[test]
+    fn a_github_app_misconfiguration_names_its_variable() {
+        let key = include_str!("../../tests/fixtures/github-app-test-key.pem");
+        type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+        let cases: &[Case] = &[
+            (
+                &["--github-app-id", "42", "--github-app-installation-id", "7"],
+                &[("WEBHOOK_SECRET", "s")],
+                "GITHUB_APP_PRIVATE_KEY",
+            ),
+            (
+                &["--github-app-id", "42", "--github-app-installation-id", "7"],
+                &[("WEBHOOK_SECRET", "s"), ("GITHUB_APP_PRIVATE_KEY", "junk")],
+                "GITHUB_APP_PRIVATE_KEY",
+            ),
+            (
+                &["--github-app-id", "42"],
+                &[("WEBHOOK_SECRET", "s"), ("GITHUB_APP_PRIVATE_KEY", key)],
+                "GITHUB_APP_INSTALLATION_ID",
+            ),
+            (
+                &["--github-app-id", "x", "--github-app-installation-id", "7"],
+                &[("WEBHOOK_SECRET", "s"), ("GITHUB_APP_PRIVATE_KEY", key)],
+                "GITHUB_APP_ID",
+            ),
+            (
+                &["--github-app-id", "42", "--github-app-installation-id", "7"],
+                &[
+                    ("WEBHOOK_SECRET", "s"),
+                    ("GITHUB_APP_PRIVATE_KEY", key),
+                    ("GITHUB_TOKEN", "t"),
+                ],
+                "GITHUB_APP_ID",
+            ),
+        ];
+        for (flags, env, var) in cases {
+            let e = parse(flags, env).expect_err("invalid");
+            assert_eq!(&e.var, var, "{flags:?}: {e}");
         }
     }
 

@@ -7,6 +7,7 @@ use reqwest::{Method, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 
+use super::auth::{Auth, Credentials, Installation, InstallationToken, expiry};
 use super::error::GitHubError;
 use super::types::{
     Contents, DeleteOutcome, ErrorBody, Hook, HookDelivery, JitConfig, JitRequest, JitResponse, JobList,
@@ -21,7 +22,7 @@ use crate::retry::Backoff;
 pub struct GitHubConfig {
     /// `https://api.github.com`, `https://HOST/api/v3`, or a test server.
     pub api_url: String,
-    pub token: SecretString,
+    pub credentials: Credentials,
     /// Per-request timeout (connect + answer).
     pub timeout: Duration,
     /// Retries of idempotent calls.
@@ -54,7 +55,7 @@ pub struct GitHub {
 struct Inner {
     http: reqwest::Client,
     base: Url,
-    token: SecretString,
+    auth: Auth,
     retry: Backoff,
     rate: Mutex<RateState>,
     metrics: Option<Arc<Metrics>>,
@@ -78,7 +79,7 @@ impl GitHub {
             inner: Arc::new(Inner {
                 http,
                 base,
-                token: config.token,
+                auth: Auth::new(config.credentials)?,
                 retry: config.retry,
                 rate: Mutex::new(RateState::default()),
                 metrics,
@@ -320,16 +321,37 @@ impl GitHub {
         }
     }
 
-    /// One HTTP exchange: waits out a rate-limit block, sends, records rate headers and
-    /// classifies the answer.
+    /// One authenticated HTTP exchange. With App credentials, a 401 means the installation
+    /// token went bad: it is renewed and the request tried once more.
     async fn send_once(
         &self,
         method: Method,
         url: Url,
         body: Option<&serde_json::Value>,
     ) -> Result<Reply, GitHubError> {
+        let token = self.bearer().await?;
+        let result = self.send_with(method.clone(), url.clone(), body, &token).await;
+        match result {
+            Err(GitHubError::Unauthorized) if matches!(self.inner.auth.credentials, Credentials::App(_)) => {
+                self.inner.auth.forget().await;
+                let token = self.bearer().await?;
+                self.send_with(method, url, body, &token).await
+            }
+            other => other,
+        }
+    }
+
+    /// One HTTP exchange with the given bearer: waits out a rate-limit block, sends, records
+    /// rate headers and classifies the answer.
+    async fn send_with(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&serde_json::Value>,
+        bearer: &SecretString,
+    ) -> Result<Reply, GitHubError> {
         self.wait_for_rate_block().await;
-        let mut auth = HeaderValue::from_str(&format!("Bearer {}", self.inner.token.expose_secret()))
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", bearer.expose_secret()))
             .map_err(|_| GitHubError::Unauthorized)?;
         auth.set_sensitive(true);
         let mut req = self
@@ -347,6 +369,49 @@ impl GitHub {
             m.upstream_error(e.kind());
         }
         result
+    }
+
+    /// The bearer for REST calls: the token, or the App's installation token (renewed when
+    /// it is about to expire; one caller renews while the others wait).
+    async fn bearer(&self) -> Result<SecretString, GitHubError> {
+        let auth = &self.inner.auth;
+        if let Credentials::Token(token) = &auth.credentials {
+            return Ok(token.clone());
+        }
+        if let Some(token) = auth.cached().await {
+            return Ok(token);
+        }
+        let mut slot = auth.token_slot().lock().await;
+        if let Some((token, until)) = slot.as_ref()
+            && *until > Instant::now() + Duration::from_secs(300)
+        {
+            return Ok(token.clone());
+        }
+        let installation = self.installation_id().await?;
+        let url =
+            self.url(&["app", "installations", &installation.to_string(), "access_tokens"].map(String::from));
+        let reply = self.send_with(Method::POST, url, None, &auth.jwt()?).await?;
+        let fresh: InstallationToken = decode(&reply.body)?;
+        let token = SecretString::from(fresh.token);
+        *slot = Some((token.clone(), expiry(&fresh.expires_at)));
+        tracing::debug!(installation, "GitHub App installation token renewed");
+        Ok(token)
+    }
+
+    /// `GITHUB_APP_INSTALLATION_ID`, or the installation of the discovery repository.
+    async fn installation_id(&self) -> Result<u64, GitHubError> {
+        let auth = &self.inner.auth;
+        let mut slot = auth.installation_slot().lock().await;
+        if let Some(id) = *slot {
+            return Ok(id);
+        }
+        let repo = auth.discovery_repo().ok_or(GitHubError::Unauthorized)?;
+        let url = self.url(&repo_path(repo, &["installation"]));
+        let reply = self.send_with(Method::GET, url, None, &auth.jwt()?).await?;
+        let found: Installation = decode(&reply.body)?;
+        tracing::info!(repo = %repo, installation = found.id, "found the GitHub App's installation");
+        *slot = Some(found.id);
+        Ok(found.id)
     }
 
     async fn exchange(&self, req: reqwest::RequestBuilder) -> Result<Reply, GitHubError> {
@@ -597,7 +662,7 @@ mod tests {
         let gh = GitHub::new(
             GitHubConfig {
                 api_url: "https://ghe.example.com/api/v3/".into(),
-                token: SecretString::from("t"),
+                credentials: Credentials::Token(SecretString::from("t")),
                 timeout: Duration::from_secs(1),
                 retry: Backoff::new(1, Duration::from_millis(1), Duration::from_millis(1)),
             },

@@ -7,10 +7,12 @@
 //! Idempotent calls (GET, DELETE) retry transient failures here; the JIT POST never
 //! retries blindly (see `provisioner`).
 
+mod auth;
 mod client;
 mod error;
 mod types;
 
+pub use auth::{AppCredentials, Credentials};
 pub use client::{GitHub, GitHubConfig, RateSnapshot};
 pub use error::GitHubError;
 pub use types::{

@@ -11,7 +11,7 @@ use modal_github_runner::backend::modal::client::ModalConnection;
 use modal_github_runner::backend::modal::image::ImageSettings;
 use modal_github_runner::fake::github::{FakeGitHub, FakeGitHubConfig, JobSpec, RunSpec, WebhookTarget};
 use modal_github_runner::fake::modal::{FakeModal, FakeModalConfig, ModalFault};
-use modal_github_runner::github::{GitHub, GitHubConfig};
+use modal_github_runner::github::{Credentials, GitHub, GitHubConfig};
 use modal_github_runner::retry::Backoff;
 use modal_github_runner::store::{RunnerRow, Store};
 use secrecy::SecretString;
@@ -444,7 +444,7 @@ pub fn github_client(api_url: String) -> GitHub {
     GitHub::new(
         GitHubConfig {
             api_url,
-            token: SecretString::from(FakeGitHubConfig::default().token),
+            credentials: Credentials::Token(SecretString::from(FakeGitHubConfig::default().token)),
             timeout: Duration::from_secs(5),
             retry: Backoff::new(2, Duration::from_millis(10), Duration::from_millis(50)),
         },
