@@ -82,8 +82,8 @@ pub(super) struct Installation {
 pub(super) struct Auth {
     pub credentials: Credentials,
     key: Option<EncodingKey>,
-    /// The current installation token and when it expires; the lock makes one caller
-    /// renew while the others wait for its result.
+    /// The current installation token and when it should be renewed; the lock makes one
+    /// caller renew while the others wait for its result.
     token: Mutex<Option<(SecretString, Instant)>>,
     installation: Mutex<Option<u64>>,
 }
@@ -159,13 +159,14 @@ impl Auth {
     }
 }
 
-/// When an installation token stops working, as an `Instant` (GitHub says RFC 3339).
-pub(super) fn expiry(expires_at: &str) -> Instant {
+/// When a token expiring at `expires_at` (RFC 3339) is due for renewal: five minutes
+/// before it expires, or halfway through its life if that is shorter.
+pub(super) fn renew_at(expires_at: &str) -> Instant {
     let left = humantime::parse_rfc3339_weak(expires_at)
         .ok()
         .and_then(|t| t.duration_since(SystemTime::now()).ok())
         .unwrap_or(Duration::from_secs(600));
-    Instant::now() + left
+    Instant::now() + left - RENEW_BEFORE.min(left / 2)
 }
 
 #[cfg(test)]
@@ -219,10 +220,19 @@ mod tests {
     }
 
     #[test]
-    fn token_expiry_is_read_from_rfc3339() {
-        let soon =
+    fn tokens_are_renewed_five_minutes_early_or_halfway_through_a_short_life() {
+        let in_an_hour =
             humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(3600)).to_string();
-        let at = expiry(&soon);
-        assert!(at > Instant::now() + Duration::from_secs(3590));
+        let at = renew_at(&in_an_hour);
+        assert!(
+            at > Instant::now() + Duration::from_secs(3290)
+                && at < Instant::now() + Duration::from_secs(3301)
+        );
+        let in_a_minute =
+            humantime::format_rfc3339_seconds(SystemTime::now() + Duration::from_secs(60)).to_string();
+        let at = renew_at(&in_a_minute);
+        assert!(
+            at > Instant::now() + Duration::from_secs(28) && at < Instant::now() + Duration::from_secs(31)
+        );
     }
 }

@@ -7,7 +7,7 @@ use reqwest::{Method, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 
-use super::auth::{Auth, Credentials, Installation, InstallationToken, expiry};
+use super::auth::{Auth, Credentials, Installation, InstallationToken, renew_at};
 use super::error::GitHubError;
 use super::types::{
     Contents, DeleteOutcome, ErrorBody, Hook, HookDelivery, JitConfig, JitRequest, JitResponse, JobList,
@@ -382,8 +382,8 @@ impl GitHub {
             return Ok(token);
         }
         let mut slot = auth.token_slot().lock().await;
-        if let Some((token, until)) = slot.as_ref()
-            && *until > Instant::now() + Duration::from_secs(300)
+        if let Some((token, renew)) = slot.as_ref()
+            && *renew > Instant::now()
         {
             return Ok(token.clone());
         }
@@ -393,7 +393,7 @@ impl GitHub {
         let reply = self.send_with(Method::POST, url, None, &auth.jwt()?).await?;
         let fresh: InstallationToken = decode(&reply.body)?;
         let token = SecretString::from(fresh.token);
-        *slot = Some((token.clone(), expiry(&fresh.expires_at)));
+        *slot = Some((token.clone(), renew_at(&fresh.expires_at)));
         tracing::debug!(installation, "GitHub App installation token renewed");
         Ok(token)
     }

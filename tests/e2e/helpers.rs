@@ -9,7 +9,9 @@ use std::time::Duration;
 use modal_github_runner::backend::modal::ModalSettings;
 use modal_github_runner::backend::modal::client::ModalConnection;
 use modal_github_runner::backend::modal::image::ImageSettings;
-use modal_github_runner::fake::github::{FakeGitHub, FakeGitHubConfig, JobSpec, RunSpec, WebhookTarget};
+use modal_github_runner::fake::github::{
+    FakeApp, FakeGitHub, FakeGitHubConfig, JobSpec, RunSpec, WebhookTarget,
+};
 use modal_github_runner::fake::modal::{FakeModal, FakeModalConfig, ModalFault};
 use modal_github_runner::github::{Credentials, GitHub, GitHubConfig};
 use modal_github_runner::retry::Backoff;
@@ -37,7 +39,16 @@ pub struct Options {
     pub env: Vec<(String, String)>,
     /// Faults the fake Modal has from the start (before the service's first call).
     pub modal_faults: Vec<ModalFault>,
+    /// Authenticate as a GitHub App whose installation tokens last this long, instead of
+    /// with a token.
+    pub github_app: Option<Duration>,
 }
+
+/// The test App's id and installation.
+pub const APP_ID: u64 = 4242;
+pub const INSTALLATION_ID: u64 = 77;
+const APP_KEY: &str = include_str!("../fixtures/github-app-test-key.pem");
+const APP_PUBLIC_KEY: &str = include_str!("../fixtures/github-app-test-key.pub.pem");
 
 impl Options {
     pub fn backend(kind: Kind) -> Options {
@@ -74,9 +85,18 @@ pub struct TestEnv {
 impl TestEnv {
     /// Starts the fake GitHub and the service, and points GitHub's webhook at it.
     pub async fn start(options: Options) -> TestEnv {
-        let github = FakeGitHub::start(FakeGitHubConfig::default())
-            .await
-            .expect("fake GitHub starts");
+        let app = options.github_app.map(|ttl| FakeApp {
+            id: APP_ID,
+            public_key_pem: APP_PUBLIC_KEY.into(),
+            installation_id: INSTALLATION_ID,
+            token_ttl: ttl,
+        });
+        let github = FakeGitHub::start(FakeGitHubConfig {
+            app,
+            ..FakeGitHubConfig::default()
+        })
+        .await
+        .expect("fake GitHub starts");
         github.add_repo(REPO);
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(dir.path().join("runner")).expect("runner dir");
@@ -134,7 +154,7 @@ impl TestEnv {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("RUST_LOG", "info,modal_github_runner=debug")
             .env("LOG_FORMAT", "json")
-            .env("GITHUB_TOKEN", FakeGitHubConfig::default().token)
+            .envs(self.github_credentials())
             .env("WEBHOOK_SECRET", SECRET)
             .env("GITHUB_API_URL", self.github.api_url())
             .env("LOCAL_RUNNER_DIR", self.dir.path().join("runner"))
@@ -203,6 +223,19 @@ impl TestEnv {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("the service did not become ready:\n{}", self.logs().join("\n"));
+    }
+
+    /// A token, or the test App's id and key (the installation is found from the
+    /// repository).
+    fn github_credentials(&self) -> Vec<(&'static str, String)> {
+        match self.options.github_app {
+            None => vec![("GITHUB_TOKEN", FakeGitHubConfig::default().token)],
+            Some(_) => vec![
+                ("GITHUB_APP_ID", APP_ID.to_string()),
+                ("GITHUB_APP_PRIVATE_KEY", APP_KEY.to_string()),
+                ("ALLOWED_REPOS", REPO.to_string()),
+            ],
+        }
     }
 
     /// SIGTERM, then waits for a clean exit; returns the exit code.

@@ -595,3 +595,57 @@ async fn modal_unreachable_at_start_up_is_waited_out() {
             .any(|l| l.contains("the backend is not ready yet"))
     );
 }
+
+#[tokio::test]
+async fn a_github_app_finds_its_installation_and_uses_installation_tokens() {
+    let options = Options {
+        github_app: Some(Duration::from_secs(3600)),
+        ..Options::default()
+    };
+    let env = TestEnv::start(options).await;
+    env.github.queue_run(jobs(2, 200));
+    env.wait_all_completed(Duration::from_secs(30)).await;
+    env.assert_nothing_left(Duration::from_secs(20)).await;
+    let calls = env.github.calls();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.route == Route::RepoInstallation && c.status == 200)
+    );
+    assert!(calls.iter().any(|c| c.path
+        == format!(
+            "/app/installations/{}/access_tokens",
+            crate::helpers::INSTALLATION_ID
+        )));
+    assert_eq!(
+        env.github.installation_tokens_issued(),
+        1,
+        "one token serves an hour of calls"
+    );
+    assert!(calls.iter().all(|c| c.status != 401), "no call was refused");
+    env.assert_no_secret_in_logs();
+}
+
+#[tokio::test]
+async fn installation_tokens_are_renewed_before_they_expire() {
+    let options = Options {
+        github_app: Some(Duration::from_secs(2)),
+        ..Options::default()
+    };
+    let env = TestEnv::start(options).await;
+    env.github.queue_run(jobs(1, 100));
+    env.wait_all_completed(Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    env.github.queue_run(jobs(1, 100));
+    env.wait_all_completed(Duration::from_secs(30)).await;
+    env.assert_nothing_left(Duration::from_secs(20)).await;
+    assert!(
+        env.github.installation_tokens_issued() >= 2,
+        "renewed: {}",
+        env.github.installation_tokens_issued()
+    );
+    assert!(
+        env.github.calls().iter().all(|c| c.status != 401),
+        "no call went out with an expired token"
+    );
+}

@@ -22,6 +22,12 @@ pub(super) fn dispatch(state: &mut State, endpoint: &Endpoint, query: Option<&st
     if endpoint == &Endpoint::RateLimit {
         return rate_limit(state);
     }
+    if let Endpoint::CreateInstallationToken { installation_id } = endpoint {
+        return match state.app.clone() {
+            Some(app) => super::app::create_token(state, &app, *installation_id),
+            None => Reply::not_found(),
+        };
+    }
     let Some(repo) = endpoint_repo(endpoint).and_then(|name| state.repo(name)).cloned() else {
         return Reply::not_found();
     };
@@ -41,6 +47,11 @@ pub(super) fn dispatch(state: &mut State, endpoint: &Endpoint, query: Option<&st
             hook_id, delivery_id, ..
         } => deliveries_api::redeliver(state, &repo, *hook_id, *delivery_id),
         Endpoint::RateLimit => rate_limit(state),
+        Endpoint::RepoInstallation { .. } => match &state.app {
+            Some(app) => super::app::repo_installation(app),
+            None => Reply::not_found(),
+        },
+        Endpoint::CreateInstallationToken { .. } => Reply::not_found(),
     }
 }
 
@@ -57,8 +68,9 @@ fn endpoint_repo(endpoint: &Endpoint) -> Option<&str> {
         | Endpoint::GetJob { repo, .. }
         | Endpoint::GetContents { repo, .. }
         | Endpoint::ListDeliveries { repo, .. }
-        | Endpoint::Redeliver { repo, .. } => Some(repo),
-        Endpoint::RateLimit => None,
+        | Endpoint::Redeliver { repo, .. }
+        | Endpoint::RepoInstallation { repo } => Some(repo),
+        Endpoint::RateLimit | Endpoint::CreateInstallationToken { .. } => None,
     }
 }
 

@@ -32,6 +32,8 @@ pub enum Route {
     ListHookDeliveries,
     RedeliverHookDelivery,
     RateLimit,
+    CreateInstallationToken,
+    RepoInstallation,
     /// A path the fake does not serve (answered 404).
     NotFound,
 }

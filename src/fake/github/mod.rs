@@ -13,6 +13,7 @@
 //! jobs, runners, deliveries, peaks).
 
 mod actions;
+mod app;
 pub mod client;
 mod deliveries_api;
 mod endpoints;
@@ -42,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+pub use app::FakeApp;
 pub use client::{HttpClient, HttpError, HttpResponse};
 pub use faults::{Fault, FaultRule, Limits, Route};
 pub use jitconfig::{JitConfig, JitConfigError, RunnerCredentials, RunnerSettings};
@@ -338,6 +340,11 @@ impl FakeGitHub {
     }
 
     /// 403/429 rate-limit answers given so far (limits and injected faults).
+    pub fn installation_tokens_issued(&self) -> u64 {
+        self.with_state(|s| s.installation_tokens_issued)
+    }
+
+    /// How many rate-limit answers (403/429) the fake gave.
     pub fn rate_limit_errors(&self) -> u64 {
         self.with_state(|s| s.rates.errors())
     }

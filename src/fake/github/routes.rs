@@ -11,14 +11,14 @@ use std::time::{Instant, SystemTime};
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::faults::{Fault, RateSnapshot, Refusal, Route, epoch_secs, take_fault};
 use super::types::CallRecord;
-use super::{ACTIONS_PATH, DOCS_URL, Shared, actions, endpoints};
+use super::{ACTIONS_PATH, DOCS_URL, Shared, actions, app, endpoints};
 
 /// A parsed REST request target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,6 +69,12 @@ pub(super) enum Endpoint {
         delivery_id: u64,
     },
     RateLimit,
+    CreateInstallationToken {
+        installation_id: u64,
+    },
+    RepoInstallation {
+        repo: String,
+    },
 }
 
 impl Endpoint {
@@ -77,6 +83,11 @@ impl Endpoint {
         let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
         match (method.as_str(), segments.as_slice()) {
             ("GET", ["rate_limit"]) => Some(Endpoint::RateLimit),
+            ("POST", ["app", "installations", id, "access_tokens"]) => {
+                Some(Endpoint::CreateInstallationToken {
+                    installation_id: id.parse().ok()?,
+                })
+            }
             (method, ["repos", owner, name, rest @ ..]) if !owner.is_empty() && !name.is_empty() => {
                 Self::parse_repo(method, format!("{owner}/{name}"), rest)
             }
@@ -88,6 +99,7 @@ impl Endpoint {
         let num = |s: &str| s.parse::<u64>().ok();
         Some(match (method, rest) {
             ("POST", ["actions", "runners", "generate-jitconfig"]) => Endpoint::GenerateJitConfig { repo },
+            ("GET", ["installation"]) => Endpoint::RepoInstallation { repo },
             ("GET", ["actions", "runners"]) => Endpoint::ListRunners { repo },
             ("GET", ["actions", "runners", "downloads"]) => Endpoint::RunnerDownloads { repo },
             ("GET", ["actions", "runners", id]) => Endpoint::GetRunner { repo, id: num(id)? },
@@ -137,6 +149,8 @@ impl Endpoint {
             Endpoint::ListDeliveries { .. } => Route::ListHookDeliveries,
             Endpoint::Redeliver { .. } => Route::RedeliverHookDelivery,
             Endpoint::RateLimit => Route::RateLimit,
+            Endpoint::CreateInstallationToken { .. } => Route::CreateInstallationToken,
+            Endpoint::RepoInstallation { .. } => Route::RepoInstallation,
         }
     }
 }
@@ -326,7 +340,16 @@ async fn process(
     query: Option<&str>,
     body: &[u8],
 ) -> Reply {
-    if !authorized(shared, headers) {
+    let app_endpoint = matches!(
+        endpoint,
+        Endpoint::CreateInstallationToken { .. } | Endpoint::RepoInstallation { .. }
+    );
+    let allowed = if app_endpoint {
+        app_authorized(shared, headers)
+    } else {
+        authorized(shared, headers)
+    };
+    if !allowed {
         return Reply::error(401, "Bad credentials");
     }
     let in_flight = InFlight::enter(&shared.in_flight);
@@ -412,16 +435,23 @@ fn refusal_reply(refusal: Refusal) -> Reply {
     }
 }
 
-/// `Authorization: Bearer <token>` or `token <token>` with the current token.
+/// `Authorization: Bearer <token>` or `token <token>` with the current token, or with an
+/// installation token of the App that has not expired.
 fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
-    let Some(value) = headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+    let Some(token) = app::bearer(headers) else {
         return false;
     };
-    let Some((scheme, token)) = value.trim().split_once(' ') else {
-        return false;
-    };
-    let scheme_ok = scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("token");
-    scheme_ok && !token.trim().is_empty() && token.trim() == shared.lock().token
+    let state = shared.lock();
+    token == state.token || app::valid_installation_token(&state, token)
+}
+
+/// The App endpoints want a JWT signed with the App's key.
+fn app_authorized(shared: &Shared, headers: &HeaderMap) -> bool {
+    let app = shared.lock().app.clone();
+    match (app, app::bearer(headers)) {
+        (Some(app), Some(jwt)) => app::valid_jwt(&app, jwt),
+        _ => false,
+    }
 }
 
 #[cfg(test)]

@@ -107,6 +107,10 @@ pub(super) struct State {
     pub next_delivery_id: u64,
     pub next_queue_seq: u64,
     pub outbox: Vec<Outgoing>,
+    pub app: Option<super::app::FakeApp>,
+    /// Installation tokens issued, and until when each is good.
+    pub installation_tokens: HashMap<String, std::time::Instant>,
+    pub installation_tokens_issued: u64,
 }
 
 impl State {
@@ -114,6 +118,9 @@ impl State {
         Self {
             api_url,
             token: config.token.clone(),
+            app: config.app.clone(),
+            installation_tokens: HashMap::new(),
+            installation_tokens_issued: 0,
             runner_group_id: config.runner_group_id,
             repos: BTreeMap::new(),
             files: HashMap::new(),

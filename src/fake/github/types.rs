@@ -18,6 +18,8 @@ pub struct FakeGitHubConfig {
     /// The runner group id `generate-jitconfig` accepts. Repository-level
     /// runners live in the "Default" group, whose id is 1 on GitHub.
     pub runner_group_id: u64,
+    /// A GitHub App whose installation tokens are accepted besides `token`.
+    pub app: Option<super::app::FakeApp>,
 }
 
 impl Default for FakeGitHubConfig {
@@ -25,6 +27,7 @@ impl Default for FakeGitHubConfig {
         Self {
             token: "ghp_fakeGitHubTokenForTests000000000000".to_owned(),
             runner_group_id: 1,
+            app: None,
         }
     }
 }
