@@ -24,6 +24,18 @@ fn event(action: &str, status: JobStatus, runner: Option<&str>) -> JobEvent {
     }
 }
 
+/// A planned runner `modal-<job>-<attempt>` in octo/repo.
+fn new_runner(job: u64, attempt: u32) -> NewRunner {
+    let prefix = NamePrefix::parse("modal").expect("prefix");
+    NewRunner {
+        name: RunnerName::for_job(&prefix, JobId(job), attempt),
+        job: JobId(job),
+        attempt,
+        repo: "octo/repo".into(),
+        labels: LabelSet::new(["self-hosted", "modal"]),
+    }
+}
+
 async fn record(s: &Store, guid: &str, e: JobEvent) -> Recorded {
     s.record(Some(guid.into()), e, EventSource::Webhook)
         .await
@@ -121,13 +133,7 @@ async fn runner_transitions_are_compare_and_set() {
     record(&s, "g1", event("queued", JobStatus::Queued, None)).await;
     let prefix = NamePrefix::parse("modal").expect("prefix");
     let name = RunnerName::for_job(&prefix, JobId(12_877_621_891), 1);
-    let new = NewRunner {
-        name: name.clone(),
-        job: JobId(12_877_621_891),
-        attempt: 1,
-        repo: "octo/repo".into(),
-        labels: LabelSet::new(["self-hosted", "modal"]),
-    };
+    let new = new_runner(12_877_621_891, 1);
     assert_eq!(
         s.insert_runners(std::slice::from_ref(&new))
             .await
@@ -172,15 +178,9 @@ async fn live_runners_carry_the_job_they_took() {
     record(&s, "g1", event("queued", JobStatus::Queued, None)).await;
     let prefix = NamePrefix::parse("modal").expect("prefix");
     let name = RunnerName::for_job(&prefix, JobId(12_877_621_891), 1);
-    s.insert_runners(&[NewRunner {
-        name: name.clone(),
-        job: JobId(12_877_621_891),
-        attempt: 1,
-        repo: "octo/repo".into(),
-        labels: LabelSet::new(["modal"]),
-    }])
-    .await
-    .expect("insert");
+    s.insert_runners(&[new_runner(12_877_621_891, 1)])
+        .await
+        .expect("insert");
     assert_eq!(s.live_runners().await.expect("runners")[0].took, None);
     record(
         &s,
@@ -203,15 +203,9 @@ async fn failed_attempts_count_toward_backoff_only_when_retryable() {
     let prefix = NamePrefix::parse("modal").expect("prefix");
     for (attempt, backoff) in [(1, true), (2, false)] {
         let name = RunnerName::for_job(&prefix, JobId(12_877_621_891), attempt);
-        s.insert_runners(&[NewRunner {
-            name: name.clone(),
-            job: JobId(12_877_621_891),
-            attempt,
-            repo: "octo/repo".into(),
-            labels: LabelSet::new(["modal"]),
-        }])
-        .await
-        .expect("insert");
+        s.insert_runners(&[new_runner(12_877_621_891, attempt)])
+            .await
+            .expect("insert");
         let patch = RunnerPatch {
             failure: Some("x".into()),
             backoff: Some(backoff),
@@ -253,15 +247,7 @@ async fn pruning_removes_old_history_but_never_open_jobs_or_live_runners() {
     open.job_id = JobId(2);
     record(&s, "g2", open).await;
     for (job, name) in [(1, "modal-1-1"), (2, "modal-2-1")] {
-        s.insert_runners(&[NewRunner {
-            name: RunnerName::for_job(&prefix, JobId(job), 1),
-            job: JobId(job),
-            attempt: 1,
-            repo: "octo/repo".into(),
-            labels: LabelSet::new(["modal"]),
-        }])
-        .await
-        .expect("insert");
+        s.insert_runners(&[new_runner(job, 1)]).await.expect("insert");
         assert_eq!(name, RunnerName::for_job(&prefix, JobId(job), 1).as_str());
     }
     let ended = RunnerName::for_job(&prefix, JobId(1), 1);

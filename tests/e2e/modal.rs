@@ -18,6 +18,14 @@ fn modal(env: &TestEnv) -> &FakeModal {
     env.modal.as_ref().expect("the modal backend")
 }
 
+/// The service's image build request, as the fake recorded it.
+fn image_request(fake: &FakeModal) -> modal_github_runner::fake::modal::RecordedCall {
+    fake.requests()
+        .into_iter()
+        .find(|c| c.rpc == "ImageGetOrCreate")
+        .expect("an image request")
+}
+
 /// Every sandbox name is used once, whatever retries happened.
 fn assert_one_sandbox_per_name(fake: &FakeModal) {
     let names: Vec<String> = fake.sandboxes().into_iter().filter_map(|s| s.name).collect();
@@ -96,11 +104,7 @@ async fn one_image_build_serves_every_sandbox() {
     assert_eq!(fake.image_builds(), 1);
     let images: HashSet<String> = fake.sandboxes().into_iter().map(|s| s.image_id).collect();
     assert_eq!(images.len(), 1);
-    let build = fake
-        .requests()
-        .into_iter()
-        .find(|c| c.rpc == "ImageGetOrCreate")
-        .expect("an image request");
+    let build = image_request(fake);
     assert!(
         build.request.contains("actions-runner-linux-x64-2.336.0.tar.gz"),
         "{}",
@@ -374,11 +378,7 @@ async fn the_runner_release_github_serves_is_the_one_installed() {
     )
     .await;
     b.prepare().await.expect("prepare");
-    let build = fake
-        .requests()
-        .into_iter()
-        .find(|c| c.rpc == "ImageGetOrCreate")
-        .expect("an image request");
+    let build = image_request(&fake);
     assert!(
         build.request.contains("actions-runner-linux-x64-2.340.1.tar.gz"),
         "{}",
