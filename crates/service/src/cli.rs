@@ -1,0 +1,127 @@
+//! The command line: `serve` runs the service and `status` shows the store. (The simulator,
+//! the benchmarks and the fake runner have binaries of their own, in other crates.)
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::app::{Application, shutdown_signal};
+use crate::config::{ServeArgs, Settings};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "modal-github-runner",
+    version,
+    about = "One fresh, ephemeral GitHub Actions runner per job, in a sandbox on Modal.",
+    long_about = "Receives GitHub workflow_job webhooks and gives every queued job that requests the \
+                  runner label a just-in-time runner in a fresh sandbox that runs exactly that job and is \
+                  then destroyed. Every option can also be set by the environment variable shown."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service: webhook endpoint, planner, provisioner and reaper.
+    Serve(Box<ServeArgs>),
+    /// Print jobs and runners by state from the store, and why open jobs wait.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// The store to read.
+    #[arg(long, env = "DATABASE_URL", default_value = "sqlite://modal-github-runner.db")]
+    pub database_url: String,
+    /// How many recent jobs to list.
+    #[arg(long, default_value_t = 20)]
+    pub limit: i64,
+}
+
+/// `serve`: validates the configuration, starts the service and runs it until SIGTERM or
+/// SIGINT. Exit codes: 0 after a clean stop, 2 for a configuration error, 1 otherwise.
+pub async fn serve(args: ServeArgs) -> ExitCode {
+    let settings = match Settings::from_args(args, |var| std::env::var(var).ok()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init(settings.log_format);
+    let app = match Application::build(settings).await {
+        Ok(app) => app,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "could not start");
+            return ExitCode::FAILURE;
+        }
+    };
+    match app.run_until_stopped(shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "stopped with an error");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `status`: prints jobs and runners by state from the store.
+pub async fn status(database_url: &str, limit: i64) -> ExitCode {
+    let store = match crate::store::Store::open(database_url).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: could not open the store at {database_url}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match crate::status::report(&store, limit).await {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: could not read the store: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_documents_every_option_with_its_environment_variable() {
+        let mut cmd = Cli::command();
+        let serve = cmd.find_subcommand_mut("serve").expect("serve exists");
+        let help = serve.render_long_help().to_string();
+        for var in [
+            "ALLOWED_REPOS",
+            "RUNNER_VERSION",
+            "RUNNER_GROUP_ID",
+            "GITHUB_ENTERPRISE_DOMAIN",
+            "GITHUB_API_URL",
+            "RUNNER_LABEL",
+            "RUNNER_NAME_PREFIX",
+            "BACKEND",
+            "DATABASE_URL",
+            "PORT",
+            "MAX_RUNNERS",
+            "SANDBOX_TIMEOUT_SECS",
+            "LOG_FORMAT",
+            "LOCAL_RUNNER_DIR",
+            "GITHUB_TOKEN",
+            "WEBHOOK_SECRET",
+        ] {
+            assert!(help.contains(var), "--help does not mention {var}");
+        }
+    }
+}

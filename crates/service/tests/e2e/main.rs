@@ -1,0 +1,9 @@
+//! End-to-end tests: the real service on a random port against the fake GitHub and the fake
+//! Modal. It runs in this process (through `Application::build`) unless a test must kill or
+//! restart its process.
+
+mod helpers;
+mod lifecycle;
+mod modal;
+mod reliability;
+mod scale;

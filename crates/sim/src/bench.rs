@@ -1,0 +1,535 @@
+//! `sim bench`: four scenarios, one table each (BENCHMARKS.md explains the
+//! method and keeps the latest figures).
+//!
+//! 1. ingress: signed ~8 KB `workflow_job` deliveries, closed-loop at concurrency 64 and
+//!    open-loop at 500/s; every accepted delivery checked in the store after a SIGKILL;
+//! 2. burst, latency-bound: 500 jobs at once with limits off; time to the last sandbox over
+//!    the lower bound that latencies and provisioning concurrency imply;
+//! 3. burst, limit-bound: the same against GitHub's and Modal's limits; achieved rate over
+//!    the binding limit, and rate-limit errors;
+//! 4. footprint: the idle service with 10,000 completed jobs stored; start-to-ready time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use clap::{Args, ValueEnum};
+
+
+use crate::world::{self, REPO, WorldConfig};
+use modal_github_runner::domain::{JobId, JobStatus, LabelSet, RepoName};
+use fakes::github::{self as fake_gh, JobSpec, JobView, RunSpec};
+use modal_github_runner::ingress::{JobEvent, signature};
+use modal_github_runner::store::{EventSource, Store};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    All,
+    Ingress,
+    BurstLatency,
+    BurstLimits,
+    Footprint,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Which scenario to run.
+    #[arg(value_enum, default_value = "all")]
+    pub scenario: Scenario,
+    /// Smaller sizes, for a quick look (not the published figures).
+    #[arg(long)]
+    pub quick: bool,
+}
+
+pub async fn run(args: BenchArgs) -> Result<(), String> {
+    println!(
+        "modal-github-runner benchmarks ({} cores)\n",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    );
+    let all = args.scenario == Scenario::All;
+    if all || args.scenario == Scenario::Ingress {
+        ingress(args.quick, "normal").await?;
+        ingress(args.quick, "full").await?;
+    }
+    if all || args.scenario == Scenario::BurstLatency {
+        burst_latency(args.quick).await?;
+    }
+    if all || args.scenario == Scenario::BurstLimits {
+        burst_limits(args.quick).await?;
+    }
+    if all || args.scenario == Scenario::Footprint {
+        footprint(args.quick).await?;
+    }
+    Ok(())
+}
+
+
+fn table(title: &str, rows: &[(&str, String)]) {
+    println!("{title}");
+    println!("  {:<44} value", "metric");
+    for (k, v) in rows {
+        println!("  {k:<44} {v}");
+    }
+    println!();
+}
+
+// ---- 1. ingress ----
+
+const SECRET: &str = "simulator-webhook-secret";
+
+/// Pre-signed deliveries: body, signature, GUID.
+struct Delivery {
+    body: bytes::Bytes,
+    signature: String,
+    guid: String,
+}
+
+/// `n` deliveries of distinct jobs, each a realistic payload (queued, in_progress and
+/// completed events in turn).
+fn deliveries(n: usize, api_url: &str) -> Vec<Delivery> {
+    let repo = fake_gh::RepoView::organization(REPO);
+    (0..n)
+        .map(|i| {
+            let action = ["queued", "in_progress", "completed"][i % 3];
+            let job = job_view(i as u64 / 3, action);
+            let body = serde_json::to_vec(&fake_gh::workflow_job_payload(api_url, action, &job, &repo))
+                .unwrap_or_default();
+            Delivery {
+                signature: signature::sign(SECRET.as_bytes(), &body),
+                body: body.into(),
+                guid: uuid::Uuid::new_v4().to_string(),
+            }
+        })
+        .collect()
+}
+
+fn job_view(n: u64, action: &str) -> JobView {
+    let now = SystemTime::now();
+    let status = match action {
+        "queued" => fake_gh::JobStatus::Queued,
+        "in_progress" => fake_gh::JobStatus::InProgress,
+        _ => fake_gh::JobStatus::Completed,
+    };
+    let started = status != fake_gh::JobStatus::Queued;
+    JobView {
+        id: fake_gh::JOB_ID_BASE + 1_000_000 + n,
+        run_id: 9_000_000_000 + n / 50,
+        run_attempt: 1,
+        repo: REPO.into(),
+        name: format!("test ({})", n % 50),
+        workflow_name: "CI".into(),
+        head_sha: "4f2c8e1a9b7d6c5e3f1a2b4c6d8e0f1a3b5c7d9e".into(),
+        head_branch: "main".into(),
+        labels: vec!["self-hosted".into(), "modal".into(), "linux".into()],
+        status,
+        conclusion: (status == fake_gh::JobStatus::Completed).then(|| "success".into()),
+        runner_id: started.then_some(40 + n),
+        runner_name: started.then(|| format!("modal-{}-1", fake_gh::JOB_ID_BASE + 1_000_000 + n)),
+        runner_group_id: started.then_some(1),
+        runner_group_name: started.then(|| "Default".into()),
+        created_at: now,
+        started_at: now,
+        completed_at: (status == fake_gh::JobStatus::Completed).then_some(now),
+    }
+}
+
+async fn send(client: &reqwest::Client, url: &str, d: &Delivery) -> Option<u16> {
+    client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("x-github-event", "workflow_job")
+        .header("x-github-delivery", &d.guid)
+        .header("x-hub-signature-256", &d.signature)
+        .header("user-agent", "GitHub-Hookshot/bench")
+        .body(d.body.clone())
+        .send()
+        .await
+        .ok()
+        .map(|r| r.status().as_u16())
+}
+
+async fn ingress(quick: bool, sync: &str) -> Result<(), String> {
+    let total = if quick { 4_000 } else { 20_000 };
+    let config = WorldConfig {
+        service_env: vec![("STORE_SYNC".into(), sync.into())],
+        run_runners: false,
+        jit_latency: Duration::ZERO,
+        create_latency: Duration::ZERO,
+        github_limits: false,
+        modal_rate: None,
+        ..WorldConfig::default()
+    };
+    let mut world = world::start(config).await?;
+    let port = world.port;
+    let url = format!("http://127.0.0.1:{port}/webhook");
+    let batch = deliveries(total, &world.github.api_url());
+    let size = batch.iter().map(|d| d.body.len()).sum::<usize>() / batch.len().max(1);
+    fakes::install_crypto_provider();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(128)
+        .build()
+        .map_err(|e| e.to_string())?;
+
+    // Closed loop, 64 at a time.
+    let batch = Arc::new(batch);
+    let next = Arc::new(AtomicUsize::new(0));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let (batch, next, accepted, client, url) = (
+            batch.clone(),
+            next.clone(),
+            accepted.clone(),
+            client.clone(),
+            url.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(d) = batch.get(i) else { break };
+                if send(&client, &url, d).await == Some(202) {
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let elapsed = started.elapsed();
+    let accepted = accepted.load(Ordering::Relaxed);
+
+    // Crash right after the last answer, then count what is on disk.
+    let (_, peak_closed) = world.process().map(|s| s.memory_kib()).unwrap_or_default();
+    if let Some(s) = world.take_process() {
+        s.kill();
+    }
+    let store = Store::open(&format!("sqlite://{}", world.dir.path().join("store.db").display()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let durable = store.delivery_count().await.map_err(|e| e.to_string())?;
+    store.close().await;
+
+    // Open loop at 500/s on a fresh service.
+    world.start_service().await;
+    let open_n = if quick { 1_000 } else { 5_000 };
+    let open_batch = Arc::new(deliveries(open_n, &world.github.api_url()));
+    let rate = 500.0;
+    let origin = tokio::time::Instant::now();
+    let mut handles = Vec::with_capacity(open_n);
+    for i in 0..open_n {
+        let due = origin + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due).await;
+        let (client, url, b) = (client.clone(), url.clone(), open_batch.clone());
+        handles.push(tokio::spawn(async move {
+            let ok = send(&client, &url, &b[i]).await == Some(202);
+            (due.elapsed(), ok)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(open_n);
+    let mut open_ok = 0;
+    for h in handles {
+        if let Ok((lat, ok)) = h.await {
+            latencies.push(lat);
+            open_ok += usize::from(ok);
+        }
+    }
+    latencies.sort();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+    let (_, peak_open) = world.process().map(|s| s.memory_kib()).unwrap_or_default();
+    world.shutdown().await;
+
+    table(
+        &format!("1. ingress: signed workflow_job deliveries, SQLite store, STORE_SYNC={sync}"),
+        &[
+            ("payload size (mean)", format!("{size} bytes")),
+            ("closed loop: deliveries, concurrency", format!("{total}, 64")),
+            ("closed loop: accepted (202)", format!("{accepted}")),
+            (
+                "closed loop: throughput",
+                format!("{:.0} deliveries/s", accepted as f64 / elapsed.as_secs_f64()),
+            ),
+            (
+                "after SIGKILL: accepted deliveries on disk",
+                format!("{durable} of {accepted}"),
+            ),
+            (
+                "open loop: rate, deliveries",
+                format!("{rate:.0}/s, {open_n} ({open_ok} accepted)"),
+            ),
+            (
+                "open loop: latency p50 / p90 / p99 / max",
+                format!(
+                    "{:.2} / {:.2} / {:.2} / {:.2} ms",
+                    ms(pct(0.5)),
+                    ms(pct(0.9)),
+                    ms(pct(0.99)),
+                    ms(pct(1.0))
+                ),
+            ),
+            (
+                "peak RSS (closed loop / open loop)",
+                format!(
+                    "{:.1} / {:.1} MiB",
+                    peak_closed as f64 / 1024.0,
+                    peak_open as f64 / 1024.0
+                ),
+            ),
+        ],
+    );
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+// ---- 2. and 3. bursts ----
+
+struct BurstResult {
+    last_sandbox: Duration,
+    first_registration: Option<SystemTime>,
+    last_registration: Option<SystemTime>,
+    registrations: usize,
+    sandboxes: usize,
+    github_limit_errors: u64,
+    modal_limit_errors: u64,
+}
+
+async fn burst(jobs: usize, config: WorldConfig) -> Result<BurstResult, String> {
+    let world = world::start(config).await?;
+    let started = Instant::now();
+    let specs = (0..jobs)
+        .map(|i| {
+            JobSpec::new(format!("job ({i})"), ["self-hosted", "modal"]).duration(Duration::from_secs(600))
+        })
+        .collect();
+    world.github.queue_run(RunSpec::new(REPO, specs));
+    let deadline = started + Duration::from_secs(1800);
+    let mut last_sandbox = None;
+    while Instant::now() < deadline {
+        if world.fake_modal().sandboxes().len() >= jobs {
+            last_sandbox = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let Some(last_sandbox) = last_sandbox else {
+        let tail = world.tail_logs(20);
+        return Err(format!(
+            "only {} of {jobs} sandboxes were created in 30 min:\n{tail}",
+            world.fake_modal().sandboxes().len()
+        ));
+    };
+    let registrations: Vec<SystemTime> = world
+        .github
+        .calls()
+        .into_iter()
+        .filter(|c| c.route == fake_gh::Route::GenerateJitConfig && c.status == 201)
+        .map(|c| c.at)
+        .collect();
+    let result = BurstResult {
+        last_sandbox,
+        first_registration: registrations.iter().min().copied(),
+        last_registration: registrations.iter().max().copied(),
+        registrations: registrations.len(),
+        sandboxes: world.fake_modal().sandboxes().len(),
+        github_limit_errors: world.github.rate_limit_errors(),
+        modal_limit_errors: world.fake_modal().rate_limit_errors(),
+    };
+    world.shutdown().await;
+    Ok(result)
+}
+
+const JIT_LATENCY: Duration = Duration::from_millis(300);
+const CREATE_LATENCY: Duration = Duration::from_secs(1);
+const CONCURRENCY: usize = 32;
+
+async fn burst_latency(quick: bool) -> Result<(), String> {
+    let jobs = if quick { 100 } else { 500 };
+    let config = WorldConfig {
+        jit_latency: JIT_LATENCY,
+        create_latency: CREATE_LATENCY,
+        github_limits: false,
+        modal_rate: None,
+        run_runners: false,
+        service_env: vec![
+            ("MAX_RUNNERS".into(), (jobs + 100).to_string()),
+            ("PROVISION_CONCURRENCY".into(), CONCURRENCY.to_string()),
+        ],
+        echo_logs: false,
+    };
+    let r = burst(jobs, config).await?;
+    // Each runner needs one registration then one create, and at most CONCURRENCY are
+    // provisioned at once: no schedule can finish sooner.
+    let rounds = jobs.div_ceil(CONCURRENCY) as f64;
+    let bound = rounds * (JIT_LATENCY + CREATE_LATENCY).as_secs_f64();
+    table(
+        "2. burst, latency-bound: limits off, JIT 300 ms, create 1 s, provisioning concurrency 32",
+        &[
+            ("jobs queued at once", jobs.to_string()),
+            (
+                "time to the last sandbox",
+                format!("{:.2} s", r.last_sandbox.as_secs_f64()),
+            ),
+            (
+                "lower bound: ceil(jobs/32) x (0.3 s + 1 s)",
+                format!("{bound:.2} s"),
+            ),
+            (
+                "ratio (target <= 1.25)",
+                format!("{:.3}", r.last_sandbox.as_secs_f64() / bound),
+            ),
+            (
+                "registrations / sandboxes",
+                format!("{} / {}", r.registrations, r.sandboxes),
+            ),
+        ],
+    );
+    Ok(())
+}
+
+async fn burst_limits(quick: bool) -> Result<(), String> {
+    let jobs = if quick { 100 } else { 500 };
+    let config = WorldConfig {
+        jit_latency: JIT_LATENCY,
+        create_latency: CREATE_LATENCY,
+        github_limits: true,
+        modal_rate: Some(5.0),
+        run_runners: false,
+        service_env: vec![("MAX_RUNNERS".into(), (jobs + 100).to_string())],
+        echo_logs: false,
+    };
+    let r = burst(jobs, config).await?;
+    let span = match (r.first_registration, r.last_registration) {
+        (Some(a), Some(b)) => b.duration_since(a).unwrap_or_default().as_secs_f64(),
+        _ => 0.0,
+    };
+    // GitHub: 900 points/min per endpoint at 5 per POST = 3 registrations/s; Modal: 5
+    // creates/s. Every sandbox needs a registration, so 3/s binds both.
+    let binding = 3.0;
+    let reg_rate = if span > 0.0 {
+        (r.registrations.saturating_sub(1)) as f64 / span
+    } else {
+        0.0
+    };
+    let create_rate = r.sandboxes as f64 / r.last_sandbox.as_secs_f64();
+    table(
+        "3. burst, limit-bound: GitHub 100 concurrent + 900 points/min/endpoint, Modal 5 creates/s",
+        &[
+            ("jobs queued at once", jobs.to_string()),
+            ("binding limit", "3.00/s (GitHub: 180 registrations/min)".into()),
+            (
+                "registrations per second (first to last)",
+                format!("{reg_rate:.2}/s = {:.3} of the limit", reg_rate / binding),
+            ),
+            (
+                "sandboxes per second (queue to last)",
+                format!("{create_rate:.2}/s = {:.3} of the limit", create_rate / binding),
+            ),
+            (
+                "time to the last sandbox",
+                format!("{:.1} s", r.last_sandbox.as_secs_f64()),
+            ),
+            (
+                "rate-limit errors answered: GitHub / Modal",
+                format!("{} / {}", r.github_limit_errors, r.modal_limit_errors),
+            ),
+        ],
+    );
+    Ok(())
+}
+
+// ---- 4. footprint ----
+
+async fn footprint(quick: bool) -> Result<(), String> {
+    let stored = 10_000;
+    let mut world = world::start(WorldConfig {
+        run_runners: false,
+        ..WorldConfig::default()
+    })
+    .await
+    ?;
+    if let Some(s) = world.take_process() {
+        s.stop().await;
+    }
+    let store = Store::open(&format!("sqlite://{}", world.dir.path().join("store.db").display()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let repo = RepoName::parse(REPO).map_err(|e| e.to_string())?;
+    let mut tasks = Vec::with_capacity(stored);
+    for i in 0..stored as u64 {
+        let store = store.clone();
+        let repo = repo.clone();
+        tasks.push(tokio::spawn(async move {
+            let event = JobEvent {
+                action: "completed".into(),
+                status: JobStatus::Completed,
+                job_id: JobId(fake_gh::JOB_ID_BASE + 5_000_000 + i),
+                run_id: 8_000_000_000 + i / 20,
+                run_attempt: 1,
+                name: format!("test ({})", i % 20),
+                workflow_name: Some("CI".into()),
+                head_sha: None,
+                conclusion: Some("success".into()),
+                labels: LabelSet::new(["self-hosted", "modal"]),
+                runner_name: Some(format!("modal-{i}-1")),
+                repo,
+                queued_for: None,
+            };
+            store
+                .record(Some(format!("footprint-{i}")), event, EventSource::Webhook)
+                .await
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+    }
+    store.close().await;
+
+    world.start_service().await;
+    let ready = world.start_time;
+    let service = world.process().ok_or("no service")?;
+    let settle = Duration::from_secs(2);
+    tokio::time::sleep(settle).await;
+    let window = if quick {
+        Duration::from_secs(5)
+    } else {
+        Duration::from_secs(20)
+    };
+    let cpu_before = service.cpu_time();
+    let wall = Instant::now();
+    tokio::time::sleep(window).await;
+    let cpu = service.cpu_time().saturating_sub(cpu_before);
+    let (rss, peak) = service.memory_kib();
+    let share = cpu.as_secs_f64() / wall.elapsed().as_secs_f64() * 100.0;
+    world.shutdown().await;
+    table(
+        "4. footprint: idle service, 10,000 completed jobs in the store",
+        &[
+            (
+                "start to ready (exec to /readyz 200)",
+                format!("{:.0} ms", ready.as_secs_f64() * 1000.0),
+            ),
+            (
+                "RSS idle / peak",
+                format!("{:.1} / {:.1} MiB", rss as f64 / 1024.0, peak as f64 / 1024.0),
+            ),
+            (
+                "CPU while idle",
+                format!(
+                    "{share:.2} % of one core ({} ms over {} s)",
+                    cpu.as_millis(),
+                    window.as_secs()
+                ),
+            ),
+        ],
+    );
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! The simulator's and the benchmarks' world: testkit's, with the service as a child
+//! process of this binary and this binary as the fake runner.
+
+use std::time::Duration;
+
+use fakes::github::Limits;
+use testkit::{Kind, Options, World};
+
+/// The repository every simulated job belongs to.
+pub const REPO: &str = "octo/sim";
+
+/// How the world behaves.
+#[derive(Debug, Clone)]
+pub struct WorldConfig {
+    /// Latency of `generate-jitconfig` (GitHub: a few hundred ms).
+    pub jit_latency: Duration,
+    /// Latency of `SandboxCreate`.
+    pub create_latency: Duration,
+    /// GitHub's secondary limits: 100 concurrent requests, 900 points a minute per endpoint.
+    pub github_limits: bool,
+    /// Modal's sandbox creation limit per second (`None`: unlimited).
+    pub modal_rate: Option<f64>,
+    /// Whether sandboxes run the fake runner (jobs complete) or sit idle (provisioning only).
+    pub run_runners: bool,
+    /// Extra environment for the service (flags, limits).
+    pub service_env: Vec<(String, String)>,
+    /// Print the service's log lines.
+    pub echo_logs: bool,
+}
+
+impl Default for WorldConfig {
+    fn default() -> Self {
+        WorldConfig {
+            jit_latency: Duration::from_millis(300),
+            create_latency: Duration::from_secs(1),
+            github_limits: true,
+            modal_rate: Some(5.0),
+            run_runners: true,
+            service_env: Vec::new(),
+            echo_logs: false,
+        }
+    }
+}
+
+/// Starts the fakes and the service (`sim serve`) between them.
+pub async fn start(config: WorldConfig) -> Result<World, String> {
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("cannot find this binary: {e}"))?
+        .to_string_lossy()
+        .into_owned();
+    let limits = if config.github_limits {
+        Limits {
+            max_concurrent: Some(100),
+            points_per_minute_per_endpoint: Some(900),
+            core_per_hour: 15_000,
+        }
+    } else {
+        Limits {
+            core_per_hour: 1_000_000,
+            ..Limits::default()
+        }
+    };
+    let mut options = Options {
+        kind: Kind::Modal,
+        repo: REPO.into(),
+        jit_latency: Some(config.jit_latency),
+        github_limits: Some(limits),
+        modal_rate: config.modal_rate,
+        create_latency: Some(config.create_latency),
+        image_build_time: Some(Duration::from_millis(200)),
+        run_runners: config.run_runners,
+        echo_logs: config.echo_logs,
+        runner_command: Some(vec![exe.clone(), "fake-runner".into()]),
+        ..Options::default()
+    }
+    .process(vec![exe, "serve".into()]);
+    let env = [
+        ("GITHUB_JIT_LIMIT_PER_MIN", if config.github_limits { "180" } else { "0" }),
+        ("ALLOWED_REPOS", REPO),
+        ("RUST_LOG", if config.echo_logs { "info" } else { "warn" }),
+        ("REAP_INTERVAL_SECS", "1"),
+        ("RUNNER_EXIT_GRACE_SECS", "10"),
+        ("GITHUB_TIMEOUT_SECS", "30"),
+    ];
+    for (k, v) in env {
+        options = options.with(k, v);
+    }
+    options.env.extend(config.service_env);
+    Ok(World::start(options).await)
+}

@@ -1,0 +1,534 @@
+//! The fakes and the service between them, and the assertions every scenario ends with.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fakes::github::{
+    FakeApp, FakeGitHub, FakeGitHubConfig, Limits, Route, TEST_APP_PRIVATE_KEY_PEM, TEST_APP_PUBLIC_KEY_PEM,
+    WebhookTarget,
+};
+use fakes::modal::{FakeModal, FakeModalConfig, ModalFault};
+use modal_github_runner::app::Application;
+use modal_github_runner::store::{RunnerRow, Store};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::subscriber::DefaultGuard;
+
+use crate::checks::{free_port, processes_under, reqwest_client, sandbox_entries};
+use crate::logs::LogSink;
+use crate::service::ServiceProcess;
+use crate::settings::settings_from_vars;
+use crate::{MODAL_RATE, fake_runner_command};
+
+/// The webhook secret of every world.
+pub const SECRET: &str = "e2e-webhook-secret";
+/// The repository a world's jobs belong to unless told otherwise.
+pub const REPO: &str = "octo/app";
+/// The test App's id and installation.
+pub const APP_ID: u64 = 4242;
+pub const INSTALLATION_ID: u64 = 77;
+/// The runner release the service is pinned to with the Modal backend (no lookup).
+const RUNNER_VERSION: &str = "2.336.0";
+
+/// Which sandbox backend the service uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Kind {
+    #[default]
+    Local,
+    Modal,
+}
+
+/// How the service runs.
+#[derive(Clone, Debug, Default)]
+pub enum ServiceMode {
+    /// In this process, through `Application::build`: fast, logs captured per world.
+    #[default]
+    InProcess,
+    /// A child process running `command` (e.g. `[service binary, "serve"]`): for tests that
+    /// SIGKILL it and benchmarks that measure it.
+    Process { command: Vec<String> },
+}
+
+/// What a world is made of.
+#[derive(Clone)]
+pub struct Options {
+    pub kind: Kind,
+    /// The service's environment, on top of the world's; later entries win.
+    pub env: Vec<(String, String)>,
+    /// Faults the fake Modal has from the start (before the service's first call).
+    pub modal_faults: Vec<ModalFault>,
+    /// Authenticate as a GitHub App whose installation tokens last this long, instead of
+    /// with a token.
+    pub github_app: Option<Duration>,
+    pub mode: ServiceMode,
+    /// The repository the fake GitHub has (and the jobs of `jobs()` use).
+    pub repo: String,
+    /// Latency of `generate-jitconfig`.
+    pub jit_latency: Option<Duration>,
+    /// GitHub's limits at the fake (`None`: the fake's defaults).
+    pub github_limits: Option<Limits>,
+    /// The fake Modal's creation rate per second (`None`: unlimited).
+    pub modal_rate: Option<f64>,
+    /// Latency of `SandboxCreate`.
+    pub create_latency: Option<Duration>,
+    /// How long the fake Modal takes to build an image.
+    pub image_build_time: Option<Duration>,
+    /// Whether sandboxes run the fake runner (jobs complete) or sit idle.
+    pub run_runners: bool,
+    /// Print the service's log lines as they come (also with `E2E_LOG` set).
+    pub echo_logs: bool,
+    /// What plays the runner (`None`: the `fake-runner` binary).
+    pub runner_command: Option<Vec<String>>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            kind: Kind::Local,
+            env: Vec::new(),
+            modal_faults: Vec::new(),
+            github_app: None,
+            mode: ServiceMode::InProcess,
+            repo: REPO.into(),
+            jit_latency: None,
+            github_limits: None,
+            modal_rate: Some(MODAL_RATE),
+            create_latency: None,
+            image_build_time: None,
+            run_runners: true,
+            echo_logs: std::env::var_os("E2E_LOG").is_some(),
+            runner_command: None,
+        }
+    }
+}
+
+impl Options {
+    pub fn backend(kind: Kind) -> Options {
+        Options {
+            kind,
+            ..Options::default()
+        }
+    }
+
+    /// One more variable of the service's environment.
+    pub fn with(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Runs the service as a child process of `command`.
+    pub fn process(mut self, command: Vec<String>) -> Self {
+        self.mode = ServiceMode::Process { command };
+        self
+    }
+}
+
+/// The service, running.
+enum Running {
+    InProcess {
+        stop: CancellationToken,
+        task: JoinHandle<anyhow::Result<()>>,
+    },
+    Process(ServiceProcess),
+}
+
+/// A fake GitHub, maybe a fake Modal, a work directory and the service under test.
+pub struct World {
+    pub github: FakeGitHub,
+    /// The fake Modal, when the service runs with `BACKEND=modal`.
+    pub modal: Option<FakeModal>,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    /// How long the service took, the last time it started, to answer `/readyz`.
+    pub start_time: Duration,
+    options: Options,
+    service: Option<Running>,
+    logs: LogSink,
+    /// Routes this thread's events (the in-process service's) into `logs`.
+    _log_guard: Option<DefaultGuard>,
+}
+
+impl World {
+    /// Starts the fakes and the service, and points GitHub's webhook at it.
+    pub async fn start(options: Options) -> World {
+        let mut world = World::prepare(options).await;
+        world.start_service().await;
+        world
+    }
+
+    /// The fakes and the directory, without the service (`start_service` starts it): for
+    /// jobs queued while the service is down.
+    pub async fn prepare(options: Options) -> World {
+        let github = start_github(&options).await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        if options.run_runners {
+            fakes::runner::make_runner_dir(&dir.path().join("runner"), &runner_command(&options)).expect("run.sh");
+        } else {
+            std::fs::create_dir_all(dir.path().join("runner")).expect("runner dir");
+        }
+        let modal = match options.kind {
+            Kind::Local => None,
+            Kind::Modal => Some(start_modal(&options).await),
+        };
+        let port = free_port();
+        github.set_webhook(WebhookTarget::json(format!("http://127.0.0.1:{port}/webhook"), SECRET));
+        let logs = LogSink::new(options.echo_logs);
+        let log_guard = matches!(options.mode, ServiceMode::InProcess).then(|| logs.install(&rust_log(&options)));
+        World {
+            github,
+            modal,
+            dir,
+            port,
+            start_time: Duration::ZERO,
+            options,
+            service: None,
+            logs,
+            _log_guard: log_guard,
+        }
+    }
+
+    /// The fake Modal (a Modal world's).
+    pub fn fake_modal(&self) -> &FakeModal {
+        self.modal.as_ref().expect("this world has no fake Modal (Kind::Local)")
+    }
+
+    pub fn work_dir(&self) -> PathBuf {
+        self.dir.path().join("work")
+    }
+
+    pub fn database_url(&self) -> String {
+        format!("sqlite://{}", self.dir.path().join("store.db").display())
+    }
+
+    /// The service's whole environment: the world's, then the test's.
+    fn service_env(&self) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = vec![
+            ("RUST_LOG".into(), rust_log(&self.options)),
+            ("LOG_FORMAT".into(), "json".into()),
+            ("WEBHOOK_SECRET".into(), SECRET.into()),
+            ("GITHUB_API_URL".into(), self.github.api_url()),
+            ("LOCAL_RUNNER_DIR".into(), self.dir.path().join("runner").display().to_string()),
+            ("LOCAL_WORK_DIR".into(), self.work_dir().display().to_string()),
+            ("DATABASE_URL".into(), self.database_url()),
+            ("BIND_ADDRESS".into(), "127.0.0.1".into()),
+            ("PORT".into(), self.port.to_string()),
+            ("REAP_INTERVAL_SECS".into(), "0.2".into()),
+            ("RUNNER_EXIT_GRACE_SECS".into(), "5".into()),
+            ("GITHUB_TIMEOUT_SECS".into(), "5".into()),
+        ];
+        env.extend(self.github_credentials());
+        match &self.modal {
+            None => env.push(("BACKEND".into(), "local".into())),
+            Some(modal) => {
+                let (id, secret) = modal.credentials();
+                env.extend([
+                    ("BACKEND".into(), "modal".into()),
+                    ("MODAL_SERVER_URL".into(), modal.url()),
+                    ("MODAL_TOKEN_ID".into(), id),
+                    ("MODAL_TOKEN_SECRET".into(), secret),
+                    ("RUNNER_VERSION".into(), RUNNER_VERSION.into()),
+                    (
+                        "MODAL_CREATE_RATE".into(),
+                        self.options.modal_rate.unwrap_or(0.0).to_string(),
+                    ),
+                ]);
+            }
+        }
+        env.extend(self.options.env.iter().cloned());
+        last_wins(env)
+    }
+
+    /// A token, or the test App's id and key (the installation is found from the
+    /// repository).
+    fn github_credentials(&self) -> Vec<(String, String)> {
+        match self.options.github_app {
+            None => vec![("GITHUB_TOKEN".into(), FakeGitHubConfig::default().token)],
+            Some(_) => vec![
+                ("GITHUB_APP_ID".into(), APP_ID.to_string()),
+                ("GITHUB_APP_PRIVATE_KEY".into(), TEST_APP_PRIVATE_KEY_PEM.to_string()),
+                ("ALLOWED_REPOS".into(), self.options.repo.clone()),
+            ],
+        }
+    }
+
+    /// Starts (or restarts) the service on the same port, store and work directory, and
+    /// waits until it is ready.
+    pub async fn start_service(&mut self) {
+        let env = self.service_env();
+        let started = tokio::time::Instant::now();
+        match self.options.mode.clone() {
+            ServiceMode::Process { command } => {
+                let (process, _) = ServiceProcess::start(&command, &env, self.port, self.logs.clone())
+                    .await
+                    .unwrap_or_else(|e| panic!("the service did not start: {e}"));
+                self.service = Some(Running::Process(process));
+            }
+            ServiceMode::InProcess => {
+                let settings =
+                    settings_from_vars(&env).unwrap_or_else(|e| panic!("the configuration is refused: {e}"));
+                let app = Application::build(settings)
+                    .await
+                    .unwrap_or_else(|e| panic!("the service did not start: {e:#}"));
+                let stop = CancellationToken::new();
+                let signal = stop.clone();
+                let task = tokio::spawn(app.run_until_stopped(async move { signal.cancelled().await }));
+                self.service = Some(Running::InProcess { stop, task });
+                self.wait_ready().await;
+            }
+        }
+        self.start_time = started.elapsed();
+    }
+
+    async fn wait_ready(&mut self) {
+        let url = self.url("/readyz");
+        let client = reqwest_client();
+        for _ in 0..1200 {
+            if let Ok(r) = client.get(&url).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            if let Some(Running::InProcess { task, .. }) = &self.service
+                && task.is_finished()
+            {
+                panic!("the service stopped during start-up:\n{}", self.logs().join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("the service did not become ready in 30 s:\n{}", self.logs().join("\n"));
+    }
+
+    /// Stops the service as SIGTERM would and waits; its exit code (0: a clean stop).
+    pub async fn stop_service(&mut self) -> Option<i32> {
+        match self.service.take()? {
+            Running::Process(process) => process.stop().await,
+            Running::InProcess { stop, task } => {
+                stop.cancel();
+                match tokio::time::timeout(Duration::from_secs(30), task).await {
+                    Ok(Ok(Ok(()))) => Some(0),
+                    Ok(Ok(Err(_)) | Err(_)) => Some(1),
+                    Err(_) => panic!("the service did not stop within 30 s"),
+                }
+            }
+        }
+    }
+
+    /// SIGKILL: no chance to clean up. Needs `ServiceMode::Process`.
+    pub fn kill_service(&mut self) {
+        match self.service.take() {
+            Some(Running::Process(process)) => process.kill(),
+            Some(Running::InProcess { .. }) => panic!("SIGKILL needs the service as a process (Options::process)"),
+            None => {}
+        }
+    }
+
+    /// The service's process, when it runs as one.
+    pub fn process(&self) -> Option<&ServiceProcess> {
+        match &self.service {
+            Some(Running::Process(process)) => Some(process),
+            _ => None,
+        }
+    }
+
+    /// Takes the service's process out of the world (to SIGKILL it and look at what it left).
+    pub fn take_process(&mut self) -> Option<ServiceProcess> {
+        match self.service.take() {
+            Some(Running::Process(process)) => Some(process),
+            other => {
+                self.service = other;
+                None
+            }
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lines()
+    }
+
+    pub fn tail_logs(&self, n: usize) -> String {
+        let logs = self.logs();
+        logs[logs.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// A read handle on the service's store.
+    pub async fn store(&self) -> Store {
+        Store::open(&self.database_url()).await.expect("the store opens")
+    }
+
+    pub async fn runners(&self) -> Vec<RunnerRow> {
+        let store = self.store().await;
+        let rows = store.all_runners().await.expect("runners");
+        store.close().await;
+        rows
+    }
+
+    /// Waits until every job the fake GitHub knows is completed.
+    pub async fn wait_all_completed(&self, timeout: Duration) {
+        let done = self
+            .github
+            .wait_until(timeout, |gh| gh.jobs().iter().all(|j| j.status.as_str() == "completed"))
+            .await;
+        if !done {
+            let pending: Vec<String> = self
+                .github
+                .jobs()
+                .iter()
+                .filter(|j| j.status.as_str() != "completed")
+                .map(|j| format!("{} {} {:?}", j.id, j.name, j.status))
+                .collect();
+            panic!("jobs not completed: {pending:?}\n{}", self.tail_logs(60));
+        }
+    }
+
+    /// Waits until nothing is left: no registration at GitHub, no sandbox, no runner
+    /// process, and every runner in the store ended.
+    pub async fn assert_nothing_left(&self, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let registrations = self.github.runners();
+            let sandboxes = self.live_sandboxes();
+            let processes = processes_under(&self.work_dir());
+            let live: Vec<String> = self
+                .runners()
+                .await
+                .into_iter()
+                .filter(|r| r.state.is_live())
+                .map(|r| format!("{} {}", r.name, r.state))
+                .collect();
+            if registrations.is_empty() && sandboxes.is_empty() && processes.is_empty() && live.is_empty() {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!(
+                    "left behind: registrations {:?}, sandboxes {sandboxes:?}, processes {processes:?}, live runners {live:?}\n{}",
+                    registrations.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
+                    self.tail_logs(60)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Names of the sandboxes running now, whatever the backend.
+    pub fn live_sandboxes(&self) -> Vec<String> {
+        match &self.modal {
+            None => sandbox_entries(&self.work_dir()),
+            Some(m) => m
+                .sandboxes()
+                .into_iter()
+                .filter(|s| s.is_running())
+                .map(|s| s.name.unwrap_or(s.id))
+                .collect(),
+        }
+    }
+
+    /// No log line holds a JIT config or a token.
+    pub fn assert_no_secret_in_logs(&self) {
+        let logs = self.logs();
+        let token = FakeGitHubConfig::default().token;
+        for line in &logs {
+            assert!(!line.contains(&token), "the GitHub token leaked: {line}");
+            assert!(!line.contains(SECRET), "the webhook secret leaked: {line}");
+            if let Some(m) = &self.modal {
+                assert!(!line.contains(&m.credentials().1), "the Modal token secret leaked: {line}");
+            }
+            assert!(
+                !line.contains("eyJ"),
+                "something base64-JSON-like (a JIT config?) leaked: {line}"
+            );
+        }
+    }
+
+    /// Stops the service and the fakes, waiting for each.
+    pub async fn shutdown(mut self) {
+        self.stop_service().await;
+        if let Some(modal) = self.modal.take() {
+            modal.shutdown().await;
+        }
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        match self.service.take() {
+            Some(Running::Process(process)) => process.kill(),
+            Some(Running::InProcess { stop, task }) => {
+                stop.cancel();
+                task.abort();
+            }
+            None => {}
+        }
+        // Leave no runner behind even when a test fails.
+        for pid in processes_under(&self.work_dir()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+async fn start_github(options: &Options) -> FakeGitHub {
+    let app = options.github_app.map(|ttl| FakeApp {
+        id: APP_ID,
+        public_key_pem: TEST_APP_PUBLIC_KEY_PEM.into(),
+        installation_id: INSTALLATION_ID,
+        token_ttl: ttl,
+    });
+    let github = FakeGitHub::start(FakeGitHubConfig {
+        app,
+        ..FakeGitHubConfig::default()
+    })
+    .await
+    .expect("fake GitHub starts");
+    github.add_repo(&options.repo);
+    if let Some(latency) = options.jit_latency {
+        github.set_latency(Route::GenerateJitConfig, latency);
+    }
+    if let Some(limits) = options.github_limits.clone() {
+        github.set_limits(limits);
+    }
+    github
+}
+
+async fn start_modal(options: &Options) -> FakeModal {
+    let defaults = FakeModalConfig::default();
+    let modal = FakeModal::start(FakeModalConfig {
+        runner_command: if options.run_runners { runner_command(options) } else { Vec::new() },
+        create_rate_per_sec: options.modal_rate,
+        create_latency: options.create_latency.unwrap_or(defaults.create_latency),
+        image_build_time: options.image_build_time.unwrap_or(defaults.image_build_time),
+        ..defaults
+    })
+    .await
+    .expect("fake Modal starts");
+    for fault in &options.modal_faults {
+        modal.inject(fault.clone());
+    }
+    modal
+}
+
+fn runner_command(options: &Options) -> Vec<String> {
+    options.runner_command.clone().unwrap_or_else(fake_runner_command)
+}
+
+/// The service's `RUST_LOG`: the test's if it set one.
+fn rust_log(options: &Options) -> String {
+    options
+        .env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "RUST_LOG")
+        .map_or_else(|| "info,modal_github_runner=debug".to_string(), |(_, v)| v.clone())
+}
+
+/// One entry per name, the last one given.
+fn last_wins(env: Vec<(String, String)>) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::with_capacity(env.len());
+    for (k, v) in env {
+        out.retain(|(ek, _)| *ek != k);
+        out.push((k, v));
+    }
+    out
+}
