@@ -15,10 +15,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use clap::{Args, ValueEnum};
 
-
 use crate::world::{self, REPO, WorldConfig};
-use modal_github_runner::domain::{JobId, JobStatus, LabelSet, RepoName};
 use fakes::github::{self as fake_gh, JobSpec, JobView, RunSpec};
+use modal_github_runner::domain::{JobId, JobStatus, LabelSet, RepoName};
 use modal_github_runner::ingress::{JobEvent, signature};
 use modal_github_runner::store::{EventSource, Store};
 
@@ -62,7 +61,6 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     }
     Ok(())
 }
-
 
 fn table(title: &str, rows: &[(&str, String)]) {
     println!("{title}");
@@ -205,9 +203,12 @@ async fn ingress(quick: bool, sync: &str) -> Result<(), String> {
     if let Some(s) = world.take_process() {
         s.kill();
     }
-    let store = Store::open(&format!("sqlite://{}", world.dir.path().join("store.db").display()))
-        .await
-        .map_err(|e| e.to_string())?;
+    let store = Store::open(&format!(
+        "sqlite://{}",
+        world.dir.path().join("store.db").display()
+    ))
+    .await
+    .map_err(|e| e.to_string())?;
     let durable = store.delivery_count().await.map_err(|e| e.to_string())?;
     store.close().await;
 
@@ -454,14 +455,16 @@ async fn footprint(quick: bool) -> Result<(), String> {
         run_runners: false,
         ..WorldConfig::default()
     })
-    .await
-    ?;
+    .await?;
     if let Some(s) = world.take_process() {
         s.stop().await;
     }
-    let store = Store::open(&format!("sqlite://{}", world.dir.path().join("store.db").display()))
-        .await
-        .map_err(|e| e.to_string())?;
+    let store = Store::open(&format!(
+        "sqlite://{}",
+        world.dir.path().join("store.db").display()
+    ))
+    .await
+    .map_err(|e| e.to_string())?;
     let repo = RepoName::parse(REPO).map_err(|e| e.to_string())?;
     let mut tasks = Vec::with_capacity(stored);
     for i in 0..stored as u64 {

@@ -16,7 +16,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "sim", about = "The simulator and the benchmarks of modal-github-runner.")]
+#[command(
+    name = "sim",
+    about = "The simulator and the benchmarks of modal-github-runner."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -75,7 +75,10 @@ pub async fn start(config: WorldConfig) -> Result<World, String> {
     }
     .process(vec![exe, "serve".into()]);
     let env = [
-        ("GITHUB_JIT_LIMIT_PER_MIN", if config.github_limits { "180" } else { "0" }),
+        (
+            "GITHUB_JIT_LIMIT_PER_MIN",
+            if config.github_limits { "180" } else { "0" },
+        ),
         ("ALLOWED_REPOS", REPO),
         ("RUST_LOG", if config.echo_logs { "info" } else { "warn" }),
         ("REAP_INTERVAL_SECS", "1"),

@@ -30,7 +30,10 @@ impl LogSink {
         if self.echo {
             eprintln!("  [service] {line}");
         }
-        self.lines.lock().unwrap_or_else(PoisonError::into_inner).push(line);
+        self.lines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(line);
     }
 
     pub(crate) fn lines(&self) -> Vec<String> {

@@ -30,7 +30,15 @@ pub fn fake_runner_command() -> Vec<String> {
 fn build_with_cargo() -> Option<PathBuf> {
     let cargo = std::env::var_os("CARGO")?;
     let mut command = Command::new(cargo);
-    command.args(["build", "--quiet", "-p", "fakes", "--bin", "fake-runner", "--message-format=json"]);
+    command.args([
+        "build",
+        "--quiet",
+        "-p",
+        "fakes",
+        "--bin",
+        "fake-runner",
+        "--message-format=json",
+    ]);
     if profile_dir().is_some_and(|d| d.ends_with("release")) {
         command.arg("--release");
     }
@@ -57,5 +65,9 @@ fn sibling_binary() -> PathBuf {
 fn profile_dir() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
     let dir = exe.parent()?;
-    Some(if dir.ends_with("deps") { dir.parent()?.to_path_buf() } else { dir.to_path_buf() })
+    Some(if dir.ends_with("deps") {
+        dir.parent()?.to_path_buf()
+    } else {
+        dir.to_path_buf()
+    })
 }

@@ -50,7 +50,11 @@ impl ServiceProcess {
                 }
             });
         }
-        let mut service = ServiceProcess { child, port, logs: sink };
+        let mut service = ServiceProcess {
+            child,
+            port,
+            logs: sink,
+        };
         service.wait_ready().await?;
         Ok((service, started.elapsed()))
     }
@@ -122,7 +126,8 @@ impl ServiceProcess {
     /// SIGTERM, then waits up to 30 s for the exit; its code (`None`: killed after all).
     pub async fn stop(mut self) -> Option<i32> {
         if let Ok(pid) = i32::try_from(self.child.id()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
         }
         for _ in 0..600 {
             if let Ok(Some(status)) = self.child.try_wait() {

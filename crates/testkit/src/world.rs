@@ -162,7 +162,8 @@ impl World {
         let github = start_github(&options).await;
         let dir = tempfile::tempdir().expect("tempdir");
         if options.run_runners {
-            fakes::runner::make_runner_dir(&dir.path().join("runner"), &runner_command(&options)).expect("run.sh");
+            fakes::runner::make_runner_dir(&dir.path().join("runner"), &runner_command(&options))
+                .expect("run.sh");
         } else {
             std::fs::create_dir_all(dir.path().join("runner")).expect("runner dir");
         }
@@ -171,9 +172,13 @@ impl World {
             Kind::Modal => Some(start_modal(&options).await),
         };
         let port = free_port();
-        github.set_webhook(WebhookTarget::json(format!("http://127.0.0.1:{port}/webhook"), SECRET));
+        github.set_webhook(WebhookTarget::json(
+            format!("http://127.0.0.1:{port}/webhook"),
+            SECRET,
+        ));
         let logs = LogSink::new(options.echo_logs);
-        let log_guard = matches!(options.mode, ServiceMode::InProcess).then(|| logs.install(&rust_log(&options)));
+        let log_guard =
+            matches!(options.mode, ServiceMode::InProcess).then(|| logs.install(&rust_log(&options)));
         World {
             github,
             modal,
@@ -189,7 +194,9 @@ impl World {
 
     /// The fake Modal (a Modal world's).
     pub fn fake_modal(&self) -> &FakeModal {
-        self.modal.as_ref().expect("this world has no fake Modal (Kind::Local)")
+        self.modal
+            .as_ref()
+            .expect("this world has no fake Modal (Kind::Local)")
     }
 
     pub fn work_dir(&self) -> PathBuf {
@@ -207,7 +214,10 @@ impl World {
             ("LOG_FORMAT".into(), "json".into()),
             ("WEBHOOK_SECRET".into(), SECRET.into()),
             ("GITHUB_API_URL".into(), self.github.api_url()),
-            ("LOCAL_RUNNER_DIR".into(), self.dir.path().join("runner").display().to_string()),
+            (
+                "LOCAL_RUNNER_DIR".into(),
+                self.dir.path().join("runner").display().to_string(),
+            ),
             ("LOCAL_WORK_DIR".into(), self.work_dir().display().to_string()),
             ("DATABASE_URL".into(), self.database_url()),
             ("BIND_ADDRESS".into(), "127.0.0.1".into()),
@@ -245,7 +255,10 @@ impl World {
             None => vec![("GITHUB_TOKEN".into(), FakeGitHubConfig::default().token)],
             Some(_) => vec![
                 ("GITHUB_APP_ID".into(), APP_ID.to_string()),
-                ("GITHUB_APP_PRIVATE_KEY".into(), TEST_APP_PRIVATE_KEY_PEM.to_string()),
+                (
+                    "GITHUB_APP_PRIVATE_KEY".into(),
+                    TEST_APP_PRIVATE_KEY_PEM.to_string(),
+                ),
                 ("ALLOWED_REPOS".into(), self.options.repo.clone()),
             ],
         }
@@ -295,7 +308,10 @@ impl World {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        panic!("the service did not become ready in 30 s:\n{}", self.logs().join("\n"));
+        panic!(
+            "the service did not become ready in 30 s:\n{}",
+            self.logs().join("\n")
+        );
     }
 
     /// Stops the service as SIGTERM would and waits; its exit code (0: a clean stop).
@@ -317,7 +333,9 @@ impl World {
     pub fn kill_service(&mut self) {
         match self.service.take() {
             Some(Running::Process(process)) => process.kill(),
-            Some(Running::InProcess { .. }) => panic!("SIGKILL needs the service as a process (Options::process)"),
+            Some(Running::InProcess { .. }) => {
+                panic!("SIGKILL needs the service as a process (Options::process)")
+            }
             None => {}
         }
     }
@@ -370,7 +388,9 @@ impl World {
     pub async fn wait_all_completed(&self, timeout: Duration) {
         let done = self
             .github
-            .wait_until(timeout, |gh| gh.jobs().iter().all(|j| j.status.as_str() == "completed"))
+            .wait_until(timeout, |gh| {
+                gh.jobs().iter().all(|j| j.status.as_str() == "completed")
+            })
             .await;
         if !done {
             let pending: Vec<String> = self
@@ -434,7 +454,10 @@ impl World {
             assert!(!line.contains(&token), "the GitHub token leaked: {line}");
             assert!(!line.contains(SECRET), "the webhook secret leaked: {line}");
             if let Some(m) = &self.modal {
-                assert!(!line.contains(&m.credentials().1), "the Modal token secret leaked: {line}");
+                assert!(
+                    !line.contains(&m.credentials().1),
+                    "the Modal token secret leaked: {line}"
+                );
             }
             assert!(
                 !line.contains("eyJ"),
@@ -464,7 +487,8 @@ impl Drop for World {
         }
         // Leave no runner behind even when a test fails.
         for pid in processes_under(&self.work_dir()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }
 }
@@ -486,7 +510,7 @@ async fn start_github(options: &Options) -> FakeGitHub {
     if let Some(latency) = options.jit_latency {
         github.set_latency(Route::GenerateJitConfig, latency);
     }
-    if let Some(limits) = options.github_limits.clone() {
+    if let Some(limits) = options.github_limits {
         github.set_limits(limits);
     }
     github
@@ -495,7 +519,11 @@ async fn start_github(options: &Options) -> FakeGitHub {
 async fn start_modal(options: &Options) -> FakeModal {
     let defaults = FakeModalConfig::default();
     let modal = FakeModal::start(FakeModalConfig {
-        runner_command: if options.run_runners { runner_command(options) } else { Vec::new() },
+        runner_command: if options.run_runners {
+            runner_command(options)
+        } else {
+            Vec::new()
+        },
         create_rate_per_sec: options.modal_rate,
         create_latency: options.create_latency.unwrap_or(defaults.create_latency),
         image_build_time: options.image_build_time.unwrap_or(defaults.image_build_time),
@@ -520,7 +548,10 @@ fn rust_log(options: &Options) -> String {
         .iter()
         .rev()
         .find(|(k, _)| k == "RUST_LOG")
-        .map_or_else(|| "info,modal_github_runner=debug".to_string(), |(_, v)| v.clone())
+        .map_or_else(
+            || "info,modal_github_runner=debug".to_string(),
+            |(_, v)| v.clone(),
+        )
 }
 
 /// One entry per name, the last one given.

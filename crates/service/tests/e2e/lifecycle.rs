@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use modal_github_runner::domain::JobId;
 use fakes::github::{DeliveryMode, JobSpec, RunSpec, RunnerBehavior};
+use modal_github_runner::domain::JobId;
 
-use testkit::both_backends;
 use crate::helpers::{Kind, Options, REPO, World, as_process, reqwest_client, wait};
+use testkit::both_backends;
 
 const LABELS: [&str; 2] = ["self-hosted", "modal"];
 
@@ -232,11 +232,10 @@ async fn a_cancellation_delivered_before_its_queued_event_gets_no_runner(kind: K
 #[tokio::test]
 async fn form_encoded_deliveries_and_pings_are_handled_by_the_real_server() {
     let env = World::start(Options::default()).await;
-    env.github
-        .set_webhook(fakes::github::WebhookTarget::form(
-            env.url("/"),
-            crate::helpers::SECRET,
-        ));
+    env.github.set_webhook(fakes::github::WebhookTarget::form(
+        env.url("/"),
+        crate::helpers::SECRET,
+    ));
     env.github.send_ping(REPO);
     env.github.queue_run(one_job(&LABELS, 100));
     env.wait_all_completed(Duration::from_secs(30)).await;

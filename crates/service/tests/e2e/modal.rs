@@ -3,11 +3,11 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use fakes::github::{FakeGitHub, FakeGitHubConfig, JobSpec, RunSpec};
+use fakes::modal::{FakeModal, FakeModalConfig, FaultKind, ModalFault};
 use modal_github_runner::backend::modal::{ModalBackend, RunnerSource};
 use modal_github_runner::backend::{BackendError, SandboxSpec};
 use modal_github_runner::domain::RepoName;
-use fakes::github::{FakeGitHub, FakeGitHubConfig, JobSpec, RunSpec};
-use fakes::modal::{FakeModal, FakeModalConfig, FaultKind, ModalFault};
 use modal_github_runner::runner_version::RunnerVersion;
 use secrecy::SecretString;
 use tonic::Code;

@@ -5,19 +5,19 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+use fakes::github::{DeliveryMode, Fault, FaultRule, JobSpec, Route, RunSpec, RunnerBehavior};
+use fakes::modal::{FaultKind, ModalFault};
 use modal_github_runner::backend::SandboxSpec;
 use modal_github_runner::backend::modal::{ModalBackend, RunnerSource};
 use modal_github_runner::domain::{JobId, RepoName};
-use fakes::github::{
-    DeliveryMode, Fault, FaultRule, JobSpec, Route, RunSpec, RunnerBehavior,
-};
-use fakes::modal::{FaultKind, ModalFault};
 use modal_github_runner::github::JitRequest;
 use modal_github_runner::runner_version::RunnerVersion;
 use secrecy::SecretString;
 use tonic::Code;
 
-use crate::helpers::{BIN, Kind, Options, REPO, World, as_process, github_client, jobs, modal_settings, wait};
+use crate::helpers::{
+    BIN, Kind, Options, REPO, World, as_process, github_client, jobs, modal_settings, wait,
+};
 
 fn fast_reconcile(kind: Kind) -> Options {
     Options::backend(kind).with("RECONCILE_INTERVAL_SECS", "1")
@@ -99,7 +99,10 @@ async fn jobs_queued_while_the_service_was_down_are_found_at_start_up() {
 
 #[tokio::test]
 async fn the_service_killed_during_a_burst_of_50_jobs_completes_all_with_one_sandbox_per_name() {
-    let mut env = World::start(as_process(fast_reconcile(Kind::Modal).with("ALLOWED_REPOS", REPO))).await;
+    let mut env = World::start(as_process(
+        fast_reconcile(Kind::Modal).with("ALLOWED_REPOS", REPO),
+    ))
+    .await;
     env.github.queue_run(jobs(50, 1500));
     let some = env
         .github
@@ -546,12 +549,7 @@ async fn a_surplus_runner_github_says_is_busy_is_kept() {
     view.status = fakes::github::JobStatus::Waiting;
     (view.runner_id, view.runner_name) = (None, None);
     let repo = env.github.repo(REPO).expect("repo");
-    let body = fakes::github::workflow_job_payload(
-        &env.github.api_url(),
-        "waiting",
-        &view,
-        &repo,
-    );
+    let body = fakes::github::workflow_job_payload(&env.github.api_url(), "waiting", &view, &repo);
     env.github.send_raw("workflow_job", body);
 
     // Assert: the planner retires it, GitHub answers 422, the runner is kept and finishes.

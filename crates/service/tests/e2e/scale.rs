@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use fakes::github::{DeliveryMode, JobSpec, RunSpec};
 
-use testkit::both_backends;
 use crate::helpers::{Kind, Options, REPO, World, as_process};
+use testkit::both_backends;
 
 async fn twenty_concurrent_jobs_over_three_label_sets_all_complete(kind: Kind) {
     let env = World::start(Options::backend(kind)).await;

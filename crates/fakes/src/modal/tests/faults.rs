@@ -9,8 +9,8 @@ use prost::Message as _;
 use tonic::Code;
 
 use super::*;
-use modal_proto::{RpcRetryPolicy, RpcStatus, SandboxGetFromNameRequest};
 use crate::modal::{FaultKind, ModalFault, RETRY_POLICY_TYPE_URL};
+use modal_proto::{RpcRetryPolicy, RpcStatus, SandboxGetFromNameRequest};
 
 #[tokio::test]
 async fn creations_beyond_the_rate_are_refused_and_admissions_are_paced() {
