@@ -1,5 +1,5 @@
-//! Capped exponential backoff with full jitter, shared by the GitHub client and the
-//! backends so that every upstream call retries the same way.
+//! Capped exponential backoff with equal jitter (between half and all of the delay), shared
+//! by the GitHub client and the backends so that every upstream call retries the same way.
 
 use std::time::Duration;
 

@@ -125,7 +125,8 @@ impl Store {
     }
 }
 
-/// Reads a column that must hold a `RunnerState` or `JobStatus`-like enum.
+/// The error for a column whose text is not one of its enum's values (a `RunnerState`, a
+/// `JobStatus`…): the database was written by something else or damaged.
 fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("{what} has unknown value `{value}`"))
 }
