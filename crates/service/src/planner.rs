@@ -251,11 +251,13 @@ pub async fn run(ctx: PlannerContext, stop: CancellationToken) {
 
 /// One planning pass: snapshot, plan, write the intents.
 pub async fn pass(ctx: &PlannerContext) -> Result<(), StoreError> {
+    // One read transaction: jobs and runners from the same committed state.
+    let inputs = ctx.store.plan_inputs().await?;
     let snapshot = Snapshot {
         now: now_millis(),
-        jobs: ctx.store.open_jobs().await?,
-        runners: ctx.store.live_runners().await?,
-        attempts: ctx.store.attempt_stats().await?.into_iter().collect(),
+        jobs: inputs.jobs,
+        runners: inputs.runners,
+        attempts: inputs.attempts,
     };
     let intents = plan(&snapshot, &ctx.limits);
     apply(ctx, &snapshot, intents).await

@@ -60,7 +60,7 @@ fn max_parallel(row: &SqliteRow) -> Result<Option<u32>, StoreError> {
 }
 
 impl JobRow {
-    fn from_row(row: &SqliteRow) -> Result<JobRow, StoreError> {
+    pub(super) fn from_row(row: &SqliteRow) -> Result<JobRow, StoreError> {
         Ok(JobRow {
             id: JobId(id(row, "id")?),
             repo: row.try_get("repo")?,
@@ -78,12 +78,13 @@ impl JobRow {
     }
 }
 
+/// Jobs not yet completed, oldest first.
+pub(super) const OPEN_JOBS: &str = "SELECT * FROM jobs WHERE rank < 3 ORDER BY first_seen_at, id";
+
 impl Store {
     /// Jobs not yet completed, oldest first.
     pub async fn open_jobs(&self) -> Result<Vec<JobRow>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM jobs WHERE rank < 3 ORDER BY first_seen_at, id")
-            .fetch_all(self.pool())
-            .await?;
+        let rows = sqlx::query(OPEN_JOBS).fetch_all(self.pool()).await?;
         rows.iter().map(JobRow::from_row).collect()
     }
 

@@ -7,6 +7,7 @@ mod ingest;
 mod jobs;
 mod runners;
 mod runs;
+mod snapshot;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -19,6 +20,7 @@ pub use ingest::{EventSource, Recorded};
 pub use jobs::{JobRow, StrategyUpdate};
 pub use runners::{AttemptStats, LiveRunner, NewRunner, RunnerPatch, RunnerRow, TookJob};
 pub use runs::{RunStrategy, UnresolvedRun};
+pub use snapshot::PlanInputs;
 
 const SCHEMA: &str = include_str!("schema.sql");
 

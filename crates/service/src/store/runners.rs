@@ -133,7 +133,7 @@ impl RunnerRow {
 }
 
 /// Live runners joined with the job each took (the newest state if several name it).
-const LIVE_RUNNERS: &str = "
+pub(super) const LIVE_RUNNERS: &str = "
 SELECT r.*, t.id AS took_id, t.status AS took_status, t.run_id AS took_run_id,
        t.mp_group AS took_mp_group, t.completed_at AS took_completed_at
 FROM runners r
@@ -143,7 +143,7 @@ WHERE r.state NOT IN ('done', 'failed')
 ORDER BY r.created_at, r.name";
 
 impl LiveRunner {
-    fn from_row(row: &SqliteRow) -> Result<LiveRunner, StoreError> {
+    pub(super) fn from_row(row: &SqliteRow) -> Result<LiveRunner, StoreError> {
         let took_id: Option<i64> = row.try_get("took_id")?;
         let took = match took_id {
             None => None,
@@ -271,31 +271,8 @@ impl Store {
     /// Attempts per open job: the highest attempt number, and failures that count toward
     /// backoff.
     pub async fn attempt_stats(&self) -> Result<Vec<(JobId, AttemptStats)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT r.job_id, MAX(r.attempt) AS max_attempt,
-                    SUM(CASE WHEN r.state = 'failed' AND r.retryable = 1 THEN 1 ELSE 0 END) AS failures,
-                    MAX(CASE WHEN r.state = 'failed' AND r.retryable = 1 THEN r.updated_at END) AS last_failure
-             FROM runners r JOIN jobs j ON j.id = r.job_id
-             WHERE j.rank < 3
-             GROUP BY r.job_id",
-        )
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|row| {
-                let job: i64 = row.try_get("job_id")?;
-                let max_attempt: i64 = row.try_get("max_attempt")?;
-                let failures: i64 = row.try_get("failures")?;
-                Ok((
-                    JobId(u64::try_from(job).unwrap_or(0)),
-                    AttemptStats {
-                        max_attempt: u32::try_from(max_attempt).unwrap_or(u32::MAX),
-                        failures: u32::try_from(failures).unwrap_or(u32::MAX),
-                        last_failure_at: row.try_get("last_failure")?,
-                    },
-                ))
-            })
-            .collect()
+        let rows = sqlx::query(ATTEMPT_STATS).fetch_all(self.pool()).await?;
+        rows.iter().map(attempt_from_row).collect()
     }
 
     /// Runner counts by state, for `status` and metrics.
@@ -307,4 +284,27 @@ impl Store {
             .map(|r| Ok((r.try_get("state")?, r.try_get("n")?)))
             .collect()
     }
+}
+
+/// The highest attempt and the retryable failures of every open job's runners.
+pub(super) const ATTEMPT_STATS: &str = "SELECT r.job_id, MAX(r.attempt) AS max_attempt,
+        SUM(CASE WHEN r.state = 'failed' AND r.retryable = 1 THEN 1 ELSE 0 END) AS failures,
+        MAX(CASE WHEN r.state = 'failed' AND r.retryable = 1 THEN r.updated_at END) AS last_failure
+ FROM runners r JOIN jobs j ON j.id = r.job_id
+ WHERE j.rank < 3
+ GROUP BY r.job_id";
+
+/// One row of `ATTEMPT_STATS`.
+pub(super) fn attempt_from_row(row: &SqliteRow) -> Result<(JobId, AttemptStats), StoreError> {
+    let job: i64 = row.try_get("job_id")?;
+    let max_attempt: i64 = row.try_get("max_attempt")?;
+    let failures: i64 = row.try_get("failures")?;
+    Ok((
+        JobId(u64::try_from(job).unwrap_or(0)),
+        AttemptStats {
+            max_attempt: u32::try_from(max_attempt).unwrap_or(u32::MAX),
+            failures: u32::try_from(failures).unwrap_or(u32::MAX),
+            last_failure_at: row.try_get("last_failure")?,
+        },
+    ))
 }
