@@ -2,7 +2,6 @@
 //! starts the loops. `main` and the end-to-end tests both go through `Application::build`.
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -13,13 +12,13 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::modal::RunnerSource;
-use crate::backend::{Backend, BackendError, LocalBackend, LocalConfig, ModalBackend};
+use crate::backend::{Backend, BackendError, LocalBackend, ModalBackend};
 use crate::config::{BackendSettings, Settings};
 use crate::github::{GitHub, GitHubConfig};
 use crate::ingress::{self, Ingress};
 use crate::metrics::Metrics;
 use crate::pace::Window;
-use crate::planner::{self, Limits, PlannerContext};
+use crate::planner::{self, PlannerContext};
 use crate::provisioner::{self, ProvisionerContext};
 use crate::reaper::{self, ReaperContext};
 use crate::reconciler::{self, ReconcilerContext};
@@ -50,22 +49,22 @@ const STRATEGY_INTERVAL: Duration = Duration::from_secs(2);
 impl Application {
     /// Binds the port and opens the store; nothing runs until `run_until_stopped`.
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-        let store = Store::open_with(&settings.database_url, settings.store_sync)
+        let store = Store::open_with(&settings.store.database_url, settings.store.sync)
             .await
-            .with_context(|| format!("could not open the store at {}", settings.database_url))?;
+            .with_context(|| format!("could not open the store at {}", settings.store.database_url))?;
         let metrics = Arc::new(Metrics::new());
         let github = GitHub::new(
             GitHubConfig {
-                api_url: settings.github_api_url.clone(),
-                credentials: settings.github.clone(),
-                timeout: settings.github_timeout,
+                api_url: settings.github.api_url.clone(),
+                credentials: settings.github.credentials.clone(),
+                timeout: settings.github.timeout,
                 retry: Backoff::new(5, Duration::from_millis(500), Duration::from_secs(30)),
             },
             Some(metrics.clone()),
         )
         .context("could not build the GitHub client")?;
         let backend = Arc::new(backend(&settings, &github)?);
-        let addr = SocketAddr::from(settings.bind);
+        let addr = settings.server.bind;
         let listener = TcpListener::bind(addr)
             .await
             .with_context(|| format!("could not listen on {addr}"))?;
@@ -136,14 +135,15 @@ impl Application {
         tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
         stop: CancellationToken,
     ) {
+        let webhook = &self.settings.webhook;
         let state = Ingress {
-            secret: Arc::new(self.settings.webhook_secret.clone()),
-            label: Arc::from(self.settings.runner_label.as_str()),
-            allow: Arc::new(self.settings.allowed_repos.clone()),
+            secret: Arc::new(webhook.secret.clone()),
+            label: Arc::from(webhook.label.as_str()),
+            allow: Arc::new(webhook.allow.clone()),
             store: self.store.clone(),
             wake: self.wake.clone(),
             metrics: self.metrics.clone(),
-            max_body_bytes: self.settings.max_body_bytes,
+            max_body_bytes: webhook.max_body_bytes,
             ready: self.ready.clone(),
         };
         let router = ingress::router(state);
@@ -163,12 +163,7 @@ impl Application {
         let s = &self.settings;
         let planner = PlannerContext {
             store: self.store.clone(),
-            limits: Limits {
-                max_runners: s.max_runners,
-                prefix: s.prefix.clone(),
-                strategy_grace: Duration::from_secs(10),
-                machine: s.machine.clone(),
-            },
+            limits: s.limits.clone(),
             wake: self.wake.clone(),
             metrics: self.metrics.clone(),
             interval: PLAN_INTERVAL,
@@ -187,17 +182,14 @@ impl Application {
             backend: self.backend.clone(),
             wake: self.wake.clone(),
             metrics: self.metrics.clone(),
-            runner_group_id: s.runner_group_id,
-            sandbox_timeout: s.sandbox_timeout,
-            concurrency: s.provision_concurrency,
+            settings: s.provisioner.clone(),
             retry: Backoff::new(5, Duration::from_millis(500), Duration::from_secs(30)),
-            deployment: s.prefix.as_str().to_string(),
             interval: Duration::from_secs(2),
-            auth_pause: s.auth_pause,
             paused_until: Mutex::default(),
             // 95 % of the limit per 61 s: a margin for clocks and in-flight requests.
             jit_window: Window::new(
-                s.jit_limit_per_min
+                s.provisioner
+                    .jit_limit_per_min
                     .map_or(0, |n| ((n * 0.95).floor() as usize).max(1)),
                 Duration::from_secs(61),
             ),
@@ -208,33 +200,22 @@ impl Application {
             backend: self.backend.clone(),
             wake: self.wake.clone(),
             metrics: self.metrics.clone(),
-            prefix: s.prefix.clone(),
-            allow: s.allowed_repos.clone(),
-            exit_grace: s.runner_exit_grace,
-            sandbox_timeout: s.sandbox_timeout,
-            registration_timeout: s.registration_timeout,
-            idle_timeout: s.idle_timeout,
-            interval: s.reap_interval,
-            sweep_interval: s.reconcile_interval,
+            settings: s.reaper.clone(),
             seen_online: Mutex::default(),
-            retention: s.retention,
+            retention: s.store.retention,
         });
         let reconciler = Arc::new(ReconcilerContext {
             store: self.store.clone(),
             github: self.github.clone(),
             wake: self.wake.clone(),
-            label: s.runner_label.clone(),
-            allow: s.allowed_repos.clone(),
-            interval: s.reconcile_interval,
-            hooks: s.hooks.clone(),
-            redeliver_window: s.redeliver_window,
+            settings: s.reconciler.clone(),
         });
         let st = stop.clone();
         tasks.spawn(async move {
             reconciler::run(reconciler, st).await;
             ("reconciler", Ok(()))
         });
-        let (backend, ready, grace) = (self.backend.clone(), self.ready.clone(), s.shutdown_grace);
+        let (backend, ready, grace) = (self.backend.clone(), self.ready.clone(), s.server.shutdown_grace);
         let st = stop.clone();
         tasks.spawn(async move {
             planner::run(planner, st).await;
@@ -290,10 +271,7 @@ async fn prepare(backend: &Backend) -> Result<(), BackendError> {
 
 fn backend(settings: &Settings, github: &GitHub) -> anyhow::Result<Backend> {
     Ok(match &settings.backend {
-        BackendSettings::Local { runner_dir, work_dir } => Backend::Local(LocalBackend::new(LocalConfig {
-            runner_dir: runner_dir.clone(),
-            work_dir: work_dir.clone(),
-        })),
+        BackendSettings::Local(local) => Backend::Local(LocalBackend::new(local.clone())),
         BackendSettings::Modal {
             settings: modal,
             runner_version,
@@ -302,7 +280,7 @@ fn backend(settings: &Settings, github: &GitHub) -> anyhow::Result<Backend> {
                 Some(v) => RunnerSource::Pinned(v.clone()),
                 None => RunnerSource::Resolve {
                     github: github.clone(),
-                    repo: settings.allowed_repos.listed().and_then(|r| r.first().cloned()),
+                    repo: settings.webhook.allow.listed().and_then(|r| r.first().cloned()),
                 },
             };
             let backend =

@@ -50,7 +50,7 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    crate::telemetry::init(settings.log_format);
+    crate::telemetry::init(settings.server.log_format);
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(e) => {

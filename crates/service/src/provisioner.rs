@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backend::{Backend, BackendError, SandboxSpec};
+use crate::config::ProvisionerSettings;
 use crate::domain::{MachineSpec, RepoName, RunnerState};
 use crate::github::{GitHub, GitHubError, JitConfig, JitRequest};
 use crate::metrics::Metrics;
@@ -34,20 +35,10 @@ pub struct ProvisionerContext {
     pub backend: Arc<Backend>,
     pub wake: Arc<Wake>,
     pub metrics: Arc<Metrics>,
-    /// `RUNNER_GROUP_ID`.
-    pub runner_group_id: u64,
-    /// `SANDBOX_TIMEOUT_SECS`.
-    pub sandbox_timeout: Duration,
-    /// Runners provisioned at once.
-    pub concurrency: usize,
+    pub settings: ProvisionerSettings,
     /// Retries of one step on transient errors before the attempt counts as failed.
     pub retry: Backoff,
-    /// Tag value that marks sandboxes as this deployment's.
-    pub deployment: String,
     pub interval: Duration,
-    /// After GitHub rejects the token or a permission, provisioning pauses this long:
-    /// every attempt would fail the same way, and hammering GitHub helps no one.
-    pub auth_pause: Duration,
     /// Until when provisioning is paused.
     pub paused_until: Mutex<Option<Instant>>,
     /// Keeps JIT registrations under GitHub's secondary limit (900 points a minute per
@@ -69,7 +60,7 @@ enum ProvisionError {
 /// Provisions pending runners (and recovers half-provisioned ones) until `stop`; then lets
 /// the attempts under way finish, for at most `drain`.
 pub async fn run(ctx: Arc<ProvisionerContext>, stop: CancellationToken, drain: Duration) {
-    let slots = Arc::new(Semaphore::new(ctx.concurrency.max(1)));
+    let slots = Arc::new(Semaphore::new(ctx.settings.concurrency.max(1)));
     let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut tasks = JoinSet::new();
     loop {
@@ -190,7 +181,7 @@ async fn register(
 ) -> Result<Option<JitConfig>, ProvisionError> {
     let request = JitRequest {
         name: row.name.to_string(),
-        runner_group_id: ctx.runner_group_id,
+        runner_group_id: ctx.settings.runner_group_id,
         labels: row.labels.labels().to_vec(),
         work_folder: "_work".into(),
     };
@@ -253,11 +244,11 @@ async fn create_sandbox(
         name: row.name.to_string(),
         jit_config: jit.encoded.clone(),
         tags: vec![
-            ("modal-github-runner".into(), ctx.deployment.clone()),
+            ("modal-github-runner".into(), ctx.settings.deployment.clone()),
             ("job".into(), row.job.to_string()),
             ("runner".into(), row.name.to_string()),
         ],
-        timeout: ctx.sandbox_timeout,
+        timeout: ctx.settings.sandbox_timeout,
         machine: machine.clone(),
     };
     let mut attempt = 0;
@@ -389,11 +380,11 @@ async fn fail(ctx: &ProvisionerContext, row: &RunnerRow, e: &ProvisionError) {
 /// Stops provisioning for `auth_pause` after GitHub refused the token or a permission.
 fn pause(ctx: &ProvisionerContext, e: &ProvisionError) {
     if let Ok(mut until) = ctx.paused_until.lock() {
-        *until = Some(Instant::now() + ctx.auth_pause);
+        *until = Some(Instant::now() + ctx.settings.auth_pause);
     }
     tracing::error!(
         error = %e,
-        pause_secs = ctx.auth_pause.as_secs(),
+        pause_secs = ctx.settings.auth_pause.as_secs(),
         "GitHub refused the token or a permission: provisioning paused. Check that GITHUB_TOKEN is valid and may \
          administer the repository's runners (fine-grained: Administration read/write; classic: repo)"
     );

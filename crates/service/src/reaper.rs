@@ -21,7 +21,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backend::{Backend, BackendError, SandboxInfo};
-use crate::domain::{JobStatus, NamePrefix, RepoAllowList, RepoName, RunnerName, RunnerState, now_millis};
+use crate::config::ReaperSettings;
+use crate::domain::{JobStatus, RepoName, RunnerName, RunnerState, now_millis};
 use crate::github::{DeleteOutcome, GitHub, GitHubError};
 use crate::metrics::Metrics;
 use crate::store::{LiveRunner, RunnerPatch, Store, StoreError};
@@ -34,20 +35,7 @@ pub struct ReaperContext {
     pub backend: Arc<Backend>,
     pub wake: Arc<Wake>,
     pub metrics: Arc<Metrics>,
-    pub prefix: NamePrefix,
-    pub allow: RepoAllowList,
-    /// How long a sandbox may keep running after its job completed before it is stopped.
-    pub exit_grace: Duration,
-    /// `SANDBOX_TIMEOUT_SECS`: a sandbox older than this (plus `exit_grace`) is stopped even
-    /// if the backend failed to enforce it.
-    pub sandbox_timeout: Duration,
-    /// `RUNNER_REGISTRATION_TIMEOUT_SECS`.
-    pub registration_timeout: Duration,
-    /// `RUNNER_IDLE_TIMEOUT_SECS`.
-    pub idle_timeout: Duration,
-    pub interval: Duration,
-    /// How often GitHub's runner list is swept for orphan registrations.
-    pub sweep_interval: Duration,
+    pub settings: ReaperSettings,
     /// Runners seen online at GitHub: their registration timeout no longer applies.
     pub seen_online: Mutex<HashSet<String>>,
     /// `STORE_RETENTION_DAYS`: history older than this is pruned (hourly).
@@ -85,13 +73,13 @@ pub async fn run(ctx: Arc<ReaperContext>, stop: CancellationToken) {
         if let Err(e) = pass(&ctx).await {
             tracing::warn!(error = %e, "reaping pass failed");
         }
-        if last_sweep.is_none_or(|t| t.elapsed() >= ctx.sweep_interval) {
+        if last_sweep.is_none_or(|t| t.elapsed() >= ctx.settings.sweep_interval) {
             last_sweep = Some(Instant::now());
             if let Err(e) = sweep_registrations(&ctx).await {
                 tracing::warn!(error = %e, "could not sweep GitHub's runner list");
             }
         }
-        if !next_round(&ctx.wake.reaper, ctx.interval, &stop).await {
+        if !next_round(&ctx.wake.reaper, ctx.settings.interval, &stop).await {
             return;
         }
     }
@@ -244,7 +232,7 @@ async fn sandbox_gone(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapErr
 /// maximum runtime.
 async fn check_busy(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapError> {
     let now = now_millis();
-    let grace = millis(ctx.exit_grace);
+    let grace = millis(ctx.settings.exit_grace);
     let finished_long_ago = r
         .took
         .as_ref()
@@ -252,7 +240,7 @@ async fn check_busy(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapError
     if finished_long_ago {
         return stop(ctx, r, "stopped after its job completed").await;
     }
-    if age(r, now) > millis(ctx.sandbox_timeout) + grace {
+    if age(r, now) > millis(ctx.settings.sandbox_timeout) + grace {
         return stop(ctx, r, "stopped at its maximum runtime").await;
     }
     Ok(())
@@ -261,10 +249,10 @@ async fn check_busy(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapError
 /// A runner without a job: it must come online at GitHub in time, and not idle forever.
 async fn check_idle(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapError> {
     let age = age(r, now_millis());
-    if age > millis(ctx.registration_timeout) && !online(ctx, r).await? {
+    if age > millis(ctx.settings.registration_timeout) && !online(ctx, r).await? {
         let reason = format!(
             "never came online at GitHub within {}s",
-            ctx.registration_timeout.as_secs()
+            ctx.settings.registration_timeout.as_secs()
         );
         let patch = RunnerPatch::failed(reason.clone(), true);
         if remove(ctx, r, RunnerState::Running, RunnerState::Failed, patch).await? {
@@ -274,8 +262,8 @@ async fn check_idle(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapError
         }
         return Ok(());
     }
-    if age > millis(ctx.idle_timeout) {
-        let reason = format!("idle without a job for {}s", ctx.idle_timeout.as_secs());
+    if age > millis(ctx.settings.idle_timeout) {
+        let reason = format!("idle without a job for {}s", ctx.settings.idle_timeout.as_secs());
         let patch = RunnerPatch::ended_because(reason.clone());
         if remove(ctx, r, RunnerState::Running, RunnerState::Done, patch).await? {
             ctx.metrics.runner_retired("idle");
@@ -341,7 +329,7 @@ async fn stop_orphan(ctx: &ReaperContext, sb: &SandboxInfo) -> Result<(), StoreE
 /// Deletes offline registrations with our name prefix that no live runner owns: runners
 /// whose sandbox died with the process that made them, or whose removal failed.
 pub async fn sweep_registrations(ctx: &ReaperContext) -> Result<(), StoreError> {
-    let repos: Vec<RepoName> = match ctx.allow.listed() {
+    let repos: Vec<RepoName> = match ctx.settings.allow.listed() {
         Some(listed) => listed.to_vec(),
         None => ctx
             .store
@@ -367,7 +355,7 @@ pub async fn sweep_registrations(ctx: &ReaperContext) -> Result<(), StoreError> 
             .map(|r| r.row.name.to_string())
             .collect();
         for runner in registered {
-            let ours = RunnerName::parse_ours(&ctx.prefix, &runner.name).is_some();
+            let ours = RunnerName::parse_ours(&ctx.settings.prefix, &runner.name).is_some();
             if !ours || live.contains(&runner.name) || runner.status == "online" || runner.busy {
                 continue;
             }

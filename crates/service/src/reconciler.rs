@@ -13,11 +13,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{JobId, JobStatus, LabelSet, RepoAllowList, RepoName, now_millis};
+use crate::config::ReconcilerSettings;
+use crate::domain::{JobId, JobStatus, LabelSet, RepoName, now_millis};
 use crate::github::{GitHub, GitHubError, Hook, RemoteJob};
 use crate::ingress::JobEvent;
 use crate::store::{EventSource, Store, StoreError};
@@ -28,14 +28,7 @@ pub struct ReconcilerContext {
     pub store: Store,
     pub github: GitHub,
     pub wake: Arc<Wake>,
-    /// `RUNNER_LABEL`.
-    pub label: String,
-    pub allow: RepoAllowList,
-    pub interval: Duration,
-    /// Webhooks whose failed deliveries are redelivered.
-    pub hooks: Vec<Hook>,
-    /// How far back failed deliveries are redelivered.
-    pub redeliver_window: Duration,
+    pub settings: ReconcilerSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +65,7 @@ pub async fn run(ctx: Arc<ReconcilerContext>, stop: CancellationToken) {
         }
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(ctx.interval) => {}
+            () = tokio::time::sleep(ctx.settings.interval) => {}
         }
     }
 }
@@ -90,7 +83,7 @@ pub async fn pass(
         report.jobs_seen += poll_repo(ctx, &repo, &mut seen).await?;
     }
     report.stale_refreshed = refresh_unseen(ctx, &seen).await?;
-    for hook in &ctx.hooks {
+    for hook in &ctx.settings.hooks {
         check_headroom(&ctx.github)?;
         report.redelivered += redeliver_failed(ctx, hook, redelivered).await?;
     }
@@ -104,7 +97,7 @@ pub async fn pass(
 
 /// The allowlist, or every repository the service has seen a job from.
 async fn repos(ctx: &ReconcilerContext) -> Result<Vec<RepoName>, StoreError> {
-    if let Some(listed) = ctx.allow.listed() {
+    if let Some(listed) = ctx.settings.allow.listed() {
         return Ok(listed.to_vec());
     }
     let known = ctx.store.known_repos().await?;
@@ -138,7 +131,7 @@ async fn poll_repo(
             }
             check_headroom(&ctx.github)?;
             for job in ctx.github.run_jobs(repo, run.id).await? {
-                if let Some(event) = to_event(repo, job, &ctx.label) {
+                if let Some(event) = to_event(repo, job, &ctx.settings.label) {
                     seen.insert(event.job_id);
                     ctx.store.record(None, event, EventSource::Poll).await?;
                     count += 1;
@@ -152,7 +145,7 @@ async fn poll_repo(
 /// Open jobs of the store that no polled run held: fetched one by one (at most 50 a
 /// pass, oldest first) once they are older than one interval.
 async fn refresh_unseen(ctx: &ReconcilerContext, seen: &HashSet<JobId>) -> Result<usize, ReconcileError> {
-    let cutoff = now_millis() - i64::try_from(ctx.interval.as_millis()).unwrap_or(i64::MAX);
+    let cutoff = now_millis() - i64::try_from(ctx.settings.interval.as_millis()).unwrap_or(i64::MAX);
     let mut refreshed = 0;
     for job in ctx
         .store
@@ -165,13 +158,13 @@ async fn refresh_unseen(ctx: &ReconcilerContext, seen: &HashSet<JobId>) -> Resul
         let Ok(repo) = RepoName::parse(&job.repo) else {
             continue;
         };
-        if !ctx.allow.allows(&repo) {
+        if !ctx.settings.allow.allows(&repo) {
             continue;
         }
         check_headroom(&ctx.github)?;
         match ctx.github.get_job(&repo, job.id.0).await {
             Ok(remote) => {
-                if let Some(event) = to_event(&repo, remote, &ctx.label) {
+                if let Some(event) = to_event(&repo, remote, &ctx.settings.label) {
                     ctx.store.record(None, event, EventSource::Poll).await?;
                     refreshed += 1;
                 }
@@ -219,7 +212,7 @@ async fn redeliver_failed(
     hook: &Hook,
     asked: &mut HashMap<String, u32>,
 ) -> Result<usize, ReconcileError> {
-    let since = now_millis() - i64::try_from(ctx.redeliver_window.as_millis()).unwrap_or(i64::MAX);
+    let since = now_millis() - i64::try_from(ctx.settings.redeliver_window.as_millis()).unwrap_or(i64::MAX);
     let mut latest_failure: HashMap<String, u64> = HashMap::new();
     let mut succeeded: HashSet<String> = HashSet::new();
     let mut cursor: Option<String> = None;

@@ -1,13 +1,16 @@
-//! Modal settings: credentials from `MODAL_TOKEN_ID` / `MODAL_TOKEN_SECRET`, else the
-//! active profile of `~/.modal.toml` (modal-contract.md §1.1), and sandbox resources.
+//! The Modal backend's part: credentials from `MODAL_TOKEN_ID` / `MODAL_TOKEN_SECRET`, else
+//! the active profile of `~/.modal.toml` (as Modal's own client reads them), and sandbox
+//! resources.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use clap::builder::TypedValueParser;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use super::{ConfigError, err, number, positive};
+use super::parse::{self, checked, optional, parse_number};
+use super::{ConfigError, err};
 use crate::backend::modal::ModalSettings;
 use crate::backend::modal::client::ModalConnection;
 use crate::backend::modal::image::ImageSettings;
@@ -40,21 +43,34 @@ pub struct ModalArgs {
         long,
         env = "MODAL_APP_NAME",
         default_value = "modal-github-runner",
-        value_name = "NAME"
+        value_name = "NAME",
+        value_parser = app_name()
     )]
     pub modal_app_name: String,
     /// Image builder version (default: the environment's).
     #[arg(long, env = "MODAL_IMAGE_BUILDER_VERSION", value_name = "VERSION")]
     pub modal_image_builder_version: Option<String>,
     /// Sandbox creations per second (Modal's default workspace limit is 5).
-    #[arg(long, env = "MODAL_CREATE_RATE", default_value = "5", value_name = "PER_SEC")]
-    pub modal_create_rate: String,
+    #[arg(
+        long,
+        env = "MODAL_CREATE_RATE",
+        default_value = "5",
+        value_name = "PER_SEC",
+        value_parser = parse::rate("MODAL_CREATE_RATE")
+    )]
+    pub modal_create_rate: f64,
     /// Physical CPU cores per sandbox.
-    #[arg(long, env = "SANDBOX_CPU", default_value = "2", value_name = "CORES")]
-    pub sandbox_cpu: String,
+    #[arg(long, env = "SANDBOX_CPU", default_value = "2", value_name = "CORES", value_parser = sandbox_cpu())]
+    pub sandbox_cpu: f64,
     /// Memory per sandbox.
-    #[arg(long, env = "SANDBOX_MEMORY_MIB", default_value = "4096", value_name = "MIB")]
-    pub sandbox_memory_mib: String,
+    #[arg(
+        long,
+        env = "SANDBOX_MEMORY_MIB",
+        default_value = "4096",
+        value_name = "MIB",
+        value_parser = parse::positive::<u32>("SANDBOX_MEMORY_MIB")
+    )]
+    pub sandbox_memory_mib: u32,
     /// GPU per sandbox, e.g. A10G or H100:2 (default: none).
     #[arg(long, env = "SANDBOX_GPU", value_name = "GPU")]
     pub sandbox_gpu: Option<String>,
@@ -63,7 +79,8 @@ pub struct ModalArgs {
         long,
         env = "SANDBOX_IMAGE",
         default_value = "debian:bookworm-slim",
-        value_name = "TAG"
+        value_name = "TAG",
+        value_parser = image_base()
     )]
     pub sandbox_image: String,
     /// Extra Dockerfile commands for the runner image: one per line, or a JSON array.
@@ -121,44 +138,11 @@ pub fn settings(
     if !(server_url.starts_with("https://") || server_url.starts_with("http://")) {
         return Err(err("MODAL_SERVER_URL", "must start with https:// or http://"));
     }
-    let cpu: f64 = number("SANDBOX_CPU", &args.sandbox_cpu)?;
-    if !(0.125..=64.0).contains(&cpu) {
-        return Err(err("SANDBOX_CPU", "must be between 0.125 and 64 cores"));
-    }
-    let memory_mib: u32 = positive("SANDBOX_MEMORY_MIB", &args.sandbox_memory_mib)?;
-    let gpu = args
-        .sandbox_gpu
-        .as_deref()
-        .filter(|g| !g.trim().is_empty())
-        .map(Gpu::parse)
-        .transpose()
-        .map_err(|m| err("SANDBOX_GPU", m))?;
-    let rate: f64 = number("MODAL_CREATE_RATE", &args.modal_create_rate)?;
-    if !(rate.is_finite() && rate >= 0.0) {
-        return Err(err(
-            "MODAL_CREATE_RATE",
-            "must be 0 (unlimited) or a positive rate",
-        ));
-    }
-    if args.modal_app_name.is_empty()
-        || args.modal_app_name.len() > 64
-        || !args
-            .modal_app_name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
-        return Err(err(
-            "MODAL_APP_NAME",
-            "must be 1 to 64 letters, digits, `-`, `_` or `.`",
-        ));
-    }
+    let gpu = optional("SANDBOX_GPU", args.sandbox_gpu.as_deref(), Gpu::parse)?;
     let image = ImageSettings {
-        base: args.sandbox_image.trim().to_string(),
+        base: args.sandbox_image.clone(),
         extra_commands: image_commands(args.sandbox_image_commands.as_deref())?,
     };
-    if image.base.is_empty() {
-        return Err(err("SANDBOX_IMAGE", "is empty"));
-    }
     let connection = ModalConnection {
         server_url,
         token_id: token_id.trim().to_string(),
@@ -176,14 +160,48 @@ pub fn settings(
         environment,
         app_name: args.modal_app_name.clone(),
         image,
-        cpu,
-        memory_mib,
+        cpu: args.sandbox_cpu,
+        memory_mib: args.sandbox_memory_mib,
         gpu,
-        create_rate: (rate > 0.0).then_some(rate),
+        create_rate: Some(args.modal_create_rate).filter(|r| *r > 0.0),
         deployment: deployment.to_string(),
         builder_version: args.modal_image_builder_version.clone(),
         build_timeout: Duration::from_secs(30 * 60),
         refresh_interval: Duration::from_secs(24 * 3600),
+    })
+}
+
+/// `SANDBOX_CPU`: physical cores, within what Modal offers.
+fn sandbox_cpu() -> impl TypedValueParser<Value = f64> {
+    checked("SANDBOX_CPU", |raw| {
+        let cpu: f64 = parse_number(raw)?;
+        if !(0.125..=64.0).contains(&cpu) {
+            return Err("must be between 0.125 and 64 cores".into());
+        }
+        Ok(cpu)
+    })
+}
+
+/// `MODAL_APP_NAME`: a name Modal accepts.
+fn app_name() -> impl TypedValueParser<Value = String> {
+    checked("MODAL_APP_NAME", |name| {
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err("must be 1 to 64 letters, digits, `-`, `_` or `.`".into());
+        }
+        Ok(name.to_string())
+    })
+}
+
+/// `SANDBOX_IMAGE`: a registry tag.
+fn image_base() -> impl TypedValueParser<Value = String> {
+    checked("SANDBOX_IMAGE", |tag| match tag.trim() {
+        "" => Err("is empty".into()),
+        tag => Ok(tag.to_string()),
     })
 }
 
@@ -264,6 +282,7 @@ fn image_commands(raw: Option<&str>) -> Result<Vec<String>, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::tests::config_error;
     use clap::Parser;
 
     #[derive(Parser)]
@@ -272,16 +291,14 @@ mod tests {
         args: ModalArgs,
     }
 
-    fn args(flags: &[&str]) -> ModalArgs {
+    /// The settings, or the first problem: from a value parser (clap) or from `settings`.
+    fn build(flags: &[&str], env: &[(&str, &str)]) -> Result<ModalSettings, ConfigError> {
         let mut argv = vec!["x"];
         argv.extend_from_slice(flags);
-        Cli::try_parse_from(argv).expect("clap parses").args
-    }
-
-    fn build(flags: &[&str], env: &[(&str, &str)]) -> Result<ModalSettings, ConfigError> {
+        let args = Cli::try_parse_from(argv).map_err(|e| config_error(&e))?.args;
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let lookup = |k: &str| env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.clone());
-        settings(&args(flags), &lookup, "modal")
+        settings(&args, &lookup, "modal")
     }
 
     #[test]

@@ -45,7 +45,7 @@ pub struct Store {
 }
 
 /// What an answered webhook survives (`STORE_SYNC`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
     /// Every commit is in the operating system before the answer, so it survives
     /// the service being killed at any moment; a power cut can lose the last commits, which

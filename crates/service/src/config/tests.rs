@@ -1,0 +1,384 @@
+use std::error::Error as _;
+use std::time::Duration;
+
+use clap::{CommandFactory, Parser};
+use secrecy::ExposeSecret;
+
+use super::*;
+use crate::domain::RepoName;
+use crate::github::{Credentials, Hook};
+use crate::store::Durability;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: ServeArgs,
+}
+
+fn runner_dir() -> tempfile::TempDir {
+    let d = tempfile::tempdir().expect("tempdir");
+    std::fs::write(d.path().join("run.sh"), "#!/bin/sh\n").expect("run.sh");
+    d
+}
+
+/// The problem a value parser found, which clap keeps as its error's source.
+pub(super) fn config_error(e: &clap::Error) -> ConfigError {
+    e.source()
+        .and_then(|s| s.downcast_ref::<ConfigError>())
+        .cloned()
+        .unwrap_or_else(|| panic!("not a value parser's error: {e}"))
+}
+
+/// The settings, or the first problem: from a value parser (clap) or from `from_args`.
+fn parse(extra: &[&str], env: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+    let dir = runner_dir();
+    let mut argv = vec!["x"];
+    if !extra.contains(&"--backend") {
+        argv.extend(["--backend", "local"]);
+    }
+    if !extra.contains(&"--local-runner-dir") {
+        argv.extend(["--local-runner-dir", dir.path().to_str().expect("utf-8")]);
+    }
+    argv.extend_from_slice(extra);
+    let cli = Cli::try_parse_from(argv).map_err(|e| config_error(&e))?;
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    Settings::from_args(cli.args, |k| {
+        env.iter().find(|(ek, _)| ek == k).map(|(_, v)| v.clone())
+    })
+}
+
+const SECRETS: &[(&str, &str)] = &[("GITHUB_TOKEN", "ghp_x"), ("WEBHOOK_SECRET", "s")];
+
+#[test]
+fn defaults_match_the_original_system() {
+    let s = parse(&[], SECRETS).expect("valid");
+    assert_eq!(s.provisioner.runner_group_id, 1);
+    assert_eq!(s.webhook.label, "modal");
+    assert_eq!(s.github.api_url, "https://api.github.com");
+    assert!(s.webhook.allow.listed().is_none());
+    assert_eq!(s.server.bind.port(), 8000);
+    assert_eq!(s.limits.max_runners, 50);
+    assert_eq!(s.provisioner.sandbox_timeout, Duration::from_secs(3600));
+}
+
+#[test]
+fn a_missing_secret_names_its_variable() {
+    let e = parse(&[], &[("WEBHOOK_SECRET", "s")]).expect_err("no token");
+    assert_eq!(e.var, "GITHUB_TOKEN");
+    let e = parse(&[], &[("GITHUB_TOKEN", "t")]).expect_err("no secret");
+    assert_eq!(e.var, "WEBHOOK_SECRET");
+    assert!(e.to_string().starts_with("WEBHOOK_SECRET: is required"));
+}
+
+#[test]
+fn secrets_can_come_from_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "ghp_from_file\n").expect("write");
+    let s = parse(
+        &["--github-token-file", token.to_str().expect("utf-8")],
+        &[("WEBHOOK_SECRET", "s")],
+    )
+    .expect("valid");
+    let Credentials::Token(token) = &s.github.credentials else {
+        panic!("a token")
+    };
+    assert_eq!(token.expose_secret(), "ghp_from_file");
+}
+
+#[test]
+fn every_bad_value_is_reported_with_its_variable() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--allowed-repos", "octo/ok,not a repo"], "ALLOWED_REPOS"),
+        (&["--runner-group-id", "zero"], "RUNNER_GROUP_ID"),
+        (&["--runner-group-id", "0"], "RUNNER_GROUP_ID"),
+        (&["--port", "70000"], "PORT"),
+        (&["--max-runners=-1"], "MAX_RUNNERS"),
+        (&["--sandbox-timeout-secs", "90000"], "SANDBOX_TIMEOUT_SECS"),
+        (&["--runner-name-prefix", "has space"], "RUNNER_NAME_PREFIX"),
+        (&["--runner-label", ""], "RUNNER_LABEL"),
+        (&["--github-api-url", "ftp://x"], "GITHUB_API_URL"),
+        (
+            &["--github-enterprise-domain", "https://ghe.example.com"],
+            "GITHUB_ENTERPRISE_DOMAIN",
+        ),
+        (&["--database-url", "mysql://x"], "DATABASE_URL"),
+        (&["--bind-address", "localhost"], "BIND_ADDRESS"),
+        (&["--reap-interval-secs", "soon"], "REAP_INTERVAL_SECS"),
+        (&["--local-runner-dir", "/nonexistent"], "LOCAL_RUNNER_DIR"),
+        (&["--reconcile-interval-secs", "0"], "RECONCILE_INTERVAL_SECS"),
+        (&["--sandbox-gpu-types", "T4,not a gpu"], "SANDBOX_GPU_TYPES"),
+        (&["--sandbox-max-cpu", "0"], "SANDBOX_MAX_CPU"),
+        (&["--store-retention-days", "1"], "STORE_RETENTION_DAYS"),
+        (&["--runner-idle-timeout-secs", "x"], "RUNNER_IDLE_TIMEOUT_SECS"),
+        (&["--webhook-hook-id", "12"], "WEBHOOK_HOOK_ID"),
+        (&["--webhook-hook-id", "octo/repo:x"], "WEBHOOK_HOOK_ID"),
+        (
+            &[
+                "--runner-version",
+                "2.311.0",
+                "--backend",
+                "modal",
+                "--modal-token-id",
+                "ak",
+            ],
+            "RUNNER_VERSION",
+        ),
+    ];
+    for (flags, var) in cases {
+        let e = parse(flags, SECRETS).expect_err("invalid");
+        assert_eq!(&e.var, var, "{flags:?} gave {e}");
+    }
+}
+
+#[test]
+fn a_github_app_replaces_the_token() {
+    let key = fakes::github::TEST_APP_PRIVATE_KEY_PEM;
+    let env = [("WEBHOOK_SECRET", "s"), ("GITHUB_APP_PRIVATE_KEY", key)];
+    let s = parse(
+        &["--github-app-id", "42", "--github-app-installation-id", "7"],
+        &env,
+    )
+    .expect("valid");
+    let Credentials::App(app) = &s.github.credentials else {
+        panic!("an App")
+    };
+    assert_eq!((app.app_id, app.installation_id), (42, Some(7)));
+    let s = parse(&["--github-app-id", "42", "--allowed-repos", "octo/one"], &env).expect("valid");
+    let Credentials::App(app) = &s.github.credentials else {
+        panic!("an App")
+    };
+    assert_eq!(app.discovery_repo.as_ref().map(|r| r.as_str()), Some("octo/one"));
+}
+
+#[test]
+fn a_github_app_misconfiguration_names_its_variable() {
+    let key = fakes::github::TEST_APP_PRIVATE_KEY_PEM;
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        (
+            &["--github-app-id", "42", "--github-app-installation-id", "7"],
+            &[("WEBHOOK_SECRET", "s")],
+            "GITHUB_APP_PRIVATE_KEY",
+        ),
+        (
+            &["--github-app-id", "42", "--github-app-installation-id", "7"],
+            &[("WEBHOOK_SECRET", "s"), ("GITHUB_APP_PRIVATE_KEY", "junk")],
+            "GITHUB_APP_PRIVATE_KEY",
+        ),
+        (
+            &["--github-app-id", "42"],
+            &[("WEBHOOK_SECRET", "s"), ("GITHUB_APP_PRIVATE_KEY", key)],
+            "GITHUB_APP_INSTALLATION_ID",
+        ),
+        (
+            &["--github-app-id", "x", "--github-app-installation-id", "7"],
+            &[("WEBHOOK_SECRET", "s"), ("GITHUB_APP_PRIVATE_KEY", key)],
+            "GITHUB_APP_ID",
+        ),
+        (
+            &["--github-app-id", "42", "--github-app-installation-id", "7"],
+            &[
+                ("WEBHOOK_SECRET", "s"),
+                ("GITHUB_APP_PRIVATE_KEY", key),
+                ("GITHUB_TOKEN", "t"),
+            ],
+            "GITHUB_APP_ID",
+        ),
+    ];
+    for (flags, env, var) in cases {
+        let e = parse(flags, env).expect_err("invalid");
+        assert_eq!(&e.var, var, "{flags:?}: {e}");
+    }
+}
+
+#[test]
+fn webhook_hooks_are_repo_or_org_hooks() {
+    let s = parse(
+        &["--allowed-repos", "octo/one", "--webhook-hook-id", "7"],
+        SECRETS,
+    )
+    .expect("valid");
+    assert_eq!(
+        s.reconciler.hooks,
+        [Hook::Repo {
+            repo: RepoName::parse("octo/one").expect("repo"),
+            id: 7
+        }]
+    );
+    let s = parse(&["--webhook-hook-id", "octo/two:8, org:octo:9"], SECRETS).expect("valid");
+    assert_eq!(
+        s.reconciler.hooks,
+        [
+            Hook::Repo {
+                repo: RepoName::parse("octo/two").expect("repo"),
+                id: 8
+            },
+            Hook::Org {
+                org: "octo".into(),
+                id: 9
+            }
+        ]
+    );
+}
+
+#[test]
+fn enterprise_domain_and_api_url_set_the_api_base() {
+    let s = parse(&["--github-enterprise-domain", "ghe.example.com"], SECRETS).expect("valid");
+    assert_eq!(s.github.api_url, "https://ghe.example.com/api/v3");
+    let s = parse(
+        &[
+            "--github-enterprise-domain",
+            "ghe.example.com",
+            "--github-api-url",
+            "http://127.0.0.1:9/",
+        ],
+        SECRETS,
+    )
+    .expect("valid");
+    assert_eq!(s.github.api_url, "http://127.0.0.1:9");
+}
+
+#[test]
+fn every_value_parser_names_its_own_variable() {
+    // A value parser is given its variable's name by hand: a copy-paste slip would blame
+    // the wrong variable. Feed every option bad values and check whom the errors name.
+    let command = Cli::command();
+    let mut checked = 0;
+    for arg in command.get_arguments() {
+        let (Some(var), Some(long)) = (arg.get_env().and_then(|v| v.to_str()), arg.get_long()) else {
+            continue;
+        };
+        let mut refused = false;
+        for bad in ["not valid", "-1", "0", "", "1e400", "a,b c"] {
+            let Err(e) = Cli::try_parse_from(["x".to_string(), format!("--{long}={bad}")]) else {
+                continue;
+            };
+            if let Some(found) = e.source().and_then(|s| s.downcast_ref::<ConfigError>()) {
+                assert_eq!(found.var, var, "--{long}={bad:?} blamed {found}");
+                refused = true;
+            }
+        }
+        checked += usize::from(refused);
+    }
+    assert!(checked >= 30, "only {checked} options have a value parser");
+}
+
+#[test]
+fn a_value_parser_error_names_the_variable_in_clap_message() {
+    let Err(e) = Cli::try_parse_from(["x", "--max-runners", "0"]) else {
+        panic!("0 runners accepted")
+    };
+    assert!(
+        e.to_string().contains("MAX_RUNNERS: must be greater than 0"),
+        "{e}"
+    );
+}
+
+#[test]
+fn durations_take_fractions() {
+    let s = parse(
+        &[
+            "--reap-interval-secs",
+            "0.25",
+            "--redeliver-window-hours",
+            "0.5",
+            "--store-retention-days",
+            "3.5",
+        ],
+        SECRETS,
+    )
+    .expect("valid");
+    assert_eq!(s.reaper.interval, Duration::from_millis(250));
+    assert_eq!(s.reconciler.redeliver_window, Duration::from_secs(1800));
+    assert_eq!(s.store.retention, Duration::from_secs(3 * 86_400 + 43_200));
+}
+
+#[test]
+fn store_sync_is_normal_or_full() {
+    assert_eq!(parse(&[], SECRETS).expect("valid").store.sync, Durability::Normal);
+    let s = parse(&["--store-sync", "full"], SECRETS).expect("valid");
+    assert_eq!(s.store.sync, Durability::Full);
+    let Err(e) = Cli::try_parse_from(["x", "--store-sync", "fast"]) else {
+        panic!("an unknown durability accepted")
+    };
+    assert!(e.to_string().contains("[possible values: normal, full]"), "{e}");
+}
+
+#[test]
+fn each_part_holds_the_values_its_consumer_shares() {
+    let s = parse(
+        &[
+            "--allowed-repos",
+            "octo/one",
+            "--runner-label",
+            "gpu",
+            "--runner-name-prefix",
+            "ci",
+            "--sandbox-timeout-secs",
+            "600",
+            "--reap-interval-secs",
+            "3",
+            "--reconcile-interval-secs",
+            "45",
+            "--github-jit-limit-per-min",
+            "0",
+            "--port",
+            "0",
+            "--bind-address",
+            "127.0.0.1",
+        ],
+        SECRETS,
+    )
+    .expect("valid");
+    let one = RepoName::parse("octo/one").expect("repo");
+    for allow in [&s.webhook.allow, &s.reaper.allow, &s.reconciler.allow] {
+        assert_eq!(allow.listed(), Some(std::slice::from_ref(&one)));
+    }
+    assert_eq!(
+        (s.webhook.label.as_str(), s.reconciler.label.as_str()),
+        ("gpu", "gpu")
+    );
+    assert_eq!(s.limits.prefix.as_str(), "ci");
+    assert_eq!(s.reaper.prefix.as_str(), "ci");
+    assert_eq!(s.provisioner.deployment, "ci");
+    assert_eq!(s.provisioner.sandbox_timeout, Duration::from_secs(600));
+    assert_eq!(s.reaper.sandbox_timeout, Duration::from_secs(600));
+    assert_eq!(s.reaper.interval, Duration::from_secs(3));
+    assert_eq!(s.reaper.sweep_interval, Duration::from_secs(45));
+    assert_eq!(s.reconciler.interval, Duration::from_secs(45));
+    assert_eq!(s.provisioner.jit_limit_per_min, None);
+    assert_eq!(s.server.bind.to_string(), "127.0.0.1:0");
+    let s = parse(&[], SECRETS).expect("valid");
+    assert_eq!(s.provisioner.jit_limit_per_min, Some(180.0));
+    assert_eq!(s.webhook.secret.expose_secret(), "s");
+}
+
+#[test]
+fn blank_optional_values_are_unset() {
+    let s = parse(
+        &[
+            "--github-app-id",
+            " ",
+            "--github-app-installation-id",
+            "",
+            "--github-api-url",
+            "",
+            "--github-enterprise-domain",
+            "",
+            "--allowed-repos",
+            "",
+            "--sandbox-gpu-types",
+            "",
+            "--webhook-hook-id",
+            "",
+        ],
+        SECRETS,
+    )
+    .expect("valid");
+    assert!(matches!(s.github.credentials, Credentials::Token(_)));
+    assert_eq!(s.github.api_url, "https://api.github.com");
+    assert!(s.webhook.allow.listed().is_none());
+    assert!(s.limits.machine.gpu_types.is_empty());
+    assert!(s.reconciler.hooks.is_empty());
+}
