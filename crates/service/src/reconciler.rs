@@ -17,9 +17,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{JobId, JobStatus, LabelSet, RepoAllowList, RepoName, now_millis};
+use crate::domain::{JobEvent, JobId, JobStatus, LabelSet, RepoAllowList, RepoName, now_millis};
 use crate::github::{GitHub, GitHubError, Hook, RemoteJob};
-use crate::ingress::JobEvent;
 use crate::store::{EventSource, Store, StoreError};
 use crate::wake::Wake;
 

@@ -1,6 +1,5 @@
 use super::*;
-use crate::domain::{JobId, JobStatus, LabelSet, NamePrefix, RepoName, RunnerName, RunnerState};
-use crate::ingress::JobEvent;
+use crate::domain::{JobEvent, JobId, JobStatus, LabelSet, NamePrefix, RepoName, RunnerName, RunnerState};
 
 async fn store() -> Store {
     Store::open("sqlite::memory:").await.expect("in-memory store")
