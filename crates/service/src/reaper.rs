@@ -170,7 +170,7 @@ async fn remove(
     patch: RunnerPatch,
 ) -> Result<bool, ReapError> {
     if let Some(id) = r.row.github_id
-        && ctx.github.delete_runner(&repo(r)?, id).await? == DeleteOutcome::Busy
+        && ctx.github.delete_runner(&r.row.repo, id).await? == DeleteOutcome::Busy
     {
         tracing::info!("GitHub gave the runner a job meanwhile; keeping it");
         if from != RunnerState::Running {
@@ -201,7 +201,7 @@ async fn sandbox_gone(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapErr
         return Ok(());
     }
     if let Some(id) = r.row.github_id {
-        match ctx.github.delete_runner(&repo(r)?, id).await? {
+        match ctx.github.delete_runner(&r.row.repo, id).await? {
             // GitHub says it runs a job: its in_progress event is on the way.
             DeleteOutcome::Busy => return Ok(()),
             // A JIT runner's registration disappears after its one job: it ran one, and
@@ -296,7 +296,7 @@ async fn online(ctx: &ReaperContext, r: &LiveRunner) -> Result<bool, ReapError> 
     };
     let up = ctx
         .github
-        .get_runner(&repo(r)?, id)
+        .get_runner(&r.row.repo, id)
         .await?
         .is_some_and(|info| info.status == "online" || info.busy);
     if up {
@@ -343,13 +343,7 @@ async fn stop_orphan(ctx: &ReaperContext, sb: &SandboxInfo) -> Result<(), StoreE
 pub async fn sweep_registrations(ctx: &ReaperContext) -> Result<(), StoreError> {
     let repos: Vec<RepoName> = match ctx.allow.listed() {
         Some(listed) => listed.to_vec(),
-        None => ctx
-            .store
-            .known_repos()
-            .await?
-            .iter()
-            .filter_map(|r| RepoName::parse(r).ok())
-            .collect(),
+        None => ctx.store.known_repos().await?,
     };
     for repo in repos {
         let registered = match ctx.github.list_runners(&repo).await {
@@ -391,10 +385,6 @@ fn age(r: &LiveRunner, now: i64) -> i64 {
 
 fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
     set.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn repo(r: &LiveRunner) -> Result<RepoName, ReapError> {
-    RepoName::parse(&r.row.repo).map_err(|e| ReapError::Store(StoreError::Corrupt(e.to_string())))
 }
 
 fn millis(d: Duration) -> i64 {

@@ -106,8 +106,7 @@ async fn repos(ctx: &ReconcilerContext) -> Result<Vec<RepoName>, StoreError> {
     if let Some(listed) = ctx.allow.listed() {
         return Ok(listed.to_vec());
     }
-    let known = ctx.store.known_repos().await?;
-    Ok(known.iter().filter_map(|r| RepoName::parse(r).ok()).collect())
+    ctx.store.known_repos().await
 }
 
 /// Stops the pass when fewer than a tenth of the hourly budget (and under 100 calls) is
@@ -161,9 +160,7 @@ async fn refresh_unseen(ctx: &ReconcilerContext, seen: &HashSet<JobId>) -> Resul
         .filter(|j| !seen.contains(&j.id) && j.first_seen_at < cutoff)
         .take(50)
     {
-        let Ok(repo) = RepoName::parse(&job.repo) else {
-            continue;
-        };
+        let repo = job.repo;
         if !ctx.allow.allows(&repo) {
             continue;
         }

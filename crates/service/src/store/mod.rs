@@ -11,9 +11,12 @@ mod runs;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::SqlitePool;
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row, SqlitePool};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::mpsc;
+
+use crate::domain::{RepoName, RepoNameError};
 
 pub use ingest::{EventSource, Recorded};
 pub use jobs::{JobRow, StrategyUpdate};
@@ -33,6 +36,10 @@ pub enum StoreError {
     WriteFailed(String),
     #[error("a stored row is not readable: {0}")]
     Corrupt(String),
+    /// Rows are written from parsed names only, so this means the database was edited or
+    /// damaged; the row is not acted on.
+    #[error("a stored repository name is not valid: {0}")]
+    BadRepo(#[from] RepoNameError),
 }
 
 /// Handle to the store; cheap to clone.
@@ -128,6 +135,12 @@ impl Store {
 /// Reads a column that must hold a `RunnerState` or `JobStatus`-like enum.
 fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("{what} has unknown value `{value}`"))
+}
+
+/// Reads a column holding an `owner/repo` name.
+fn repo_column(row: &SqliteRow, column: &str) -> Result<RepoName, StoreError> {
+    let name: String = row.try_get(column)?;
+    Ok(RepoName::parse(&name)?)
 }
 
 #[cfg(test)]
