@@ -24,7 +24,7 @@ use crate::provisioner::{self, ProvisionerContext};
 use crate::reaper::{self, ReaperContext};
 use crate::reconciler::{self, ReconcilerContext};
 use crate::retry::Backoff;
-use crate::store::Store;
+use crate::store::{Store, maintenance};
 use crate::strategy::{self, StrategyContext};
 use crate::wake::Wake;
 
@@ -217,7 +217,6 @@ impl Application {
             interval: s.reap_interval,
             sweep_interval: s.reconcile_interval,
             seen_online: Mutex::default(),
-            retention: s.retention,
         });
         let reconciler = Arc::new(ReconcilerContext {
             store: self.store.clone(),
@@ -233,6 +232,11 @@ impl Application {
         tasks.spawn(async move {
             reconciler::run(reconciler, st).await;
             ("reconciler", Ok(()))
+        });
+        let (store, retention, st) = (self.store.clone(), s.retention, stop.clone());
+        tasks.spawn(async move {
+            maintenance::run(store, retention, st).await;
+            ("store maintenance", Ok(()))
         });
         let (backend, ready, grace) = (self.backend.clone(), self.ready.clone(), s.shutdown_grace);
         let st = stop.clone();

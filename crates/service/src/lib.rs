@@ -33,6 +33,7 @@ pub mod runner_version;
 pub mod status;
 pub mod store;
 pub mod strategy;
+pub mod sweeps;
 pub mod telemetry;
 pub mod tls;
 pub mod wake;

@@ -1,13 +1,14 @@
-//! Ends runners, and cleans up whatever a crash, a lost event or a misbehaving runner
-//! left behind (anchors.md §3, complaints 5–8):
+//! Ends runners, one rule per runner, whatever a crash, a lost event or a misbehaving
+//! runner left them in (anchors.md §3, complaints 5–8):
 //!
 //! - surplus runners the planner marked `retiring`;
 //! - runners whose sandbox ended (after their job, or without one);
 //! - sandboxes still running long after their job completed, or past their maximum runtime;
 //! - runners that never came online at GitHub within `RUNNER_REGISTRATION_TIMEOUT_SECS`;
-//! - runners idle without a job for `RUNNER_IDLE_TIMEOUT_SECS`;
-//! - sandboxes tagged as ours that no live runner owns (orphans after a crash);
-//! - offline GitHub registrations with our name prefix that no live runner owns.
+//! - runners idle without a job for `RUNNER_IDLE_TIMEOUT_SECS`.
+//!
+//! Its loop also schedules the `sweeps` (sandboxes and registrations no live runner owns),
+//! which share its sandbox listing.
 //!
 //! Removing a runner that has not taken a job always deletes its GitHub registration
 //! first: a 422 "still running a job" means GitHub just gave it one, and it is kept
@@ -21,10 +22,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backend::{Backend, BackendError, SandboxInfo};
-use crate::domain::{JobStatus, NamePrefix, RepoAllowList, RepoName, RunnerName, RunnerState, now_millis};
+use crate::domain::{JobStatus, NamePrefix, RepoAllowList, RunnerState, now_millis};
 use crate::github::{DeleteOutcome, GitHub, GitHubError};
 use crate::metrics::Metrics;
 use crate::store::{LiveRunner, RunnerPatch, Store, StoreError};
+use crate::sweeps;
 use crate::wake::{Wake, next_round};
 
 /// What the reaper needs.
@@ -34,6 +36,7 @@ pub struct ReaperContext {
     pub backend: Arc<Backend>,
     pub wake: Arc<Wake>,
     pub metrics: Arc<Metrics>,
+    /// For the registration sweep: which registrations are ours, in which repositories.
     pub prefix: NamePrefix,
     pub allow: RepoAllowList,
     /// How long a sandbox may keep running after its job completed before it is stopped.
@@ -50,12 +53,7 @@ pub struct ReaperContext {
     pub sweep_interval: Duration,
     /// Runners seen online at GitHub: their registration timeout no longer applies.
     pub seen_online: Mutex<HashSet<String>>,
-    /// `STORE_RETENTION_DAYS`: history older than this is pruned (hourly).
-    pub retention: Duration,
 }
-
-/// How often old history is pruned from the store.
-const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 enum ReapError {
@@ -71,23 +69,14 @@ enum ReapError {
 /// every `sweep_interval`, until `stop`.
 pub async fn run(ctx: Arc<ReaperContext>, stop: CancellationToken) {
     let mut last_sweep: Option<Instant> = None;
-    let mut last_prune: Option<Instant> = None;
     loop {
-        if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_INTERVAL) {
-            last_prune = Some(Instant::now());
-            let cutoff = now_millis() - millis(ctx.retention);
-            match ctx.store.prune(cutoff).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(rows = n, "pruned old history from the store"),
-                Err(e) => tracing::warn!(error = %e, "could not prune the store"),
-            }
-        }
         if let Err(e) = pass(&ctx).await {
             tracing::warn!(error = %e, "reaping pass failed");
         }
         if last_sweep.is_none_or(|t| t.elapsed() >= ctx.sweep_interval) {
             last_sweep = Some(Instant::now());
-            if let Err(e) = sweep_registrations(&ctx).await {
+            let swept = sweeps::delete_offline_registrations(&ctx.store, &ctx.github, &ctx.prefix, &ctx.allow);
+            if let Err(e) = swept.await {
                 tracing::warn!(error = %e, "could not sweep GitHub's runner list");
             }
         }
@@ -97,7 +86,7 @@ pub async fn run(ctx: Arc<ReaperContext>, stop: CancellationToken) {
     }
 }
 
-/// One pass over every live runner and every listed sandbox.
+/// One pass over every live runner, then the orphan-sandbox sweep over the same listing.
 pub async fn pass(ctx: &ReaperContext) -> Result<(), StoreError> {
     let listed_at = now_millis();
     let sandboxes = match ctx.backend.list().await {
@@ -121,10 +110,7 @@ pub async fn pass(ctx: &ReaperContext) -> Result<(), StoreError> {
         }
     }
     let live: HashSet<&str> = runners.iter().map(|r| r.row.name.as_str()).collect();
-    for sb in sandboxes.iter().filter(|s| !live.contains(s.name.as_str())) {
-        stop_orphan(ctx, sb).await?;
-    }
-    Ok(())
+    sweeps::stop_orphan_sandboxes(&ctx.store, &ctx.backend, &sandboxes, &live).await
 }
 
 async fn reap_one(
@@ -316,65 +302,6 @@ async fn stop(ctx: &ReaperContext, r: &LiveRunner, reason: &str) -> Result<(), R
         .await?
     {
         tracing::info!("runner sandbox {reason}");
-    }
-    Ok(())
-}
-
-/// A sandbox no live runner owns: left over from a runner that ended, or from a crash.
-async fn stop_orphan(ctx: &ReaperContext, sb: &SandboxInfo) -> Result<(), StoreError> {
-    let row = ctx.store.runner(&sb.name).await?;
-    if row.as_ref().is_some_and(|r| r.state.is_live()) {
-        // Became live after the listing (a create just finished).
-        return Ok(());
-    }
-    match ctx.backend.terminate(&sb.id).await {
-        Ok(()) => {
-            tracing::info!(runner.name = %sb.name, sandbox.id = %sb.id, "orphan sandbox stopped")
-        }
-        Err(e) => {
-            tracing::warn!(runner.name = %sb.name, error = %e, "could not stop an orphan sandbox")
-        }
-    }
-    Ok(())
-}
-
-/// Deletes offline registrations with our name prefix that no live runner owns: runners
-/// whose sandbox died with the process that made them, or whose removal failed.
-pub async fn sweep_registrations(ctx: &ReaperContext) -> Result<(), StoreError> {
-    let repos: Vec<RepoName> = match ctx.allow.listed() {
-        Some(listed) => listed.to_vec(),
-        None => ctx.store.known_repos().await?,
-    };
-    for repo in repos {
-        let registered = match ctx.github.list_runners(&repo).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(repo = %repo, error = %e, "could not list registered runners");
-                continue;
-            }
-        };
-        let live: HashSet<String> = ctx
-            .store
-            .live_runners()
-            .await?
-            .into_iter()
-            .map(|r| r.row.name.to_string())
-            .collect();
-        for runner in registered {
-            let ours = RunnerName::parse_ours(&ctx.prefix, &runner.name).is_some();
-            if !ours || live.contains(&runner.name) || runner.status == "online" || runner.busy {
-                continue;
-            }
-            match ctx.github.delete_runner(&repo, runner.id).await {
-                Ok(DeleteOutcome::Deleted) => {
-                    tracing::info!(repo = %repo, runner.name = %runner.name, "orphan registration deleted")
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(repo = %repo, runner.name = %runner.name, error = %e, "could not delete an orphan registration")
-                }
-            }
-        }
     }
     Ok(())
 }

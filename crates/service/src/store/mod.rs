@@ -5,6 +5,7 @@
 
 mod ingest;
 mod jobs;
+pub mod maintenance;
 mod runners;
 mod runs;
 
@@ -104,26 +105,6 @@ impl Store {
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
-    }
-
-    /// Deletes history older than `cutoff` (Unix ms): completed jobs no live runner refers
-    /// to, ended runners, delivery GUIDs and looked-up runs. Open jobs and live runners are
-    /// never touched. Returns how many rows went.
-    pub async fn prune(&self, cutoff: i64) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut deleted = 0;
-        for sql in [
-            "DELETE FROM deliveries WHERE received_at < ?1",
-            "DELETE FROM runners WHERE state IN ('done', 'failed') AND updated_at < ?1",
-            "DELETE FROM jobs WHERE rank = 3 AND updated_at < ?1
-                AND NOT EXISTS (SELECT 1 FROM runners r WHERE r.job_id = jobs.id)
-                AND (runner_name IS NULL OR NOT EXISTS (SELECT 1 FROM runners r WHERE r.name = jobs.runner_name))",
-            "DELETE FROM runs WHERE updated_at < ?1 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.run_id = runs.run_id)",
-        ] {
-            deleted += sqlx::query(sql).bind(cutoff).execute(&mut *tx).await?.rows_affected();
-        }
-        tx.commit().await?;
-        Ok(deleted)
     }
 
     /// Flushes pending writes and closes every connection.
