@@ -29,6 +29,7 @@ pub mod provisioner;
 pub mod reaper;
 pub mod reconciler;
 pub mod retry;
+pub mod runner_release;
 pub mod runner_version;
 pub mod status;
 pub mod store;
