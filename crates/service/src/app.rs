@@ -333,8 +333,8 @@ fn backend(settings: &Settings, github: &GitHub) -> anyhow::Result<(Backend, Opt
                 },
             };
             let (publisher, releases) = runner_release::channel(source, modal.refresh_interval);
-            let backend =
-                ModalBackend::new((**modal).clone(), releases).context("could not set up the Modal client")?;
+            let backend = ModalBackend::new((**modal).clone(), releases)
+                .context("could not set up the Modal client")?;
             (Backend::Modal(Box::new(backend)), publisher)
         }
     })

@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{JobId, JobStatus, MachinePolicy, NamePrefix, RepoName, RunnerName, RunnerState, now_millis};
+use crate::domain::{
+    JobId, JobStatus, MachinePolicy, NamePrefix, RepoName, RunnerName, RunnerState, now_millis,
+};
 use crate::metrics::Metrics;
 use crate::retry::job_retry_delay;
 use crate::store::{AttemptStats, JobRow, LiveRunner, NewRunner, RunnerPatch, Store, StoreError};

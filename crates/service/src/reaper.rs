@@ -75,7 +75,8 @@ pub async fn run(ctx: Arc<ReaperContext>, stop: CancellationToken) {
         }
         if last_sweep.is_none_or(|t| t.elapsed() >= ctx.sweep_interval) {
             last_sweep = Some(Instant::now());
-            let swept = sweeps::delete_offline_registrations(&ctx.store, &ctx.github, &ctx.prefix, &ctx.allow);
+            let swept =
+                sweeps::delete_offline_registrations(&ctx.store, &ctx.github, &ctx.prefix, &ctx.allow);
             if let Err(e) = swept.await {
                 tracing::warn!(error = %e, "could not sweep GitHub's runner list");
             }

@@ -11,10 +11,10 @@ use tokio::sync::Mutex;
 
 use reqwest::Method;
 
+use super::GitHub;
 use super::endpoints::repo_path;
 use super::error::GitHubError;
 use super::transport::decode;
-use super::GitHub;
 use crate::domain::RepoName;
 
 /// What the client authenticates with.

@@ -12,8 +12,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
 use super::event;
-use crate::domain::JobEvent;
 use super::signature::{self, SignatureError};
+use crate::domain::JobEvent;
 use crate::domain::RepoAllowList;
 use crate::metrics::Metrics;
 use crate::store::{EventSource, Recorded, Store, StoreError};

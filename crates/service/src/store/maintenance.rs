@@ -93,7 +93,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(left, 0, "the old delivery GUID was pruned");
-        assert!(store.job(JobId(1)).await.expect("read").is_some(), "open jobs stay");
+        assert!(
+            store.job(JobId(1)).await.expect("read").is_some(),
+            "open jobs stay"
+        );
         stop.cancel();
         tokio::time::timeout(Duration::from_secs(5), task)
             .await

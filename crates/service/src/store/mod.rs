@@ -13,8 +13,8 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row, SqlitePool};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
 use tokio::sync::mpsc;
 
 use crate::domain::{RepoName, RepoNameError};

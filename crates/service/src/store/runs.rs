@@ -52,13 +52,13 @@ impl Store {
             let entry = match runs.entry(run_id) {
                 Entry::Occupied(run) => run.into_mut(),
                 Entry::Vacant(slot) => slot.insert(UnresolvedRun {
-                run_id,
-                repo: repo_column(row, "repo")?,
-                head_sha: row.try_get("head_sha").unwrap_or_default(),
-                jobs: Vec::new(),
-                known: match (state.as_deref(), strategy) {
-                    (Some("resolved"), Some(json)) => Some(RunStrategy::Resolved(json)),
-                    (Some(_), _) => Some(RunStrategy::Unreadable),
+                    run_id,
+                    repo: repo_column(row, "repo")?,
+                    head_sha: row.try_get("head_sha").unwrap_or_default(),
+                    jobs: Vec::new(),
+                    known: match (state.as_deref(), strategy) {
+                        (Some("resolved"), Some(json)) => Some(RunStrategy::Resolved(json)),
+                        (Some(_), _) => Some(RunStrategy::Unreadable),
                         (None, _) => None,
                     },
                 }),

@@ -436,7 +436,11 @@ async fn a_release_github_starts_serving_later_is_built_for_new_sandboxes() {
     })
     .await;
     assert!(checked, "the served release is checked every interval");
-    assert_eq!(image_requests(&fake).len(), 1, "an unchanged release is not rebuilt");
+    assert_eq!(
+        image_requests(&fake).len(),
+        1,
+        "an unchanged release is not rebuilt"
+    );
 
     github.set_runner_version("2.341.0");
     let rebuilt = wait(Duration::from_secs(10), || {

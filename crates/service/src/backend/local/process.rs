@@ -94,7 +94,11 @@ async fn spawn(cmd: &mut tokio::process::Command) -> std::io::Result<tokio::proc
 
 /// Runs until the sandbox's process ends, stopping it on request or at its deadline.
 /// Returns how it ended, for the log.
-pub(super) async fn supervise(meta: &Meta, mut child: Option<tokio::process::Child>, stop: &Notify) -> String {
+pub(super) async fn supervise(
+    meta: &Meta,
+    mut child: Option<tokio::process::Child>,
+    stop: &Notify,
+) -> String {
     let remaining = Duration::from_millis(u64::try_from(meta.deadline - now_millis()).unwrap_or(0));
     let deadline = tokio::time::sleep(remaining);
     tokio::pin!(deadline);

@@ -7,7 +7,6 @@ use secrecy::SecretString;
 use super::adopt::Meta;
 use super::*;
 
-
 fn runner_dir(script: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     let run = dir.path().join("run.sh");
@@ -87,8 +86,7 @@ async fn create_is_idempotent_on_the_name_and_terminate_kills_the_process_group(
     assert_eq!(first, second);
     assert_eq!(b.list().await.expect("list").len(), 1);
     let meta: Meta =
-        serde_json::from_slice(&std::fs::read(work.path().join("r-2-1.json")).expect("meta"))
-            .expect("json");
+        serde_json::from_slice(&std::fs::read(work.path().join("r-2-1.json")).expect("meta")).expect("json");
 
     b.terminate(&first).await.expect("terminate");
 

@@ -7,12 +7,12 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use super::client::{ModalApi, ModalError};
-use super::{BackendError, ModalSettings, classify};
 use super::proto::generic_result::GenericStatus;
 use super::proto::{
     EnvironmentGetOrCreateRequest, GenericResult, Image, ImageGetOrCreateRequest, ImageJoinStreamingRequest,
     ObjectCreationType,
 };
+use super::{BackendError, ModalSettings, classify};
 use crate::runner_version::{RunnerRelease, RunnerVersion};
 
 /// What goes into the image besides the runner.

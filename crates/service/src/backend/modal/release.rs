@@ -115,7 +115,10 @@ mod tests {
     async fn a_channel_closed_before_any_release_is_a_permanent_error() {
         let (tx, rx) = watch::channel(None);
         drop(tx);
-        let err = Releases::published(rx).first().await.expect_err("nothing published");
+        let err = Releases::published(rx)
+            .first()
+            .await
+            .expect_err("nothing published");
         assert!(!err.is_transient());
     }
 }
