@@ -212,14 +212,13 @@ async fn resolve(ctx: &StrategyContext, run: UnresolvedRun) -> bool {
 /// Reads and parses the run's workflow file. Transient errors are returned (retry later);
 /// anything else makes the run `Unreadable`.
 async fn lookup(ctx: &StrategyContext, run: &UnresolvedRun) -> Result<RunStrategy, GitHubError> {
-    let repo = &run.repo;
     let result = async {
-        let remote = ctx.github.get_run(&repo, run.run_id).await?;
+        let remote = ctx.github.get_run(&run.repo, run.run_id).await?;
         let Some(path) = remote.path.filter(|p| p.starts_with(".github/")) else {
             return Ok(None);
         };
         let sha = remote.head_sha.or_else(|| run.head_sha.clone());
-        ctx.github.file_contents(&repo, &path, sha.as_deref()).await
+        ctx.github.file_contents(&run.repo, &path, sha.as_deref()).await
     }
     .await;
     match result {
