@@ -11,7 +11,6 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::modal::RunnerSource;
 use crate::backend::{Backend, BackendError, LocalBackend, ModalBackend};
 use crate::config::{BackendSettings, Settings};
 use crate::github::{GitHub, GitHubConfig};
@@ -23,7 +22,8 @@ use crate::provisioner::{self, ProvisionerContext};
 use crate::reaper::{self, ReaperContext};
 use crate::reconciler::{self, ReconcilerContext};
 use crate::retry::Backoff;
-use crate::store::Store;
+use crate::runner_release::{self, ReleasePublisher, ReleaseSource};
+use crate::store::{Store, maintenance};
 use crate::strategy::{self, StrategyContext};
 use crate::wake::Wake;
 
@@ -36,6 +36,8 @@ pub struct Application {
     store: Store,
     github: GitHub,
     backend: Arc<Backend>,
+    /// Publishes the runner release the Modal backend installs, unless it is pinned.
+    releases: Option<ReleasePublisher>,
     wake: Arc<Wake>,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
@@ -63,7 +65,7 @@ impl Application {
             Some(metrics.clone()),
         )
         .context("could not build the GitHub client")?;
-        let backend = Arc::new(backend(&settings, &github)?);
+        let (backend, releases) = backend(&settings, &github)?;
         let addr = settings.server.bind;
         let listener = TcpListener::bind(addr)
             .await
@@ -78,7 +80,8 @@ impl Application {
             settings,
             store,
             github,
-            backend,
+            backend: Arc::new(backend),
+            releases,
             wake: Arc::new(Wake::default()),
             metrics,
             ready: Arc::new(AtomicBool::new(false)),
@@ -101,7 +104,8 @@ impl Application {
         let mut tasks: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
         let port = self.port();
         self.spawn_server(&mut tasks, stop.clone());
-        self.spawn_loops(&mut tasks, stop.clone());
+        let releases = self.releases.take();
+        self.spawn_loops(&mut tasks, stop.clone(), releases);
         tracing::info!(port, backend = self.backend.name(), "modal-github-runner started");
 
         let signal = stop.clone();
@@ -159,7 +163,12 @@ impl Application {
         });
     }
 
-    fn spawn_loops(&self, tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>, stop: CancellationToken) {
+    fn spawn_loops(
+        &self,
+        tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
+        stop: CancellationToken,
+        releases: Option<ReleasePublisher>,
+    ) {
         let s = &self.settings;
         let planner = PlannerContext {
             store: self.store.clone(),
@@ -202,7 +211,6 @@ impl Application {
             metrics: self.metrics.clone(),
             settings: s.reaper.clone(),
             seen_online: Mutex::default(),
-            retention: s.store.retention,
         });
         let reconciler = Arc::new(ReconcilerContext {
             store: self.store.clone(),
@@ -214,6 +222,11 @@ impl Application {
         tasks.spawn(async move {
             reconciler::run(reconciler, st).await;
             ("reconciler", Ok(()))
+        });
+        let (store, retention, st) = (self.store.clone(), s.store.retention, stop.clone());
+        tasks.spawn(async move {
+            maintenance::run(store, retention, st).await;
+            ("store maintenance", Ok(()))
         });
         let (backend, ready, grace) = (self.backend.clone(), self.ready.clone(), s.server.shutdown_grace);
         let st = stop.clone();
@@ -230,16 +243,11 @@ impl Application {
         // built); webhooks are recorded meanwhile.
         tasks.spawn(async move {
             match tokio::select! {
-                r = prepare(&backend) => r,
+                r = start_backend(&backend, releases, stop.clone()) => r,
                 () = stop.cancelled() => return ("backend", Ok(())),
             } {
                 Ok(()) => {}
-                Err(e) => {
-                    return (
-                        "backend",
-                        Err(anyhow::anyhow!(e).context("the backend could not start")),
-                    );
-                }
+                Err(e) => return ("backend", Err(e.context("the backend could not start"))),
             }
             ready.store(true, Ordering::Release);
             tracing::info!("backend ready");
@@ -249,6 +257,20 @@ impl Application {
             ("provisioner", Ok(()))
         });
     }
+}
+
+/// Publishes the first runner release (unless pinned) and keeps it current until `stop`,
+/// then prepares the backend.
+async fn start_backend(
+    backend: &Backend,
+    releases: Option<ReleasePublisher>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    if let Some(releases) = releases {
+        releases.publish_first().await?;
+        tokio::spawn(releases.follow(stop));
+    }
+    Ok(prepare(backend).await?)
 }
 
 /// Prepares the backend, retrying transient failures (Modal briefly unreachable) with
@@ -269,23 +291,26 @@ async fn prepare(backend: &Backend) -> Result<(), BackendError> {
     }
 }
 
-fn backend(settings: &Settings, github: &GitHub) -> anyhow::Result<Backend> {
+/// The configured backend and, for Modal without a pinned runner, the publisher of the
+/// runner releases it installs.
+fn backend(settings: &Settings, github: &GitHub) -> anyhow::Result<(Backend, Option<ReleasePublisher>)> {
     Ok(match &settings.backend {
-        BackendSettings::Local(local) => Backend::Local(LocalBackend::new(local.clone())),
+        BackendSettings::Local(local) => (Backend::Local(LocalBackend::new(local.clone())), None),
         BackendSettings::Modal {
             settings: modal,
             runner_version,
         } => {
-            let runner = match runner_version {
-                Some(v) => RunnerSource::Pinned(v.clone()),
-                None => RunnerSource::Resolve {
+            let source = match runner_version {
+                Some(v) => ReleaseSource::Pinned(v.clone()),
+                None => ReleaseSource::Served {
                     github: github.clone(),
                     repo: settings.webhook.allow.listed().and_then(|r| r.first().cloned()),
                 },
             };
-            let backend =
-                ModalBackend::new((**modal).clone(), runner).context("could not set up the Modal client")?;
-            Backend::Modal(Box::new(backend))
+            let (publisher, releases) = runner_release::channel(source, modal.refresh_interval);
+            let backend = ModalBackend::new((**modal).clone(), releases)
+                .context("could not set up the Modal client")?;
+            (Backend::Modal(Box::new(backend)), publisher)
         }
     })
 }

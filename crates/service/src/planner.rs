@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{JobId, JobStatus, MachinePolicy, NamePrefix, RunnerName, RunnerState, now_millis};
+use crate::domain::{
+    JobId, JobStatus, MachinePolicy, NamePrefix, RepoName, RunnerName, RunnerState, now_millis,
+};
 use crate::metrics::Metrics;
 use crate::retry::job_retry_delay;
 use crate::store::{AttemptStats, JobRow, LiveRunner, NewRunner, RunnerPatch, Store, StoreError};
@@ -57,7 +59,7 @@ pub enum Intent {
     /// A queued job whose labels ask for a machine this deployment does not allow.
     Refuse {
         job: JobId,
-        repo: String,
+        repo: RepoName,
         reason: String,
     },
 }
@@ -66,11 +68,11 @@ pub enum Intent {
 type Pool = (String, String);
 
 fn pool_of_job(j: &JobRow) -> Pool {
-    (j.repo.to_ascii_lowercase(), j.labels.key().to_string())
+    (j.repo.key(), j.labels.key().to_string())
 }
 
 fn pool_of_runner(r: &LiveRunner) -> Pool {
-    (r.row.repo.to_ascii_lowercase(), r.row.labels.key().to_string())
+    (r.row.repo.key(), r.row.labels.key().to_string())
 }
 
 /// A runner that can still take a job: live, not retiring, and not known to have taken one.

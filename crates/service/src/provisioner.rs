@@ -143,7 +143,7 @@ async fn start(ctx: &ProvisionerContext, row: &RunnerRow) -> Result<(), Provisio
     {
         return Ok(());
     }
-    let repo = repo(row)?;
+    let repo = row.repo.clone();
     let Some(jit) = register(ctx, row, &repo).await? else {
         return Ok(());
     };
@@ -290,7 +290,7 @@ async fn mark_running(
 /// A `registering` runner nobody works on: the process that started it died. If GitHub
 /// has the name, its JIT config is lost with that process; otherwise start over.
 async fn recover_registering(ctx: &ProvisionerContext, row: &RunnerRow) -> Result<(), ProvisionError> {
-    let repo = repo(row)?;
+    let repo = row.repo.clone();
     if ctx
         .github
         .runner_by_name(&repo, row.name.as_str())
@@ -323,7 +323,7 @@ async fn recover_registered(ctx: &ProvisionerContext, row: &RunnerRow) -> Result
         tracing::info!("sandbox created before a restart found");
         return mark_running(ctx, row, sb.id).await;
     }
-    let repo = repo(row)?;
+    let repo = row.repo.clone();
     if let Some(id) = row.github_id {
         deregister(ctx, &repo, id).await;
     }
@@ -388,8 +388,4 @@ fn pause(ctx: &ProvisionerContext, e: &ProvisionError) {
         "GitHub refused the token or a permission: provisioning paused. Check that GITHUB_TOKEN is valid and may \
          administer the repository's runners (fine-grained: Administration read/write; classic: repo)"
     );
-}
-
-fn repo(row: &RunnerRow) -> Result<RepoName, ProvisionError> {
-    RepoName::parse(&row.repo).map_err(|e| ProvisionError::Store(StoreError::Corrupt(e.to_string())))
 }

@@ -1,13 +1,14 @@
-//! Ends runners, and cleans up whatever a crash, a lost event or a misbehaving runner
-//! left behind (anchors.md §3, complaints 5–8):
+//! Ends runners, one rule per runner, whatever a crash, a lost event or a misbehaving
+//! runner left them in (anchors.md §3, complaints 5–8):
 //!
 //! - surplus runners the planner marked `retiring`;
 //! - runners whose sandbox ended (after their job, or without one);
 //! - sandboxes still running long after their job completed, or past their maximum runtime;
 //! - runners that never came online at GitHub within `RUNNER_REGISTRATION_TIMEOUT_SECS`;
-//! - runners idle without a job for `RUNNER_IDLE_TIMEOUT_SECS`;
-//! - sandboxes tagged as ours that no live runner owns (orphans after a crash);
-//! - offline GitHub registrations with our name prefix that no live runner owns.
+//! - runners idle without a job for `RUNNER_IDLE_TIMEOUT_SECS`.
+//!
+//! Its loop also schedules the `sweeps` (sandboxes and registrations no live runner owns),
+//! which share its sandbox listing.
 //!
 //! Removing a runner that has not taken a job always deletes its GitHub registration
 //! first: a 422 "still running a job" means GitHub just gave it one, and it is kept
@@ -22,10 +23,11 @@ use tracing::Instrument;
 
 use crate::backend::{Backend, BackendError, SandboxInfo};
 use crate::config::ReaperSettings;
-use crate::domain::{JobStatus, RepoName, RunnerName, RunnerState, now_millis};
+use crate::domain::{JobStatus, RunnerState, now_millis};
 use crate::github::{DeleteOutcome, GitHub, GitHubError};
 use crate::metrics::Metrics;
 use crate::store::{LiveRunner, RunnerPatch, Store, StoreError};
+use crate::sweeps;
 use crate::wake::{Wake, next_round};
 
 /// What the reaper needs.
@@ -38,12 +40,7 @@ pub struct ReaperContext {
     pub settings: ReaperSettings,
     /// Runners seen online at GitHub: their registration timeout no longer applies.
     pub seen_online: Mutex<HashSet<String>>,
-    /// `STORE_RETENTION_DAYS`: history older than this is pruned (hourly).
-    pub retention: Duration,
 }
-
-/// How often old history is pruned from the store.
-const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, thiserror::Error)]
 enum ReapError {
@@ -59,23 +56,15 @@ enum ReapError {
 /// every `sweep_interval`, until `stop`.
 pub async fn run(ctx: Arc<ReaperContext>, stop: CancellationToken) {
     let mut last_sweep: Option<Instant> = None;
-    let mut last_prune: Option<Instant> = None;
     loop {
-        if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_INTERVAL) {
-            last_prune = Some(Instant::now());
-            let cutoff = now_millis() - millis(ctx.retention);
-            match ctx.store.prune(cutoff).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(rows = n, "pruned old history from the store"),
-                Err(e) => tracing::warn!(error = %e, "could not prune the store"),
-            }
-        }
         if let Err(e) = pass(&ctx).await {
             tracing::warn!(error = %e, "reaping pass failed");
         }
         if last_sweep.is_none_or(|t| t.elapsed() >= ctx.settings.sweep_interval) {
             last_sweep = Some(Instant::now());
-            if let Err(e) = sweep_registrations(&ctx).await {
+            let swept =
+                sweeps::delete_offline_registrations(&ctx.store, &ctx.github, &ctx.settings.prefix, &ctx.settings.allow);
+            if let Err(e) = swept.await {
                 tracing::warn!(error = %e, "could not sweep GitHub's runner list");
             }
         }
@@ -85,7 +74,7 @@ pub async fn run(ctx: Arc<ReaperContext>, stop: CancellationToken) {
     }
 }
 
-/// One pass over every live runner and every listed sandbox.
+/// One pass over every live runner, then the orphan-sandbox sweep over the same listing.
 pub async fn pass(ctx: &ReaperContext) -> Result<(), StoreError> {
     let listed_at = now_millis();
     let sandboxes = match ctx.backend.list().await {
@@ -109,10 +98,7 @@ pub async fn pass(ctx: &ReaperContext) -> Result<(), StoreError> {
         }
     }
     let live: HashSet<&str> = runners.iter().map(|r| r.row.name.as_str()).collect();
-    for sb in sandboxes.iter().filter(|s| !live.contains(s.name.as_str())) {
-        stop_orphan(ctx, sb).await?;
-    }
-    Ok(())
+    sweeps::stop_orphan_sandboxes(&ctx.store, &ctx.backend, &sandboxes, &live).await
 }
 
 async fn reap_one(
@@ -158,7 +144,7 @@ async fn remove(
     patch: RunnerPatch,
 ) -> Result<bool, ReapError> {
     if let Some(id) = r.row.github_id
-        && ctx.github.delete_runner(&repo(r)?, id).await? == DeleteOutcome::Busy
+        && ctx.github.delete_runner(&r.row.repo, id).await? == DeleteOutcome::Busy
     {
         tracing::info!("GitHub gave the runner a job meanwhile; keeping it");
         if from != RunnerState::Running {
@@ -189,7 +175,7 @@ async fn sandbox_gone(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapErr
         return Ok(());
     }
     if let Some(id) = r.row.github_id {
-        match ctx.github.delete_runner(&repo(r)?, id).await? {
+        match ctx.github.delete_runner(&r.row.repo, id).await? {
             // GitHub says it runs a job: its in_progress event is on the way.
             DeleteOutcome::Busy => return Ok(()),
             // A JIT runner's registration disappears after its one job: it ran one, and
@@ -284,7 +270,7 @@ async fn online(ctx: &ReaperContext, r: &LiveRunner) -> Result<bool, ReapError> 
     };
     let up = ctx
         .github
-        .get_runner(&repo(r)?, id)
+        .get_runner(&r.row.repo, id)
         .await?
         .is_some_and(|info| info.status == "online" || info.busy);
     if up {
@@ -308,81 +294,12 @@ async fn stop(ctx: &ReaperContext, r: &LiveRunner, reason: &str) -> Result<(), R
     Ok(())
 }
 
-/// A sandbox no live runner owns: left over from a runner that ended, or from a crash.
-async fn stop_orphan(ctx: &ReaperContext, sb: &SandboxInfo) -> Result<(), StoreError> {
-    let row = ctx.store.runner(&sb.name).await?;
-    if row.as_ref().is_some_and(|r| r.state.is_live()) {
-        // Became live after the listing (a create just finished).
-        return Ok(());
-    }
-    match ctx.backend.terminate(&sb.id).await {
-        Ok(()) => {
-            tracing::info!(runner.name = %sb.name, sandbox.id = %sb.id, "orphan sandbox stopped")
-        }
-        Err(e) => {
-            tracing::warn!(runner.name = %sb.name, error = %e, "could not stop an orphan sandbox")
-        }
-    }
-    Ok(())
-}
-
-/// Deletes offline registrations with our name prefix that no live runner owns: runners
-/// whose sandbox died with the process that made them, or whose removal failed.
-pub async fn sweep_registrations(ctx: &ReaperContext) -> Result<(), StoreError> {
-    let repos: Vec<RepoName> = match ctx.settings.allow.listed() {
-        Some(listed) => listed.to_vec(),
-        None => ctx
-            .store
-            .known_repos()
-            .await?
-            .iter()
-            .filter_map(|r| RepoName::parse(r).ok())
-            .collect(),
-    };
-    for repo in repos {
-        let registered = match ctx.github.list_runners(&repo).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(repo = %repo, error = %e, "could not list registered runners");
-                continue;
-            }
-        };
-        let live: HashSet<String> = ctx
-            .store
-            .live_runners()
-            .await?
-            .into_iter()
-            .map(|r| r.row.name.to_string())
-            .collect();
-        for runner in registered {
-            let ours = RunnerName::parse_ours(&ctx.settings.prefix, &runner.name).is_some();
-            if !ours || live.contains(&runner.name) || runner.status == "online" || runner.busy {
-                continue;
-            }
-            match ctx.github.delete_runner(&repo, runner.id).await {
-                Ok(DeleteOutcome::Deleted) => {
-                    tracing::info!(repo = %repo, runner.name = %runner.name, "orphan registration deleted")
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(repo = %repo, runner.name = %runner.name, error = %e, "could not delete an orphan registration")
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 fn age(r: &LiveRunner, now: i64) -> i64 {
     now - r.row.started_at.unwrap_or(r.row.created_at)
 }
 
 fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<String>> {
     set.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn repo(r: &LiveRunner) -> Result<RepoName, ReapError> {
-    RepoName::parse(&r.row.repo).map_err(|e| ReapError::Store(StoreError::Corrupt(e.to_string())))
 }
 
 fn millis(d: Duration) -> i64 {

@@ -17,9 +17,8 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ReconcilerSettings;
-use crate::domain::{JobId, JobStatus, LabelSet, RepoName, now_millis};
+use crate::domain::{JobEvent, JobId, JobStatus, LabelSet, RepoName, now_millis};
 use crate::github::{GitHub, GitHubError, Hook, RemoteJob};
-use crate::ingress::JobEvent;
 use crate::store::{EventSource, Store, StoreError};
 use crate::wake::Wake;
 
@@ -100,8 +99,7 @@ async fn repos(ctx: &ReconcilerContext) -> Result<Vec<RepoName>, StoreError> {
     if let Some(listed) = ctx.settings.allow.listed() {
         return Ok(listed.to_vec());
     }
-    let known = ctx.store.known_repos().await?;
-    Ok(known.iter().filter_map(|r| RepoName::parse(r).ok()).collect())
+    ctx.store.known_repos().await
 }
 
 /// Stops the pass when fewer than a tenth of the hourly budget (and under 100 calls) is
@@ -155,9 +153,7 @@ async fn refresh_unseen(ctx: &ReconcilerContext, seen: &HashSet<JobId>) -> Resul
         .filter(|j| !seen.contains(&j.id) && j.first_seen_at < cutoff)
         .take(50)
     {
-        let Ok(repo) = RepoName::parse(&job.repo) else {
-            continue;
-        };
+        let repo = job.repo;
         if !ctx.settings.allow.allows(&repo) {
             continue;
         }

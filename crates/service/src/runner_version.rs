@@ -1,13 +1,10 @@
-//! Which Actions runner release sandbox images install.
+//! Actions runner releases as values: a version and where its tarball is.
 //!
 //! GitHub refuses to register runners older than 2.329.0 and stops sending jobs to a
 //! release more than 30 days old (github-contract.md §4), so the original default 2.311.0
-//! is dead. Unless `RUNNER_VERSION` pins a version, the service asks GitHub which release
-//! it currently serves (`GET …/actions/runners/downloads`, else the latest release of
-//! actions/runner), refreshes that daily, and lets the runner update itself in between.
-
-use crate::domain::RepoName;
-use crate::github::{GitHub, GitHubError};
+//! is dead: a `RUNNER_VERSION` pin is checked against that floor. Which release to install
+//! when nothing is pinned is the app's business (`runner_release`); the backend only
+//! receives the resulting `RunnerRelease`.
 
 /// The oldest release GitHub still registers.
 pub const MINIMUM: (u32, u32, u32) = (2, 329, 0);
@@ -71,46 +68,6 @@ impl RunnerRelease {
     }
 }
 
-/// Asks GitHub which linux-x64 release it serves to `repo` (progressive rollouts differ
-/// per repository), falling back to actions/runner's latest release.
-pub async fn resolve(github: &GitHub, repo: Option<&RepoName>) -> Result<RunnerRelease, GitHubError> {
-    if let Some(repo) = repo {
-        match github.runner_downloads(repo).await {
-            Ok(downloads) => {
-                if let Some(release) = downloads
-                    .into_iter()
-                    .filter(|d| d.os == "linux" && d.architecture == "x64")
-                    .find_map(|d| {
-                        let version = version_in_url(&d.download_url)?;
-                        Some(RunnerRelease {
-                            version,
-                            url: d.download_url,
-                            sha256: d.sha256_checksum,
-                        })
-                    })
-                {
-                    return Ok(release);
-                }
-            }
-            Err(e) if e.is_transient() => return Err(e),
-            Err(e) => {
-                tracing::info!(repo = %repo, error = %e, "runner downloads unavailable; using the latest release")
-            }
-        }
-    }
-    let latest = github.latest_runner_release().await?;
-    RunnerVersion::parse(&latest)
-        .map(RunnerRelease::from_version)
-        .ok_or_else(|| GitHubError::Decode(format!("latest runner release tag `{latest}`")))
-}
-
-/// The version in a tarball URL like `…/actions-runner-linux-x64-2.336.0.tar.gz`.
-fn version_in_url(url: &str) -> Option<RunnerVersion> {
-    let file = url.rsplit('/').next()?;
-    let stem = file.strip_suffix(".tar.gz")?;
-    RunnerVersion::parse(stem.rsplit('-').next()?)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,9 +94,8 @@ mod tests {
     }
 
     #[test]
-    fn the_version_is_read_from_a_download_url() {
+    fn a_version_downloads_from_github_com() {
         let url = "https://github.com/actions/runner/releases/download/v2.336.0/actions-runner-linux-x64-2.336.0.tar.gz";
-        assert_eq!(version_in_url(url), Some(RunnerVersion(2, 336, 0)));
         assert_eq!(RunnerRelease::from_version(RunnerVersion(2, 336, 0)).url, url);
     }
 }

@@ -13,7 +13,6 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use yaml_rust2::{Yaml, YamlLoader};
 
-use crate::domain::RepoName;
 use crate::github::{GitHub, GitHubError};
 use crate::store::{RunStrategy, Store, StoreError, StrategyUpdate, UnresolvedRun};
 use crate::wake::{Wake, next_round};
@@ -213,16 +212,13 @@ async fn resolve(ctx: &StrategyContext, run: UnresolvedRun) -> bool {
 /// Reads and parses the run's workflow file. Transient errors are returned (retry later);
 /// anything else makes the run `Unreadable`.
 async fn lookup(ctx: &StrategyContext, run: &UnresolvedRun) -> Result<RunStrategy, GitHubError> {
-    let Ok(repo) = RepoName::parse(&run.repo) else {
-        return Ok(RunStrategy::Unreadable);
-    };
     let result = async {
-        let remote = ctx.github.get_run(&repo, run.run_id).await?;
+        let remote = ctx.github.get_run(&run.repo, run.run_id).await?;
         let Some(path) = remote.path.filter(|p| p.starts_with(".github/")) else {
             return Ok(None);
         };
         let sha = remote.head_sha.or_else(|| run.head_sha.clone());
-        ctx.github.file_contents(&repo, &path, sha.as_deref()).await
+        ctx.github.file_contents(&run.repo, &path, sha.as_deref()).await
     }
     .await;
     match result {
@@ -245,7 +241,7 @@ fn run_with(jobs: &[(u64, &str)]) -> UnresolvedRun {
     use crate::domain::JobId;
     UnresolvedRun {
         run_id: 1,
-        repo: "octo/repo".into(),
+        repo: crate::domain::RepoName::parse("octo/repo").expect("valid"),
         head_sha: None,
         jobs: jobs.iter().map(|(id, n)| (JobId(*id), n.to_string())).collect(),
         known: None,

@@ -17,8 +17,8 @@ use clap::{Args, ValueEnum};
 
 use crate::world::{self, REPO, WorldConfig};
 use fakes::github::{self as fake_gh, JobSpec, JobView, RunSpec};
-use modal_github_runner::domain::{JobId, JobStatus, LabelSet, RepoName};
-use modal_github_runner::ingress::{JobEvent, signature};
+use modal_github_runner::domain::{JobEvent, JobId, JobStatus, LabelSet, RepoName};
+use modal_github_runner::ingress::signature;
 use modal_github_runner::store::{EventSource, Store};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

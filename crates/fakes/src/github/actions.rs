@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use super::Shared;
 use super::runners::{CompleteOutcome, RunnerAuth};
-use super::types::RunnerBehavior;
+use super::scenario::RunnerBehavior;
 
 /// Body of every fake Actions call.
 #[derive(Debug, Deserialize)]

@@ -12,7 +12,7 @@ use super::endpoints::{Params, with_link};
 use super::routes::Reply;
 use super::state::{Outgoing, State, StoredDelivery};
 use super::time::rfc3339;
-use super::types::RepoView;
+use super::views::RepoView;
 
 /// Deliveries of this repository (and events that name no repository).
 fn belongs_to(delivery: &StoredDelivery, repo: &RepoView) -> bool {

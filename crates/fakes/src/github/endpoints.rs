@@ -14,7 +14,7 @@ use super::payload::{WEB_URL, job_json, run_json};
 use super::routes::{Endpoint, Reply};
 use super::runners::{DeleteError, MAX_RUNNERS_PER_GROUP, RegisterError, Registration};
 use super::state::State;
-use super::types::RepoView;
+use super::views::RepoView;
 
 /// Runs one endpoint.
 pub(super) fn dispatch(state: &mut State, endpoint: &Endpoint, query: Option<&str>, body: &[u8]) -> Reply {

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use super::HOOK_ID;
 use super::time::rfc3339;
-use super::types::{JobStatus, JobView, OwnerKind, RepoView};
+use super::views::{JobStatus, JobView, OwnerKind, RepoView};
 
 /// Base of every `html_url`.
 pub const WEB_URL: &str = "https://github.com";
@@ -156,7 +156,7 @@ pub(super) struct RunFacts<'a> {
 pub(super) fn run_json(api_url: &str, run: &RunFacts<'_>, repo: &RepoView) -> Value {
     let repo_api = format!("{api_url}/repos/{}", repo.full_name);
     let run_api = format!("{repo_api}/actions/runs/{}", run.id);
-    let workflow_id = super::types::stable_id(run.path, 10_000_000, 90_000_000);
+    let workflow_id = super::views::stable_id(run.path, 10_000_000, 90_000_000);
     let minimal_repo = json!({
         "id": repo.id, "node_id": node_id("R_kgDO", repo.id), "name": repo.name,
         "full_name": repo.full_name, "private": true,
@@ -293,7 +293,7 @@ fn organization_json(api_url: &str, repo: &RepoView) -> Value {
 }
 
 fn sender_json(api_url: &str) -> Value {
-    let id = super::types::stable_id(SENDER_LOGIN, 1_000_000, 150_000_000);
+    let id = super::views::stable_id(SENDER_LOGIN, 1_000_000, 150_000_000);
     account_json(api_url, SENDER_LOGIN, id, OwnerKind::User)
 }
 

@@ -17,7 +17,7 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::faults::{Fault, RateSnapshot, Refusal, Route, epoch_secs, take_fault};
-use super::types::CallRecord;
+use super::records::CallRecord;
 use super::{ACTIONS_PATH, DOCS_URL, Shared, actions, app, endpoints};
 
 /// A parsed REST request target.

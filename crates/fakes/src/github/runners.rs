@@ -16,7 +16,7 @@ use uuid::Uuid;
 use super::jitconfig::{JitConfig, RunnerCredentials, RunnerSettings};
 use super::payload::WEB_URL;
 use super::state::State;
-use super::types::{JobStatus, RunnerStatus, RunnerView};
+use super::views::{JobStatus, RunnerStatus, RunnerView};
 use super::{ACTIONS_PATH, OFFLINE_AFTER};
 
 /// GitHub's cap on runners in one group.

@@ -13,13 +13,13 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::config::{FakeGitHubConfig, WebhookTarget};
 use super::faults::{FaultRule, Limits, RateBook, Route};
 use super::payload::{RunFacts, workflow_job_payload};
+use super::records::{CallRecord, DeliveryInfo, DeliveryMode, DeliveryRecord};
 use super::runners::RunnerRecord;
-use super::types::{
-    CallRecord, DeliveryInfo, DeliveryMode, DeliveryRecord, FakeGitHubConfig, JobSpec, JobStatus, JobView,
-    QueuedRun, RepoView, RunSpec, RunnerBehavior, WebhookTarget,
-};
+use super::scenario::{JobSpec, QueuedRun, RunSpec, RunnerBehavior};
+use super::views::{JobStatus, JobView, RepoView};
 use super::{DEFAULT_RUNNER_VERSION, JOB_ID_BASE};
 
 /// A user-supplied delivery filter.

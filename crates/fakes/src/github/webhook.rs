@@ -13,8 +13,9 @@ use serde_json::Value;
 use sha2::Sha256;
 
 use super::client::{HttpClient, HttpError};
+use super::config::{ContentType, WebhookTarget};
+use super::records::{DeliveryInfo, DeliveryMode, DeliveryRecord};
 use super::state::{Outgoing, StoredDelivery};
-use super::types::{ContentType, DeliveryInfo, DeliveryMode, DeliveryRecord, WebhookTarget};
 use super::{HOOK_ID, Shared};
 
 /// `X-Hub-Signature-256` for `body`: `sha256=` + lowercase hex HMAC-SHA256.

@@ -2,12 +2,14 @@
 //! type can be trusted once constructed: a `RepoName` is well formed, a `LabelSet` is
 //! normalised, a `RunnerName` fits GitHub's 64-character limit.
 
+mod event;
 mod job;
 mod labels;
 mod machine;
 mod repo;
 mod runner;
 
+pub use event::JobEvent;
 pub use job::{JobId, JobStatus};
 pub use labels::LabelSet;
 pub use machine::{Gpu, MachinePolicy, MachineSpec};

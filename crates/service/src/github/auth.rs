@@ -9,7 +9,12 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
+use reqwest::Method;
+
+use super::GitHub;
+use super::endpoints::repo_path;
 use super::error::GitHubError;
+use super::transport::decode;
 use crate::domain::RepoName;
 
 /// What the client authenticates with.
@@ -167,6 +172,51 @@ pub(super) fn renew_at(expires_at: &str) -> Instant {
         .and_then(|t| t.duration_since(SystemTime::now()).ok())
         .unwrap_or(Duration::from_secs(600));
     Instant::now() + left - RENEW_BEFORE.min(left / 2)
+}
+
+impl GitHub {
+    /// The bearer for REST calls: the token, or the App's installation token (renewed when
+    /// it is about to expire; one caller renews while the others wait).
+    pub(super) async fn bearer(&self) -> Result<SecretString, GitHubError> {
+        let auth = &self.inner.auth;
+        if let Credentials::Token(token) = &auth.credentials {
+            return Ok(token.clone());
+        }
+        if let Some(token) = auth.cached().await {
+            return Ok(token);
+        }
+        let mut slot = auth.token_slot().lock().await;
+        if let Some((token, renew)) = slot.as_ref()
+            && *renew > Instant::now()
+        {
+            return Ok(token.clone());
+        }
+        let installation = self.installation_id().await?;
+        let url =
+            self.url(&["app", "installations", &installation.to_string(), "access_tokens"].map(String::from));
+        let reply = self.send_with(Method::POST, url, None, &auth.jwt()?).await?;
+        let fresh: InstallationToken = decode(&reply.body)?;
+        let token = SecretString::from(fresh.token);
+        *slot = Some((token.clone(), renew_at(&fresh.expires_at)));
+        tracing::debug!(installation, "GitHub App installation token renewed");
+        Ok(token)
+    }
+
+    /// `GITHUB_APP_INSTALLATION_ID`, or the installation of the discovery repository.
+    async fn installation_id(&self) -> Result<u64, GitHubError> {
+        let auth = &self.inner.auth;
+        let mut slot = auth.installation_slot().lock().await;
+        if let Some(id) = *slot {
+            return Ok(id);
+        }
+        let repo = auth.discovery_repo().ok_or(GitHubError::Unauthorized)?;
+        let url = self.url(&repo_path(repo, &["installation"]));
+        let reply = self.send_with(Method::GET, url, None, &auth.jwt()?).await?;
+        let found: Installation = decode(&reply.body)?;
+        tracing::info!(repo = %repo, installation = found.id, "found the GitHub App's installation");
+        *slot = Some(found.id);
+        Ok(found.id)
+    }
 }
 
 #[cfg(test)]

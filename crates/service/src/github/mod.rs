@@ -6,16 +6,85 @@
 //! is exactly how duplicate registrations (`409 Already exists`) happen (§5, §6.2).
 //! Idempotent calls (GET, DELETE) retry transient failures here; the JIT POST never
 //! retries blindly (see `provisioner`).
+//!
+//! - `endpoints`: one method per REST call the service makes;
+//! - `transport`: authenticated exchanges, retries of idempotent calls, decoding;
+//! - `auth`: tokens and GitHub App installation tokens;
+//! - `rate_limit`: the rate-limit headers seen, and waiting out a limit;
+//! - `error`: what a failed call means for the caller.
 
 mod auth;
-mod client;
+mod endpoints;
 mod error;
+mod rate_limit;
+mod transport;
 mod types;
 
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reqwest::Url;
+
 pub use auth::{AppCredentials, Credentials};
-pub use client::{GitHub, GitHubConfig, RateSnapshot};
 pub use error::GitHubError;
+pub use rate_limit::RateSnapshot;
 pub use types::{
     DeleteOutcome, Hook, HookDelivery, JitConfig, JitRequest, RemoteJob, RemoteRun, RunnerDownload,
     RunnerInfo,
 };
+
+use self::auth::Auth;
+use self::rate_limit::RateState;
+use crate::metrics::Metrics;
+use crate::retry::Backoff;
+
+/// How to reach GitHub.
+#[derive(Clone)]
+pub struct GitHubConfig {
+    /// `https://api.github.com`, `https://HOST/api/v3`, or a test server.
+    pub api_url: String,
+    pub credentials: Credentials,
+    /// Per-request timeout (connect + answer).
+    pub timeout: Duration,
+    /// Retries of idempotent calls.
+    pub retry: Backoff,
+}
+
+/// A GitHub REST client; cheap to clone.
+#[derive(Clone)]
+pub struct GitHub {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    base: Url,
+    auth: Auth,
+    retry: Backoff,
+    rate: Mutex<RateState>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl GitHub {
+    pub fn new(config: GitHubConfig, metrics: Option<Arc<Metrics>>) -> Result<GitHub, GitHubError> {
+        crate::tls::install_crypto_provider();
+        let base = Url::parse(config.api_url.trim_end_matches('/'))
+            .map_err(|e| GitHubError::Transport(format!("invalid API URL: {e}")))?;
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("modal-github-runner/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| GitHubError::Transport(e.to_string()))?;
+        Ok(GitHub {
+            inner: Arc::new(Inner {
+                http,
+                base,
+                auth: Auth::new(config.credentials)?,
+                retry: config.retry,
+                rate: Mutex::new(RateState::default()),
+                metrics,
+            }),
+        })
+    }
+}

@@ -1,4 +1,5 @@
-//! The parts of a `workflow_job` delivery the service uses, parsed leniently.
+//! Parsing a `workflow_job` delivery into a `JobEvent`: only the parts the service uses,
+//! read leniently.
 //!
 //! Real deliveries break GitHub's own schema (github-contract.md §0.1): `action` and
 //! `workflow_job.status` can disagree (`queued` while `waiting`), old payloads lack fields the
@@ -10,7 +11,7 @@ use std::borrow::Cow;
 
 use serde::Deserialize;
 
-use crate::domain::{JobId, JobStatus, LabelSet, RepoName};
+use crate::domain::{JobEvent, JobId, JobStatus, LabelSet, RepoName};
 
 #[derive(Deserialize)]
 struct RawEvent<'a> {
@@ -52,30 +53,6 @@ struct RawRepository<'a> {
     full_name: Cow<'a, str>,
 }
 
-/// One parsed `workflow_job` event.
-#[derive(Debug, Clone, PartialEq)]
-pub struct JobEvent {
-    /// The action as sent (`queued`, `waiting`, `in_progress`, `completed`, or anything new).
-    pub action: String,
-    /// What the event says about the job, reconciling `action` with `workflow_job.status`.
-    pub status: JobStatus,
-    pub job_id: JobId,
-    pub run_id: u64,
-    pub run_attempt: u32,
-    pub name: String,
-    pub workflow_name: Option<String>,
-    pub head_sha: Option<String>,
-    pub conclusion: Option<String>,
-    pub labels: LabelSet,
-    /// The runner that took the job; only set once the job has started, because queued
-    /// payloads can carry stale runner fields (§0.1 example 5).
-    pub runner_name: Option<String>,
-    pub repo: RepoName,
-    /// For a job that started: how long it waited, by GitHub's clock (`started_at` −
-    /// `created_at`): the queue time users feel.
-    pub queued_for: Option<std::time::Duration>,
-}
-
 /// Why a body is not a usable `workflow_job` event. The message is safe to log; it never
 /// quotes the body.
 #[derive(Debug, thiserror::Error)]
@@ -88,44 +65,34 @@ pub enum EventError {
     MissingAction,
 }
 
-impl JobEvent {
-    /// Parses a JSON body.
-    pub fn parse(body: &[u8]) -> Result<JobEvent, EventError> {
-        let raw: RawEvent<'_> = serde_json::from_slice(body)?;
-        let action = raw.action.ok_or(EventError::MissingAction)?.into_owned();
-        let status = effective_status(&action, raw.workflow_job.status.as_deref());
-        let job = raw.workflow_job;
-        let queued_for = (status == JobStatus::InProgress)
-            .then(|| waited(job.created_at.as_deref()?, job.started_at.as_deref()?))
-            .flatten();
-        let runner_name = job
-            .runner_name
-            .filter(|n| !n.is_empty() && status.rank() >= JobStatus::InProgress.rank())
-            .map(Cow::into_owned);
-        Ok(JobEvent {
-            status,
-            job_id: JobId(job.id),
-            run_id: job.run_id,
-            run_attempt: job.run_attempt.unwrap_or(1),
-            name: job.name.map(Cow::into_owned).unwrap_or_default(),
-            workflow_name: job.workflow_name.map(Cow::into_owned),
-            head_sha: job.head_sha.map(Cow::into_owned),
-            conclusion: job.conclusion.map(Cow::into_owned),
-            labels: LabelSet::new(job.labels.unwrap_or_default()),
-            runner_name,
-            repo: RepoName::parse(&raw.repository.full_name)?,
-            action,
-            queued_for,
-        })
-    }
-
-    /// Whether the action is one the service acts on.
-    pub fn is_actionable(&self) -> bool {
-        matches!(
-            self.action.as_str(),
-            "queued" | "waiting" | "in_progress" | "completed"
-        )
-    }
+/// Parses a JSON `workflow_job` delivery into the event the rest of the service uses.
+pub fn parse(body: &[u8]) -> Result<JobEvent, EventError> {
+    let raw: RawEvent<'_> = serde_json::from_slice(body)?;
+    let action = raw.action.ok_or(EventError::MissingAction)?.into_owned();
+    let status = effective_status(&action, raw.workflow_job.status.as_deref());
+    let job = raw.workflow_job;
+    let queued_for = (status == JobStatus::InProgress)
+        .then(|| waited(job.created_at.as_deref()?, job.started_at.as_deref()?))
+        .flatten();
+    let runner_name = job
+        .runner_name
+        .filter(|n| !n.is_empty() && status.rank() >= JobStatus::InProgress.rank())
+        .map(Cow::into_owned);
+    Ok(JobEvent {
+        status,
+        job_id: JobId(job.id),
+        run_id: job.run_id,
+        run_attempt: job.run_attempt.unwrap_or(1),
+        name: job.name.map(Cow::into_owned).unwrap_or_default(),
+        workflow_name: job.workflow_name.map(Cow::into_owned),
+        head_sha: job.head_sha.map(Cow::into_owned),
+        conclusion: job.conclusion.map(Cow::into_owned),
+        labels: LabelSet::new(job.labels.unwrap_or_default()),
+        runner_name,
+        repo: RepoName::parse(&raw.repository.full_name)?,
+        action,
+        queued_for,
+    })
 }
 
 /// `started - created` for two RFC 3339 times, if both parse and are in order.
@@ -183,20 +150,20 @@ mod tests {
         })
     }
 
-    fn parse(v: &serde_json::Value) -> JobEvent {
-        JobEvent::parse(v.to_string().as_bytes()).expect("parses")
+    fn event(v: &serde_json::Value) -> JobEvent {
+        parse(v.to_string().as_bytes()).expect("parses")
     }
 
     #[test]
     fn queued_action_with_waiting_status_is_not_runnable() {
-        let e = parse(&payload("queued", Some("waiting")));
+        let e = event(&payload("queued", Some("waiting")));
         assert_eq!(e.status, JobStatus::Waiting);
         assert_eq!(e.job_id, JobId(12_877_621_891));
     }
 
     #[test]
     fn ids_above_two_to_the_32_survive() {
-        let e = parse(&payload("queued", Some("queued")));
+        let e = event(&payload("queued", Some("queued")));
         assert_eq!(e.job_id.0, 12_877_621_891);
         assert_eq!(e.run_id, 4_747_967_848);
     }
@@ -212,7 +179,7 @@ mod tests {
             },
             "repository": {"full_name": "octo/repo"}
         });
-        let e = parse(&v);
+        let e = event(&v);
         assert_eq!(e.run_attempt, 1);
         assert_eq!(e.status, JobStatus::InProgress);
         assert_eq!(e.runner_name.as_deref(), Some("my runner"));
@@ -223,7 +190,7 @@ mod tests {
     fn runner_fields_on_a_queued_payload_are_ignored() {
         let mut v = payload("queued", Some("queued"));
         v["workflow_job"]["runner_name"] = json!("GitHub Actions 5");
-        assert_eq!(parse(&v).runner_name, None);
+        assert_eq!(event(&v).runner_name, None);
     }
 
     #[test]
@@ -231,7 +198,7 @@ mod tests {
         let mut v = payload("completed", Some("completed"));
         v["workflow_job"]["labels"] = serde_json::Value::Null;
         v["workflow_job"]["conclusion"] = json!("cancelled");
-        let e = parse(&v);
+        let e = event(&v);
         assert!(e.labels.is_empty());
         assert_eq!(e.conclusion.as_deref(), Some("cancelled"));
     }
@@ -241,11 +208,11 @@ mod tests {
         let mut v = payload("in_progress", Some("in_progress"));
         v["workflow_job"]["created_at"] = json!("2026-11-28T10:00:00Z");
         v["workflow_job"]["started_at"] = json!("2026-11-28T10:00:07Z");
-        assert_eq!(parse(&v).queued_for, Some(std::time::Duration::from_secs(7)));
+        assert_eq!(event(&v).queued_for, Some(std::time::Duration::from_secs(7)));
         let mut q = payload("queued", Some("queued"));
         q["workflow_job"]["created_at"] = json!("2026-11-28T10:00:00Z");
         q["workflow_job"]["started_at"] = json!("2026-11-28T10:00:00Z");
-        assert_eq!(parse(&q).queued_for, None, "only started jobs have waited");
+        assert_eq!(event(&q).queued_for, None, "only started jobs have waited");
     }
 
     #[test]
@@ -271,8 +238,8 @@ mod tests {
             json!({"action": "queued", "workflow_job": {"id": -1, "run_id": 1}, "repository": {"full_name": "a/b"}}),
             json!({"action": "queued", "workflow_job": {"id": 1, "run_id": 1}, "repository": {"full_name": "../etc"}}),
         ] {
-            assert!(JobEvent::parse(bad.to_string().as_bytes()).is_err(), "{bad}");
+            assert!(parse(bad.to_string().as_bytes()).is_err(), "{bad}");
         }
-        assert!(JobEvent::parse(b"not json").is_err());
+        assert!(parse(b"not json").is_err());
     }
 }

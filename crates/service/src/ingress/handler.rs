@@ -11,8 +11,9 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
-use super::event::JobEvent;
+use super::event;
 use super::signature::{self, SignatureError};
+use crate::domain::JobEvent;
 use crate::domain::RepoAllowList;
 use crate::metrics::Metrics;
 use crate::store::{EventSource, Recorded, Store, StoreError};
@@ -149,7 +150,7 @@ async fn handle(s: &Ingress, headers: &HeaderMap, body: Body) -> Result<Answer, 
         "ping" => return Ok(Answer::Ignored("ping".into())),
         other => return Ok(Answer::Ignored(format!("event {other} is not handled"))),
     }
-    let job = JobEvent::parse(&json).map_err(|e| Refusal::Malformed(e.to_string()))?;
+    let job = event::parse(&json).map_err(|e| Refusal::Malformed(e.to_string()))?;
     if !job.labels.contains(&s.label) {
         return Ok(Answer::Ignored(format!(
             "job does not request the `{}` label",

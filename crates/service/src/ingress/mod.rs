@@ -7,7 +7,7 @@ mod event;
 mod handler;
 pub mod signature;
 
-pub use event::{EventError, JobEvent};
+pub use event::{EventError, parse as parse_event};
 pub use handler::{Ingress, router};
 
 #[cfg(test)]

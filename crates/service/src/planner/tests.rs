@@ -16,10 +16,14 @@ fn limits(max: usize) -> Limits {
     }
 }
 
+fn repo(name: &str) -> RepoName {
+    RepoName::parse(name).expect("valid")
+}
+
 fn job(id: u64, status: JobStatus) -> JobRow {
     JobRow {
         id: JobId(id),
-        repo: "octo/repo".into(),
+        repo: repo("octo/repo"),
         run_id: 7,
         name: format!("job {id}"),
         labels: LabelSet::new(["self-hosted", "modal"]),
@@ -47,7 +51,7 @@ fn runner(job: u64, attempt: u32, state: RunnerState) -> LiveRunner {
             name: RunnerName::for_job(&limits(1).prefix, JobId(job), attempt),
             job: JobId(job),
             attempt,
-            repo: "octo/repo".into(),
+            repo: repo("octo/repo"),
             labels: LabelSet::new(["self-hosted", "modal"]),
             state,
             github_id: Some(job),
@@ -296,7 +300,7 @@ fn a_job_whose_attempt_just_failed_backs_off_then_gets_the_next_attempt() {
 #[test]
 fn pools_are_separate_per_repository_and_per_label_set_ignoring_case() {
     let mut other_repo = job(2, JobStatus::Queued);
-    other_repo.repo = "octo/other".into();
+    other_repo.repo = repo("octo/other");
     let mut gpu = job(3, JobStatus::Queued);
     gpu.labels = LabelSet::new(["self-hosted", "modal", "gpu"]);
     let mut upper = job(4, JobStatus::Queued);

@@ -4,8 +4,7 @@ use sqlx::{SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
-use crate::domain::now_millis;
-use crate::ingress::JobEvent;
+use crate::domain::{JobEvent, now_millis};
 
 /// How the store learned of an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

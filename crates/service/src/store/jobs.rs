@@ -4,14 +4,14 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
 use super::ingest::to_i64;
-use super::{Store, StoreError, corrupt};
-use crate::domain::{JobId, JobStatus, LabelSet};
+use super::{Store, StoreError, corrupt, repo_column};
+use crate::domain::{JobId, JobStatus, LabelSet, RepoName};
 
 /// A stored job: what the planner, the reconciler and `status` read.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobRow {
     pub id: JobId,
-    pub repo: String,
+    pub repo: RepoName,
     pub run_id: u64,
     pub name: String,
     pub labels: LabelSet,
@@ -63,7 +63,7 @@ impl JobRow {
     pub(super) fn from_row(row: &SqliteRow) -> Result<JobRow, StoreError> {
         Ok(JobRow {
             id: JobId(id(row, "id")?),
-            repo: row.try_get("repo")?,
+            repo: repo_column(row, "repo")?,
             run_id: id(row, "run_id")?,
             name: row.try_get("name")?,
             labels: labels(row)?,
@@ -118,11 +118,11 @@ impl Store {
 
     /// Every repository the store has jobs from (what the reconciler polls without an
     /// allowlist).
-    pub async fn known_repos(&self) -> Result<Vec<String>, StoreError> {
+    pub async fn known_repos(&self) -> Result<Vec<RepoName>, StoreError> {
         let rows = sqlx::query("SELECT DISTINCT repo FROM jobs ORDER BY repo")
             .fetch_all(self.pool())
             .await?;
-        rows.iter().map(|r| Ok(r.try_get("repo")?)).collect()
+        rows.iter().map(|r| repo_column(r, "repo")).collect()
     }
 
     /// How many deliveries were recorded (benchmarks check durability with it).

@@ -5,6 +5,7 @@
 
 mod ingest;
 mod jobs;
+pub mod maintenance;
 mod runners;
 mod runs;
 mod snapshot;
@@ -12,9 +13,12 @@ mod snapshot;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::SqlitePool;
+use sqlx::sqlite::SqliteRow;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
 use tokio::sync::mpsc;
+
+use crate::domain::{RepoName, RepoNameError};
 
 pub use ingest::{EventSource, Recorded};
 pub use jobs::{JobRow, StrategyUpdate};
@@ -35,6 +39,10 @@ pub enum StoreError {
     WriteFailed(String),
     #[error("a stored row is not readable: {0}")]
     Corrupt(String),
+    /// Rows are written from parsed names only, so this means the database was edited or
+    /// damaged; the row is not acted on.
+    #[error("a stored repository name is not valid: {0}")]
+    BadRepo(#[from] RepoNameError),
 }
 
 /// Handle to the store; cheap to clone.
@@ -101,26 +109,6 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes history older than `cutoff` (Unix ms): completed jobs no live runner refers
-    /// to, ended runners, delivery GUIDs and looked-up runs. Open jobs and live runners are
-    /// never touched. Returns how many rows went.
-    pub async fn prune(&self, cutoff: i64) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut deleted = 0;
-        for sql in [
-            "DELETE FROM deliveries WHERE received_at < ?1",
-            "DELETE FROM runners WHERE state IN ('done', 'failed') AND updated_at < ?1",
-            "DELETE FROM jobs WHERE rank = 3 AND updated_at < ?1
-                AND NOT EXISTS (SELECT 1 FROM runners r WHERE r.job_id = jobs.id)
-                AND (runner_name IS NULL OR NOT EXISTS (SELECT 1 FROM runners r WHERE r.name = jobs.runner_name))",
-            "DELETE FROM runs WHERE updated_at < ?1 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.run_id = runs.run_id)",
-        ] {
-            deleted += sqlx::query(sql).bind(cutoff).execute(&mut *tx).await?.rows_affected();
-        }
-        tx.commit().await?;
-        Ok(deleted)
-    }
-
     /// Flushes pending writes and closes every connection.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -131,6 +119,12 @@ impl Store {
 /// `JobStatus`…): the database was written by something else or damaged.
 fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("{what} has unknown value `{value}`"))
+}
+
+/// Reads a column holding an `owner/repo` name.
+fn repo_column(row: &SqliteRow, column: &str) -> Result<RepoName, StoreError> {
+    let name: String = row.try_get(column)?;
+    Ok(RepoName::parse(&name)?)
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
 use super::ingest::to_i64;
-use super::{Store, StoreError, corrupt};
-use crate::domain::{JobId, JobStatus, LabelSet, RunnerName, RunnerState, now_millis};
+use super::{Store, StoreError, corrupt, repo_column};
+use crate::domain::{JobId, JobStatus, LabelSet, RepoName, RunnerName, RunnerState, now_millis};
 
 /// A runner the planner decided to make.
 #[derive(Debug, Clone, PartialEq)]
@@ -15,7 +15,7 @@ pub struct NewRunner {
     pub name: RunnerName,
     pub job: JobId,
     pub attempt: u32,
-    pub repo: String,
+    pub repo: RepoName,
     pub labels: LabelSet,
 }
 
@@ -25,7 +25,7 @@ pub struct RunnerRow {
     pub name: RunnerName,
     pub job: JobId,
     pub attempt: u32,
-    pub repo: String,
+    pub repo: RepoName,
     pub labels: LabelSet,
     pub state: RunnerState,
     pub github_id: Option<u64>,
@@ -117,7 +117,7 @@ impl RunnerRow {
             name: RunnerName::from_stored(row.try_get("name")?),
             job: JobId(u64::try_from(job).map_err(|_| corrupt("runners.job_id", &job.to_string()))?),
             attempt: u32::try_from(attempt).unwrap_or(0),
-            repo: row.try_get("repo")?,
+            repo: repo_column(row, "repo")?,
             labels: LabelSet::from_json(&labels)
                 .map_err(|e| StoreError::Corrupt(format!("runner labels: {e}")))?,
             state: RunnerState::parse(&state).ok_or_else(|| corrupt("runners.state", &state))?,
@@ -182,7 +182,7 @@ impl Store {
             .bind(r.name.as_str())
             .bind(to_i64(r.job.0))
             .bind(i64::from(r.attempt))
-            .bind(&r.repo)
+            .bind(r.repo.as_str())
             .bind(r.labels.to_json())
             .bind(r.labels.key())
             .bind(now)

@@ -2,18 +2,19 @@
 //! workflow file is read once however many jobs it has.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 
 use sqlx::Row;
 
 use super::ingest::to_i64;
-use super::{Store, StoreError};
-use crate::domain::{JobId, now_millis};
+use super::{Store, StoreError, repo_column};
+use crate::domain::{JobId, RepoName, now_millis};
 
 /// A run with open jobs whose max-parallel setting is not known yet.
 #[derive(Debug, Clone, PartialEq)]
 pub struct UnresolvedRun {
     pub run_id: u64,
-    pub repo: String,
+    pub repo: RepoName,
     pub head_sha: Option<String>,
     pub jobs: Vec<(JobId, String)>,
     /// The stored lookup result, if the run was looked up before (its later jobs arrived
@@ -48,17 +49,20 @@ impl Store {
             let name: String = row.try_get("name")?;
             let state: Option<String> = row.try_get("state")?;
             let strategy: Option<String> = row.try_get("strategy")?;
-            let entry = runs.entry(run_id).or_insert_with(|| UnresolvedRun {
-                run_id,
-                repo: row.try_get("repo").unwrap_or_default(),
-                head_sha: row.try_get("head_sha").unwrap_or_default(),
-                jobs: Vec::new(),
-                known: match (state.as_deref(), strategy) {
-                    (Some("resolved"), Some(json)) => Some(RunStrategy::Resolved(json)),
-                    (Some(_), _) => Some(RunStrategy::Unreadable),
-                    (None, _) => None,
-                },
-            });
+            let entry = match runs.entry(run_id) {
+                Entry::Occupied(run) => run.into_mut(),
+                Entry::Vacant(slot) => slot.insert(UnresolvedRun {
+                    run_id,
+                    repo: repo_column(row, "repo")?,
+                    head_sha: row.try_get("head_sha").unwrap_or_default(),
+                    jobs: Vec::new(),
+                    known: match (state.as_deref(), strategy) {
+                        (Some("resolved"), Some(json)) => Some(RunStrategy::Resolved(json)),
+                        (Some(_), _) => Some(RunStrategy::Unreadable),
+                        (None, _) => None,
+                    },
+                }),
+            };
             entry.jobs.push((job, name));
         }
         Ok(runs.into_values().collect())
@@ -68,7 +72,7 @@ impl Store {
     pub async fn save_run_strategy(
         &self,
         run_id: u64,
-        repo: &str,
+        repo: &RepoName,
         strategy: &RunStrategy,
     ) -> Result<(), StoreError> {
         let (state, json) = match strategy {
@@ -81,7 +85,7 @@ impl Store {
                                                updated_at = excluded.updated_at",
         )
         .bind(to_i64(run_id))
-        .bind(repo)
+        .bind(repo.as_str())
         .bind(state)
         .bind(json)
         .bind(now_millis())

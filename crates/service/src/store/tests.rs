@@ -1,6 +1,5 @@
 use super::*;
-use crate::domain::{JobId, JobStatus, LabelSet, NamePrefix, RepoName, RunnerName, RunnerState};
-use crate::ingress::JobEvent;
+use crate::domain::{JobEvent, JobId, JobStatus, LabelSet, NamePrefix, RepoName, RunnerName, RunnerState};
 
 async fn store() -> Store {
     Store::open("sqlite::memory:").await.expect("in-memory store")
@@ -31,7 +30,7 @@ fn new_runner(job: u64, attempt: u32) -> NewRunner {
         name: RunnerName::for_job(&prefix, JobId(job), attempt),
         job: JobId(job),
         attempt,
-        repo: "octo/repo".into(),
+        repo: RepoName::parse("octo/repo").expect("valid"),
         labels: LabelSet::new(["self-hosted", "modal"]),
     }
 }
@@ -273,4 +272,31 @@ async fn pruning_removes_old_history_but_never_open_jobs_or_live_runners() {
     );
     assert!(s.runner("modal-1-1").await.expect("read").is_none());
     assert_eq!(s.delivery_count().await.expect("count"), 0);
+}
+
+#[tokio::test]
+async fn a_repository_name_damaged_in_the_database_is_a_typed_error() {
+    let s = store().await;
+    let mut queued = event("queued", JobStatus::Queued, None);
+    queued.repo = RepoName::parse("Octo/Repo").expect("valid");
+    record(&s, "g1", queued).await;
+    s.insert_runners(&[new_runner(12_877_621_891, 1)])
+        .await
+        .expect("insert");
+    assert_eq!(s.open_jobs().await.expect("jobs")[0].repo.as_str(), "Octo/Repo");
+    assert_eq!(s.known_repos().await.expect("repos")[0].as_str(), "Octo/Repo");
+
+    for damage in [
+        "UPDATE jobs SET repo = '../etc'",
+        "UPDATE runners SET repo = '../etc'",
+    ] {
+        sqlx::query(damage).execute(s.pool()).await.expect("damage");
+    }
+
+    let bad = |r: Result<usize, StoreError>| matches!(r, Err(StoreError::BadRepo(e)) if e.input == "../etc");
+    assert!(bad(s.open_jobs().await.map(|v| v.len())));
+    assert!(bad(s.known_repos().await.map(|v| v.len())));
+    assert!(bad(s.unresolved_runs().await.map(|v| v.len())));
+    assert!(bad(s.live_runners().await.map(|v| v.len())));
+    assert!(bad(s.all_runners().await.map(|v| v.len())));
 }

@@ -5,11 +5,13 @@ use std::time::{Duration, Instant};
 
 use fakes::github::{FakeGitHub, FakeGitHubConfig, JobSpec, RunSpec};
 use fakes::modal::{FakeModal, FakeModalConfig, FaultKind, ModalFault};
-use modal_github_runner::backend::modal::{ModalBackend, RunnerSource};
+use modal_github_runner::backend::modal::{ModalBackend, Releases};
 use modal_github_runner::backend::{BackendError, SandboxSpec};
 use modal_github_runner::domain::RepoName;
-use modal_github_runner::runner_version::RunnerVersion;
+use modal_github_runner::runner_release::{self, ReleasePublisher, ReleaseSource};
+use modal_github_runner::runner_version::{RunnerRelease, RunnerVersion};
 use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
 use crate::helpers::{Kind, Options, REPO, World, github_client, jobs, modal_settings, wait};
@@ -183,12 +185,33 @@ async fn a_lost_create_answer_is_recovered_through_already_exists_without_a_seco
 
 // ---- the backend on its own ----
 
-async fn backend(fake: &FakeModal, rate: Option<f64>, runner: RunnerSource) -> ModalBackend {
-    ModalBackend::new(modal_settings(fake, rate, "mgr-test", "test"), runner).expect("backend")
+async fn backend(fake: &FakeModal, rate: Option<f64>, releases: Releases) -> ModalBackend {
+    ModalBackend::new(modal_settings(fake, rate, "mgr-test", "test"), releases).expect("backend")
 }
 
-fn pinned() -> RunnerSource {
-    RunnerSource::Pinned(RunnerVersion::parse("2.336.0").expect("version"))
+fn pinned() -> Releases {
+    Releases::fixed(RunnerRelease::from_version(
+        RunnerVersion::parse("2.336.0").expect("version"),
+    ))
+}
+
+/// The app's side of the release channel, asking the fake GitHub every `interval`.
+fn served(github: &FakeGitHub, interval: Duration) -> (ReleasePublisher, Releases) {
+    let source = ReleaseSource::Served {
+        github: github_client(github.api_url()),
+        repo: Some(RepoName::parse(REPO).expect("repo")),
+    };
+    let (publisher, releases) = runner_release::channel(source, interval);
+    (publisher.expect("served releases have a publisher"), releases)
+}
+
+/// The image build requests the fake received, in order.
+fn image_requests(fake: &FakeModal) -> Vec<String> {
+    fake.requests()
+        .into_iter()
+        .filter(|c| c.rpc == "ImageGetOrCreate")
+        .map(|c| c.request)
+        .collect()
 }
 
 fn spec(name: &str) -> SandboxSpec {
@@ -366,17 +389,10 @@ async fn the_runner_release_github_serves_is_the_one_installed() {
         .expect("fake GitHub");
     github.add_repo(REPO);
     github.set_runner_version("2.340.1");
-    let client = github_client(github.api_url());
     let fake = fake_with(FakeModalConfig::default()).await;
-    let b = backend(
-        &fake,
-        None,
-        RunnerSource::Resolve {
-            github: client,
-            repo: Some(RepoName::parse(REPO).expect("repo")),
-        },
-    )
-    .await;
+    let (publisher, releases) = served(&github, Duration::from_secs(3600));
+    publisher.publish_first().await.expect("GitHub serves a release");
+    let b = backend(&fake, None, releases).await;
     b.prepare().await.expect("prepare");
     let build = image_request(&fake);
     assert!(
@@ -390,6 +406,69 @@ async fn the_runner_release_github_serves_is_the_one_installed() {
             .iter()
             .any(|c| c.path == format!("/repos/{REPO}/actions/runners/downloads"))
     );
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_release_github_starts_serving_later_is_built_for_new_sandboxes() {
+    let github = FakeGitHub::start(FakeGitHubConfig::default())
+        .await
+        .expect("fake GitHub");
+    github.add_repo(REPO);
+    github.set_runner_version("2.340.1");
+    let fake = fake_with(FakeModalConfig {
+        create_rate_per_sec: None,
+        ..FakeModalConfig::default()
+    })
+    .await;
+    let (publisher, releases) = served(&github, Duration::from_millis(100));
+    publisher.publish_first().await.expect("GitHub serves a release");
+    let stop = CancellationToken::new();
+    tokio::spawn(publisher.follow(stop.clone()));
+    let b = backend(&fake, None, releases).await;
+    b.prepare().await.expect("prepare");
+    let before = b.create(spec("before-1")).await.expect("create");
+
+    // Checked again and again, unchanged: no rebuild.
+    let downloads = format!("/repos/{REPO}/actions/runners/downloads");
+    let checked = wait(Duration::from_secs(10), || {
+        github.calls().iter().filter(|c| c.path == downloads).count() >= 4
+    })
+    .await;
+    assert!(checked, "the served release is checked every interval");
+    assert_eq!(
+        image_requests(&fake).len(),
+        1,
+        "an unchanged release is not rebuilt"
+    );
+
+    github.set_runner_version("2.341.0");
+    let rebuilt = wait(Duration::from_secs(10), || {
+        image_requests(&fake)
+            .iter()
+            .any(|r| r.contains("actions-runner-linux-x64-2.341.0.tar.gz"))
+    })
+    .await;
+    assert!(rebuilt, "{:?}", image_requests(&fake));
+    let image_of = |id: &str| {
+        fake.sandboxes()
+            .into_iter()
+            .find(|s| s.id == id)
+            .map(|s| s.image_id)
+            .expect("sandbox")
+    };
+    let old_image = image_of(&before);
+    let mut new_image = old_image.clone();
+    for i in 0..50 {
+        let id = b.create(spec(&format!("after-{i}"))).await.expect("create");
+        new_image = image_of(&id);
+        if new_image != old_image {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_ne!(new_image, old_image, "new sandboxes start from the new image");
+    stop.cancel();
     fake.shutdown().await;
 }
 

@@ -8,10 +8,10 @@ use std::time::Duration;
 use fakes::github::{DeliveryMode, Fault, FaultRule, JobSpec, Route, RunSpec, RunnerBehavior};
 use fakes::modal::{FaultKind, ModalFault};
 use modal_github_runner::backend::SandboxSpec;
-use modal_github_runner::backend::modal::{ModalBackend, RunnerSource};
+use modal_github_runner::backend::modal::{ModalBackend, Releases};
 use modal_github_runner::domain::{JobId, RepoName};
 use modal_github_runner::github::JitRequest;
-use modal_github_runner::runner_version::RunnerVersion;
+use modal_github_runner::runner_version::{RunnerRelease, RunnerVersion};
 use secrecy::SecretString;
 use tonic::Code;
 
@@ -309,7 +309,9 @@ async fn orphan_sandboxes_and_offline_registrations_from_a_crash_are_cleaned_up(
     // registration with our prefix, both unknown to the (fresh) store.
     let leftover = ModalBackend::new(
         modal_settings(modal, None, "modal-github-runner", "modal"),
-        RunnerSource::Pinned(RunnerVersion::parse("2.336.0").expect("version")),
+        Releases::fixed(RunnerRelease::from_version(
+            RunnerVersion::parse("2.336.0").expect("version"),
+        )),
     )
     .expect("backend");
     leftover.prepare().await.expect("prepare");

@@ -1,7 +1,9 @@
-//! The runner image: built once per recipe at start-up (ImageGetOrCreate, then
-//! ImageJoinStreaming until a result, modal-contract.md §2.2) and cached by Modal and here.
+//! The runner image: its recipe, its build (ImageGetOrCreate, then ImageJoinStreaming
+//! until a result, modal-contract.md §2.2; cached by Modal per recipe), and the image new
+//! sandboxes currently start from.
 
 use std::collections::VecDeque;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use super::client::{ModalApi, ModalError};
@@ -10,7 +12,8 @@ use super::proto::{
     EnvironmentGetOrCreateRequest, GenericResult, Image, ImageGetOrCreateRequest, ImageJoinStreamingRequest,
     ObjectCreationType,
 };
-use crate::runner_version::RunnerRelease;
+use super::{BackendError, ModalSettings, classify};
+use crate::runner_version::{RunnerRelease, RunnerVersion};
 
 /// What goes into the image besides the runner.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +30,67 @@ impl Default for ImageSettings {
             base: "debian:bookworm-slim".into(),
             extra_commands: Vec::new(),
         }
+    }
+}
+
+/// Builds the runner image for a release and remembers the one new sandboxes start from.
+/// Cheap to clone: the refresh task holds its own, sharing the current image.
+#[derive(Clone)]
+pub(super) struct RunnerImage {
+    api: ModalApi,
+    environment: String,
+    builder_version: Option<String>,
+    recipe: ImageSettings,
+    timeout: Duration,
+    current: Arc<RwLock<Option<(RunnerVersion, String)>>>,
+}
+
+impl RunnerImage {
+    pub(super) fn new(api: ModalApi, settings: &ModalSettings) -> RunnerImage {
+        RunnerImage {
+            api,
+            environment: settings.environment.clone(),
+            builder_version: settings.builder_version.clone(),
+            recipe: settings.image.clone(),
+            timeout: settings.build_timeout,
+            current: Arc::default(),
+        }
+    }
+
+    /// Builds the image of `release` in the app and makes it the current one.
+    pub(super) async fn build(&self, app_id: &str, release: &RunnerRelease) -> Result<String, BackendError> {
+        let builder = builder_version(&self.api, &self.environment, self.builder_version.as_deref())
+            .await
+            .map_err(|e| classify(&e))?;
+        tracing::info!(runner.version = %release.version, builder = %builder, "building the runner image");
+        let commands = dockerfile_commands(&self.recipe, release);
+        let id = build(&self.api, app_id, commands, &builder, self.timeout)
+            .await
+            .map_err(|e| match e {
+                BuildError::Modal(m) => classify(&m),
+                other => BackendError::Permanent(other.to_string()),
+            })?;
+        if let Ok(mut slot) = self.current.write() {
+            *slot = Some((release.version.clone(), id.clone()));
+        }
+        Ok(id)
+    }
+
+    /// The release of the current image.
+    pub(super) fn version(&self) -> Option<RunnerVersion> {
+        self.current
+            .read()
+            .ok()
+            .and_then(|i| i.as_ref().map(|(v, _)| v.clone()))
+    }
+
+    /// The current image's id.
+    pub(super) fn id(&self) -> Result<String, BackendError> {
+        self.current
+            .read()
+            .ok()
+            .and_then(|i| i.as_ref().map(|(_, id)| id.clone()))
+            .ok_or_else(|| BackendError::Transient("the runner image is not built yet".into()))
     }
 }
 
@@ -227,7 +291,6 @@ async fn join(api: &ModalApi, image_id: &str, timeout: Duration) -> Result<Gener
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runner_version::{RunnerRelease, RunnerVersion};
 
     #[test]
     fn the_recipe_installs_the_runner_release_and_then_the_extra_steps() {

@@ -1,0 +1,159 @@
+//! Read-only snapshots of the fake's state that tests assert on: jobs, repositories and
+//! runner registrations.
+//!
+//! Views are plain owned snapshots (no references into the fake's state), so a test can
+//! hold them across awaits without blocking the server.
+
+use std::time::SystemTime;
+
+/// `workflow_job.status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobStatus {
+    /// Waiting for a runner.
+    Queued,
+    /// Held by an environment protection rule.
+    Waiting,
+    /// A runner is working on it.
+    InProgress,
+    /// Finished (see the conclusion).
+    Completed,
+}
+
+impl JobStatus {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Waiting => "waiting",
+            Self::InProgress => "in_progress",
+            Self::Completed => "completed",
+        }
+    }
+}
+
+/// Snapshot of a job, with the fields GitHub's job object carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobView {
+    pub id: u64,
+    pub run_id: u64,
+    pub run_attempt: u32,
+    /// `owner/repo`.
+    pub repo: String,
+    pub name: String,
+    pub workflow_name: String,
+    pub head_sha: String,
+    pub head_branch: String,
+    pub labels: Vec<String>,
+    pub status: JobStatus,
+    pub conclusion: Option<String>,
+    pub runner_id: Option<u64>,
+    pub runner_name: Option<String>,
+    pub runner_group_id: Option<u64>,
+    pub runner_group_name: Option<String>,
+    pub created_at: SystemTime,
+    /// Equals `created_at` until a runner starts the job, as on GitHub.
+    pub started_at: SystemTime,
+    pub completed_at: Option<SystemTime>,
+}
+
+/// Who owns a repository; organisation repos get an `organization` object in payloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnerKind {
+    Organization,
+    User,
+}
+
+impl OwnerKind {
+    /// The `type` field of the owner object.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Organization => "Organization",
+            Self::User => "User",
+        }
+    }
+}
+
+/// A repository known to the fake. Ids are derived from the name, so
+/// payloads built without a server ([`super::workflow_job_payload`]) agree
+/// with the server's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepoView {
+    pub id: u64,
+    /// `owner/repo`.
+    pub full_name: String,
+    pub owner: String,
+    pub name: String,
+    pub owner_id: u64,
+    pub owner_kind: OwnerKind,
+    pub default_branch: String,
+}
+
+impl RepoView {
+    /// An organisation-owned repository.
+    pub fn organization(full_name: &str) -> Self {
+        Self::with_owner_kind(full_name, OwnerKind::Organization)
+    }
+
+    /// A user-owned repository (payloads carry no `organization`).
+    pub fn user(full_name: &str) -> Self {
+        Self::with_owner_kind(full_name, OwnerKind::User)
+    }
+
+    fn with_owner_kind(full_name: &str, owner_kind: OwnerKind) -> Self {
+        let (owner, name) = full_name.split_once('/').unwrap_or((full_name, full_name));
+        Self {
+            id: stable_id(full_name, 100_000_000, 800_000_000),
+            full_name: full_name.to_owned(),
+            owner: owner.to_owned(),
+            name: name.to_owned(),
+            owner_id: stable_id(owner, 1_000_000, 150_000_000),
+            owner_kind,
+            default_branch: "main".to_owned(),
+        }
+    }
+}
+
+/// A deterministic id in `base..base + span` (FNV-1a of `text`).
+pub(super) fn stable_id(text: &str, base: u64, span: u64) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    base + hash % span
+}
+
+/// `online`/`offline` as the runners API reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunnerStatus {
+    Online,
+    Offline,
+}
+
+impl RunnerStatus {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Online => "online",
+            Self::Offline => "offline",
+        }
+    }
+}
+
+/// Snapshot of a current runner registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerView {
+    pub id: u64,
+    pub name: String,
+    /// `owner/repo`.
+    pub repo: String,
+    pub labels: Vec<String>,
+    /// Online = the runner process contacted the fake within the last 3 s.
+    pub status: RunnerStatus,
+    /// Assigned a job that it has not finished yet.
+    pub busy: bool,
+    /// The runner process has connected at least once.
+    pub connected: bool,
+    /// Runner version, known once connected.
+    pub version: Option<String>,
+}
