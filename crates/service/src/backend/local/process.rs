@@ -106,6 +106,7 @@ pub(super) async fn supervise(
         exit = wait_exit(meta, child.as_mut()) => {
             // The runner is gone; make sure nothing it started outlives it.
             kill_group(meta.pid, Signal::SIGKILL);
+            wait_group_gone(meta.pid).await;
             return exit;
         }
         () = stop.notified() => "terminated",
@@ -120,7 +121,21 @@ pub(super) async fn supervise(
         let _ = tokio::time::timeout(KILL_GRACE, wait_exit(meta, child.as_mut())).await;
     }
     kill_group(meta.pid, Signal::SIGKILL);
+    wait_group_gone(meta.pid).await;
     reason.to_string()
+}
+
+/// How long a SIGKILLed group may take to be gone before the sandbox counts as ended anyway.
+const GROUP_EXIT_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits (briefly) until no process of group `pgid` is left: SIGKILL is delivered at once,
+/// but a process that was busy (or the machine loaded) takes a moment to exit, and a sandbox
+/// must not count as ended while any of it still runs.
+async fn wait_group_gone(pgid: i32) {
+    let deadline = tokio::time::Instant::now() + GROUP_EXIT_WAIT;
+    while pgid > 1 && group_has_live_process(pgid) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 async fn wait_exit(meta: &Meta, child: Option<&mut tokio::process::Child>) -> String {
