@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::modal::RunnerSource;
 use crate::backend::{Backend, BackendError, LocalBackend, LocalConfig, ModalBackend};
+use crate::clock::Clock;
 use crate::config::{BackendSettings, Settings};
 use crate::github::{GitHub, GitHubConfig};
 use crate::ingress::{self, Ingress};
@@ -40,6 +41,8 @@ pub struct Application {
     wake: Arc<Wake>,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
+    /// What the store and every loop read the time from.
+    clock: Clock,
 }
 
 /// How often the planner re-plans without a wake-up.
@@ -50,7 +53,13 @@ const STRATEGY_INTERVAL: Duration = Duration::from_secs(2);
 impl Application {
     /// Binds the port and opens the store; nothing runs until `run_until_stopped`.
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-        let store = Store::open_with(&settings.database_url, settings.store_sync)
+        Application::build_with_clock(settings, Clock::System).await
+    }
+
+    /// `build`, with the store and the loops reading the time from `clock` (a test can then
+    /// move time past a timeout instead of waiting for it).
+    pub async fn build_with_clock(settings: Settings, clock: Clock) -> anyhow::Result<Application> {
+        let store = Store::open_with_clock(&settings.database_url, settings.store_sync, clock.clone())
             .await
             .with_context(|| format!("could not open the store at {}", settings.database_url))?;
         let metrics = Arc::new(Metrics::new());
@@ -83,6 +92,7 @@ impl Application {
             wake: Arc::new(Wake::default()),
             metrics,
             ready: Arc::new(AtomicBool::new(false)),
+            clock,
         })
     }
 
@@ -171,6 +181,7 @@ impl Application {
             },
             wake: self.wake.clone(),
             metrics: self.metrics.clone(),
+            clock: self.clock.clone(),
             interval: PLAN_INTERVAL,
             refused: Mutex::default(),
         };
@@ -187,6 +198,7 @@ impl Application {
             backend: self.backend.clone(),
             wake: self.wake.clone(),
             metrics: self.metrics.clone(),
+            clock: self.clock.clone(),
             runner_group_id: s.runner_group_id,
             sandbox_timeout: s.sandbox_timeout,
             concurrency: s.provision_concurrency,
@@ -208,6 +220,7 @@ impl Application {
             backend: self.backend.clone(),
             wake: self.wake.clone(),
             metrics: self.metrics.clone(),
+            clock: self.clock.clone(),
             prefix: s.prefix.clone(),
             allow: s.allowed_repos.clone(),
             exit_grace: s.runner_exit_grace,
@@ -223,6 +236,7 @@ impl Application {
             store: self.store.clone(),
             github: self.github.clone(),
             wake: self.wake.clone(),
+            clock: self.clock.clone(),
             label: s.runner_label.clone(),
             allow: s.allowed_repos.clone(),
             interval: s.reconcile_interval,

@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{JobId, JobStatus, MachinePolicy, NamePrefix, RunnerName, RunnerState, now_millis};
+use crate::clock::Clock;
+use crate::domain::{JobId, JobStatus, MachinePolicy, NamePrefix, RunnerName, RunnerState};
 use crate::metrics::Metrics;
 use crate::retry::job_retry_delay;
 use crate::store::{AttemptStats, JobRow, LiveRunner, NewRunner, RunnerPatch, Store, StoreError};
@@ -232,6 +233,8 @@ pub struct PlannerContext {
     pub limits: Limits,
     pub wake: Arc<Wake>,
     pub metrics: Arc<Metrics>,
+    /// Tells the snapshot's `now`, against which backoffs and the max-parallel grace run.
+    pub clock: Clock,
     pub interval: Duration,
     /// Refused jobs already reported, so each is logged once.
     pub refused: Mutex<HashSet<JobId>>,
@@ -252,7 +255,7 @@ pub async fn run(ctx: PlannerContext, stop: CancellationToken) {
 /// One planning pass: snapshot, plan, write the intents.
 pub async fn pass(ctx: &PlannerContext) -> Result<(), StoreError> {
     let snapshot = Snapshot {
-        now: now_millis(),
+        now: ctx.clock.now_millis(),
         jobs: ctx.store.open_jobs().await?,
         runners: ctx.store.live_runners().await?,
         attempts: ctx.store.attempt_stats().await?.into_iter().collect(),

@@ -11,14 +11,16 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backend::{Backend, BackendError, SandboxSpec};
+use crate::clock::Clock;
 use crate::domain::{MachineSpec, RepoName, RunnerState};
 use crate::github::{GitHub, GitHubError, JitConfig, JitRequest};
 use crate::metrics::Metrics;
@@ -34,6 +36,8 @@ pub struct ProvisionerContext {
     pub backend: Arc<Backend>,
     pub wake: Arc<Wake>,
     pub metrics: Arc<Metrics>,
+    /// Measures the pause after an authentication failure.
+    pub clock: Clock,
     /// `RUNNER_GROUP_ID`.
     pub runner_group_id: u64,
     /// `SANDBOX_TIMEOUT_SECS`.
@@ -93,6 +97,9 @@ async fn dispatch(
     in_flight: &Arc<Mutex<HashSet<String>>>,
     tasks: &mut JoinSet<()>,
 ) -> Result<(), StoreError> {
+    if paused(ctx) {
+        return Ok(());
+    }
     let states = [
         RunnerState::Pending,
         RunnerState::Registering,
@@ -389,7 +396,7 @@ async fn fail(ctx: &ProvisionerContext, row: &RunnerRow, e: &ProvisionError) {
 /// Stops provisioning for `auth_pause` after GitHub refused the token or a permission.
 fn pause(ctx: &ProvisionerContext, e: &ProvisionError) {
     if let Ok(mut until) = ctx.paused_until.lock() {
-        *until = Some(Instant::now() + ctx.auth_pause);
+        *until = Some(ctx.clock.instant() + ctx.auth_pause);
     }
     tracing::error!(
         error = %e,
@@ -397,6 +404,12 @@ fn pause(ctx: &ProvisionerContext, e: &ProvisionError) {
         "GitHub refused the token or a permission: provisioning paused. Check that GITHUB_TOKEN is valid and may \
          administer the repository's runners (fine-grained: Administration read/write; classic: repo)"
     );
+}
+
+/// Whether provisioning is paused after an authentication failure.
+fn paused(ctx: &ProvisionerContext) -> bool {
+    let until = *ctx.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+    until.is_some_and(|t| ctx.clock.instant() < t)
 }
 
 fn repo(row: &RunnerRow) -> Result<RepoName, ProvisionError> {

@@ -15,13 +15,16 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use tokio::time::Instant;
+
 use crate::backend::{Backend, BackendError, SandboxInfo};
-use crate::domain::{JobStatus, NamePrefix, RepoAllowList, RepoName, RunnerName, RunnerState, now_millis};
+use crate::clock::Clock;
+use crate::domain::{JobStatus, NamePrefix, RepoAllowList, RepoName, RunnerName, RunnerState};
 use crate::github::{DeleteOutcome, GitHub, GitHubError};
 use crate::metrics::Metrics;
 use crate::store::{LiveRunner, RunnerPatch, Store, StoreError};
@@ -34,6 +37,8 @@ pub struct ReaperContext {
     pub backend: Arc<Backend>,
     pub wake: Arc<Wake>,
     pub metrics: Arc<Metrics>,
+    /// The time runner ages and job completions are measured against.
+    pub clock: Clock,
     pub prefix: NamePrefix,
     pub allow: RepoAllowList,
     /// How long a sandbox may keep running after its job completed before it is stopped.
@@ -72,10 +77,11 @@ enum ReapError {
 pub async fn run(ctx: Arc<ReaperContext>, stop: CancellationToken) {
     let mut last_sweep: Option<Instant> = None;
     let mut last_prune: Option<Instant> = None;
+    let since = |t: Instant| ctx.clock.instant().saturating_duration_since(t);
     loop {
-        if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_INTERVAL) {
-            last_prune = Some(Instant::now());
-            let cutoff = now_millis() - millis(ctx.retention);
+        if last_prune.is_none_or(|t| since(t) >= PRUNE_INTERVAL) {
+            last_prune = Some(ctx.clock.instant());
+            let cutoff = ctx.clock.now_millis() - millis(ctx.retention);
             match ctx.store.prune(cutoff).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(rows = n, "pruned old history from the store"),
@@ -85,8 +91,8 @@ pub async fn run(ctx: Arc<ReaperContext>, stop: CancellationToken) {
         if let Err(e) = pass(&ctx).await {
             tracing::warn!(error = %e, "reaping pass failed");
         }
-        if last_sweep.is_none_or(|t| t.elapsed() >= ctx.sweep_interval) {
-            last_sweep = Some(Instant::now());
+        if last_sweep.is_none_or(|t| since(t) >= ctx.sweep_interval) {
+            last_sweep = Some(ctx.clock.instant());
             if let Err(e) = sweep_registrations(&ctx).await {
                 tracing::warn!(error = %e, "could not sweep GitHub's runner list");
             }
@@ -99,7 +105,7 @@ pub async fn run(ctx: Arc<ReaperContext>, stop: CancellationToken) {
 
 /// One pass over every live runner and every listed sandbox.
 pub async fn pass(ctx: &ReaperContext) -> Result<(), StoreError> {
-    let listed_at = now_millis();
+    let listed_at = ctx.clock.now_millis();
     let sandboxes = match ctx.backend.list().await {
         Ok(s) => s,
         Err(e) => {
@@ -243,7 +249,7 @@ async fn sandbox_gone(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapErr
 /// A busy runner's sandbox: stop it if its job completed a while ago or it outlived its
 /// maximum runtime.
 async fn check_busy(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapError> {
-    let now = now_millis();
+    let now = ctx.clock.now_millis();
     let grace = millis(ctx.exit_grace);
     let finished_long_ago = r
         .took
@@ -260,7 +266,7 @@ async fn check_busy(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapError
 
 /// A runner without a job: it must come online at GitHub in time, and not idle forever.
 async fn check_idle(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapError> {
-    let age = age(r, now_millis());
+    let age = age(r, ctx.clock.now_millis());
     if age > millis(ctx.registration_timeout) && !online(ctx, r).await? {
         let reason = format!(
             "never came online at GitHub within {}s",

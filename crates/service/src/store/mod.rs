@@ -15,6 +15,8 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::mpsc;
 
+use crate::clock::Clock;
+
 pub use ingest::{EventSource, Recorded};
 pub use jobs::{JobRow, StrategyUpdate};
 pub use runners::{AttemptStats, LiveRunner, NewRunner, RunnerPatch, RunnerRow, TookJob};
@@ -40,6 +42,8 @@ pub enum StoreError {
 pub struct Store {
     pool: SqlitePool,
     ingest: mpsc::Sender<ingest::Request>,
+    /// Stamps every row; the loops compare those stamps with the same clock.
+    clock: Clock,
 }
 
 /// What an answered webhook survives (`STORE_SYNC`).
@@ -64,6 +68,11 @@ impl Store {
 
     /// Opens the store with the given durability.
     pub async fn open_with(url: &str, durability: Durability) -> Result<Store, StoreError> {
+        Store::open_with_clock(url, durability, Clock::System).await
+    }
+
+    /// Opens the store stamping rows with `clock`'s time (tests move it by hand).
+    pub async fn open_with_clock(url: &str, durability: Durability, clock: Clock) -> Result<Store, StoreError> {
         let sync = match durability {
             Durability::Normal => SqliteSynchronous::Normal,
             Durability::Full => SqliteSynchronous::Full,
@@ -84,8 +93,13 @@ impl Store {
             .connect_with(options.clone())
             .await?;
         sqlx::raw_sql(SCHEMA).execute(&pool).await?;
-        let ingest = ingest::spawn_writer(pool.clone());
-        Ok(Store { pool, ingest })
+        let ingest = ingest::spawn_writer(pool.clone(), clock.clone());
+        Ok(Store { pool, ingest, clock })
+    }
+
+    /// The clock rows are stamped with.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// The pool, for modules in this crate that run their own queries in tests.

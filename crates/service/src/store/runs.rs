@@ -7,7 +7,7 @@ use sqlx::Row;
 
 use super::ingest::to_i64;
 use super::{Store, StoreError};
-use crate::domain::{JobId, now_millis};
+use crate::domain::JobId;
 
 /// A run with open jobs whose max-parallel setting is not known yet.
 #[derive(Debug, Clone, PartialEq)]
@@ -84,7 +84,7 @@ impl Store {
         .bind(repo)
         .bind(state)
         .bind(json)
-        .bind(now_millis())
+        .bind(self.clock.now_millis())
         .execute(self.pool())
         .await?;
         Ok(())
