@@ -21,6 +21,8 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod domain;
+#[cfg(test)]
+mod fixture;
 pub mod github;
 pub mod ingress;
 pub mod metrics;

@@ -134,7 +134,7 @@ fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<Strin
 }
 
 /// Advances one runner as far as it goes; failures end in a `failed` row, never a panic.
-async fn provision(ctx: &ProvisionerContext, row: RunnerRow) {
+pub(crate) async fn provision(ctx: &ProvisionerContext, row: RunnerRow) {
     let outcome = match row.state {
         RunnerState::Pending => start(ctx, &row).await,
         RunnerState::Registering => recover_registering(ctx, &row).await,
@@ -415,3 +415,6 @@ fn paused(ctx: &ProvisionerContext) -> bool {
 fn repo(row: &RunnerRow) -> Result<RepoName, ProvisionError> {
     RepoName::parse(&row.repo).map_err(|e| ProvisionError::Store(StoreError::Corrupt(e.to_string())))
 }
+
+#[cfg(test)]
+mod tests;

@@ -406,3 +406,6 @@ fn repo(r: &LiveRunner) -> Result<RepoName, ReapError> {
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
+
+#[cfg(test)]
+mod tests;
