@@ -119,11 +119,17 @@ pub fn plan(s: &Snapshot, limits: &Limits) -> Vec<Intent> {
             });
         }
     }
-    let live = s.runners.iter().filter(|r| r.row.state.is_live()).count();
-    let headroom = limits.max_runners.saturating_sub(live);
+    // A cancelled runner had nothing done for it yet: its capacity is free in this pass.
+    let cancelled = intents.iter().filter(|i| matches!(i, Intent::Cancel(_))).count();
+    let headroom = limits.max_runners.saturating_sub(live(s).saturating_sub(cancelled));
     creates.sort_by_key(|(job, _)| (job.first_seen_at, job.id));
     intents.extend(creates.into_iter().take(headroom).map(|(_, r)| Intent::Create(r)));
     intents
+}
+
+/// Runners holding capacity.
+fn live(s: &Snapshot) -> usize {
+    s.runners.iter().filter(|r| r.row.state.is_live()).count()
 }
 
 /// Queued jobs GitHub would dispatch now: runnable, and within their matrix's
@@ -266,6 +272,7 @@ pub async fn pass(ctx: &PlannerContext) -> Result<(), StoreError> {
 
 async fn apply(ctx: &PlannerContext, s: &Snapshot, intents: Vec<Intent>) -> Result<(), StoreError> {
     let mut new = Vec::new();
+    let mut cancelled = 0;
     for intent in intents {
         match intent {
             Intent::Create(r) => new.push(r),
@@ -286,6 +293,7 @@ async fn apply(ctx: &PlannerContext, s: &Snapshot, intents: Vec<Intent>) -> Resu
                     .transition(&name, &[RunnerState::Pending], RunnerState::Done, patch)
                     .await?
                 {
+                    cancelled += 1;
                     log_runner(s, &name, "planned runner dropped: no job needs it");
                     ctx.metrics.runner_retired("cancelled_before_start");
                 }
@@ -306,6 +314,9 @@ async fn apply(ctx: &PlannerContext, s: &Snapshot, intents: Vec<Intent>) -> Resu
             }
         }
     }
+    // `plan` counted on every cancellation freeing capacity; one that lost the race with
+    // the provisioner (the runner is registering already) did not.
+    new.truncate(ctx.limits.max_runners.saturating_sub(live(s).saturating_sub(cancelled)));
     if !new.is_empty() {
         ctx.store.insert_runners(&new).await?;
         for r in &new {
@@ -322,5 +333,7 @@ fn log_runner(s: &Snapshot, name: &RunnerName, message: &str) {
     }
 }
 
+#[cfg(test)]
+mod properties;
 #[cfg(test)]
 mod tests;
