@@ -14,7 +14,9 @@ use tempfile::TempDir;
 
 use crate::backend::{Backend, LocalBackend, LocalConfig, SandboxSpec};
 use crate::clock::ManualClock;
-use crate::domain::{JobId, JobStatus, LabelSet, MachineSpec, NamePrefix, RepoAllowList, RepoName, RunnerName, RunnerState};
+use crate::domain::{
+    JobId, JobStatus, LabelSet, MachineSpec, NamePrefix, RepoAllowList, RepoName, RunnerName, RunnerState,
+};
 use crate::github::{Credentials, GitHub, GitHubConfig, JitConfig, JitRequest};
 use crate::ingress::JobEvent;
 use crate::metrics::Metrics;
@@ -34,10 +36,11 @@ pub const REGISTRATION_TIMEOUT: Duration = Duration::from_secs(120);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(240);
 pub const AUTH_PAUSE: Duration = Duration::from_secs(300);
 
-/// A `run.sh` that starts and never contacts GitHub: a sandbox that stays up, offline.
-pub fn silent_runner() -> Vec<String> {
-    vec!["sh".into(), "-c".into(), "exec sleep 300".into(), "sh".into()]
-}
+/// The sandboxes' `run.sh` command: it starts and never contacts GitHub, so a sandbox
+/// stays up (a minute, far longer than a test; one a failed test leaves behind ends
+/// then) and its runner offline. A test that needs the runner online plays it in
+/// process (`play_runner`).
+const SILENT_RUNNER: [&str; 4] = ["sh", "-c", "exec sleep 60", "sh"];
 
 pub struct Fixture {
     pub clock: ManualClock,
@@ -47,14 +50,15 @@ pub struct Fixture {
     pub backend: Arc<Backend>,
     pub wake: Arc<Wake>,
     pub repo: RepoName,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Fixture {
-    /// Fakes, store and backend; sandboxes run `runner_command`.
-    pub async fn start(runner_command: &[String]) -> Fixture {
+    /// Fakes, store and backend.
+    pub async fn start() -> Fixture {
         let dir = tempfile::tempdir().expect("temp dir");
-        fakes::runner::make_runner_dir(&dir.path().join("runner"), runner_command).expect("runner dir");
+        let command = SILENT_RUNNER.map(String::from);
+        fakes::runner::make_runner_dir(&dir.path().join("runner"), &command).expect("runner dir");
         let backend = LocalBackend::new(LocalConfig {
             runner_dir: dir.path().join("runner"),
             work_dir: dir.path().join("work"),
@@ -85,7 +89,7 @@ impl Fixture {
             backend: Arc::new(Backend::Local(backend)),
             wake: Arc::new(Wake::default()),
             repo: RepoName::parse(REPO).expect("repo"),
-            _dir: dir,
+            dir,
         }
     }
 
@@ -156,7 +160,12 @@ impl Fixture {
             } else {
                 RunnerPatch::default()
             };
-            assert!(self.store.transition(name, &[from], *to, p).await.expect("transition"));
+            assert!(
+                self.store
+                    .transition(name, &[from], *to, p)
+                    .await
+                    .expect("transition")
+            );
             from = *to;
         }
     }
@@ -169,7 +178,10 @@ impl Fixture {
             labels: LABELS.map(String::from).to_vec(),
             work_folder: "_work".into(),
         };
-        self.github.generate_jitconfig(&self.repo, &request).await.expect("registered")
+        self.github
+            .generate_jitconfig(&self.repo, &request)
+            .await
+            .expect("registered")
     }
 
     /// Starts `name`'s sandbox, as a create that got through would have.
@@ -184,8 +196,8 @@ impl Fixture {
         self.backend.create(spec).await.expect("sandbox")
     }
 
-    /// A runner left `running` by an earlier process: registered, its sandbox (the silent
-    /// one) started. Returns its JIT config, for `play_runner`.
+    /// A runner left `running` by an earlier process: registered and its sandbox started.
+    /// Returns its JIT config, for `play_runner`.
     pub async fn seed_running(&self, job: u64) -> (RunnerName, JitConfig) {
         let name = self.plan(job).await;
         let jit = self.register(&name).await;
@@ -208,7 +220,7 @@ impl Fixture {
     /// Plays the Actions runner for `jit` in this process: it comes online at the fake
     /// GitHub and takes one matching job. Abort the task to stop it.
     pub fn play_runner(&self, jit: &JitConfig) -> tokio::task::JoinHandle<()> {
-        let dir = self._dir.path().join(format!("played-{}", jit.runner_id));
+        let dir = self.dir.path().join(format!("played-{}", jit.runner_id));
         std::fs::create_dir_all(&dir).expect("runner root");
         let config = jit.encoded.expose_secret().to_string();
         tokio::spawn(async move {
@@ -249,7 +261,11 @@ impl Fixture {
     }
 
     pub async fn row(&self, name: &RunnerName) -> RunnerRow {
-        self.store.runner(name.as_str()).await.expect("read").expect("the runner exists")
+        self.store
+            .runner(name.as_str())
+            .await
+            .expect("read")
+            .expect("the runner exists")
     }
 
     /// Whether a failed runner's job waits before its next attempt.
@@ -264,7 +280,13 @@ impl Fixture {
 
     /// Names of the running sandboxes.
     pub async fn sandboxes(&self) -> Vec<String> {
-        self.backend.list().await.expect("list").into_iter().map(|s| s.name).collect()
+        self.backend
+            .list()
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|s| s.name)
+            .collect()
     }
 
     /// The fake GitHub's registration for `name`, if any.
@@ -274,7 +296,11 @@ impl Fixture {
 
     /// How many registrations `name` ever had.
     pub fn registrations_of(&self, name: &RunnerName) -> usize {
-        self.fake.registrations_ever().iter().filter(|n| *n == name.as_str()).count()
+        self.fake
+            .registrations_ever()
+            .iter()
+            .filter(|n| *n == name.as_str())
+            .count()
     }
 
     /// Stops every sandbox and the fake.
@@ -289,4 +315,3 @@ impl Fixture {
 pub fn prefix() -> NamePrefix {
     NamePrefix::parse("modal").expect("prefix")
 }
-

@@ -121,7 +121,9 @@ pub fn plan(s: &Snapshot, limits: &Limits) -> Vec<Intent> {
     }
     // A cancelled runner had nothing done for it yet: its capacity is free in this pass.
     let cancelled = intents.iter().filter(|i| matches!(i, Intent::Cancel(_))).count();
-    let headroom = limits.max_runners.saturating_sub(live(s).saturating_sub(cancelled));
+    let headroom = limits
+        .max_runners
+        .saturating_sub(live(s).saturating_sub(cancelled));
     creates.sort_by_key(|(job, _)| (job.first_seen_at, job.id));
     intents.extend(creates.into_iter().take(headroom).map(|(_, r)| Intent::Create(r)));
     intents
@@ -316,7 +318,11 @@ async fn apply(ctx: &PlannerContext, s: &Snapshot, intents: Vec<Intent>) -> Resu
     }
     // `plan` counted on every cancellation freeing capacity; one that lost the race with
     // the provisioner (the runner is registering already) did not.
-    new.truncate(ctx.limits.max_runners.saturating_sub(live(s).saturating_sub(cancelled)));
+    new.truncate(
+        ctx.limits
+            .max_runners
+            .saturating_sub(live(s).saturating_sub(cancelled)),
+    );
     if !new.is_empty() {
         ctx.store.insert_runners(&new).await?;
         for r in &new {

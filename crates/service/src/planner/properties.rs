@@ -58,20 +58,22 @@ fn job() -> impl Strategy<Value = JobRow> {
             0..20_000i64,
         ),
     )
-        .prop_map(|((repo, labels, status, run_id), (mp_group, max_parallel, age))| JobRow {
-            id: JobId(0),
-            repo: REPOS[repo].into(),
-            run_id,
-            name: "job".into(),
-            labels: LabelSet::new(LABELS[labels]),
-            status,
-            conclusion: None,
-            runner_name: None,
-            source: "webhook".into(),
-            first_seen_at: NOW - age,
-            mp_group,
-            max_parallel,
-        })
+        .prop_map(
+            |((repo, labels, status, run_id), (mp_group, max_parallel, age))| JobRow {
+                id: JobId(0),
+                repo: REPOS[repo].into(),
+                run_id,
+                name: "job".into(),
+                labels: LabelSet::new(LABELS[labels]),
+                status,
+                conclusion: None,
+                runner_name: None,
+                source: "webhook".into(),
+                first_seen_at: NOW - age,
+                mp_group,
+                max_parallel,
+            },
+        )
 }
 
 /// A live runner made for job `job` (1..=16, so some jobs are gone from the snapshot),
@@ -230,13 +232,17 @@ fn active(s: &Snapshot, run: u64, group: &str) -> usize {
     let running = s
         .jobs
         .iter()
-        .filter(|j| j.status == JobStatus::InProgress && j.run_id == run && j.mp_group.as_deref() == Some(group))
+        .filter(|j| {
+            j.status == JobStatus::InProgress && j.run_id == run && j.mp_group.as_deref() == Some(group)
+        })
         .count();
     let winding_down = s
         .runners
         .iter()
         .filter_map(|r| r.took.as_ref())
-        .filter(|t| t.status == JobStatus::Completed && t.run_id == run && t.mp_group.as_deref() == Some(group))
+        .filter(|t| {
+            t.status == JobStatus::Completed && t.run_id == run && t.mp_group.as_deref() == Some(group)
+        })
         .count();
     running + winding_down
 }
@@ -257,7 +263,9 @@ fn eligible(s: &Snapshot, l: &Limits) -> Vec<JobRow> {
         .into_iter()
         .filter(|j| match (j.max_parallel, &j.mp_group) {
             (Some(max), Some(g)) if max > 0 => {
-                let slot = taken.entry((j.run_id, g.clone())).or_insert_with(|| active(s, j.run_id, g));
+                let slot = taken
+                    .entry((j.run_id, g.clone()))
+                    .or_insert_with(|| active(s, j.run_id, g));
                 *slot += 1;
                 *slot <= max as usize
             }

@@ -2,10 +2,10 @@
 //! every state a crash can leave a runner in. Each pass uses a fresh context, as a
 //! restarted service would.
 
-use fakes::github::{Fault, FaultRule, FakeGitHubConfig, Route};
+use fakes::github::{FakeGitHubConfig, Fault, FaultRule, Route};
 
 use super::*;
-use crate::fixture::{AUTH_PAUSE, Fixture, silent_runner};
+use crate::fixture::{AUTH_PAUSE, Fixture};
 use crate::reaper;
 
 /// One pass of the loop: dispatch every runner it would pick up, then wait for them.
@@ -13,7 +13,9 @@ async fn pass(ctx: &Arc<ProvisionerContext>) {
     let slots = Arc::new(Semaphore::new(ctx.concurrency));
     let in_flight = Arc::default();
     let mut tasks = JoinSet::new();
-    dispatch(ctx, &slots, &in_flight, &mut tasks).await.expect("dispatch");
+    dispatch(ctx, &slots, &in_flight, &mut tasks)
+        .await
+        .expect("dispatch");
     while let Some(done) = tasks.join_next().await {
         done.expect("provisioning does not panic");
     }
@@ -29,7 +31,7 @@ fn jit_calls(f: &Fixture) -> usize {
 
 #[tokio::test]
 async fn a_pending_runner_is_registered_then_its_sandbox_started() {
-    let f = Fixture::start(&silent_runner()).await;
+    let f = Fixture::start().await;
     let name = f.plan(1).await;
     pass(&f.provisioner()).await;
 
@@ -45,7 +47,7 @@ async fn a_pending_runner_is_registered_then_its_sandbox_started() {
 
 #[tokio::test]
 async fn a_registration_interrupted_before_it_reached_github_starts_over_under_the_same_name() {
-    let f = Fixture::start(&silent_runner()).await;
+    let f = Fixture::start().await;
     let name = f.plan(1).await;
     f.advance(&name, &[RunnerState::Registering], RunnerPatch::default())
         .await;
@@ -61,9 +63,8 @@ async fn a_registration_interrupted_before_it_reached_github_starts_over_under_t
 }
 
 #[tokio::test]
-async fn a_registration_that_reached_github_before_a_crash_is_deleted_and_the_attempt_ends_without_backoff()
-{
-    let f = Fixture::start(&silent_runner()).await;
+async fn a_registration_that_reached_github_before_a_crash_is_deleted_and_the_attempt_ends_without_backoff() {
+    let f = Fixture::start().await;
     let name = f.plan(1).await;
     f.advance(&name, &[RunnerState::Registering], RunnerPatch::default())
         .await;
@@ -80,7 +81,10 @@ async fn a_registration_that_reached_github_before_a_crash_is_deleted_and_the_at
         row.failure
     );
     assert_eq!(f.backs_off(&name).await, Some(false));
-    assert!(f.registration(&name).is_none(), "its JIT config is lost: the registration goes");
+    assert!(
+        f.registration(&name).is_none(),
+        "its JIT config is lost: the registration goes"
+    );
     assert_eq!(f.registrations_of(&name), 1, "never registered twice");
     assert!(f.sandboxes().await.is_empty());
     f.finish().await;
@@ -88,7 +92,7 @@ async fn a_registration_that_reached_github_before_a_crash_is_deleted_and_the_at
 
 #[tokio::test]
 async fn a_registered_runner_whose_sandbox_was_created_before_a_crash_is_adopted() {
-    let f = Fixture::start(&silent_runner()).await;
+    let f = Fixture::start().await;
     let name = f.plan(1).await;
     let jit = f.register(&name).await;
     let patch = RunnerPatch {
@@ -115,7 +119,7 @@ async fn a_registered_runner_whose_sandbox_was_created_before_a_crash_is_adopted
 
 #[tokio::test]
 async fn a_registered_runner_without_a_sandbox_after_a_crash_loses_its_registration_without_backoff() {
-    let f = Fixture::start(&silent_runner()).await;
+    let f = Fixture::start().await;
     let name = f.plan(1).await;
     let jit = f.register(&name).await;
     let patch = RunnerPatch {
@@ -143,16 +147,24 @@ async fn a_registered_runner_without_a_sandbox_after_a_crash_loses_its_registrat
 
 #[tokio::test]
 async fn running_and_retiring_runners_are_left_to_the_reaper() {
-    let f = Fixture::start(&silent_runner()).await;
+    let f = Fixture::start().await;
     let running = f.plan(1).await;
     let retiring = f.plan(2).await;
     pass(&f.provisioner()).await;
     f.advance(&retiring, &[RunnerState::Retiring], RunnerPatch::default())
         .await;
-    let before = (f.row(&running).await, f.row(&retiring).await, f.fake.calls().len());
+    let before = (
+        f.row(&running).await,
+        f.row(&retiring).await,
+        f.fake.calls().len(),
+    );
 
     pass(&f.provisioner()).await;
-    let after = (f.row(&running).await, f.row(&retiring).await, f.fake.calls().len());
+    let after = (
+        f.row(&running).await,
+        f.row(&retiring).await,
+        f.fake.calls().len(),
+    );
     assert_eq!(before, after, "no change and no call to GitHub");
     assert_eq!(f.sandboxes().await.len(), 2);
     f.finish().await;
@@ -160,7 +172,7 @@ async fn running_and_retiring_runners_are_left_to_the_reaper() {
 
 #[tokio::test]
 async fn a_name_github_already_has_409_is_deleted_and_the_attempt_ends_without_backoff() {
-    let f = Fixture::start(&silent_runner()).await;
+    let f = Fixture::start().await;
     let name = f.plan(1).await;
     f.register(&name).await;
 
@@ -176,14 +188,18 @@ async fn a_name_github_already_has_409_is_deleted_and_the_attempt_ends_without_b
     );
     assert_eq!(f.backs_off(&name).await, Some(false));
     assert!(f.registration(&name).is_none());
-    assert_eq!(f.registrations_of(&name), 1, "the 409 made no second registration");
+    assert_eq!(
+        f.registrations_of(&name),
+        1,
+        "the 409 made no second registration"
+    );
     assert!(f.sandboxes().await.is_empty());
     f.finish().await;
 }
 
 #[tokio::test]
 async fn a_registration_whose_answer_was_lost_is_found_deleted_and_never_repeated() {
-    let f = Fixture::start(&silent_runner()).await;
+    let f = Fixture::start().await;
     f.fake.inject(FaultRule::new(
         Route::GenerateJitConfig,
         Fault::after_success(Fault::status(502)),
@@ -202,14 +218,17 @@ async fn a_registration_whose_answer_was_lost_is_found_deleted_and_never_repeate
     );
     assert_eq!(f.backs_off(&name).await, Some(false));
     assert_eq!(jit_calls(&f), 1, "not registered a second time");
-    assert!(f.registration(&name).is_none(), "the registration nobody has a config for is gone");
+    assert!(
+        f.registration(&name).is_none(),
+        "the registration nobody has a config for is gone"
+    );
     assert!(f.sandboxes().await.is_empty());
     f.finish().await;
 }
 
 #[tokio::test]
 async fn a_registration_that_failed_at_github_is_retried() {
-    let f = Fixture::start(&silent_runner()).await;
+    let f = Fixture::start().await;
     f.fake
         .inject(FaultRule::new(Route::GenerateJitConfig, Fault::status(502)));
     let name = f.plan(1).await;
@@ -223,14 +242,18 @@ async fn a_registration_that_failed_at_github_is_retried() {
 
 #[tokio::test]
 async fn a_rejected_token_pauses_provisioning_for_the_auth_pause() {
-    let f = Fixture::start(&silent_runner()).await;
+    let f = Fixture::start().await;
     let ctx = f.provisioner();
     f.fake.set_token("ghp_someone_else");
     let first = f.plan(1).await;
     pass(&ctx).await;
     let row = f.row(&first).await;
     assert_eq!(row.state, RunnerState::Failed);
-    assert!(row.failure.as_deref().is_some_and(|m| m.contains("401")), "{:?}", row.failure);
+    assert!(
+        row.failure.as_deref().is_some_and(|m| m.contains("401")),
+        "{:?}",
+        row.failure
+    );
 
     // The token is fixed, but provisioning stays paused until the pause is over.
     f.fake.set_token(&FakeGitHubConfig::default().token);

@@ -1,18 +1,18 @@
 //! One reaping pass at a time against the fake GitHub and the local backend, with the
 //! clock moved by hand past each timeout. Each pass uses a fresh context, as a restarted
-//! service would, unless a test says otherwise.
+//! service would.
 
 use fakes::github::{JobSpec, RunSpec};
 
 use super::*;
 use crate::fixture::{
-    EXIT_GRACE, Fixture, IDLE_TIMEOUT, LABELS, REGISTRATION_TIMEOUT, REPO, SANDBOX_TIMEOUT, silent_runner,
+    EXIT_GRACE, Fixture, IDLE_TIMEOUT, LABELS, REGISTRATION_TIMEOUT, REPO, SANDBOX_TIMEOUT,
 };
 use crate::provisioner::ProvisionerContext;
 use crate::store::RunnerRow;
 
-/// Provisions the first runner for `job` (one provisioner pass), then lets a second pass:
-/// a runner started at the very instant of a listing is not judged by it.
+/// Provisions the first runner for `job` and moves the clock a second on: the reaper does
+/// not judge a runner that started at the very instant of its sandbox listing.
 async fn running(f: &Fixture, job: u64) -> RunnerName {
     let name = f.plan(job).await;
     provision(&f.provisioner()).await;
@@ -48,9 +48,7 @@ async fn wait_for_runner(f: &Fixture, name: &RunnerName, ready: impl Fn(&fakes::
     let seen = f
         .fake
         .wait_until(Duration::from_secs(30), |g| {
-            g.runners()
-                .iter()
-                .any(|r| r.name == name.as_str() && ready(r))
+            g.runners().iter().any(|r| r.name == name.as_str() && ready(r))
         })
         .await;
     assert!(seen, "{:?}", f.fake.runners());
@@ -58,7 +56,7 @@ async fn wait_for_runner(f: &Fixture, name: &RunnerName, ready: impl Fn(&fakes::
 
 #[tokio::test]
 async fn a_retiring_runner_is_deregistered_and_its_sandbox_stopped() {
-    let f = Fixture::start(&silent_runner()).await;
+    let f = Fixture::start().await;
     let name = running(&f, 1).await;
     f.advance(&name, &[RunnerState::Retiring], RunnerPatch::default())
         .await;
@@ -72,7 +70,7 @@ async fn a_retiring_runner_is_deregistered_and_its_sandbox_stopped() {
 
 #[tokio::test]
 async fn a_retiring_runner_github_just_gave_a_job_422_is_kept() {
-    let f = Fixture::start(&silent_runner()).await;
+    let f = Fixture::start().await;
     f.fake.queue_run(RunSpec::new(
         REPO,
         vec![JobSpec::new("build", LABELS).duration(Duration::from_secs(120))],
@@ -87,14 +85,18 @@ async fn a_retiring_runner_github_just_gave_a_job_422_is_kept() {
     pass(&f.reaper()).await.expect("pass");
     assert_eq!(f.row(&name).await.state, RunnerState::Running, "back to running");
     assert!(f.registration(&name).is_some_and(|r| r.busy));
-    assert_eq!(f.sandboxes().await, [name.to_string()], "its sandbox keeps running the job");
+    assert_eq!(
+        f.sandboxes().await,
+        [name.to_string()],
+        "its sandbox keeps running the job"
+    );
     runner.abort();
     f.finish().await;
 }
 
 #[tokio::test]
 async fn a_running_runner_found_after_a_restart_within_its_timeouts_is_left_alone() {
-    let f = Fixture::start(&silent_runner()).await;
+    let f = Fixture::start().await;
     let name = running(&f, 1).await;
     let before = f.row(&name).await;
 
@@ -107,13 +109,17 @@ async fn a_running_runner_found_after_a_restart_within_its_timeouts_is_left_alon
 
 #[tokio::test]
 async fn a_running_runner_whose_sandbox_died_without_a_job_fails_with_backoff_and_is_deregistered() {
-    let f = Fixture::start(&silent_runner()).await;
+    let f = Fixture::start().await;
     let name = running(&f, 1).await;
     f.backend.terminate(name.as_str()).await.expect("terminate");
 
     pass(&f.reaper()).await.expect("pass");
     let row = f.row(&name).await;
-    ended_because(&row, RunnerState::Failed, "the sandbox ended before the runner took a job");
+    ended_because(
+        &row,
+        RunnerState::Failed,
+        "the sandbox ended before the runner took a job",
+    );
     assert_eq!(f.backs_off(&name).await, Some(true));
     assert!(f.registration(&name).is_none());
     f.finish().await;
@@ -121,17 +127,20 @@ async fn a_running_runner_whose_sandbox_died_without_a_job_fails_with_backoff_an
 
 #[tokio::test]
 async fn a_runner_that_never_comes_online_is_removed_after_the_registration_timeout() {
-    let f = Fixture::start(&silent_runner()).await;
+    let f = Fixture::start().await;
     let name = running(&f, 1).await;
-    f.clock
-        .advance(REGISTRATION_TIMEOUT - Duration::from_secs(1));
+    f.clock.advance(REGISTRATION_TIMEOUT - Duration::from_secs(1));
     pass(&f.reaper()).await.expect("pass");
     assert_eq!(f.row(&name).await.state, RunnerState::Running, "not yet");
 
     f.clock.advance(Duration::from_millis(1));
     pass(&f.reaper()).await.expect("pass");
     let row = f.row(&name).await;
-    ended_because(&row, RunnerState::Failed, "never came online at GitHub within 120s");
+    ended_because(
+        &row,
+        RunnerState::Failed,
+        "never came online at GitHub within 120s",
+    );
     assert_eq!(f.backs_off(&name).await, Some(true));
     assert!(f.registration(&name).is_none());
     assert!(f.sandboxes().await.is_empty());
@@ -140,7 +149,7 @@ async fn a_runner_that_never_comes_online_is_removed_after_the_registration_time
 
 #[tokio::test]
 async fn an_online_runner_without_a_job_is_removed_after_the_idle_timeout() {
-    let f = Fixture::start(&silent_runner()).await;
+    let f = Fixture::start().await;
     let (name, jit) = f.seed_running(1).await;
     let runner = f.play_runner(&jit);
     wait_for_runner(&f, &name, |r| r.status == fakes::github::RunnerStatus::Online).await;
@@ -162,7 +171,7 @@ async fn an_online_runner_without_a_job_is_removed_after_the_idle_timeout() {
 
 #[tokio::test]
 async fn a_busy_sandbox_is_stopped_at_its_maximum_runtime() {
-    let f = Fixture::start(&silent_runner()).await;
+    let f = Fixture::start().await;
     let name = running(&f, 1).await;
     f.took(1, &name).await;
     // `running` moved the clock one second past the start.
@@ -181,7 +190,7 @@ async fn a_busy_sandbox_is_stopped_at_its_maximum_runtime() {
 
 #[tokio::test]
 async fn a_sandbox_still_up_after_its_job_completed_is_stopped_after_the_exit_grace() {
-    let f = Fixture::start(&silent_runner()).await;
+    let f = Fixture::start().await;
     let name = running(&f, 1).await;
     f.completed(1, &name).await;
     f.clock.advance(EXIT_GRACE);

@@ -72,7 +72,11 @@ impl Store {
     }
 
     /// Opens the store stamping rows with `clock`'s time (tests move it by hand).
-    pub async fn open_with_clock(url: &str, durability: Durability, clock: Clock) -> Result<Store, StoreError> {
+    pub async fn open_with_clock(
+        url: &str,
+        durability: Durability,
+        clock: Clock,
+    ) -> Result<Store, StoreError> {
         let sync = match durability {
             Durability::Normal => SqliteSynchronous::Normal,
             Durability::Full => SqliteSynchronous::Full,
