@@ -17,10 +17,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
-
-use tokio::time::Instant;
 
 use crate::backend::{Backend, BackendError, SandboxInfo};
 use crate::clock::Clock;
