@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, BackendError, LocalBackend, ModalBackend};
+use crate::clock::Clock;
 use crate::config::{BackendSettings, Settings};
 use crate::github::{GitHub, GitHubConfig};
 use crate::ingress::{self, Ingress};
@@ -41,6 +42,8 @@ pub struct Application {
     wake: Arc<Wake>,
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
+    /// What the store and every loop read the time from.
+    clock: Clock,
 }
 
 /// How often the planner re-plans without a wake-up.
@@ -51,7 +54,13 @@ const STRATEGY_INTERVAL: Duration = Duration::from_secs(2);
 impl Application {
     /// Binds the port and opens the store; nothing runs until `run_until_stopped`.
     pub async fn build(settings: Settings) -> anyhow::Result<Application> {
-        let store = Store::open_with(&settings.store.database_url, settings.store.sync)
+        Application::build_with_clock(settings, Clock::System).await
+    }
+
+    /// `build`, with the store and the loops reading the time from `clock` (a test can then
+    /// move time past a timeout instead of waiting for it).
+    pub async fn build_with_clock(settings: Settings, clock: Clock) -> anyhow::Result<Application> {
+        let store = Store::open_with_clock(&settings.store.database_url, settings.store.sync, clock.clone())
             .await
             .with_context(|| format!("could not open the store at {}", settings.store.database_url))?;
         let metrics = Arc::new(Metrics::new());
@@ -85,6 +94,7 @@ impl Application {
             wake: Arc::new(Wake::default()),
             metrics,
             ready: Arc::new(AtomicBool::new(false)),
+            clock,
         })
     }
 
@@ -175,6 +185,7 @@ impl Application {
             limits: s.limits.clone(),
             wake: self.wake.clone(),
             metrics: self.metrics.clone(),
+            clock: self.clock.clone(),
             interval: PLAN_INTERVAL,
             refused: Mutex::default(),
         };
@@ -192,6 +203,7 @@ impl Application {
             wake: self.wake.clone(),
             metrics: self.metrics.clone(),
             settings: s.provisioner.clone(),
+            clock: self.clock.clone(),
             retry: Backoff::new(5, Duration::from_millis(500), Duration::from_secs(30)),
             interval: Duration::from_secs(2),
             paused_until: Mutex::default(),
@@ -210,6 +222,7 @@ impl Application {
             wake: self.wake.clone(),
             metrics: self.metrics.clone(),
             settings: s.reaper.clone(),
+            clock: self.clock.clone(),
             seen_online: Mutex::default(),
         });
         let reconciler = Arc::new(ReconcilerContext {
@@ -217,6 +230,7 @@ impl Application {
             github: self.github.clone(),
             wake: self.wake.clone(),
             settings: s.reconciler.clone(),
+            clock: self.clock.clone(),
         });
         let st = stop.clone();
         tasks.spawn(async move {

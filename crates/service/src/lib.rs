@@ -18,8 +18,11 @@
 pub mod app;
 pub mod backend;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod domain;
+#[cfg(test)]
+mod fixture;
 pub mod github;
 pub mod ingress;
 pub mod metrics;

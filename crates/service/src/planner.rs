@@ -17,9 +17,8 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::domain::{
-    JobId, JobStatus, MachinePolicy, NamePrefix, RepoName, RunnerName, RunnerState, now_millis,
-};
+use crate::clock::Clock;
+use crate::domain::{JobId, JobStatus, MachinePolicy, NamePrefix, RepoName, RunnerName, RunnerState};
 use crate::metrics::Metrics;
 use crate::retry::job_retry_delay;
 use crate::store::{AttemptStats, JobRow, LiveRunner, NewRunner, RunnerPatch, Store, StoreError};
@@ -120,11 +119,19 @@ pub fn plan(s: &Snapshot, limits: &Limits) -> Vec<Intent> {
             });
         }
     }
-    let live = s.runners.iter().filter(|r| r.row.state.is_live()).count();
-    let headroom = limits.max_runners.saturating_sub(live);
+    // A cancelled runner had nothing done for it yet: its capacity is free in this pass.
+    let cancelled = intents.iter().filter(|i| matches!(i, Intent::Cancel(_))).count();
+    let headroom = limits
+        .max_runners
+        .saturating_sub(live(s).saturating_sub(cancelled));
     creates.sort_by_key(|(job, _)| (job.first_seen_at, job.id));
     intents.extend(creates.into_iter().take(headroom).map(|(_, r)| Intent::Create(r)));
     intents
+}
+
+/// Runners holding capacity.
+fn live(s: &Snapshot) -> usize {
+    s.runners.iter().filter(|r| r.row.state.is_live()).count()
 }
 
 /// Queued jobs GitHub would dispatch now: runnable, and within their matrix's
@@ -234,6 +241,8 @@ pub struct PlannerContext {
     pub limits: Limits,
     pub wake: Arc<Wake>,
     pub metrics: Arc<Metrics>,
+    /// Tells the snapshot's `now`, against which backoffs and the max-parallel grace run.
+    pub clock: Clock,
     pub interval: Duration,
     /// Refused jobs already reported, so each is logged once.
     pub refused: Mutex<HashSet<JobId>>,
@@ -256,7 +265,7 @@ pub async fn pass(ctx: &PlannerContext) -> Result<(), StoreError> {
     // One read transaction: jobs and runners from the same committed state.
     let inputs = ctx.store.plan_inputs().await?;
     let snapshot = Snapshot {
-        now: now_millis(),
+        now: ctx.clock.now_millis(),
         jobs: inputs.jobs,
         runners: inputs.runners,
         attempts: inputs.attempts,
@@ -267,6 +276,7 @@ pub async fn pass(ctx: &PlannerContext) -> Result<(), StoreError> {
 
 async fn apply(ctx: &PlannerContext, s: &Snapshot, intents: Vec<Intent>) -> Result<(), StoreError> {
     let mut new = Vec::new();
+    let mut cancelled = 0;
     for intent in intents {
         match intent {
             Intent::Create(r) => new.push(r),
@@ -287,6 +297,7 @@ async fn apply(ctx: &PlannerContext, s: &Snapshot, intents: Vec<Intent>) -> Resu
                     .transition(&name, &[RunnerState::Pending], RunnerState::Done, patch)
                     .await?
                 {
+                    cancelled += 1;
                     log_runner(s, &name, "planned runner dropped: no job needs it");
                     ctx.metrics.runner_retired("cancelled_before_start");
                 }
@@ -307,6 +318,13 @@ async fn apply(ctx: &PlannerContext, s: &Snapshot, intents: Vec<Intent>) -> Resu
             }
         }
     }
+    // `plan` counted on every cancellation freeing capacity; one that lost the race with
+    // the provisioner (the runner is registering already) did not.
+    new.truncate(
+        ctx.limits
+            .max_runners
+            .saturating_sub(live(s).saturating_sub(cancelled)),
+    );
     if !new.is_empty() {
         ctx.store.insert_runners(&new).await?;
         for r in &new {
@@ -323,5 +341,7 @@ fn log_runner(s: &Snapshot, name: &RunnerName, message: &str) {
     }
 }
 
+#[cfg(test)]
+mod properties;
 #[cfg(test)]
 mod tests;

@@ -11,14 +11,16 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backend::{Backend, BackendError, SandboxSpec};
+use crate::clock::Clock;
 use crate::config::ProvisionerSettings;
 use crate::domain::{MachineSpec, RepoName, RunnerState};
 use crate::github::{GitHub, GitHubError, JitConfig, JitRequest};
@@ -36,6 +38,8 @@ pub struct ProvisionerContext {
     pub wake: Arc<Wake>,
     pub metrics: Arc<Metrics>,
     pub settings: ProvisionerSettings,
+    /// Measures the pause after an authentication failure.
+    pub clock: Clock,
     /// Retries of one step on transient errors before the attempt counts as failed.
     pub retry: Backoff,
     pub interval: Duration,
@@ -84,6 +88,9 @@ async fn dispatch(
     in_flight: &Arc<Mutex<HashSet<String>>>,
     tasks: &mut JoinSet<()>,
 ) -> Result<(), StoreError> {
+    if paused(ctx) {
+        return Ok(());
+    }
     let states = [
         RunnerState::Pending,
         RunnerState::Registering,
@@ -118,7 +125,7 @@ fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<Strin
 }
 
 /// Advances one runner as far as it goes; failures end in a `failed` row, never a panic.
-async fn provision(ctx: &ProvisionerContext, row: RunnerRow) {
+pub(crate) async fn provision(ctx: &ProvisionerContext, row: RunnerRow) {
     let outcome = match row.state {
         RunnerState::Pending => start(ctx, &row).await,
         RunnerState::Registering => recover_registering(ctx, &row).await,
@@ -380,7 +387,7 @@ async fn fail(ctx: &ProvisionerContext, row: &RunnerRow, e: &ProvisionError) {
 /// Stops provisioning for `auth_pause` after GitHub refused the token or a permission.
 fn pause(ctx: &ProvisionerContext, e: &ProvisionError) {
     if let Ok(mut until) = ctx.paused_until.lock() {
-        *until = Some(Instant::now() + ctx.settings.auth_pause);
+        *until = Some(ctx.clock.instant() + ctx.settings.auth_pause);
     }
     tracing::error!(
         error = %e,
@@ -389,3 +396,12 @@ fn pause(ctx: &ProvisionerContext, e: &ProvisionError) {
          administer the repository's runners (fine-grained: Administration read/write; classic: repo)"
     );
 }
+
+/// Whether provisioning is paused after an authentication failure.
+fn paused(ctx: &ProvisionerContext) -> bool {
+    let until = *ctx.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+    until.is_some_and(|t| ctx.clock.instant() < t)
+}
+
+#[cfg(test)]
+mod tests;

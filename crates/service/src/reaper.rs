@@ -16,14 +16,16 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backend::{Backend, BackendError, SandboxInfo};
+use crate::clock::Clock;
 use crate::config::ReaperSettings;
-use crate::domain::{JobStatus, RunnerState, now_millis};
+use crate::domain::{JobStatus, RunnerState};
 use crate::github::{DeleteOutcome, GitHub, GitHubError};
 use crate::metrics::Metrics;
 use crate::store::{LiveRunner, RunnerPatch, Store, StoreError};
@@ -38,6 +40,8 @@ pub struct ReaperContext {
     pub wake: Arc<Wake>,
     pub metrics: Arc<Metrics>,
     pub settings: ReaperSettings,
+    /// The time runner ages and job completions are measured against.
+    pub clock: Clock,
     /// Runners seen online at GitHub: their registration timeout no longer applies.
     pub seen_online: Mutex<HashSet<String>>,
 }
@@ -56,14 +60,19 @@ enum ReapError {
 /// every `sweep_interval`, until `stop`.
 pub async fn run(ctx: Arc<ReaperContext>, stop: CancellationToken) {
     let mut last_sweep: Option<Instant> = None;
+    let since = |t: Instant| ctx.clock.instant().saturating_duration_since(t);
     loop {
         if let Err(e) = pass(&ctx).await {
             tracing::warn!(error = %e, "reaping pass failed");
         }
-        if last_sweep.is_none_or(|t| t.elapsed() >= ctx.settings.sweep_interval) {
-            last_sweep = Some(Instant::now());
-            let swept =
-                sweeps::delete_offline_registrations(&ctx.store, &ctx.github, &ctx.settings.prefix, &ctx.settings.allow);
+        if last_sweep.is_none_or(|t| since(t) >= ctx.settings.sweep_interval) {
+            last_sweep = Some(ctx.clock.instant());
+            let swept = sweeps::delete_offline_registrations(
+                &ctx.store,
+                &ctx.github,
+                &ctx.settings.prefix,
+                &ctx.settings.allow,
+            );
             if let Err(e) = swept.await {
                 tracing::warn!(error = %e, "could not sweep GitHub's runner list");
             }
@@ -76,7 +85,7 @@ pub async fn run(ctx: Arc<ReaperContext>, stop: CancellationToken) {
 
 /// One pass over every live runner, then the orphan-sandbox sweep over the same listing.
 pub async fn pass(ctx: &ReaperContext) -> Result<(), StoreError> {
-    let listed_at = now_millis();
+    let listed_at = ctx.clock.now_millis();
     let sandboxes = match ctx.backend.list().await {
         Ok(s) => s,
         Err(e) => {
@@ -217,7 +226,7 @@ async fn sandbox_gone(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapErr
 /// A busy runner's sandbox: stop it if its job completed a while ago or it outlived its
 /// maximum runtime.
 async fn check_busy(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapError> {
-    let now = now_millis();
+    let now = ctx.clock.now_millis();
     let grace = millis(ctx.settings.exit_grace);
     let finished_long_ago = r
         .took
@@ -234,7 +243,7 @@ async fn check_busy(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapError
 
 /// A runner without a job: it must come online at GitHub in time, and not idle forever.
 async fn check_idle(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapError> {
-    let age = age(r, now_millis());
+    let age = age(r, ctx.clock.now_millis());
     if age > millis(ctx.settings.registration_timeout) && !online(ctx, r).await? {
         let reason = format!(
             "never came online at GitHub within {}s",
@@ -305,3 +314,6 @@ fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<Strin
 fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
+
+#[cfg(test)]
+mod tests;

@@ -16,8 +16,9 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::config::ReconcilerSettings;
-use crate::domain::{JobEvent, JobId, JobStatus, LabelSet, RepoName, now_millis};
+use crate::domain::{JobEvent, JobId, JobStatus, LabelSet, RepoName};
 use crate::github::{GitHub, GitHubError, Hook, RemoteJob};
 use crate::store::{EventSource, Store, StoreError};
 use crate::wake::Wake;
@@ -28,6 +29,8 @@ pub struct ReconcilerContext {
     pub github: GitHub,
     pub wake: Arc<Wake>,
     pub settings: ReconcilerSettings,
+    /// Tells which stored jobs are old enough to look up and which deliveries are recent.
+    pub clock: Clock,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,7 +146,8 @@ async fn poll_repo(
 /// Open jobs of the store that no polled run held: fetched one by one (at most 50 a
 /// pass, oldest first) once they are older than one interval.
 async fn refresh_unseen(ctx: &ReconcilerContext, seen: &HashSet<JobId>) -> Result<usize, ReconcileError> {
-    let cutoff = now_millis() - i64::try_from(ctx.settings.interval.as_millis()).unwrap_or(i64::MAX);
+    let cutoff =
+        ctx.clock.now_millis() - i64::try_from(ctx.settings.interval.as_millis()).unwrap_or(i64::MAX);
     let mut refreshed = 0;
     for job in ctx
         .store
@@ -208,7 +212,8 @@ async fn redeliver_failed(
     hook: &Hook,
     asked: &mut HashMap<String, u32>,
 ) -> Result<usize, ReconcileError> {
-    let since = now_millis() - i64::try_from(ctx.settings.redeliver_window.as_millis()).unwrap_or(i64::MAX);
+    let since =
+        ctx.clock.now_millis() - i64::try_from(ctx.settings.redeliver_window.as_millis()).unwrap_or(i64::MAX);
     let mut latest_failure: HashMap<String, u64> = HashMap::new();
     let mut succeeded: HashSet<String> = HashSet::new();
     let mut cursor: Option<String> = None;

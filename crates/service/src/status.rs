@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 
-use crate::domain::{JobStatus, now_millis};
+use crate::domain::JobStatus;
 use crate::store::{RunnerRow, Store, StoreError};
 
 /// Renders the report.
@@ -22,7 +22,7 @@ pub async fn report(store: &Store, limit: i64) -> Result<String, StoreError> {
     for r in &all_runners {
         by_job.entry(r.job.0).or_default().push(r);
     }
-    let now = now_millis();
+    let now = store.clock().now_millis();
     let _ = writeln!(out, "\nopen jobs ({}):", open.len());
     for j in &open {
         let age = (now - j.first_seen_at) / 1000;

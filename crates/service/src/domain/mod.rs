@@ -20,7 +20,9 @@ pub use runner::{NamePrefix, RunnerName, RunnerState};
 /// times survive restarts and compare across processes.
 pub type Millis = i64;
 
-/// The current wall-clock time in milliseconds.
+/// The operating system's wall-clock time in milliseconds, for times that belong to the
+/// outside world (a local process's deadline, GitHub's rate-limit reset). The store and the
+/// loops read the injected `clock::Clock` instead, so tests can move their time.
 pub fn now_millis() -> Millis {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

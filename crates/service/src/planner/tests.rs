@@ -349,3 +349,60 @@ fn jobs_asking_for_a_machine_the_policy_forbids_are_refused_not_planned() {
         if *job == JobId(2) && reason.contains("SANDBOX_GPU_TYPES")))
     );
 }
+
+/// A planned runner for job 2, which went away, in another pool than job 1's.
+fn planned_elsewhere() -> LiveRunner {
+    let mut r = runner(2, 1, RunnerState::Pending);
+    r.row.labels = LabelSet::new(["self-hosted", "modal", "cpu=4"]);
+    r
+}
+
+#[test]
+fn capacity_freed_by_a_cancelled_runner_is_used_in_the_same_pass() {
+    // Job 2's planned runner holds the only slot job 1 needs.
+    let s = snapshot(vec![job(1, JobStatus::Queued)], vec![planned_elsewhere()]);
+    let intents = plan(&s, &limits(1));
+    assert!(intents.contains(&Intent::Cancel(planned_elsewhere().row.name)));
+    assert_eq!(created(&intents), ["modal-1-1"]);
+}
+
+#[tokio::test]
+async fn a_cancellation_that_lost_the_race_with_the_provisioner_frees_no_capacity() {
+    let store = Store::open("sqlite::memory:").await.expect("store");
+    let ctx = PlannerContext {
+        store: store.clone(),
+        limits: limits(1),
+        wake: Arc::default(),
+        metrics: Arc::new(Metrics::new()),
+        clock: Clock::System,
+        interval: Duration::from_secs(2),
+        refused: Mutex::default(),
+    };
+    let planned = planned_elsewhere();
+    let new = NewRunner {
+        name: planned.row.name.clone(),
+        job: JobId(2),
+        attempt: 1,
+        repo: planned.row.repo.clone(),
+        labels: planned.row.labels.clone(),
+    };
+    store.insert_runners(&[new]).await.expect("insert");
+    let s = snapshot(vec![job(1, JobStatus::Queued)], vec![planned.clone()]);
+    let intents = plan(&s, &ctx.limits);
+    assert_eq!(created(&intents), ["modal-1-1"]);
+    // Between the snapshot and the write, the provisioner starts registering it.
+    let registering = store
+        .transition(
+            &planned.row.name,
+            &[RunnerState::Pending],
+            RunnerState::Registering,
+            RunnerPatch::default(),
+        )
+        .await
+        .expect("transition");
+    assert!(registering);
+
+    apply(&ctx, &s, intents).await.expect("apply");
+    let made = store.runner("modal-1-1").await.expect("read");
+    assert!(made.is_none(), "MAX_RUNNERS holds: no runner for job 1 yet");
+}

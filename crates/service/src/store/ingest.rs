@@ -4,7 +4,8 @@ use sqlx::{SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
-use crate::domain::{JobEvent, now_millis};
+use crate::clock::Clock;
+use crate::domain::JobEvent;
 
 /// How the store learned of an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,16 +64,16 @@ impl super::Store {
     }
 }
 
-pub(super) fn spawn_writer(pool: SqlitePool) -> mpsc::Sender<Request> {
+pub(super) fn spawn_writer(pool: SqlitePool, clock: Clock) -> mpsc::Sender<Request> {
     let (tx, rx) = mpsc::channel(4 * MAX_GROUP);
-    tokio::spawn(write_loop(pool, rx));
+    tokio::spawn(write_loop(pool, clock, rx));
     tx
 }
 
-async fn write_loop(pool: SqlitePool, mut rx: mpsc::Receiver<Request>) {
+async fn write_loop(pool: SqlitePool, clock: Clock, mut rx: mpsc::Receiver<Request>) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
-        let outcome = write_group(&pool, &group).await;
+        let outcome = write_group(&pool, &group, clock.now_millis()).await;
         match outcome {
             Ok(results) => {
                 for (req, result) in group.drain(..).zip(results) {
@@ -90,10 +91,9 @@ async fn write_loop(pool: SqlitePool, mut rx: mpsc::Receiver<Request>) {
     }
 }
 
-async fn write_group(pool: &SqlitePool, group: &[Request]) -> Result<Vec<Recorded>, StoreError> {
+async fn write_group(pool: &SqlitePool, group: &[Request], now: i64) -> Result<Vec<Recorded>, StoreError> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let mut results = Vec::with_capacity(group.len());
-    let now = now_millis();
     for req in group {
         results.push(apply(&mut tx, req, now).await?);
     }

@@ -18,6 +18,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 use tokio::sync::mpsc;
 
+use crate::clock::Clock;
 use crate::domain::{RepoName, RepoNameError};
 
 pub use ingest::{EventSource, Recorded};
@@ -50,6 +51,8 @@ pub enum StoreError {
 pub struct Store {
     pool: SqlitePool,
     ingest: mpsc::Sender<ingest::Request>,
+    /// Stamps every row; the loops compare those stamps with the same clock.
+    clock: Clock,
 }
 
 /// What an answered webhook survives (`STORE_SYNC`).
@@ -74,6 +77,15 @@ impl Store {
 
     /// Opens the store with the given durability.
     pub async fn open_with(url: &str, durability: Durability) -> Result<Store, StoreError> {
+        Store::open_with_clock(url, durability, Clock::System).await
+    }
+
+    /// Opens the store stamping rows with `clock`'s time (tests move it by hand).
+    pub async fn open_with_clock(
+        url: &str,
+        durability: Durability,
+        clock: Clock,
+    ) -> Result<Store, StoreError> {
         let sync = match durability {
             Durability::Normal => SqliteSynchronous::Normal,
             Durability::Full => SqliteSynchronous::Full,
@@ -94,8 +106,13 @@ impl Store {
             .connect_with(options.clone())
             .await?;
         sqlx::raw_sql(SCHEMA).execute(&pool).await?;
-        let ingest = ingest::spawn_writer(pool.clone());
-        Ok(Store { pool, ingest })
+        let ingest = ingest::spawn_writer(pool.clone(), clock.clone());
+        Ok(Store { pool, ingest, clock })
+    }
+
+    /// The clock rows are stamped with.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     /// The pool, for modules in this crate that run their own queries in tests.

@@ -7,7 +7,7 @@ use sqlx::sqlite::SqliteRow;
 
 use super::ingest::to_i64;
 use super::{Store, StoreError, corrupt, repo_column};
-use crate::domain::{JobId, JobStatus, LabelSet, RepoName, RunnerName, RunnerState, now_millis};
+use crate::domain::{JobId, JobStatus, LabelSet, RepoName, RunnerName, RunnerState};
 
 /// A runner the planner decided to make.
 #[derive(Debug, Clone, PartialEq)]
@@ -170,7 +170,7 @@ impl Store {
     /// Inserts planned runners in one transaction. A name that exists already is left alone
     /// (the planner computed it from stale data); returns how many were inserted.
     pub async fn insert_runners(&self, runners: &[NewRunner]) -> Result<u64, StoreError> {
-        let now = now_millis();
+        let now = self.clock.now_millis();
         let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
         let mut inserted = 0;
         for r in runners {
@@ -203,7 +203,7 @@ impl Store {
         to: RunnerState,
         patch: RunnerPatch,
     ) -> Result<bool, StoreError> {
-        let now = now_millis();
+        let now = self.clock.now_millis();
         let from_list = from.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",");
         let done = sqlx::query(
             "UPDATE runners SET

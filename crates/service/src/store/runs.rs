@@ -8,7 +8,7 @@ use sqlx::Row;
 
 use super::ingest::to_i64;
 use super::{Store, StoreError, repo_column};
-use crate::domain::{JobId, RepoName, now_millis};
+use crate::domain::{JobId, RepoName};
 
 /// A run with open jobs whose max-parallel setting is not known yet.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,7 +88,7 @@ impl Store {
         .bind(repo.as_str())
         .bind(state)
         .bind(json)
-        .bind(now_millis())
+        .bind(self.clock.now_millis())
         .execute(self.pool())
         .await?;
         Ok(())
