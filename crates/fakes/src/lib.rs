@@ -3,7 +3,7 @@
 //! The service under test only ever talks to GitHub through HTTP (REST calls
 //! out, webhooks in) and to runners through the JIT config it hands them. The
 //! fakes reproduce exactly that surface, following
-//! `docs/github-contract.md`: the same paths, bodies, status codes, headers,
+//! `docs/github.md`: the same paths, bodies, status codes, headers,
 //! signatures, id ranges and quirks (non-idempotent JIT registration, webhooks
 //! that are never retried, `max-parallel` that webhooks do not reveal, runners
 //! that take any matching job rather than "their" job).

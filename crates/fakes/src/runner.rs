@@ -1,5 +1,5 @@
 //! A fake GitHub Actions runner: plays `run.sh --jitconfig <blob>` against
-//! the fake GitHub (contract §4).
+//! the fake GitHub (docs/github.md §4).
 //!
 //! Like the real listener it takes the JIT config from `--jitconfig` or from
 //! `ACTIONS_RUNNER_INPUT_JITCONFIG` (and then removes that variable from its

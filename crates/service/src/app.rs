@@ -16,16 +16,16 @@ use crate::clock::Clock;
 use crate::config::{BackendSettings, Settings};
 use crate::github::{GitHub, GitHubConfig};
 use crate::ingress::{self, Ingress};
+use crate::loops::max_parallel::{self, StrategyContext};
+use crate::loops::planner::{self, PlannerContext};
+use crate::loops::provisioner::{self, ProvisionerContext};
+use crate::loops::reaper::{self, ReaperContext};
+use crate::loops::reconciler::{self, ReconcilerContext};
 use crate::metrics::Metrics;
 use crate::pace::Window;
-use crate::planner::{self, PlannerContext};
-use crate::provisioner::{self, ProvisionerContext};
-use crate::reaper::{self, ReaperContext};
-use crate::reconciler::{self, ReconcilerContext};
 use crate::retry::Backoff;
 use crate::runner_release::{self, ReleasePublisher, ReleaseSource};
 use crate::store::{Store, maintenance};
-use crate::strategy::{self, StrategyContext};
 use crate::wake::Wake;
 
 /// The service, built and bound but not yet serving.
@@ -250,8 +250,8 @@ impl Application {
         });
         let st = stop.clone();
         tasks.spawn(async move {
-            strategy::run(strategy, st).await;
-            ("strategy", Ok(()))
+            max_parallel::run(strategy, st).await;
+            ("max-parallel lookups", Ok(()))
         });
         // Runners are made and reaped only once the backend is ready (the Modal image is
         // built); webhooks are recorded meanwhile.

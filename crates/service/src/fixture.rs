@@ -20,10 +20,10 @@ use crate::domain::{
     JobId, JobStatus, LabelSet, MachineSpec, NamePrefix, RepoAllowList, RepoName, RunnerName, RunnerState,
 };
 use crate::github::{Credentials, GitHub, GitHubConfig, JitConfig, JitRequest};
+use crate::loops::provisioner::ProvisionerContext;
+use crate::loops::reaper::ReaperContext;
 use crate::metrics::Metrics;
 use crate::pace::Window;
-use crate::provisioner::ProvisionerContext;
-use crate::reaper::ReaperContext;
 use crate::retry::Backoff;
 use crate::store::{EventSource, NewRunner, RunnerPatch, RunnerRow, Store};
 use crate::wake::Wake;

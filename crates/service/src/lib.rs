@@ -1,19 +1,23 @@
 //! modal-github-runner: one fresh, ephemeral GitHub Actions runner per job, in a sandbox.
 //!
-//! Data flows one way (architecture.md):
+//! Data flows one way (docs/design.md):
 //!
 //! ```text
-//! GitHub ─webhook─▶ ingress ─▶ store ◀─ strategy (max-parallel lookups)
-//!                               │
-//!                            planner      runners needed per pool = eligible queued jobs − available runners
-//!                               │
-//!                          provisioner ─▶ GitHub generate-jitconfig ─▶ backend.create
-//!                               │
-//!                             reaper ───▶ GitHub delete-runner + backend.terminate
+//! GitHub ─webhook─▶ ingress ─┐
+//! GitHub REST ◀─poll─ reconciler ─┤
+//!                                 ▼
+//!                               store ◀─ max_parallel (workflow files)
+//!                                 │
+//!                              planner      runners needed per pool = eligible queued jobs − available runners
+//!                                 │
+//!                            provisioner ─▶ GitHub generate-jitconfig ─▶ backend.create
+//!                                 │
+//!                               reaper ───▶ GitHub delete-runner + backend.terminate
+//!                               sweeps ───▶ orphan sandboxes and offline registrations
 //! ```
 //!
-//! The store is the only shared state; loops wake each other with hints (`wake`) and also
-//! run on timers, so a lost hint delays work but never loses it.
+//! The store is the only shared state; the loops (`loops/`) wake each other with hints
+//! (`wake`) and also run on timers, so a lost hint delays work but never loses it.
 
 pub mod app;
 pub mod backend;
@@ -25,19 +29,14 @@ pub mod domain;
 mod fixture;
 pub mod github;
 pub mod ingress;
+pub mod loops;
 pub mod metrics;
 pub mod pace;
-pub mod planner;
-pub mod provisioner;
-pub mod reaper;
-pub mod reconciler;
 pub mod retry;
 pub mod runner_release;
 pub mod runner_version;
 pub mod status;
 pub mod store;
-pub mod strategy;
-pub mod sweeps;
 pub mod telemetry;
 pub mod tls;
 pub mod wake;

@@ -1,5 +1,5 @@
 //! Prometheus metrics served at `/metrics`: what operators of every autoscaler ask for
-//! (anchors.md §3.12): webhook outcomes, runner failures by kind, queue time, jobs and
+//! (docs/design.md §7): webhook outcomes, runner failures by kind, queue time, jobs and
 //! runners by state, and GitHub rate-limit headroom. Labels are fixed strings, never data.
 
 use std::sync::Mutex;

@@ -1,7 +1,7 @@
 //! Actions runner releases as values: a version and where its tarball is.
 //!
 //! GitHub refuses to register runners older than 2.329.0 and stops sending jobs to a
-//! release more than 30 days old (github-contract.md §4), so the original default 2.311.0
+//! release more than 30 days old (docs/github.md §4), so the original default 2.311.0
 //! is dead: a `RUNNER_VERSION` pin is checked against that floor. Which release to install
 //! when nothing is pinned is the app's business (`runner_release`); the backend only
 //! receives the resulting `RunnerRelease`.

@@ -1,4 +1,4 @@
-//! GitHub App authentication, as GitHub does it (contract §3.2): a JWT signed with the App's
+//! GitHub App authentication, as GitHub does it (docs/github.md §3.2): a JWT signed with the App's
 //! private key (RS256, issuer = App id, at most 10 minutes long) buys an installation token
 //! at `POST /app/installations/{id}/access_tokens`; REST calls then carry that token until
 //! it expires. `GET /repos/{o}/{r}/installation` finds the installation with a JWT.

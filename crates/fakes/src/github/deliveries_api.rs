@@ -1,4 +1,4 @@
-//! The webhook deliveries API of the repository hook (contract §1):
+//! The webhook deliveries API of the repository hook (docs/github.md §1):
 //! list past deliveries (cursor pagination, `status` filter) and redeliver
 //! one. A redelivery keeps the original GUID and payload; GitHub never
 //! redelivers on its own, so this is how a service recovers lost events.

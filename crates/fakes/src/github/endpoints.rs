@@ -1,4 +1,4 @@
-//! The REST endpoints (contract §1 deliveries API, §2). Each handler is a
+//! The REST endpoints (docs/github.md §1 deliveries API, §2). Each handler is a
 //! plain function over the locked [`State`]; the pipeline in `routes.rs`
 //! has already dealt with auth, limits, faults and latency.
 

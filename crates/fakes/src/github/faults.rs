@@ -4,7 +4,7 @@
 //! hangs, both kinds of rate limit, and the nastiest one for a client that
 //! retries POSTs: the server did the work but the client saw an error
 //! ([`Fault::AfterSuccess`]). Benchmarks need the budgets GitHub enforces
-//! (contract §2.5): an hourly core budget, 100 concurrent requests and a
+//! (docs/github.md §2.5): an hourly core budget, 100 concurrent requests and a
 //! points-per-minute budget per endpoint.
 
 use std::collections::HashMap;
@@ -138,7 +138,7 @@ pub(super) fn take_fault(rules: &mut Vec<FaultRule>, route: Route, method: &Meth
     Some(fault)
 }
 
-/// Rate-limit budgets (contract §2.5). Exceeding the secondary ones answers
+/// Rate-limit budgets (docs/github.md §2.5). Exceeding the secondary ones answers
 /// 403 with `retry-after`; exhausting the core budget answers 403 with
 /// `x-ratelimit-remaining: 0`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! The `encoded_jit_config` blob, in the real runner's format (contract §4).
+//! The `encoded_jit_config` blob, in the real runner's format (docs/github.md §4).
 //!
 //! `generate-jitconfig` answers base64 of a JSON map *file name → base64 of
 //! the file*, with the files `.runner` (settings), `.credentials` (OAuth

@@ -3,7 +3,7 @@
 //! [`FakeGitHub::start`] binds `127.0.0.1:0` and serves the REST endpoints
 //! the service uses (runners, JIT configs, runs, jobs, contents, webhook
 //! deliveries, rate limit) with GitHub's paths, bodies, status codes and
-//! headers (`docs/github-contract.md` §2). It delivers signed
+//! headers (`docs/github.md` §2). It delivers signed
 //! `workflow_job` webhooks (§1) and dispatches jobs to fake runners the way
 //! GitHub does (§2.4): any matching idle runner takes the oldest matching
 //! job, respecting `max-parallel` that webhooks never reveal.
@@ -64,7 +64,7 @@ use state::{Outgoing, State};
 
 /// Id of the one webhook the fake delivers through.
 pub const HOOK_ID: u64 = 1;
-/// First job id; real job ids exceed 2^32 (contract §0.1).
+/// First job id; real job ids exceed 2^32 (docs/github.md §0.1).
 pub const JOB_ID_BASE: u64 = 12_877_621_891;
 /// Runner version served by the downloads endpoint unless changed.
 pub const DEFAULT_RUNNER_VERSION: &str = "2.336.0";

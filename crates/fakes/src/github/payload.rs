@@ -1,7 +1,7 @@
 //! JSON documents in GitHub's shapes: `workflow_job` and `ping` webhook
 //! payloads, and the job / run / repository objects of the REST API.
 //!
-//! Payloads carry every field of the webhook schema (contract §0.2) and the
+//! Payloads carry every field of the webhook schema (docs/github.md §0.2) and the
 //! full repository, owner, sender and organization objects, so they weigh
 //! 6–9 KB like real ones; parsers and benchmarks see realistic input.
 

@@ -78,7 +78,7 @@ pub(super) enum Endpoint {
 }
 
 impl Endpoint {
-    /// Recognises the endpoints of contract §1–2; `None` means 404.
+    /// Recognises the endpoints of docs/github.md §1–2; `None` means 404.
     pub fn parse(method: &Method, path: &str) -> Option<Self> {
         let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
         match (method.as_str(), segments.as_slice()) {
@@ -417,7 +417,7 @@ fn immediate_fault_reply(shared: &Shared, fault: &Fault) -> Option<Reply> {
     }
 }
 
-/// GitHub's rate-limit answers (contract §2.5).
+/// GitHub's rate-limit answers (docs/github.md §2.5).
 fn refusal_reply(refusal: Refusal) -> Reply {
     match refusal {
         Refusal::Secondary { retry_after_secs } => Reply::error(

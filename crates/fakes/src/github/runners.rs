@@ -2,7 +2,7 @@
 //!
 //! * A JIT registration is single-use and is removed after its one job
 //!   (or when deleted through the API).
-//! * Registration does not reserve a job (contract §2.4): when a runner asks
+//! * Registration does not reserve a job (docs/github.md §2.4): when a runner asks
 //!   for work it gets the oldest queued job of its repository whose labels it
 //!   all carries, subject to the run's `max-parallel` groups.
 //! * A runner is online while it keeps contacting the fake (3 s grace).

@@ -1,4 +1,4 @@
-//! Webhook delivery, as GitHub's "hookshot" does it (contract §1).
+//! Webhook delivery, as GitHub's "hookshot" does it (docs/github.md §1).
 //!
 //! Each delivery runs in its own background task: one POST with GitHub's
 //! headers and an HMAC-SHA256 signature over the exact body bytes, a 10 s

@@ -1,4 +1,4 @@
-//! Named objects: Apps, environments and secrets (modal-contract.md §2.1–2.3).
+//! Named objects: Apps, environments and secrets (docs/modal.md §2.1–2.3).
 
 use std::collections::{BTreeMap, HashMap};
 

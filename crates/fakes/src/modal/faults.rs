@@ -1,5 +1,5 @@
 //! Injected faults: what a test can make the fake answer instead of (or besides) the
-//! real behaviour, and how a server-directed retry is encoded (modal-contract.md §1.5).
+//! real behaviour, and how a server-directed retry is encoded (docs/modal.md §1.5).
 
 use std::time::Duration;
 

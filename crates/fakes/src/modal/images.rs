@@ -1,5 +1,5 @@
 //! Images: recipe-cached builds that take `image_build_time`, and the log stream clients
-//! follow until the build's result (modal-contract.md §2.2).
+//! follow until the build's result (docs/modal.md §2.2).
 
 use std::sync::Arc;
 use std::time::Duration;

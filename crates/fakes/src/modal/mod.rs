@@ -2,7 +2,7 @@
 //!
 //! [`FakeModal::start`] serves the RPCs modal-github-runner uses on `127.0.0.1:0`
 //! (plaintext h2c, the `http://` form of `MODAL_SERVER_URL`), following
-//! `docs/modal-contract.md`: the token-pair authentication and client headers (§1.2), the
+//! `docs/modal.md`: the token-pair authentication and client headers (§1.2), the
 //! server-directed retry details (§1.5), Apps, environments, recipe-cached image builds
 //! with streamed logs, secrets (§2.1–2.3), and sandboxes with names unique among running
 //! ones, tags, paging, waits, terminate, timeouts (§2.4–2.6) and the workspace creation
@@ -48,7 +48,7 @@ pub use types::{AppView, FakeModalConfig, RecordedCall, SandboxFinish, SandboxRe
 use service::FakeModalService;
 use state::Shared;
 
-/// Largest message the fake accepts or sends, as libmodal configures (contract §1.5).
+/// Largest message the fake accepts or sends, as libmodal configures (docs/modal.md §1.5).
 const MAX_MESSAGE_BYTES: usize = 100 * 1024 * 1024;
 /// How long shutdown waits for open calls and background tasks before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);

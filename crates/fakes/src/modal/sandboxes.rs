@@ -1,5 +1,5 @@
 //! Sandboxes: create (with validation, name uniqueness and the creation-rate limit), look
-//! up, list, wait for and terminate (modal-contract.md §2.4–2.6).
+//! up, list, wait for and terminate (docs/modal.md §2.4–2.6).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use super::process::{self, Launch};
 use super::state::{Shared, State, clamp_secs, environment_key, new_id, validate_name};
 use super::types::{SandboxFinish, SandboxResources, SandboxView};
 
-/// Longest lifetime Modal allows (24 h, modal-contract.md §5).
+/// Longest lifetime Modal allows (24 h, docs/modal.md §5).
 const MAX_TIMEOUT_SECS: u32 = 86_400;
 /// Lifetime of a sandbox created with `timeout_secs = 0`.
 const DEFAULT_TIMEOUT_SECS: u32 = 300;

@@ -28,7 +28,7 @@ use super::{catalog, sandboxes};
 
 const TOKEN_ID: &str = "x-modal-token-id";
 const TOKEN_SECRET: &str = "x-modal-token-secret";
-/// Headers Modal requires besides the token pair (modal-contract.md §1.2); any value.
+/// Headers Modal requires besides the token pair (docs/modal.md §1.2); any value.
 const REQUIRED_CLIENT_HEADERS: [&str; 2] = ["x-modal-client-type", "x-modal-client-version"];
 
 /// The `ModalClient` service implementation.

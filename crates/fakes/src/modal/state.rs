@@ -17,7 +17,7 @@ use super::types::{FakeModalConfig, RecordedCall};
 
 /// Environment that an empty `environment_name` means and that always exists.
 pub(crate) const DEFAULT_ENVIRONMENT: &str = "main";
-/// Longest object name Modal accepts (modal-contract.md §2.1).
+/// Longest object name Modal accepts (docs/modal.md §2.1).
 const MAX_NAME_LEN: usize = 64;
 
 /// Settings fixed at start.

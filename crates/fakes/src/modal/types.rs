@@ -22,7 +22,7 @@ pub struct FakeModalConfig {
     /// lives until it is terminated or times out, like a Modal sandbox without entrypoint.
     pub runner_command: Vec<String>,
     /// Workspace-wide sandbox creations per second (token bucket, burst 1); `None` is
-    /// unlimited. Modal's default is 5/s (modal-contract.md §5).
+    /// unlimited. Modal's default is 5/s (docs/modal.md §5).
     pub create_rate_per_sec: Option<f64>,
     /// Simulated `SandboxCreate` latency, spent after admission and before the answer.
     pub create_latency: Duration,

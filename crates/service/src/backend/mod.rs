@@ -1,5 +1,5 @@
 //! Sandbox backends. A backend creates, terminates and lists sandboxes and knows nothing
-//! about GitHub (architecture.md "Backends"). Its contract:
+//! about GitHub (docs/design.md §5). Its contract:
 //!
 //! - `create` is idempotent on the sandbox name: creating a name that is already running
 //!   returns the existing sandbox instead of making a second one;

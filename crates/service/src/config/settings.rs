@@ -14,7 +14,7 @@ use super::github::{self, GitHubSettings};
 use super::{ConfigError, err};
 use crate::domain::{Gpu, MachinePolicy, NamePrefix, RepoAllowList};
 use crate::github::Hook;
-use crate::planner::Limits;
+use crate::loops::planner::Limits;
 use crate::store::Durability;
 
 /// How long a job waits for its run's max-parallel lookup before it is planned as unlimited

@@ -1,6 +1,6 @@
 use std::fmt;
 
-/// A GitHub Actions job id. Real ids exceed 2^32 (github-contract.md §0.1), so 64 bits.
+/// A GitHub Actions job id. Real ids exceed 2^32 (docs/github.md §0.1), so 64 bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct JobId(pub u64);
 

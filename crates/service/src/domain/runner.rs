@@ -2,7 +2,7 @@ use std::fmt;
 
 use super::JobId;
 
-/// GitHub refuses runner names longer than 64 characters (github-contract.md §2.1).
+/// GitHub refuses runner names longer than 64 characters (docs/github.md §2.1).
 pub const MAX_RUNNER_NAME: usize = 64;
 
 /// Longest job id (`u64::MAX` has 20 digits) plus two dashes plus a 4-digit attempt.

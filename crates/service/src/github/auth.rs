@@ -1,4 +1,4 @@
-//! How the client authenticates: a personal access token, or a GitHub App (contract §3.2):
+//! How the client authenticates: a personal access token, or a GitHub App (docs/github.md §3.2):
 //! a JWT signed with the App's private key buys an installation token, which lasts an hour
 //! and is renewed five minutes before it expires, or at once if GitHub rejects it.
 

@@ -1,5 +1,5 @@
 //! What a failed GitHub call means for the caller: every non-2xx answer and transport
-//! failure is classified here, including both kinds of rate limit (§2.5).
+//! failure is classified here, including both kinds of rate limit (docs/github.md §2.5).
 
 use std::time::Duration;
 
@@ -80,7 +80,7 @@ pub(super) fn transport_error(e: reqwest::Error) -> GitHubError {
     }
 }
 
-/// Maps a non-2xx answer to an error, recognising both kinds of rate limit (§2.5).
+/// Maps a non-2xx answer to an error, recognising both kinds of rate limit (docs/github.md §2.5).
 pub(super) fn classify(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> GitHubError {
     let message: String = serde_json::from_slice::<ErrorBody>(body)
         .ok()

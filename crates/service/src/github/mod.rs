@@ -1,9 +1,9 @@
-//! GitHub REST client for the endpoints of github-contract.md §2: JIT registration, runner
+//! GitHub REST client for the endpoints of docs/github.md §2: JIT registration, runner
 //! lookup and removal, runs and jobs for reconciliation, workflow files for max-parallel.
 //!
 //! Built on reqwest rather than octocrab because the service needs exact control over
 //! retries: octocrab retries every method, POST included, and a retried generate-jitconfig
-//! is exactly how duplicate registrations (`409 Already exists`) happen (§5, §6.2).
+//! is exactly how duplicate registrations (`409 Already exists`) happen (docs/github.md §2.1).
 //! Idempotent calls (GET, DELETE) retry transient failures here; the JIT POST never
 //! retries blindly (see `provisioner`).
 //!

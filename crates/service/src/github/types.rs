@@ -1,7 +1,7 @@
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
-/// Body of `POST …/actions/runners/generate-jitconfig` (§2.1).
+/// Body of `POST …/actions/runners/generate-jitconfig` (docs/github.md §2.1).
 #[derive(Debug, Clone, Serialize)]
 pub struct JitRequest {
     pub name: String,
@@ -76,7 +76,7 @@ pub(super) struct RunList {
     pub workflow_runs: Vec<RemoteRun>,
 }
 
-/// A job as the REST API returns it (§2.4); nullable where the spec says so, whatever
+/// A job as the REST API returns it (docs/github.md §2.4); nullable where the spec says so, whatever
 /// octocrab assumes.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 pub struct RemoteJob {
@@ -132,7 +132,7 @@ pub(super) struct ErrorBody {
     pub message: Option<String>,
 }
 
-/// A webhook whose deliveries the reconciler can list and redeliver (§1).
+/// A webhook whose deliveries the reconciler can list and redeliver (docs/github.md §1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hook {
     Repo { repo: crate::domain::RepoName, id: u64 },

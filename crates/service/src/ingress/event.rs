@@ -1,7 +1,7 @@
 //! Parsing a `workflow_job` delivery into a `JobEvent`: only the parts the service uses,
 //! read leniently.
 //!
-//! Real deliveries break GitHub's own schema (github-contract.md §0.1): `action` and
+//! Real deliveries break GitHub's own schema (docs/github.md §0.1): `action` and
 //! `workflow_job.status` can disagree (`queued` while `waiting`), old payloads lack fields the
 //! schema calls required, queued payloads can carry runner fields, ids exceed 2^32, and new
 //! fields appear without notice. So only the fields we use are read, each optional unless the
@@ -106,7 +106,7 @@ fn waited(created: &str, started: &str) -> Option<std::time::Duration> {
 
 /// Reconciles the action with the payload's status: the later of the two wins, except that
 /// between the two not-started states the payload's status is the truth (`queued` with status
-/// `waiting` means the job waits for an approval, §0.1 example 6).
+/// `waiting` means the job waits for an approval: docs/github.md §0.1).
 fn effective_status(action: &str, status: Option<&str>) -> JobStatus {
     let from_action = JobStatus::parse(action);
     let Some(status) = status.map(JobStatus::parse) else {
@@ -170,7 +170,7 @@ mod tests {
 
     #[test]
     fn fields_the_schema_requires_may_be_absent() {
-        // Like §0.1 example 0: no run_attempt, workflow_name, head_branch, created_at.
+        // Like the oldest published example (docs/github.md §0.1): no run_attempt, workflow_name, head_branch, created_at.
         let v = json!({
             "action": "in_progress",
             "workflow_job": {

@@ -34,7 +34,7 @@ pub struct Ingress {
     pub ready: Arc<AtomicBool>,
 }
 
-/// The routes of architecture.md: the webhook (also at `/`, where deployments made from
+/// The routes of docs/design.md §6: the webhook (also at `/`, where deployments made from
 /// the original guide point) and the probes.
 pub fn router(state: Ingress) -> Router {
     Router::new()

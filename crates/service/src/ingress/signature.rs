@@ -1,5 +1,5 @@
 //! `X-Hub-Signature-256`: HMAC-SHA256 of the raw request body with the webhook secret
-//! (github-contract.md §1). Verified over the exact bytes received, before anything parses
+//! (docs/github.md §1). Verified over the exact bytes received, before anything parses
 //! them, and compared in constant time.
 
 use hmac::{Hmac, Mac};
@@ -49,7 +49,7 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
 mod tests {
     use super::*;
 
-    /// github-contract.md §1: GitHub's documented vector and the octokit test vectors.
+    /// docs/github.md §1: GitHub's documented vector and the octokit test vectors.
     const VECTORS: &[(&str, &str, &str)] = &[
         (
             "It's a Secret to Everybody",

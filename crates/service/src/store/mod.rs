@@ -1,4 +1,4 @@
-//! The durable store: the only state the loops share (architecture.md). SQLite in WAL mode;
+//! The durable store: the only state the loops share (docs/design.md). SQLite in WAL mode;
 //! webhook events are written by one task that commits them in groups, so a burst of
 //! deliveries costs one fsync per group instead of one per delivery, and a delivery is
 //! answered only after its group is on disk.

@@ -1,5 +1,5 @@
 //! Never strand a job: lost webhooks, crashes, upstream faults, misbehaving runners and
-//! leftovers of earlier crashes (anchors.md §3). Each test ends by checking the final state:
+//! leftovers of earlier crashes (docs/design.md §7). Each test ends by checking the final state:
 //! every job completed, nothing left, nothing duplicated.
 
 use std::collections::HashSet;

@@ -23,7 +23,7 @@ use modal_proto::{
 
 type Client = ModalClientClient<InterceptedService<Channel, Auth>>;
 
-/// Adds the metadata every Modal client sends (modal-contract.md §1.2).
+/// Adds the metadata every Modal client sends (docs/modal.md §1.2).
 #[derive(Clone)]
 struct Auth {
     token_id: String,

@@ -1,8 +1,8 @@
 //! A client for the subset of Modal's control-plane API that sandboxes need
-//! (modal-contract.md): metadata on every call (§1.2), TLS to api.modal.com or plaintext
-//! h2c for `http://` test servers, message limits raised (§4), transient codes retried with
+//! (docs/modal.md): metadata on every call (§1.2), TLS to api.modal.com or plaintext
+//! h2c for `http://` test servers, message limits raised (docs/modal.md §1.5), transient codes retried with
 //! capped backoff under one idempotency key per call, and server-directed throttling
-//! (`RPCRetryPolicy` in the status details, §1.5) honoured.
+//! (`RPCRetryPolicy` in the status details, docs/modal.md §1.5) honoured.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -68,7 +68,7 @@ impl ModalError {
 
 /// Client type and version sent on every call. Modal has no client type for Rust; the
 /// server requires one it knows, so this is libmodal-go's (9) with the Python-SDK-level
-/// version libmodal sends ("Behaves like this Python SDK version"), as contract §1.2 says.
+/// version libmodal sends ("Behaves like this Python SDK version"), as docs/modal.md §1.2 says.
 const CLIENT_TYPE: &str = "9";
 const CLIENT_VERSION: &str = "1.0.0";
 /// libmodal's message-size limit.

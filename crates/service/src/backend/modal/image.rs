@@ -1,5 +1,5 @@
 //! The runner image: its recipe, its build (ImageGetOrCreate, then ImageJoinStreaming
-//! until a result, modal-contract.md §2.2; cached by Modal per recipe), and the image new
+//! until a result, docs/modal.md §2.2; cached by Modal per recipe), and the image new
 //! sandboxes currently start from.
 
 use std::collections::VecDeque;

@@ -1,7 +1,7 @@
 //! Decides how many runners each kind of job needs, by counts rather than by events.
 //!
 //! A JIT runner is not bound to the job it was made for: any idle runner whose labels match
-//! may take any matching job (github-contract.md §2.4). So for every pool — one repository
+//! may take any matching job (docs/github.md §2.4). So for every pool — one repository
 //! and one label set — the planner keeps as many not-yet-busy runners as there are queued
 //! jobs that GitHub will dispatch now, within `MAX_RUNNERS` and each matrix's
 //! `strategy.max-parallel`. A runner "stolen" by another job leaves its own job short by

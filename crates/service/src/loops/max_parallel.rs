@@ -1,5 +1,5 @@
 //! `strategy.max-parallel`: GitHub sends the `queued` event of every matrix job at once but
-//! dispatches at most max-parallel of them (github-contract.md §2.4). Runners made for the
+//! dispatches at most max-parallel of them (docs/github.md §2.4). Runners made for the
 //! held-back jobs would sit idle, and reaping them strands the jobs (the runs-on #452
 //! failure). So, as the original system did, the service reads the workflow file at the
 //! run's commit, finds each job's matrix settings, and the planner never plans past them.

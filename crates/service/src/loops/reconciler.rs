@@ -1,9 +1,9 @@
 //! Rebuilds what webhooks did not deliver. GitHub never redelivers a failed delivery
-//! (github-contract.md §1), and nothing is delivered while the service is down, so every
+//! (docs/github.md §1), and nothing is delivered while the service is down, so every
 //! `RECONCILE_INTERVAL_SECS` (and once at start-up) the reconciler:
 //!
 //! - lists the runs of each repository that are `queued` or `in_progress` and records
-//!   their jobs that ask for our label, exactly as if their webhooks had arrived (§2.4);
+//!   their jobs that ask for our label, exactly as if their webhooks had arrived (docs/github.md §2.4);
 //! - looks up jobs the store still thinks are open but that no polled run holds, so a job
 //!   cancelled or finished during an outage does not wait forever;
 //! - with `WEBHOOK_HOOK_ID`, asks GitHub to redeliver recent failed deliveries.

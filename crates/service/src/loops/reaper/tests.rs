@@ -9,7 +9,7 @@ use crate::domain::RunnerName;
 use crate::fixture::{
     EXIT_GRACE, Fixture, IDLE_TIMEOUT, LABELS, REGISTRATION_TIMEOUT, REPO, SANDBOX_TIMEOUT,
 };
-use crate::provisioner::ProvisionerContext;
+use crate::loops::provisioner::ProvisionerContext;
 use crate::store::RunnerRow;
 
 /// Provisions the first runner for `job` and moves the clock a second on: the reaper does
@@ -31,7 +31,7 @@ async fn provision(ctx: &Arc<ProvisionerContext>) {
         .into_iter()
         .next()
         .expect("a pending runner");
-    crate::provisioner::provision(ctx, row).await;
+    crate::loops::provisioner::provision(ctx, row).await;
 }
 
 fn ended_because(row: &RunnerRow, state: RunnerState, reason: &str) {

@@ -6,7 +6,7 @@ use fakes::github::{FakeGitHubConfig, Fault, FaultRule, Route};
 
 use super::*;
 use crate::fixture::{AUTH_PAUSE, Fixture};
-use crate::reaper;
+use crate::loops::reaper;
 
 /// One pass of the loop: dispatch every runner it would pick up, then wait for them.
 async fn pass(ctx: &Arc<ProvisionerContext>) {

@@ -1,5 +1,5 @@
 //! Ends runners, one rule per runner, whatever a crash, a lost event or a misbehaving
-//! runner left them in (anchors.md §3, complaints 5–8):
+//! runner left them in (docs/design.md §7):
 //!
 //! - surplus runners the planner marked `retiring`;
 //! - runners whose sandbox ended (after their job, or without one);
@@ -12,7 +12,7 @@
 //!
 //! Removing a runner that has not taken a job always deletes its GitHub registration
 //! first: a 422 "still running a job" means GitHub just gave it one, and it is kept
-//! (anchors.md §4, mechanism 4). Only then is the sandbox stopped.
+//! (docs/reliability.md §4). Only then is the sandbox stopped.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -27,9 +27,9 @@ use crate::clock::Clock;
 use crate::config::ReaperSettings;
 use crate::domain::{JobStatus, RunnerState};
 use crate::github::{DeleteOutcome, GitHub, GitHubError};
+use crate::loops::sweeps;
 use crate::metrics::Metrics;
 use crate::store::{LiveRunner, RunnerPatch, Store, StoreError};
-use crate::sweeps;
 use crate::wake::{Wake, next_round};
 
 /// What the reaper needs.
