@@ -46,7 +46,8 @@ pub struct ProvisionerContext {
     pub deployment: String,
     pub interval: Duration,
     /// After GitHub rejects the token or a permission, provisioning pauses this long:
-    /// every attempt would fail the same way, and hammering GitHub helps no one.
+    /// every attempt would fail the same way, and hammering GitHub helps no one. No
+    /// registration is attempted until it ends; then provisioning resumes by itself.
     pub auth_pause: Duration,
     /// Until when provisioning is paused.
     pub paused_until: Mutex<Option<Instant>>,
@@ -93,6 +94,9 @@ async fn dispatch(
     in_flight: &Arc<Mutex<HashSet<String>>>,
     tasks: &mut JoinSet<()>,
 ) -> Result<(), StoreError> {
+    if !pause_left(ctx).is_zero() {
+        return Ok(());
+    }
     let states = [
         RunnerState::Pending,
         RunnerState::Registering,
@@ -197,6 +201,7 @@ async fn register(
     let mut attempt = 0;
     loop {
         ctx.jit_window.wait().await;
+        wait_out_pause(ctx).await;
         match ctx.github.generate_jitconfig(repo, &request).await {
             Ok(jit) => return Ok(Some(jit)),
             Err(GitHubError::Conflict { .. }) => {
@@ -388,15 +393,31 @@ async fn fail(ctx: &ProvisionerContext, row: &RunnerRow, e: &ProvisionError) {
 
 /// Stops provisioning for `auth_pause` after GitHub refused the token or a permission.
 fn pause(ctx: &ProvisionerContext, e: &ProvisionError) {
-    if let Ok(mut until) = ctx.paused_until.lock() {
-        *until = Some(Instant::now() + ctx.auth_pause);
-    }
+    *ctx.paused_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now() + ctx.auth_pause);
     tracing::error!(
         error = %e,
         pause_secs = ctx.auth_pause.as_secs(),
         "GitHub refused the token or a permission: provisioning paused. Check that GITHUB_TOKEN is valid and may \
          administer the repository's runners (fine-grained: Administration read/write; classic: repo)"
     );
+}
+
+/// How much of an auth-failure pause is left (zero when provisioning is not paused).
+fn pause_left(ctx: &ProvisionerContext) -> Duration {
+    let until = *ctx.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+    until.map_or(Duration::ZERO, |t| t.saturating_duration_since(Instant::now()))
+}
+
+/// Holds an attempt that was already under way when a pause began until the pause ends,
+/// so that no registration reaches GitHub during it.
+async fn wait_out_pause(ctx: &ProvisionerContext) {
+    loop {
+        let left = pause_left(ctx);
+        if left.is_zero() {
+            return;
+        }
+        tokio::time::sleep(left).await;
+    }
 }
 
 fn repo(row: &RunnerRow) -> Result<RepoName, ProvisionError> {

@@ -7,6 +7,7 @@
 //! process when a test must SIGKILL it or a benchmark must measure its memory
 //! ([`ServiceMode::Process`]).
 
+mod assertions;
 mod checks;
 mod logs;
 mod runner;

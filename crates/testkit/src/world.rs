@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::subscriber::DefaultGuard;
 
-use crate::checks::{free_port, processes_under, reqwest_client, sandbox_entries};
+use crate::checks::{free_port, processes_under, reqwest_client};
 use crate::logs::LogSink;
 use crate::service::ServiceProcess;
 use crate::settings::settings_from_vars;
@@ -264,35 +264,53 @@ impl World {
         }
     }
 
+    /// Sets one more variable of the service's environment for its next start (a
+    /// restart with a changed configuration).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.options.env.push((key.into(), value.into()));
+    }
+
     /// Starts (or restarts) the service on the same port, store and work directory, and
     /// waits until it is ready.
     pub async fn start_service(&mut self) {
-        let env = self.service_env();
         let started = tokio::time::Instant::now();
         match self.options.mode.clone() {
             ServiceMode::Process { command } => {
+                let env = self.service_env();
                 let (process, _) = ServiceProcess::start(&command, &env, self.port, self.logs.clone())
                     .await
                     .unwrap_or_else(|e| panic!("the service did not start: {e}"));
                 self.service = Some(Running::Process(process));
             }
             ServiceMode::InProcess => {
-                let settings =
-                    settings_from_vars(&env).unwrap_or_else(|e| panic!("the configuration is refused: {e}"));
-                let app = Application::build(settings)
-                    .await
-                    .unwrap_or_else(|e| panic!("the service did not start: {e:#}"));
-                let stop = CancellationToken::new();
-                let signal = stop.clone();
-                let task = tokio::spawn(app.run_until_stopped(async move { signal.cancelled().await }));
-                self.service = Some(Running::InProcess { stop, task });
+                self.launch_service().await;
                 self.wait_ready().await;
             }
         }
         self.start_time = started.elapsed();
     }
 
-    async fn wait_ready(&mut self) {
+    /// Starts the service in this process and returns as soon as it serves, before it is
+    /// ready (`/readyz` may still answer 503): for what happens during start-up.
+    pub async fn launch_service(&mut self) {
+        assert!(
+            matches!(self.options.mode, ServiceMode::InProcess),
+            "launch_service runs the service in this process"
+        );
+        let settings =
+            settings_from_vars(&self.service_env()).unwrap_or_else(|e| panic!("the configuration is refused: {e}"));
+        let app = Application::build(settings)
+            .await
+            .unwrap_or_else(|e| panic!("the service did not start: {e:#}"));
+        let stop = CancellationToken::new();
+        let signal = stop.clone();
+        let task = tokio::spawn(app.run_until_stopped(async move { signal.cancelled().await }));
+        self.service = Some(Running::InProcess { stop, task });
+    }
+
+    /// Waits until `/readyz` answers 200 (the in-process service; a process is waited for
+    /// when it starts).
+    pub async fn wait_ready(&mut self) {
         let url = self.url("/readyz");
         let client = reqwest_client();
         for _ in 0..1200 {
@@ -382,88 +400,6 @@ impl World {
         let rows = store.all_runners().await.expect("runners");
         store.close().await;
         rows
-    }
-
-    /// Waits until every job the fake GitHub knows is completed.
-    pub async fn wait_all_completed(&self, timeout: Duration) {
-        let done = self
-            .github
-            .wait_until(timeout, |gh| {
-                gh.jobs().iter().all(|j| j.status.as_str() == "completed")
-            })
-            .await;
-        if !done {
-            let pending: Vec<String> = self
-                .github
-                .jobs()
-                .iter()
-                .filter(|j| j.status.as_str() != "completed")
-                .map(|j| format!("{} {} {:?}", j.id, j.name, j.status))
-                .collect();
-            panic!("jobs not completed: {pending:?}\n{}", self.tail_logs(60));
-        }
-    }
-
-    /// Waits until nothing is left: no registration at GitHub, no sandbox, no runner
-    /// process, and every runner in the store ended.
-    pub async fn assert_nothing_left(&self, timeout: Duration) {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let registrations = self.github.runners();
-            let sandboxes = self.live_sandboxes();
-            let processes = processes_under(&self.work_dir());
-            let live: Vec<String> = self
-                .runners()
-                .await
-                .into_iter()
-                .filter(|r| r.state.is_live())
-                .map(|r| format!("{} {}", r.name, r.state))
-                .collect();
-            if registrations.is_empty() && sandboxes.is_empty() && processes.is_empty() && live.is_empty() {
-                return;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                panic!(
-                    "left behind: registrations {:?}, sandboxes {sandboxes:?}, processes {processes:?}, live runners {live:?}\n{}",
-                    registrations.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
-                    self.tail_logs(60)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Names of the sandboxes running now, whatever the backend.
-    pub fn live_sandboxes(&self) -> Vec<String> {
-        match &self.modal {
-            None => sandbox_entries(&self.work_dir()),
-            Some(m) => m
-                .sandboxes()
-                .into_iter()
-                .filter(|s| s.is_running())
-                .map(|s| s.name.unwrap_or(s.id))
-                .collect(),
-        }
-    }
-
-    /// No log line holds a JIT config or a token.
-    pub fn assert_no_secret_in_logs(&self) {
-        let logs = self.logs();
-        let token = FakeGitHubConfig::default().token;
-        for line in &logs {
-            assert!(!line.contains(&token), "the GitHub token leaked: {line}");
-            assert!(!line.contains(SECRET), "the webhook secret leaked: {line}");
-            if let Some(m) = &self.modal {
-                assert!(
-                    !line.contains(&m.credentials().1),
-                    "the Modal token secret leaked: {line}"
-                );
-            }
-            assert!(
-                !line.contains("eyJ"),
-                "something base64-JSON-like (a JIT config?) leaked: {line}"
-            );
-        }
     }
 
     /// Stops the service and the fakes, waiting for each.

@@ -256,6 +256,7 @@ impl ModalBackend {
         // A create refused for the workspace's rate goes back into the queue of paced
         // slots instead of retrying on its own schedule, where it would collide again.
         let mut refused = 0;
+        let key = client::new_idempotency_key();
         loop {
             self.pacer.wait().await;
             let created = self
@@ -264,6 +265,7 @@ impl ModalBackend {
                     "SandboxCreate",
                     request.clone(),
                     Duration::from_secs(60),
+                    &key,
                     &[Code::ResourceExhausted],
                     |mut c, r| async move { c.sandbox_create(r).await },
                 )
