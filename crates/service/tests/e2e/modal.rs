@@ -137,8 +137,9 @@ async fn creates_retried_after_unavailable_and_resource_exhausted_make_no_duplic
         fake.inject(ModalFault::new("SandboxCreate", times, fault));
     }
 
-    // Act
-    env.github.queue_run(jobs(4, 200));
+    // Act: jobs long enough that the sandbox whose answer was lost still runs when its
+    // create is retried (Modal keeps a name unique among running sandboxes only).
+    env.github.queue_run(jobs(4, 1500));
     env.wait_all_completed(Duration::from_secs(60)).await;
     env.assert_nothing_left(Duration::from_secs(20)).await;
 

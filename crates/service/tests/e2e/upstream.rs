@@ -216,13 +216,13 @@ async fn modal_unavailable_and_resource_exhausted_on_every_call_are_ridden_out()
         modal.inject(ModalFault::new(rpc, 1, FaultKind::AfterSuccess(Code::Unavailable)));
     }
 
-    // Act
-    env.github.queue_run(jobs(3, 200));
+    // Act: jobs long enough that a sandbox whose create answer was lost is still running
+    // when the create is retried (Modal keeps a name unique among running sandboxes only).
+    env.github.queue_run(jobs(3, 1500));
     env.wait_all_completed(Duration::from_secs(60)).await;
     env.assert_nothing_left(Duration::from_secs(30)).await;
 
     // Assert: no attempt failed, so one runner per job, one sandbox per runner.
-    assert_eq!(env.github.registrations_ever().len(), 3, "one registration per job");
     let failed: Vec<String> = env
         .runners()
         .await
@@ -231,6 +231,7 @@ async fn modal_unavailable_and_resource_exhausted_on_every_call_are_ridden_out()
         .map(|r| format!("{}: {:?}", r.name, r.failure))
         .collect();
     assert!(failed.is_empty(), "attempts failed: {failed:?}");
+    assert_eq!(env.github.registrations_ever().len(), 3, "one registration per job");
     let names: Vec<String> = modal.sandboxes().into_iter().filter_map(|s| s.name).collect();
     assert_eq!(names.len(), 3);
     assert_unique(&names);
@@ -282,9 +283,11 @@ async fn modal_unreachable_at_start_up_is_waited_out_and_webhooks_are_recorded_m
     let job = store.job(JobId(run.job_ids[0])).await.expect("read");
     assert!(job.is_some_and(|j| j.source == "webhook"), "recorded from the webhook");
     assert!(
-        env.logs()
+        env.fake_modal()
+            .requests()
             .iter()
-            .any(|l| l.contains("the backend is not ready yet"))
+            .all(|c| c.rpc == "AppGetOrCreate" && c.code == Code::Unavailable),
+        "Modal was down all along"
     );
 
     // Act: Modal is back.
