@@ -392,9 +392,8 @@ async fn burst_latency(quick: bool) -> Result<Table, String> {
     let rounds = jobs.div_ceil(CONCURRENCY) as f64;
     let bound = rounds * (JIT_LATENCY + CREATE_LATENCY).as_secs_f64();
     let ratio = r.last_sandbox.as_secs_f64() / bound;
-    let mut t = Table::new(
-        "2. burst, latency-bound: limits off, JIT 300 ms, create 1 s, 32 provisioning slots",
-    );
+    let mut t =
+        Table::new("2. burst, latency-bound: limits off, JIT 300 ms, create 1 s, 32 provisioning slots");
     t.row("jobs queued at once", jobs.to_string())
         .row(
             "time to the last sandbox",
@@ -404,7 +403,12 @@ async fn burst_latency(quick: bool) -> Result<Table, String> {
             "bound for 32 slots: ceil(jobs/32) x 1.3 s",
             format!("{bound:.2} s"),
         )
-        .judged("ratio to that bound", format!("{ratio:.3}"), "<= 1.25", ratio <= 1.25)
+        .judged(
+            "ratio to that bound",
+            format!("{ratio:.3}"),
+            "<= 1.25",
+            ratio <= 1.25,
+        )
         .judged(
             "registrations / sandboxes",
             format!("{} / {}", r.registrations, r.sandboxes),
@@ -442,40 +446,38 @@ async fn burst_limits(quick: bool) -> Result<Table, String> {
     let mut t = Table::new(
         "3. burst, limit-bound: GitHub 100 concurrent + 900 points/min/endpoint, Modal 5 creates/s",
     );
-    t.row("jobs queued at once", jobs.to_string())
-        .row(
-            "binding limit",
-            "3.00/s (GitHub: 180 registrations/min; Modal allows 5/s)",
-        );
+    t.row("jobs queued at once", jobs.to_string()).row(
+        "binding limit",
+        "3.00/s (GitHub: 180 registrations/min; Modal allows 5/s)",
+    );
     if quick {
         t.row(
             "quick sizes",
             "100 jobs fit in one minute's allowance: no limit binds",
         );
     }
-    t
-        .judged(
-            "registrations per second (first to last)",
-            format!("{reg_rate:.2}/s = {:.3} of it", reg_rate / binding),
-            ">= 0.9 of the limit",
-            reg_rate / binding >= 0.9,
-        )
-        .judged(
-            "sandboxes per second (queue to last)",
-            format!("{create_rate:.2}/s = {:.3} of it", create_rate / binding),
-            ">= 0.9 of the limit",
-            create_rate / binding >= 0.9,
-        )
-        .row(
-            "time to the last sandbox",
-            format!("{:.1} s", r.last_sandbox.as_secs_f64()),
-        )
-        .judged(
-            "rate-limit errors answered: GitHub / Modal",
-            format!("{} / {}", r.github_limit_errors, r.modal_limit_errors),
-            "0 / 0",
-            r.github_limit_errors == 0 && r.modal_limit_errors == 0,
-        );
+    t.judged(
+        "registrations per second (first to last)",
+        format!("{reg_rate:.2}/s = {:.3} of it", reg_rate / binding),
+        ">= 0.9 of the limit",
+        reg_rate / binding >= 0.9,
+    )
+    .judged(
+        "sandboxes per second (queue to last)",
+        format!("{create_rate:.2}/s = {:.3} of it", create_rate / binding),
+        ">= 0.9 of the limit",
+        create_rate / binding >= 0.9,
+    )
+    .row(
+        "time to the last sandbox",
+        format!("{:.1} s", r.last_sandbox.as_secs_f64()),
+    )
+    .judged(
+        "rate-limit errors answered: GitHub / Modal",
+        format!("{} / {}", r.github_limit_errors, r.modal_limit_errors),
+        "0 / 0",
+        r.github_limit_errors == 0 && r.modal_limit_errors == 0,
+    );
     Ok(t)
 }
 

@@ -161,7 +161,13 @@ fn print_progress(world: &World, started: Instant) {
     );
 }
 
-fn print_summary(world: &World, args: &SimulateArgs, arrival: Arrival, total: Duration, left: &Result<(), String>) {
+fn print_summary(
+    world: &World,
+    args: &SimulateArgs,
+    arrival: Arrival,
+    total: Duration,
+    left: &Result<(), String>,
+) {
     let jobs = world.github.jobs();
     let mut waits: Vec<f64> = jobs
         .iter()

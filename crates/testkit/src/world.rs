@@ -1,13 +1,13 @@
-//! The fakes and the service between them, and the assertions every scenario ends with.
+//! The fakes and the service between them: starting, restarting, killing and stopping it.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use fakes::github::{
-    FakeApp, FakeGitHub, FakeGitHubConfig, Limits, Route, TEST_APP_PRIVATE_KEY_PEM, TEST_APP_PUBLIC_KEY_PEM,
+    FakeApp, FakeGitHub, FakeGitHubConfig, Route, TEST_APP_PRIVATE_KEY_PEM, TEST_APP_PUBLIC_KEY_PEM,
     WebhookTarget,
 };
-use fakes::modal::{FakeModal, FakeModalConfig, ModalFault};
+use fakes::modal::{FakeModal, FakeModalConfig};
 use modal_github_runner::app::Application;
 use modal_github_runner::store::{RunnerRow, Store};
 use tokio::task::JoinHandle;
@@ -15,10 +15,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::subscriber::DefaultGuard;
 
 use crate::checks::{free_port, processes_under, reqwest_client};
+use crate::fake_runner_command;
 use crate::logs::LogSink;
+use crate::options::{Kind, Options, ServiceMode};
 use crate::service::ServiceProcess;
 use crate::settings::settings_from_vars;
-use crate::{MODAL_RATE, fake_runner_command};
 
 /// The webhook secret of every world.
 pub const SECRET: &str = "e2e-webhook-secret";
@@ -29,99 +30,6 @@ pub const APP_ID: u64 = 4242;
 pub const INSTALLATION_ID: u64 = 77;
 /// The runner release the service is pinned to with the Modal backend (no lookup).
 const RUNNER_VERSION: &str = "2.336.0";
-
-/// Which sandbox backend the service uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Kind {
-    #[default]
-    Local,
-    Modal,
-}
-
-/// How the service runs.
-#[derive(Clone, Debug, Default)]
-pub enum ServiceMode {
-    /// In this process, through `Application::build`: fast, logs captured per world.
-    #[default]
-    InProcess,
-    /// A child process running `command` (e.g. `[service binary, "serve"]`): for tests that
-    /// SIGKILL it and benchmarks that measure it.
-    Process { command: Vec<String> },
-}
-
-/// What a world is made of.
-#[derive(Clone)]
-pub struct Options {
-    pub kind: Kind,
-    /// The service's environment, on top of the world's; later entries win.
-    pub env: Vec<(String, String)>,
-    /// Faults the fake Modal has from the start (before the service's first call).
-    pub modal_faults: Vec<ModalFault>,
-    /// Authenticate as a GitHub App whose installation tokens last this long, instead of
-    /// with a token.
-    pub github_app: Option<Duration>,
-    pub mode: ServiceMode,
-    /// The repository the fake GitHub has (and the jobs of `jobs()` use).
-    pub repo: String,
-    /// Latency of `generate-jitconfig`.
-    pub jit_latency: Option<Duration>,
-    /// GitHub's limits at the fake (`None`: the fake's defaults).
-    pub github_limits: Option<Limits>,
-    /// The fake Modal's creation rate per second (`None`: unlimited).
-    pub modal_rate: Option<f64>,
-    /// Latency of `SandboxCreate`.
-    pub create_latency: Option<Duration>,
-    /// How long the fake Modal takes to build an image.
-    pub image_build_time: Option<Duration>,
-    /// Whether sandboxes run the fake runner (jobs complete) or sit idle.
-    pub run_runners: bool,
-    /// Print the service's log lines as they come (also with `E2E_LOG` set).
-    pub echo_logs: bool,
-    /// What plays the runner (`None`: the `fake-runner` binary).
-    pub runner_command: Option<Vec<String>>,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            kind: Kind::Local,
-            env: Vec::new(),
-            modal_faults: Vec::new(),
-            github_app: None,
-            mode: ServiceMode::InProcess,
-            repo: REPO.into(),
-            jit_latency: None,
-            github_limits: None,
-            modal_rate: Some(MODAL_RATE),
-            create_latency: None,
-            image_build_time: None,
-            run_runners: true,
-            echo_logs: std::env::var_os("E2E_LOG").is_some(),
-            runner_command: None,
-        }
-    }
-}
-
-impl Options {
-    pub fn backend(kind: Kind) -> Options {
-        Options {
-            kind,
-            ..Options::default()
-        }
-    }
-
-    /// One more variable of the service's environment.
-    pub fn with(mut self, key: &str, value: &str) -> Self {
-        self.env.push((key.into(), value.into()));
-        self
-    }
-
-    /// Runs the service as a child process of `command`.
-    pub fn process(mut self, command: Vec<String>) -> Self {
-        self.mode = ServiceMode::Process { command };
-        self
-    }
-}
 
 /// The service, running.
 enum Running {
@@ -297,8 +205,8 @@ impl World {
             matches!(self.options.mode, ServiceMode::InProcess),
             "launch_service runs the service in this process"
         );
-        let settings =
-            settings_from_vars(&self.service_env()).unwrap_or_else(|e| panic!("the configuration is refused: {e}"));
+        let settings = settings_from_vars(&self.service_env())
+            .unwrap_or_else(|e| panic!("the configuration is refused: {e}"));
         let app = Application::build(settings)
             .await
             .unwrap_or_else(|e| panic!("the service did not start: {e:#}"));

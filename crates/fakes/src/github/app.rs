@@ -118,7 +118,11 @@ mod tests {
             token_ttl: Duration::from_secs(60),
         };
         let mut state = State::new(&FakeGitHubConfig::default(), "http://127.0.0.1:1".into());
-        let token = |reply: Reply| reply.body.map(|b| b["token"].as_str().unwrap_or_default().to_owned());
+        let token = |reply: Reply| {
+            reply
+                .body
+                .map(|b| b["token"].as_str().unwrap_or_default().to_owned())
+        };
         let first = token(create_token(&mut state, &app, 7)).expect("a token");
         let second = token(create_token(&mut state, &app, 7)).expect("a token");
         assert_eq!(create_token(&mut state, &app, 8).status, 404);

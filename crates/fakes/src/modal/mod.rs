@@ -112,7 +112,8 @@ impl FakeModal {
 
     /// Removes every injected fault not used up yet: the outage a test began is over.
     pub fn clear_faults(&self) {
-        self.shared.with_state(|state| state.faults = faults::FaultTable::default());
+        self.shared
+            .with_state(|state| state.faults = faults::FaultTable::default());
     }
 
     /// With `Some(message)`, builds started from now on end in FAILURE with `message` as

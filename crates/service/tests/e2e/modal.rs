@@ -146,7 +146,11 @@ async fn creates_retried_after_unavailable_and_resource_exhausted_make_no_duplic
     // Assert: one runner per job, one sandbox per runner, no attempt failed, and every
     // retry of a create was the same call (the same idempotency key).
     assert_one_sandbox_per_name(fake);
-    assert_eq!(env.github.registrations_ever().len(), 4, "one registration per job");
+    assert_eq!(
+        env.github.registrations_ever().len(),
+        4,
+        "one registration per job"
+    );
     assert_eq!(fake.sandboxes().len(), 4, "one sandbox per job");
     assert!(
         env.runners().await.iter().all(|r| r.state.as_str() != "failed"),

@@ -387,8 +387,7 @@ async fn a_sandbox_past_the_maximum_runtime_is_stopped_by_the_reaper_when_its_ba
 async fn a_sandbox_still_running_after_its_job_is_stopped_after_the_exit_grace(kind: Kind) {
     // Arrange: the runner completes its job, then keeps running.
     let env = World::start(Options::backend(kind).with("RUNNER_EXIT_GRACE_SECS", "2")).await;
-    env.github
-        .set_runner_behavior(|_| RunnerBehavior::LingerAfterJob);
+    env.github.set_runner_behavior(|_| RunnerBehavior::LingerAfterJob);
 
     // Act
     let run = env.github.queue_run(jobs(1, 200));
@@ -411,7 +410,10 @@ async fn a_sandbox_still_running_after_its_job_is_stopped_after_the_exit_grace(k
         row.failure
     );
     assert_eq!(
-        env.github.job(run.job_ids[0]).and_then(|j| j.conclusion).as_deref(),
+        env.github
+            .job(run.job_ids[0])
+            .and_then(|j| j.conclusion)
+            .as_deref(),
         Some("success")
     );
     env.assert_nothing_left(Duration::from_secs(10)).await;

@@ -159,11 +159,9 @@ const QUIET_WINDOW: Duration = Duration::from_secs(8);
 #[tokio::test]
 async fn a_rejected_token_pauses_registrations_says_why_and_provisioning_resumes_by_itself() {
     // Arrange
-    let env = World::start(Options::default().with(
-        "AUTH_FAILURE_PAUSE_SECS",
-        &AUTH_PAUSE.as_secs().to_string(),
-    ))
-    .await;
+    let env =
+        World::start(Options::default().with("AUTH_FAILURE_PAUSE_SECS", &AUTH_PAUSE.as_secs().to_string()))
+            .await;
     let good_token = fakes::github::FakeGitHubConfig::default().token;
     env.github.set_token("ghp_someone_else");
     let jit_calls = || -> Vec<CallRecord> {
@@ -176,12 +174,12 @@ async fn a_rejected_token_pauses_registrations_says_why_and_provisioning_resumes
 
     // Act
     env.github.queue_run(jobs(2, 100));
-    let refused = wait(Duration::from_secs(10), || jit_calls().iter().any(|c| c.status == 401)).await;
+    let refused = wait(Duration::from_secs(10), || {
+        jit_calls().iter().any(|c| c.status == 401)
+    })
+    .await;
     assert!(refused, "{}", env.tail_logs(30));
-    let first = jit_calls()
-        .into_iter()
-        .find(|c| c.status == 401)
-        .expect("a 401");
+    let first = jit_calls().into_iter().find(|c| c.status == 401).expect("a 401");
     let refused_at = first.at + first.duration;
     let window_end = refused_at + QUIET_WINDOW;
     tokio::time::sleep(window_end.duration_since(SystemTime::now()).unwrap_or_default()).await;
@@ -196,11 +194,7 @@ async fn a_rejected_token_pauses_registrations_says_why_and_provisioning_resumes
     assert!(late.is_empty(), "registrations during the pause: {late:?}");
     assert!(calls.len() <= 2, "{} registrations tried", calls.len());
     // The operator sees why the jobs wait: in the log and in `status`.
-    assert!(
-        env.logs()
-            .iter()
-            .any(|l| l.contains("GitHub refused the token"))
-    );
+    assert!(env.logs().iter().any(|l| l.contains("GitHub refused the token")));
     let runner = env
         .runners()
         .await

@@ -34,7 +34,12 @@ async fn twenty_concurrent_jobs_over_three_label_sets_all_complete(kind: Kind) {
         let job = env.github.job(id).expect("the runner's job");
         job.labels.iter().map(|l| l.to_ascii_lowercase()).collect()
     };
-    for call in env.github.calls().into_iter().filter(|c| c.route == Route::GenerateJitConfig) {
+    for call in env
+        .github
+        .calls()
+        .into_iter()
+        .filter(|c| c.route == Route::GenerateJitConfig)
+    {
         let body = call.body.expect("a JSON body");
         let name = body["name"].as_str().expect("name");
         let job: u64 = name
@@ -125,7 +130,8 @@ async fn a_kill_during_a_registration_is_recovered_by_name_and_reuses_no_name(ki
     let burst = |range: std::ops::Range<usize>| {
         let jobs = range
             .map(|i| {
-                JobSpec::new(format!("job {i}"), ["self-hosted", "modal"]).duration(Duration::from_millis(1500))
+                JobSpec::new(format!("job {i}"), ["self-hosted", "modal"])
+                    .duration(Duration::from_millis(1500))
             })
             .collect();
         RunSpec::new(REPO, jobs)
@@ -172,10 +178,7 @@ async fn a_kill_during_a_registration_is_recovered_by_name_and_reuses_no_name(ki
     // ...because the restarted service looked the half-made registration up by name and
     // deleted it, instead of posting its name again.
     let calls = env.github.calls();
-    assert!(
-        calls.iter().all(|c| c.status != 409),
-        "a name was posted twice"
-    );
+    assert!(calls.iter().all(|c| c.status != 409), "a name was posted twice");
     let lookup = calls
         .iter()
         .find(|c| {

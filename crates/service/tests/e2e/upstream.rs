@@ -105,8 +105,14 @@ async fn github_errors_rate_limits_and_hangs_are_retried_without_duplicates() {
     // The 429 with retry-after: 1 was retried no sooner than a second later.
     let too_many = failed(Route::GetRun, 429);
     let retried = retry_of(&calls, too_many);
-    let waited = retried.at.duration_since(answered_at(too_many)).unwrap_or_default();
-    assert!(waited >= Duration::from_millis(950), "GetRun retried after {waited:?}");
+    let waited = retried
+        .at
+        .duration_since(answered_at(too_many))
+        .unwrap_or_default();
+    assert!(
+        waited >= Duration::from_millis(950),
+        "GetRun retried after {waited:?}"
+    );
     // The exhausted primary budget was waited out until its reset.
     let exhausted = failed(Route::GetContents, 403);
     let reset = UNIX_EPOCH
@@ -136,7 +142,10 @@ async fn github_errors_rate_limits_and_hangs_are_retried_without_duplicates() {
         .find(|c| jit_name(c) == jit_name(limited))
         .expect("the name registered after the secondary limit");
     let waited = again.at.duration_since(answered_at(limited)).unwrap_or_default();
-    assert!(waited >= Duration::from_millis(950), "registered again after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(950),
+        "registered again after {waited:?}"
+    );
     // The registration whose answer was lost (502 after it was made) was looked up by
     // name before anything else was registered for its job, then deleted; the job's next
     // runner has a new name.
@@ -147,7 +156,9 @@ async fn github_errors_rate_limits_and_hangs_are_retried_without_duplicates() {
         .find(|c| {
             c.route == Route::ListRunners
                 && c.at >= answered_at(lost)
-                && c.query.as_deref().is_some_and(|q| q.contains(&format!("name={name}")))
+                && c.query
+                    .as_deref()
+                    .is_some_and(|q| q.contains(&format!("name={name}")))
         })
         .expect("a lookup by name after the lost answer");
     let next = calls
@@ -213,7 +224,11 @@ async fn modal_unavailable_and_resource_exhausted_on_every_call_are_ridden_out()
                 retry_after_secs: Some(0.2),
             },
         ));
-        modal.inject(ModalFault::new(rpc, 1, FaultKind::AfterSuccess(Code::Unavailable)));
+        modal.inject(ModalFault::new(
+            rpc,
+            1,
+            FaultKind::AfterSuccess(Code::Unavailable),
+        ));
     }
 
     // Act: jobs long enough that a sandbox whose create answer was lost is still running
@@ -231,7 +246,11 @@ async fn modal_unavailable_and_resource_exhausted_on_every_call_are_ridden_out()
         .map(|r| format!("{}: {:?}", r.name, r.failure))
         .collect();
     assert!(failed.is_empty(), "attempts failed: {failed:?}");
-    assert_eq!(env.github.registrations_ever().len(), 3, "one registration per job");
+    assert_eq!(
+        env.github.registrations_ever().len(),
+        3,
+        "one registration per job"
+    );
     let names: Vec<String> = modal.sandboxes().into_iter().filter_map(|s| s.name).collect();
     assert_eq!(names.len(), 3);
     assert_unique(&names);
@@ -281,7 +300,10 @@ async fn modal_unreachable_at_start_up_is_waited_out_and_webhooks_are_recorded_m
     assert_eq!(status("/readyz").await, Some(503), "still not ready");
     let store = env.store().await;
     let job = store.job(JobId(run.job_ids[0])).await.expect("read");
-    assert!(job.is_some_and(|j| j.source == "webhook"), "recorded from the webhook");
+    assert!(
+        job.is_some_and(|j| j.source == "webhook"),
+        "recorded from the webhook"
+    );
     assert!(
         env.fake_modal()
             .requests()
@@ -330,7 +352,11 @@ async fn a_burst_over_githubs_secondary_limit_is_paced_without_a_limit_error() {
     let waiting = run
         .job_ids
         .iter()
-        .filter(|id| env.github.job(**id).is_some_and(|j| j.status.as_str() == "queued"))
+        .filter(|id| {
+            env.github
+                .job(**id)
+                .is_some_and(|j| j.status.as_str() == "queued")
+        })
         .count();
     assert_eq!(waiting, 6, "the other jobs wait for the next window");
     env.shutdown().await;

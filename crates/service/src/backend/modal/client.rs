@@ -198,13 +198,7 @@ impl ModalApi {
     ) -> (ModalClientClient<Channel>, tonic::Request<Req>) {
         let mut req = tonic::Request::new(request);
         req.set_timeout(deadline);
-        self.metadata(
-            req.metadata_mut(),
-            &new_idempotency_key(),
-            0,
-            0,
-            Duration::ZERO,
-        );
+        self.metadata(req.metadata_mut(), &new_idempotency_key(), 0, 0, Duration::ZERO);
         (self.client.clone(), req)
     }
 
