@@ -151,12 +151,17 @@ impl Session {
                 tracing::info!(runner = %self.name, "connected; exiting without a job as told");
                 Ok(())
             }
-            _ => {
+            behavior => {
                 tracing::info!(runner = %self.name, "connected; listening for a job");
-                match self.wait_for_job().await? {
-                    Some(job) => self.work(job).await,
-                    None => Ok(()),
+                let Some(job) = self.wait_for_job().await? else {
+                    return Ok(());
+                };
+                self.work(job).await?;
+                if behavior == "linger_after_job" {
+                    tracing::info!(runner = %self.name, "job done; lingering as told");
+                    std::future::pending::<()>().await;
                 }
+                Ok(())
             }
         }
     }

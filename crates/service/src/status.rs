@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 
-use crate::domain::JobStatus;
+use crate::domain::{JobStatus, RunnerState};
 use crate::store::{RunnerRow, Store, StoreError};
 
 /// Renders the report.
@@ -85,7 +85,19 @@ fn why(status: JobStatus, max_parallel: Option<u32>, tries: &[&RunnerRow], taken
         return "waiting for an approval (not runnable yet)".into();
     }
     if let Some(r) = tries.iter().rev().find(|r| r.state.is_live()) {
-        return format!("runner {} is {}", r.name, r.state.as_str());
+        // A pending retry says nothing by itself; the failure before it says why it waits
+        // (a backoff, or provisioning paused after GitHub refused the token).
+        let failed_before = tries
+            .iter()
+            .rev()
+            .find(|t| t.state == RunnerState::Failed)
+            .and_then(|t| t.failure.as_deref());
+        return match failed_before {
+            Some(why) if r.state == RunnerState::Pending => {
+                format!("runner {} is pending; the attempt before failed: {why}", r.name)
+            }
+            _ => format!("runner {} is {}", r.name, r.state.as_str()),
+        };
     }
     if let Some(r) = tries.last() {
         return format!(

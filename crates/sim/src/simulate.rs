@@ -137,14 +137,12 @@ pub async fn run(args: SimulateArgs) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let total = started.elapsed();
-    // Let the reaper finish, then check nothing is left.
-    let clean = world
-        .github
-        .wait_until(Duration::from_secs(30), |gh| gh.runners().is_empty())
-        .await;
-    print_summary(&world, total, clean);
+    // Let the reaper finish, then check that nothing is left anywhere: registrations,
+    // sandboxes, runner processes, live runners in the store.
+    let left = world.wait_nothing_left(Duration::from_secs(30)).await;
+    print_summary(&world, &args, arrival, total, &left);
     world.shutdown().await;
-    Ok(())
+    left.map_err(|what| format!("left behind: {what}"))
 }
 
 fn print_progress(world: &World, started: Instant) {
@@ -163,7 +161,13 @@ fn print_progress(world: &World, started: Instant) {
     );
 }
 
-fn print_summary(world: &World, total: Duration, clean: bool) {
+fn print_summary(
+    world: &World,
+    args: &SimulateArgs,
+    arrival: Arrival,
+    total: Duration,
+    left: &Result<(), String>,
+) {
     let jobs = world.github.jobs();
     let mut waits: Vec<f64> = jobs
         .iter()
@@ -209,10 +213,47 @@ fn print_summary(world: &World, total: Duration, clean: bool) {
         world.github.rate_limit_errors(),
         world.fake_modal().rate_limit_errors()
     );
-    println!(
-        "  left behind             {}",
-        if clean { "nothing" } else { "registrations remain!" }
-    );
+    println!("  the load vs the limits  {}", load_vs_limits(args, arrival));
+    match left {
+        Ok(()) => println!("  left behind             nothing (registrations, sandboxes, processes, store)"),
+        Err(what) => println!("  left behind             {what}"),
+    }
+}
+
+/// Whether this load could reach GitHub's and Modal's limits at all: zero rate-limit
+/// errors mean something only when it could.
+fn load_vs_limits(args: &SimulateArgs, arrival: Arrival) -> String {
+    // Demand per second for runners: everything at once, or the arrival rate.
+    let (github_demand, modal_demand) = match arrival {
+        Arrival::Burst => (args.jobs as f64, args.jobs as f64),
+        Arrival::Rate(r) => (r * 60.0, r),
+    };
+    let github = if args.no_github_limits {
+        "GitHub limits off".to_string()
+    } else {
+        format!(
+            "GitHub allows 180 registrations a minute, the load asks {github_demand:.0} ({})",
+            reach(github_demand > 180.0)
+        )
+    };
+    let modal = if args.modal_rate > 0.0 {
+        format!(
+            "Modal allows {} creates a second, the load asks {modal_demand:.0} ({})",
+            args.modal_rate,
+            reach(modal_demand > args.modal_rate)
+        )
+    } else {
+        "Modal's rate off".to_string()
+    };
+    format!("{github}; {modal}")
+}
+
+fn reach(can: bool) -> &'static str {
+    if can {
+        "it would hit the limit unpaced"
+    } else {
+        "it cannot reach the limit"
+    }
 }
 
 #[cfg(test)]

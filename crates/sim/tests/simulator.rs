@@ -10,11 +10,14 @@ async fn the_simulator_runs_the_whole_loop_without_credentials() {
         .args([
             "simulate",
             "--jobs",
-            "4",
+            "8",
             "--job-secs",
             "0.5",
             "--label-sets",
             "1",
+            // 8 sandboxes at once against 2 creates a second: unpaced, they would be refused.
+            "--modal-rate",
+            "2",
         ])
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -30,10 +33,14 @@ async fn the_simulator_runs_the_whole_loop_without_credentials() {
         "{text}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("jobs completed          4/4"), "{text}");
+    assert!(text.contains("jobs completed          8/8"), "{text}");
     assert!(
         text.contains("rate-limit errors       GitHub 0 / Modal 0"),
         "{text}"
+    );
+    assert!(
+        text.contains("Modal allows 2 creates a second, the load asks 8 (it would hit the limit unpaced)"),
+        "zero errors must come from a load that could hit the limit: {text}"
     );
     assert!(text.contains("left behind             nothing"), "{text}");
 }

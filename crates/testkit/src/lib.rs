@@ -7,8 +7,10 @@
 //! process when a test must SIGKILL it or a benchmark must measure its memory
 //! ([`ServiceMode::Process`]).
 
+mod assertions;
 mod checks;
 mod logs;
+mod options;
 mod runner;
 mod service;
 mod settings;
@@ -17,10 +19,11 @@ mod world;
 pub use checks::{
     free_port, github_client, jobs, modal_settings, processes_under, reqwest_client, sandbox_entries, wait,
 };
+pub use options::{Kind, Options, ServiceMode};
 pub use runner::fake_runner_command;
 pub use service::ServiceProcess;
 pub use settings::settings_from_vars;
-pub use world::{APP_ID, INSTALLATION_ID, Kind, Options, REPO, SECRET, ServiceMode, World};
+pub use world::{APP_ID, INSTALLATION_ID, REPO, SECRET, World};
 
 /// Sandbox creations per second the fake Modal allows in end-to-end tests (and the service
 /// is told the same).

@@ -1,24 +1,25 @@
-//! The fakes and the service between them, and the assertions every scenario ends with.
+//! The fakes and the service between them: starting, restarting, killing and stopping it.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use fakes::github::{
-    FakeApp, FakeGitHub, FakeGitHubConfig, Limits, Route, TEST_APP_PRIVATE_KEY_PEM, TEST_APP_PUBLIC_KEY_PEM,
+    FakeApp, FakeGitHub, FakeGitHubConfig, Route, TEST_APP_PRIVATE_KEY_PEM, TEST_APP_PUBLIC_KEY_PEM,
     WebhookTarget,
 };
-use fakes::modal::{FakeModal, FakeModalConfig, ModalFault};
+use fakes::modal::{FakeModal, FakeModalConfig};
 use modal_github_runner::app::Application;
 use modal_github_runner::store::{RunnerRow, Store};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::subscriber::DefaultGuard;
 
-use crate::checks::{free_port, processes_under, reqwest_client, sandbox_entries};
+use crate::checks::{free_port, processes_under, reqwest_client};
+use crate::fake_runner_command;
 use crate::logs::LogSink;
+use crate::options::{Kind, Options, ServiceMode};
 use crate::service::ServiceProcess;
 use crate::settings::settings_from_vars;
-use crate::{MODAL_RATE, fake_runner_command};
 
 /// The webhook secret of every world.
 pub const SECRET: &str = "e2e-webhook-secret";
@@ -29,99 +30,6 @@ pub const APP_ID: u64 = 4242;
 pub const INSTALLATION_ID: u64 = 77;
 /// The runner release the service is pinned to with the Modal backend (no lookup).
 const RUNNER_VERSION: &str = "2.336.0";
-
-/// Which sandbox backend the service uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Kind {
-    #[default]
-    Local,
-    Modal,
-}
-
-/// How the service runs.
-#[derive(Clone, Debug, Default)]
-pub enum ServiceMode {
-    /// In this process, through `Application::build`: fast, logs captured per world.
-    #[default]
-    InProcess,
-    /// A child process running `command` (e.g. `[service binary, "serve"]`): for tests that
-    /// SIGKILL it and benchmarks that measure it.
-    Process { command: Vec<String> },
-}
-
-/// What a world is made of.
-#[derive(Clone)]
-pub struct Options {
-    pub kind: Kind,
-    /// The service's environment, on top of the world's; later entries win.
-    pub env: Vec<(String, String)>,
-    /// Faults the fake Modal has from the start (before the service's first call).
-    pub modal_faults: Vec<ModalFault>,
-    /// Authenticate as a GitHub App whose installation tokens last this long, instead of
-    /// with a token.
-    pub github_app: Option<Duration>,
-    pub mode: ServiceMode,
-    /// The repository the fake GitHub has (and the jobs of `jobs()` use).
-    pub repo: String,
-    /// Latency of `generate-jitconfig`.
-    pub jit_latency: Option<Duration>,
-    /// GitHub's limits at the fake (`None`: the fake's defaults).
-    pub github_limits: Option<Limits>,
-    /// The fake Modal's creation rate per second (`None`: unlimited).
-    pub modal_rate: Option<f64>,
-    /// Latency of `SandboxCreate`.
-    pub create_latency: Option<Duration>,
-    /// How long the fake Modal takes to build an image.
-    pub image_build_time: Option<Duration>,
-    /// Whether sandboxes run the fake runner (jobs complete) or sit idle.
-    pub run_runners: bool,
-    /// Print the service's log lines as they come (also with `E2E_LOG` set).
-    pub echo_logs: bool,
-    /// What plays the runner (`None`: the `fake-runner` binary).
-    pub runner_command: Option<Vec<String>>,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            kind: Kind::Local,
-            env: Vec::new(),
-            modal_faults: Vec::new(),
-            github_app: None,
-            mode: ServiceMode::InProcess,
-            repo: REPO.into(),
-            jit_latency: None,
-            github_limits: None,
-            modal_rate: Some(MODAL_RATE),
-            create_latency: None,
-            image_build_time: None,
-            run_runners: true,
-            echo_logs: std::env::var_os("E2E_LOG").is_some(),
-            runner_command: None,
-        }
-    }
-}
-
-impl Options {
-    pub fn backend(kind: Kind) -> Options {
-        Options {
-            kind,
-            ..Options::default()
-        }
-    }
-
-    /// One more variable of the service's environment.
-    pub fn with(mut self, key: &str, value: &str) -> Self {
-        self.env.push((key.into(), value.into()));
-        self
-    }
-
-    /// Runs the service as a child process of `command`.
-    pub fn process(mut self, command: Vec<String>) -> Self {
-        self.mode = ServiceMode::Process { command };
-        self
-    }
-}
 
 /// The service, running.
 enum Running {
@@ -264,35 +172,53 @@ impl World {
         }
     }
 
+    /// Sets one more variable of the service's environment for its next start (a
+    /// restart with a changed configuration).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.options.env.push((key.into(), value.into()));
+    }
+
     /// Starts (or restarts) the service on the same port, store and work directory, and
     /// waits until it is ready.
     pub async fn start_service(&mut self) {
-        let env = self.service_env();
         let started = tokio::time::Instant::now();
         match self.options.mode.clone() {
             ServiceMode::Process { command } => {
+                let env = self.service_env();
                 let (process, _) = ServiceProcess::start(&command, &env, self.port, self.logs.clone())
                     .await
                     .unwrap_or_else(|e| panic!("the service did not start: {e}"));
                 self.service = Some(Running::Process(process));
             }
             ServiceMode::InProcess => {
-                let settings =
-                    settings_from_vars(&env).unwrap_or_else(|e| panic!("the configuration is refused: {e}"));
-                let app = Application::build(settings)
-                    .await
-                    .unwrap_or_else(|e| panic!("the service did not start: {e:#}"));
-                let stop = CancellationToken::new();
-                let signal = stop.clone();
-                let task = tokio::spawn(app.run_until_stopped(async move { signal.cancelled().await }));
-                self.service = Some(Running::InProcess { stop, task });
+                self.launch_service().await;
                 self.wait_ready().await;
             }
         }
         self.start_time = started.elapsed();
     }
 
-    async fn wait_ready(&mut self) {
+    /// Starts the service in this process and returns as soon as it serves, before it is
+    /// ready (`/readyz` may still answer 503): for what happens during start-up.
+    pub async fn launch_service(&mut self) {
+        assert!(
+            matches!(self.options.mode, ServiceMode::InProcess),
+            "launch_service runs the service in this process"
+        );
+        let settings = settings_from_vars(&self.service_env())
+            .unwrap_or_else(|e| panic!("the configuration is refused: {e}"));
+        let app = Application::build(settings)
+            .await
+            .unwrap_or_else(|e| panic!("the service did not start: {e:#}"));
+        let stop = CancellationToken::new();
+        let signal = stop.clone();
+        let task = tokio::spawn(app.run_until_stopped(async move { signal.cancelled().await }));
+        self.service = Some(Running::InProcess { stop, task });
+    }
+
+    /// Waits until `/readyz` answers 200 (the in-process service; a process is waited for
+    /// when it starts).
+    pub async fn wait_ready(&mut self) {
         let url = self.url("/readyz");
         let client = reqwest_client();
         for _ in 0..1200 {
@@ -382,88 +308,6 @@ impl World {
         let rows = store.all_runners().await.expect("runners");
         store.close().await;
         rows
-    }
-
-    /// Waits until every job the fake GitHub knows is completed.
-    pub async fn wait_all_completed(&self, timeout: Duration) {
-        let done = self
-            .github
-            .wait_until(timeout, |gh| {
-                gh.jobs().iter().all(|j| j.status.as_str() == "completed")
-            })
-            .await;
-        if !done {
-            let pending: Vec<String> = self
-                .github
-                .jobs()
-                .iter()
-                .filter(|j| j.status.as_str() != "completed")
-                .map(|j| format!("{} {} {:?}", j.id, j.name, j.status))
-                .collect();
-            panic!("jobs not completed: {pending:?}\n{}", self.tail_logs(60));
-        }
-    }
-
-    /// Waits until nothing is left: no registration at GitHub, no sandbox, no runner
-    /// process, and every runner in the store ended.
-    pub async fn assert_nothing_left(&self, timeout: Duration) {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let registrations = self.github.runners();
-            let sandboxes = self.live_sandboxes();
-            let processes = processes_under(&self.work_dir());
-            let live: Vec<String> = self
-                .runners()
-                .await
-                .into_iter()
-                .filter(|r| r.state.is_live())
-                .map(|r| format!("{} {}", r.name, r.state))
-                .collect();
-            if registrations.is_empty() && sandboxes.is_empty() && processes.is_empty() && live.is_empty() {
-                return;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                panic!(
-                    "left behind: registrations {:?}, sandboxes {sandboxes:?}, processes {processes:?}, live runners {live:?}\n{}",
-                    registrations.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
-                    self.tail_logs(60)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// Names of the sandboxes running now, whatever the backend.
-    pub fn live_sandboxes(&self) -> Vec<String> {
-        match &self.modal {
-            None => sandbox_entries(&self.work_dir()),
-            Some(m) => m
-                .sandboxes()
-                .into_iter()
-                .filter(|s| s.is_running())
-                .map(|s| s.name.unwrap_or(s.id))
-                .collect(),
-        }
-    }
-
-    /// No log line holds a JIT config or a token.
-    pub fn assert_no_secret_in_logs(&self) {
-        let logs = self.logs();
-        let token = FakeGitHubConfig::default().token;
-        for line in &logs {
-            assert!(!line.contains(&token), "the GitHub token leaked: {line}");
-            assert!(!line.contains(SECRET), "the webhook secret leaked: {line}");
-            if let Some(m) = &self.modal {
-                assert!(
-                    !line.contains(&m.credentials().1),
-                    "the Modal token secret leaked: {line}"
-                );
-            }
-            assert!(
-                !line.contains("eyJ"),
-                "something base64-JSON-like (a JIT config?) leaked: {line}"
-            );
-        }
     }
 
     /// Stops the service and the fakes, waiting for each.

@@ -76,6 +76,7 @@ pub(super) fn create_token(state: &mut State, app: &FakeApp, installation_id: u6
         .installation_tokens
         .insert(token.clone(), Instant::now() + app.token_ttl);
     state.installation_tokens_issued += 1;
+    state.installation_tokens_in_order.push(token.clone());
     Reply::json(
         201,
         json!({
@@ -101,4 +102,32 @@ pub(super) fn valid_installation_token(state: &State, token: &str) -> bool {
         .installation_tokens
         .get(token)
         .is_some_and(|until| *until > Instant::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::github::FakeGitHubConfig;
+
+    #[test]
+    fn issued_installation_tokens_are_recorded_in_order_and_accepted_until_they_expire() {
+        let app = FakeApp {
+            id: 1,
+            public_key_pem: TEST_APP_PUBLIC_KEY_PEM.into(),
+            installation_id: 7,
+            token_ttl: Duration::from_secs(60),
+        };
+        let mut state = State::new(&FakeGitHubConfig::default(), "http://127.0.0.1:1".into());
+        let token = |reply: Reply| {
+            reply
+                .body
+                .map(|b| b["token"].as_str().unwrap_or_default().to_owned())
+        };
+        let first = token(create_token(&mut state, &app, 7)).expect("a token");
+        let second = token(create_token(&mut state, &app, 7)).expect("a token");
+        assert_eq!(create_token(&mut state, &app, 8).status, 404);
+        assert_eq!(state.installation_tokens_in_order, [first.clone(), second]);
+        assert!(first.starts_with("ghs_") && valid_installation_token(&state, &first));
+        assert!(!valid_installation_token(&state, "ghs_unknown"));
+    }
 }

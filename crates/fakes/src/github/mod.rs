@@ -323,6 +323,16 @@ impl FakeGitHub {
         self.with_state(|s| s.registrations_ever.clone())
     }
 
+    /// Every secret the fake handed out, in order: the encoded JIT config of each
+    /// registration and each installation token. A client must never log any of them.
+    pub fn secrets_issued(&self) -> Vec<String> {
+        self.with_state(|s| {
+            let mut secrets = s.jit_configs_issued.clone();
+            secrets.extend(s.installation_tokens_in_order.iter().cloned());
+            secrets
+        })
+    }
+
     /// Every delivery attempt, oldest first.
     pub fn deliveries(&self) -> Vec<DeliveryRecord> {
         self.with_state(|s| s.deliveries.iter().map(|d| d.record.clone()).collect())
@@ -343,7 +353,7 @@ impl FakeGitHub {
         })
     }
 
-    /// 403/429 rate-limit answers given so far (limits and injected faults).
+    /// Installation tokens issued so far.
     pub fn installation_tokens_issued(&self) -> u64 {
         self.with_state(|s| s.installation_tokens_issued)
     }

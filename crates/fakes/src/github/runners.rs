@@ -155,6 +155,7 @@ impl State {
         let body = record.json(Instant::now());
         self.runners.insert(id, record);
         self.registrations_ever.push(reg.name);
+        self.jit_configs_issued.push(encoded.clone());
         let live = self.runners.values().filter(|r| r.repo == reg.repo).count();
         let peak = self.peak_live.entry(reg.repo).or_default();
         *peak = (*peak).max(live);

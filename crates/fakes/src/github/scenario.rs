@@ -122,6 +122,10 @@ pub enum RunnerBehavior {
     /// Connect, then exit without taking a job (a crash): the
     /// registration stays behind, offline.
     ExitWithoutJob,
+    /// Connect, take one job, complete it, then keep running instead of
+    /// exiting (a job that left a process behind): the registration is gone,
+    /// the sandbox lives on until it is stopped.
+    LingerAfterJob,
 }
 
 impl RunnerBehavior {
@@ -131,6 +135,7 @@ impl RunnerBehavior {
             Self::Normal => "normal",
             Self::NeverConnect => "never_connect",
             Self::ExitWithoutJob => "exit_without_job",
+            Self::LingerAfterJob => "linger_after_job",
         }
     }
 
@@ -140,6 +145,7 @@ impl RunnerBehavior {
             "normal" => Some(Self::Normal),
             "never_connect" => Some(Self::NeverConnect),
             "exit_without_job" => Some(Self::ExitWithoutJob),
+            "linger_after_job" => Some(Self::LingerAfterJob),
             _ => None,
         }
     }

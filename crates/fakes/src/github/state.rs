@@ -89,6 +89,8 @@ pub(super) struct State {
     /// Agent id → client id of deleted registrations (their runner gets 410).
     pub retired: HashMap<u64, String>,
     pub registrations_ever: Vec<String>,
+    /// Every encoded JIT config handed out, in order (secrets a client must never log).
+    pub jit_configs_issued: Vec<String>,
     pub peak_live: HashMap<String, usize>,
     pub label_ids: HashMap<String, u64>,
     pub deliveries: Vec<StoredDelivery>,
@@ -111,6 +113,8 @@ pub(super) struct State {
     /// Installation tokens issued, and until when each is good.
     pub installation_tokens: HashMap<String, std::time::Instant>,
     pub installation_tokens_issued: u64,
+    /// The installation tokens issued, oldest first.
+    pub installation_tokens_in_order: Vec<String>,
 }
 
 impl State {
@@ -121,6 +125,7 @@ impl State {
             app: config.app.clone(),
             installation_tokens: HashMap::new(),
             installation_tokens_issued: 0,
+            installation_tokens_in_order: Vec::new(),
             runner_group_id: config.runner_group_id,
             repos: BTreeMap::new(),
             files: HashMap::new(),
@@ -130,6 +135,7 @@ impl State {
             runners: BTreeMap::new(),
             retired: HashMap::new(),
             registrations_ever: Vec::new(),
+            jit_configs_issued: Vec::new(),
             peak_live: HashMap::new(),
             label_ids: HashMap::new(),
             deliveries: Vec::new(),

@@ -110,6 +110,12 @@ impl FakeModal {
         self.shared.with_state(|state| state.faults.push(rule));
     }
 
+    /// Removes every injected fault not used up yet: the outage a test began is over.
+    pub fn clear_faults(&self) {
+        self.shared
+            .with_state(|state| state.faults = faults::FaultTable::default());
+    }
+
     /// With `Some(message)`, builds started from now on end in FAILURE with `message` as
     /// the exception and in the logs; `None` makes them succeed again.
     pub fn fail_image_builds(&self, message: Option<String>) {

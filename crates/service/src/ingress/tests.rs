@@ -121,6 +121,42 @@ async fn a_signed_queued_job_is_recorded_before_the_202() {
 }
 
 #[tokio::test]
+async fn a_delivery_the_store_cannot_write_is_not_accepted() {
+    // Arrange: every write of a job fails, as on a full disk.
+    let ing = ingress("").await;
+    sqlx::raw_sql(
+        "CREATE TRIGGER refuse_jobs BEFORE INSERT ON jobs BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+    )
+    .execute(ing.store.pool())
+    .await
+    .expect("trigger");
+
+    // Act
+    let (status, body) = Delivery::json(
+        "workflow_job",
+        &job_payload("queued", &["self-hosted", "modal"], "octo/repo"),
+    )
+    .send(&ing, "/webhook")
+    .await;
+
+    // Assert: GitHub sees a failed delivery (and can redeliver it), never a 202.
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": "internal error"})
+        )
+    );
+    assert!(
+        ing.store
+            .job(JobId(12_877_621_891))
+            .await
+            .expect("read")
+            .is_none()
+    );
+}
+
+#[tokio::test]
 async fn the_root_path_and_form_bodies_are_accepted_like_the_original() {
     let ing = ingress("").await;
     let (status, _) = Delivery::form("workflow_job", &job_payload("queued", &["modal"], "octo/repo"))

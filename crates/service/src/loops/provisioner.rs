@@ -88,7 +88,7 @@ async fn dispatch(
     in_flight: &Arc<Mutex<HashSet<String>>>,
     tasks: &mut JoinSet<()>,
 ) -> Result<(), StoreError> {
-    if paused(ctx) {
+    if !pause_left(ctx).is_zero() {
         return Ok(());
     }
     let states = [
@@ -195,6 +195,7 @@ async fn register(
     let mut attempt = 0;
     loop {
         ctx.jit_window.wait().await;
+        wait_out_pause(ctx).await;
         match ctx.github.generate_jitconfig(repo, &request).await {
             Ok(jit) => return Ok(Some(jit)),
             Err(GitHubError::Conflict { .. }) => {
@@ -397,10 +398,24 @@ fn pause(ctx: &ProvisionerContext, e: &ProvisionError) {
     );
 }
 
-/// Whether provisioning is paused after an authentication failure.
-fn paused(ctx: &ProvisionerContext) -> bool {
+/// How much of an auth-failure pause is left (zero when provisioning is not paused).
+fn pause_left(ctx: &ProvisionerContext) -> Duration {
     let until = *ctx.paused_until.lock().unwrap_or_else(|p| p.into_inner());
-    until.is_some_and(|t| ctx.clock.instant() < t)
+    until.map_or(Duration::ZERO, |t| {
+        t.saturating_duration_since(ctx.clock.instant())
+    })
+}
+
+/// Holds an attempt that was already under way when a pause began until the pause ends,
+/// so that no registration reaches GitHub during it.
+async fn wait_out_pause(ctx: &ProvisionerContext) {
+    loop {
+        let left = pause_left(ctx);
+        if left.is_zero() {
+            return;
+        }
+        tokio::time::sleep(left).await;
+    }
 }
 
 #[cfg(test)]

@@ -10,3 +10,48 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_modal-github-runner");
 pub fn as_process(options: Options) -> Options {
     options.process(vec![BIN.into(), "serve".into()])
 }
+
+/// Another connection holding the store's write lock: the service's writes wait behind
+/// it, as behind a slow disk, until it is released.
+pub struct StoreWriteLock(sqlx::SqliteConnection);
+
+impl StoreWriteLock {
+    pub async fn take(world: &World) -> StoreWriteLock {
+        let mut conn = connect(world).await;
+        sqlx::raw_sql("BEGIN IMMEDIATE")
+            .execute(&mut conn)
+            .await
+            .expect("the write lock");
+        StoreWriteLock(conn)
+    }
+
+    /// Releases the lock without writing anything.
+    pub async fn release(mut self) {
+        sqlx::raw_sql("ROLLBACK")
+            .execute(&mut self.0)
+            .await
+            .expect("rollback");
+    }
+}
+
+/// The delivery GUIDs the service's store holds, read through a connection of our own.
+pub async fn recorded_deliveries(world: &World) -> std::collections::HashSet<String> {
+    let mut conn = connect(world).await;
+    sqlx::query_scalar::<_, String>("SELECT guid FROM deliveries")
+        .fetch_all(&mut conn)
+        .await
+        .expect("delivery GUIDs")
+        .into_iter()
+        .collect()
+}
+
+async fn connect(world: &World) -> sqlx::SqliteConnection {
+    use sqlx::ConnectOptions as _;
+    use std::str::FromStr as _;
+    sqlx::sqlite::SqliteConnectOptions::from_str(&world.database_url())
+        .expect("database url")
+        .busy_timeout(std::time::Duration::from_secs(10))
+        .connect()
+        .await
+        .expect("a connection to the store")
+}

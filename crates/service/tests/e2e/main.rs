@@ -5,5 +5,7 @@
 mod helpers;
 mod lifecycle;
 mod modal;
+mod reaping;
 mod reliability;
 mod scale;
+mod upstream;

@@ -116,44 +116,49 @@ async fn one_image_build_serves_every_sandbox() {
 
 #[tokio::test]
 async fn creates_retried_after_unavailable_and_resource_exhausted_make_no_duplicate() {
+    // Arrange: creates refused every way Modal refuses them, and one carried out whose
+    // answer is lost: only that one could leave a duplicate behind.
     let env = World::start(Options::backend(Kind::Modal)).await;
     let fake = modal(&env);
-    fake.inject(ModalFault::new(
-        "SandboxCreate",
-        2,
-        FaultKind::Status(Code::Unavailable, "try again".into()),
-    ));
-    fake.inject(ModalFault::new(
-        "SandboxCreate",
-        2,
-        FaultKind::ResourceExhausted {
-            retry_after_secs: Some(0.3),
-        },
-    ));
-    fake.inject(ModalFault::new(
-        "SandboxCreate",
-        1,
-        FaultKind::ResourceExhausted {
-            retry_after_secs: None,
-        },
-    ));
-    env.github.queue_run(jobs(4, 200));
+    for (times, fault) in [
+        (2, FaultKind::Status(Code::Unavailable, "try again".into())),
+        (
+            2,
+            FaultKind::ResourceExhausted {
+                retry_after_secs: Some(0.3),
+            },
+        ),
+        (
+            1,
+            FaultKind::ResourceExhausted {
+                retry_after_secs: None,
+            },
+        ),
+        (1, FaultKind::AfterSuccess(Code::Unavailable)),
+    ] {
+        fake.inject(ModalFault::new("SandboxCreate", times, fault));
+    }
+
+    // Act: jobs long enough that the sandbox whose answer was lost still runs when its
+    // create is retried (Modal keeps a name unique among running sandboxes only).
+    env.github.queue_run(jobs(4, 1500));
     env.wait_all_completed(Duration::from_secs(60)).await;
     env.assert_nothing_left(Duration::from_secs(20)).await;
+
+    // Assert: one runner per job, one sandbox per runner, no attempt failed, and every
+    // retry of a create was the same call (the same idempotency key).
     assert_one_sandbox_per_name(fake);
-    // Every sandbox belongs to a distinct registered runner: a retried create never made a
-    // second sandbox. (Under heavy load a runner may still be replaced for other reasons,
-    // so the count is not pinned to the number of jobs.)
-    let registered = env.github.registrations_ever();
-    let sandboxes = fake.sandboxes();
-    assert!(sandboxes.len() >= 4);
-    for sb in &sandboxes {
-        let name = sb.name.clone().unwrap_or_default();
-        assert!(
-            registered.contains(&name),
-            "sandbox {name} has no registration: {registered:?}"
-        );
-    }
+    assert_eq!(
+        env.github.registrations_ever().len(),
+        4,
+        "one registration per job"
+    );
+    assert_eq!(fake.sandboxes().len(), 4, "one sandbox per job");
+    assert!(
+        env.runners().await.iter().all(|r| r.state.as_str() != "failed"),
+        "an attempt failed"
+    );
+    crate::upstream::assert_retried_under_the_same_key(fake, &["SandboxCreate"]);
 }
 
 #[tokio::test]
@@ -233,7 +238,8 @@ async fn fake_with(config: FakeModalConfig) -> FakeModal {
 
 #[tokio::test]
 async fn a_burst_of_100_creates_never_exceeds_the_creation_rate() {
-    // The fake enforces 20/s like Modal enforces 5/s; the backend is told the same limit.
+    // The fake enforces 20/s like Modal enforces 5/s and refuses whatever comes faster;
+    // the backend is told the same limit and must never be refused.
     let fake = fake_with(FakeModalConfig {
         create_rate_per_sec: Some(20.0),
         ..FakeModalConfig::default()
@@ -256,14 +262,6 @@ async fn a_burst_of_100_creates_never_exceeds_the_creation_rate() {
     assert_eq!(fake.rate_limit_errors(), 0, "no create bounced off the limit");
     assert_eq!(fake.sandboxes().len(), 100);
     assert_one_sandbox_per_name(&fake);
-    let times = fake.create_times();
-    for w in times.windows(21) {
-        assert!(
-            w[20] - w[0] >= Duration::from_millis(990),
-            "21 creates within {:?}",
-            w[20] - w[0]
-        );
-    }
     assert!(
         elapsed < Duration::from_secs(8),
         "paced, not stalled: {elapsed:?}"

@@ -1,11 +1,11 @@
-//! Many jobs at once: label sets, max-parallel, and a restart in the middle.
+//! Many jobs at once: label sets, max-parallel, and a crash in the middle.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use fakes::github::{DeliveryMode, JobSpec, RunSpec};
+use fakes::github::{DeliveryMode, Fault, FaultRule, JobSpec, Route, RunSpec};
 
 use crate::helpers::{Kind, Options, REPO, World, as_process};
 use testkit::both_backends;
@@ -27,26 +27,32 @@ async fn twenty_concurrent_jobs_over_three_label_sets_all_complete(kind: Kind) {
     env.wait_all_completed(Duration::from_secs(60)).await;
     env.assert_nothing_left(Duration::from_secs(30)).await;
 
-    // Every job ran on a runner that has all its labels. (GitHub may give a job to a
-    // runner with more labels, e.g. a `gpu` runner takes a plain job; the planner then
-    // makes the gpu job a replacement, so there can be more runners than jobs.)
-    for job in env.github.jobs() {
-        let runner = job.runner_name.clone().expect("taken by a runner");
-        let registration = env
-            .github
-            .calls()
-            .into_iter()
-            .find(|c| c.body.as_ref().is_some_and(|b| b["name"] == runner))
-            .expect("registered by the service");
-        let labels: Vec<String> =
-            serde_json::from_value(registration.body.expect("body")["labels"].clone()).expect("labels");
-        let has = |l: &String| labels.iter().any(|r| r.eq_ignore_ascii_case(l));
-        assert!(
-            job.labels.iter().all(has),
-            "job {} {:?} ran on {runner} {labels:?}",
-            job.name,
-            job.labels
-        );
+    // Every runner was registered with exactly the labels of the job it was made for
+    // (GitHub would give it any job those labels cover, so a wrong set goes unnoticed by
+    // the jobs themselves when it is a superset).
+    let labels_of = |id: u64| -> Vec<String> {
+        let job = env.github.job(id).expect("the runner's job");
+        job.labels.iter().map(|l| l.to_ascii_lowercase()).collect()
+    };
+    for call in env
+        .github
+        .calls()
+        .into_iter()
+        .filter(|c| c.route == Route::GenerateJitConfig)
+    {
+        let body = call.body.expect("a JSON body");
+        let name = body["name"].as_str().expect("name");
+        let job: u64 = name
+            .split('-')
+            .nth(1)
+            .and_then(|id| id.parse().ok())
+            .expect("modal-<job>-<attempt>");
+        let labels: Vec<String> = serde_json::from_value::<Vec<String>>(body["labels"].clone())
+            .expect("labels")
+            .iter()
+            .map(|l| l.to_ascii_lowercase())
+            .collect();
+        assert_eq!(labels, labels_of(job), "runner {name}");
     }
     let names = env.github.registrations_ever();
     let unique: HashSet<&String> = names.iter().collect();
@@ -114,29 +120,45 @@ async fn a_matrix_with_max_parallel_two_never_has_more_than_two_live_runners(kin
     );
 }
 
-async fn a_restart_in_the_middle_of_a_burst_completes_every_job_and_reuses_no_name(kind: Kind) {
+async fn a_kill_during_a_registration_is_recovered_by_name_and_reuses_no_name(kind: Kind) {
+    // Arrange: the first registration is made at GitHub but its answer hangs.
     let mut env = World::start(as_process(Options::backend(kind))).await;
-    let jobs = (0..12)
-        .map(|i| {
-            JobSpec::new(format!("job {i}"), ["self-hosted", "modal"]).duration(Duration::from_millis(1500))
-        })
-        .collect();
-    env.github.queue_run(RunSpec::new(REPO, jobs));
+    env.github.inject(FaultRule::new(
+        Route::GenerateJitConfig,
+        Fault::after_success(Fault::Hang(Duration::from_secs(20))),
+    ));
+    let burst = |range: std::ops::Range<usize>| {
+        let jobs = range
+            .map(|i| {
+                JobSpec::new(format!("job {i}"), ["self-hosted", "modal"])
+                    .duration(Duration::from_millis(1500))
+            })
+            .collect();
+        RunSpec::new(REPO, jobs)
+    };
+    env.github.queue_run(burst(0..1));
+    let hung = env
+        .github
+        .wait_until(Duration::from_secs(20), |gh| gh.registrations_ever().len() == 1)
+        .await;
+    assert!(hung);
+    let half_made = env.github.runners()[0].clone();
+    env.github.queue_run(burst(1..12));
     let some_started = env
         .github
-        .wait_until(Duration::from_secs(20), |gh| gh.registrations_ever().len() >= 4)
+        .wait_until(Duration::from_secs(20), |gh| gh.registrations_ever().len() >= 5)
         .await;
     assert!(some_started);
 
-    // Act: SIGTERM mid-burst. Events sent while the service is down arrive after it is
-    // back (lost deliveries are the reconciler's business, tested elsewhere).
+    // Act: SIGKILL while that registration's answer is still awaited. Events sent while the
+    // service is down arrive after it is back (lost deliveries are tested elsewhere).
     env.github
         .set_delivery_filter(|_| DeliveryMode::Delay(Duration::from_secs(3)));
-    assert_eq!(env.stop_service().await, Some(0));
+    env.kill_service();
     env.start_service().await;
     env.github.clear_delivery_filter();
 
-    // Assert
+    // Assert: every job ran on its own runner, no name was registered twice...
     env.wait_all_completed(Duration::from_secs(90)).await;
     env.assert_nothing_left(Duration::from_secs(30)).await;
     let names = env.github.registrations_ever();
@@ -153,10 +175,41 @@ async fn a_restart_in_the_middle_of_a_burst_completes_every_job_and_reuses_no_na
         .filter_map(|j| j.runner_name)
         .collect();
     assert_eq!(taken.len(), 12, "every job ran on its own runner");
+    // ...because the restarted service looked the half-made registration up by name and
+    // deleted it, instead of posting its name again.
+    let calls = env.github.calls();
+    assert!(calls.iter().all(|c| c.status != 409), "a name was posted twice");
+    let lookup = calls
+        .iter()
+        .find(|c| {
+            c.route == Route::ListRunners
+                && c.query
+                    .as_deref()
+                    .is_some_and(|q| q.contains(&format!("name={}", half_made.name)))
+        })
+        .expect("a lookup of the half-made registration by name");
+    assert!(
+        calls.iter().any(|c| c.route == Route::DeleteRunner
+            && c.status == 204
+            && c.path.ends_with(&format!("/{}", half_made.id))
+            && c.at >= lookup.at),
+        "the half-made registration {} was deleted",
+        half_made.name
+    );
+    let job = env
+        .github
+        .jobs()
+        .into_iter()
+        .find(|j| format!("modal-{}-1", j.id) == half_made.name)
+        .expect("the half-made registration's job");
+    assert!(
+        job.runner_name.is_some_and(|n| n != half_made.name),
+        "its job ran on a runner of another name"
+    );
 }
 
 both_backends!(
     twenty_concurrent_jobs_over_three_label_sets_all_complete,
     a_matrix_with_max_parallel_two_never_has_more_than_two_live_runners,
-    a_restart_in_the_middle_of_a_burst_completes_every_job_and_reuses_no_name,
+    a_kill_during_a_registration_is_recovered_by_name_and_reuses_no_name,
 );

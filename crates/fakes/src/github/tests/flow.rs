@@ -158,6 +158,33 @@ async fn runner_behaviors_leave_a_crashed_runner_offline_and_a_hung_one_never_co
 }
 
 #[tokio::test]
+async fn a_lingering_runner_completes_its_job_then_keeps_running() {
+    let fake = start_fake().await;
+    fake.set_runner_behavior(|_| RunnerBehavior::LingerAfterJob);
+    let run = fake.queue_run(RunSpec::new(
+        REPO,
+        vec![JobSpec::new("build", ["self-hosted"]).duration(Duration::from_millis(100))],
+    ));
+    let runner = spawn_runner(jit_config(&fake, "lingers", &["self-hosted"]).await);
+    let done = fake
+        .wait_until(WAIT, |f| {
+            f.job(run.job_ids[0])
+                .is_some_and(|j| j.status == JobStatus::Completed)
+        })
+        .await;
+    assert!(done, "the job completes");
+    assert_eq!(
+        fake.job(run.job_ids[0]).and_then(|j| j.conclusion).as_deref(),
+        Some("success")
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!runner.is_finished(), "the runner outlives its job");
+    assert!(fake.runners().is_empty(), "its single-use registration is gone");
+    runner.abort();
+    fake.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_runner_takes_any_matching_job_not_the_one_it_was_made_for() {
     let fake = start_fake().await;
     let first = fake.queue_run(RunSpec::new(REPO, vec![JobSpec::new("first", ["gpu"])]));

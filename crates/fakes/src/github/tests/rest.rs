@@ -28,6 +28,15 @@ async fn generate_jitconfig_returns_a_decodable_config_with_the_three_runner_fil
 }
 
 #[tokio::test]
+async fn every_jit_config_handed_out_is_listed_as_an_issued_secret() {
+    let fake = start_fake().await;
+    let first = jit_config(&fake, "runner-a", &["self-hosted"]).await;
+    let second = jit_config(&fake, "runner-b", &["self-hosted"]).await;
+    assert_eq!(fake.secrets_issued(), [first, second]);
+    fake.shutdown().await;
+}
+
+#[tokio::test]
 async fn registering_the_same_name_twice_answers_409() {
     let fake = start_fake().await;
     assert_eq!(register(&fake, "dup", &["self-hosted"]).await.status, 201);

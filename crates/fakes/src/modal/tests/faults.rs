@@ -200,6 +200,30 @@ async fn status_and_delay_faults_apply_after_auth_and_are_recorded() {
 }
 
 #[tokio::test]
+async fn cleared_faults_no_longer_fire() {
+    let fake = FakeModal::start(config(&[])).await.expect("fake starts");
+    let mut client = client(&fake).await;
+    fake.inject(ModalFault::new(
+        "AppGetOrCreate",
+        100,
+        FaultKind::Status(Code::Unavailable, "no healthy upstream".into()),
+    ));
+    let outage = client
+        .app_get_or_create(AppGetOrCreateRequest {
+            app_name: "runners".into(),
+            environment_name: String::new(),
+            object_creation_type: ObjectCreationType::CreateIfMissing as i32,
+        })
+        .await;
+    assert_eq!(outage.map(|_| ()).map_err(|s| s.code()), Err(Code::Unavailable));
+
+    fake.clear_faults();
+
+    assert!(!app(&mut client, "runners").await.is_empty());
+    fake.shutdown().await;
+}
+
+#[tokio::test]
 async fn create_latency_delays_the_answer() {
     // Arrange
     let fake = FakeModal::start(config(&[])).await.expect("fake starts");

@@ -127,16 +127,19 @@ impl ModalApi {
         F: Fn(ModalClientClient<Channel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
-        self.unary_except(rpc, request, deadline, &[], call).await
+        let key = new_idempotency_key();
+        self.unary_except(rpc, request, deadline, &key, &[], call).await
     }
 
     /// Like `unary`, but the codes in `no_retry` are returned at once to the caller, which
-    /// retries them its own way (a paced create goes back into the queue of slots).
+    /// retries them its own way (a paced create goes back into the queue of slots) under
+    /// the same idempotency `key`: it is still one call.
     pub async fn unary_except<Req, Resp, F, Fut>(
         &self,
         rpc: &'static str,
         request: Req,
         deadline: Duration,
+        key: &str,
         no_retry: &[Code],
         call: F,
     ) -> Result<Resp, ModalError>
@@ -145,14 +148,13 @@ impl ModalApi {
         F: Fn(ModalClientClient<Channel>, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
-        let key = uuid::Uuid::new_v4().to_string();
         let started = Instant::now();
         let (mut attempt, mut throttled) = (0u32, 0u32);
         let mut last_delay = Duration::ZERO;
         loop {
             let mut req = tonic::Request::new(request.clone());
             req.set_timeout(deadline);
-            self.metadata(req.metadata_mut(), &key, attempt, throttled, last_delay);
+            self.metadata(req.metadata_mut(), key, attempt, throttled, last_delay);
             let status = match call(self.client.clone(), req).await {
                 Ok(resp) => return Ok(resp.into_inner()),
                 Err(status) => status,
@@ -196,13 +198,7 @@ impl ModalApi {
     ) -> (ModalClientClient<Channel>, tonic::Request<Req>) {
         let mut req = tonic::Request::new(request);
         req.set_timeout(deadline);
-        self.metadata(
-            req.metadata_mut(),
-            &uuid::Uuid::new_v4().to_string(),
-            0,
-            0,
-            Duration::ZERO,
-        );
+        self.metadata(req.metadata_mut(), &new_idempotency_key(), 0, 0, Duration::ZERO);
         (self.client.clone(), req)
     }
 
@@ -231,6 +227,11 @@ impl ModalApi {
         put("x-throttle-retry-attempt", &throttled.to_string(), false);
         put("x-retry-delay", &format!("{:.3}", delay.as_secs_f64()), false);
     }
+}
+
+/// A fresh `x-idempotency-key`: one per logical call, shared by all its tries.
+pub fn new_idempotency_key() -> String {
+    uuid::Uuid::new_v4().to_string()
 }
 
 /// The wait a server asked for in `grpc-status-details-bin` (an `RPCStatus` holding an

@@ -7,6 +7,7 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use tonic::Code;
 
+use super::client;
 use super::image::RUNNER_HOME;
 use super::proto::generic_result::GenericStatus;
 use super::proto::network_access::NetworkAccessType;
@@ -40,6 +41,8 @@ impl ModalBackend {
         };
         // A create refused for the workspace's rate goes back into the queue of paced
         // slots instead of retrying on its own schedule, where it would collide again.
+        // One idempotency key for every try of this create, paced re-queues included.
+        let key = client::new_idempotency_key();
         let mut refused = 0;
         loop {
             self.pacer.wait().await;
@@ -49,6 +52,7 @@ impl ModalBackend {
                     "SandboxCreate",
                     request.clone(),
                     Duration::from_secs(60),
+                    &key,
                     &[Code::ResourceExhausted],
                     |mut c, r| async move { c.sandbox_create(r).await },
                 )
