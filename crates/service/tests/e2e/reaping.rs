@@ -370,13 +370,22 @@ async fn a_sandbox_past_the_maximum_runtime_is_stopped_by_the_reaper_when_its_ba
         "the sandbox outlived the maximum runtime: {:?}",
         env.live_sandboxes()
     );
-    let row = env.runners().await.into_iter().next().expect("the runner");
+    // The sandbox is stopped before the runner's end is written: wait for the record.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let row = loop {
+        let row = env.runners().await.into_iter().next().expect("the runner");
+        if !row.state.is_live() || tokio::time::Instant::now() >= deadline {
+            break row;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(
         row.failure
             .as_deref()
             .is_some_and(|f| f.contains("maximum runtime")),
-        "{:?}",
-        row.failure
+        "{:?} ({})",
+        row.failure,
+        row.state
     );
     if let Some(modal) = &env.modal {
         let finished = modal.sandboxes()[0].finished.clone().expect("ended");
