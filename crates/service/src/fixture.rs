@@ -201,6 +201,20 @@ impl Fixture {
         self.backend.create(spec).await.expect("sandbox")
     }
 
+    /// A runner left `registered` by an earlier process: registered at GitHub, recorded as
+    /// such, and (maybe) interrupted before its sandbox was created.
+    pub async fn seed_registered(&self, job: u64) -> (RunnerName, JitConfig) {
+        let name = self.plan(job).await;
+        let jit = self.register(&name).await;
+        let patch = RunnerPatch {
+            github_id: Some(jit.runner_id),
+            ..RunnerPatch::default()
+        };
+        self.advance(&name, &[RunnerState::Registering, RunnerState::Registered], patch)
+            .await;
+        (name, jit)
+    }
+
     /// A runner left `running` by an earlier process: registered and its sandbox started.
     /// Returns its JIT config, for `play_runner`.
     pub async fn seed_running(&self, job: u64) -> (RunnerName, JitConfig) {

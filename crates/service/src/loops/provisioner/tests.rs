@@ -93,14 +93,7 @@ async fn a_registration_that_reached_github_before_a_crash_is_deleted_and_the_at
 #[tokio::test]
 async fn a_registered_runner_whose_sandbox_was_created_before_a_crash_is_adopted() {
     let f = Fixture::start().await;
-    let name = f.plan(1).await;
-    let jit = f.register(&name).await;
-    let patch = RunnerPatch {
-        github_id: Some(jit.runner_id),
-        ..RunnerPatch::default()
-    };
-    f.advance(&name, &[RunnerState::Registering, RunnerState::Registered], patch)
-        .await;
+    let (name, jit) = f.seed_registered(1).await;
     f.start_sandbox(&name, &jit).await;
 
     // The reaper, restarted too, does not take the sandbox for an orphan.
@@ -120,14 +113,7 @@ async fn a_registered_runner_whose_sandbox_was_created_before_a_crash_is_adopted
 #[tokio::test]
 async fn a_registered_runner_without_a_sandbox_after_a_crash_loses_its_registration_without_backoff() {
     let f = Fixture::start().await;
-    let name = f.plan(1).await;
-    let jit = f.register(&name).await;
-    let patch = RunnerPatch {
-        github_id: Some(jit.runner_id),
-        ..RunnerPatch::default()
-    };
-    f.advance(&name, &[RunnerState::Registering, RunnerState::Registered], patch)
-        .await;
+    let (name, _) = f.seed_registered(1).await;
 
     pass(&f.provisioner()).await;
     let row = f.row(&name).await;
