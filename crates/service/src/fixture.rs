@@ -331,6 +331,16 @@ impl Fixture {
     }
 }
 
+/// Asserts that `row` is in `state` with a failure reason that contains `reason`.
+pub fn assert_state_and_reason(row: &RunnerRow, state: RunnerState, reason: &str) {
+    assert_eq!(row.state, state, "{row:?}");
+    assert!(
+        row.failure.as_deref().is_some_and(|m| m.contains(reason)),
+        "{:?}",
+        row.failure
+    );
+}
+
 pub fn prefix() -> NamePrefix {
     NamePrefix::parse("modal").expect("prefix")
 }

@@ -5,7 +5,7 @@
 use fakes::github::{FakeGitHubConfig, Fault, FaultRule, Route};
 
 use super::*;
-use crate::fixture::{AUTH_PAUSE, Fixture};
+use crate::fixture::{AUTH_PAUSE, Fixture, assert_state_and_reason};
 use crate::loops::reaper;
 
 /// One pass of the loop: dispatch every runner it would pick up, then wait for them.
@@ -72,14 +72,7 @@ async fn a_registration_that_reached_github_before_a_crash_is_deleted_and_the_at
 
     pass(&f.provisioner()).await;
     let row = f.row(&name).await;
-    assert_eq!(row.state, RunnerState::Failed);
-    assert!(
-        row.failure
-            .as_deref()
-            .is_some_and(|m| m.contains("registered before a restart")),
-        "{:?}",
-        row.failure
-    );
+    assert_state_and_reason(&row, RunnerState::Failed, "registered before a restart");
     assert_eq!(f.backs_off(&name).await, Some(false));
     assert!(
         f.registration(&name).is_none(),
@@ -117,14 +110,7 @@ async fn a_registered_runner_without_a_sandbox_after_a_crash_loses_its_registrat
 
     pass(&f.provisioner()).await;
     let row = f.row(&name).await;
-    assert_eq!(row.state, RunnerState::Failed);
-    assert!(
-        row.failure
-            .as_deref()
-            .is_some_and(|m| m.contains("JIT config lost")),
-        "{:?}",
-        row.failure
-    );
+    assert_state_and_reason(&row, RunnerState::Failed, "JIT config lost");
     assert_eq!(f.backs_off(&name).await, Some(false));
     assert!(f.registration(&name).is_none());
     assert!(f.sandboxes().await.is_empty(), "no sandbox without a JIT config");
@@ -164,14 +150,7 @@ async fn a_name_github_already_has_409_is_deleted_and_the_attempt_ends_without_b
 
     pass(&f.provisioner()).await;
     let row = f.row(&name).await;
-    assert_eq!(row.state, RunnerState::Failed);
-    assert!(
-        row.failure
-            .as_deref()
-            .is_some_and(|m| m.contains("an earlier try registered this name")),
-        "{:?}",
-        row.failure
-    );
+    assert_state_and_reason(&row, RunnerState::Failed, "an earlier try registered this name");
     assert_eq!(f.backs_off(&name).await, Some(false));
     assert!(f.registration(&name).is_none());
     assert_eq!(
@@ -194,14 +173,7 @@ async fn a_registration_whose_answer_was_lost_is_found_deleted_and_never_repeate
 
     pass(&f.provisioner()).await;
     let row = f.row(&name).await;
-    assert_eq!(row.state, RunnerState::Failed);
-    assert!(
-        row.failure
-            .as_deref()
-            .is_some_and(|m| m.contains("a failed try registered this name")),
-        "{:?}",
-        row.failure
-    );
+    assert_state_and_reason(&row, RunnerState::Failed, "a failed try registered this name");
     assert_eq!(f.backs_off(&name).await, Some(false));
     assert_eq!(jit_calls(&f), 1, "not registered a second time");
     assert!(

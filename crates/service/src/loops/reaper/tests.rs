@@ -8,6 +8,7 @@ use super::*;
 use crate::domain::RunnerName;
 use crate::fixture::{
     EXIT_GRACE, Fixture, IDLE_TIMEOUT, LABELS, REGISTRATION_TIMEOUT, REPO, SANDBOX_TIMEOUT,
+    assert_state_and_reason,
 };
 use crate::loops::provisioner::ProvisionerContext;
 use crate::store::RunnerRow;
@@ -35,12 +36,7 @@ async fn provision(ctx: &Arc<ProvisionerContext>) {
 }
 
 fn ended_because(row: &RunnerRow, state: RunnerState, reason: &str) {
-    assert_eq!(row.state, state, "{row:?}");
-    assert!(
-        row.failure.as_deref().is_some_and(|m| m.contains(reason)),
-        "{:?}",
-        row.failure
-    );
+    assert_state_and_reason(row, state, reason);
     assert!(row.ended_at.is_some());
 }
 
