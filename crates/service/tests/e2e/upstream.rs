@@ -365,3 +365,50 @@ async fn a_burst_over_githubs_secondary_limit_is_paced_without_a_limit_error() {
     assert_eq!(waiting, 6, "the other jobs wait for the next window");
     env.shutdown().await;
 }
+
+/// Nine levels of ten aliases: 10^9 nodes once expanded, from under a KiB of YAML.
+fn alias_bomb_workflow() -> String {
+    let mut text = String::from("on: push\nx0: &x0 [a, a, a, a, a, a, a, a, a, a]\n");
+    for level in 1..10 {
+        let refs = vec![format!("*x{}", level - 1); 10].join(", ");
+        text.push_str(&format!("x{level}: &x{level} [{refs}]\n"));
+    }
+    text.push_str("jobs:\n  test:\n    runs-on: [self-hosted, modal]\n    strategy:\n      max-parallel: 1\n      matrix:\n        shard: [1, 2, 3]\n    steps: *x9\n");
+    text
+}
+
+#[tokio::test]
+async fn a_workflow_alias_bomb_from_a_fork_is_refused_and_its_jobs_run_as_unlimited() {
+    // Arrange: the workflow file at the run's commit (a fork's author controls it).
+    let env = World::start(Options::default()).await;
+    let sha = "89abcdef0123456789abcdef0123456789abcdef";
+    env.github
+        .put_file(REPO, ".github/workflows/bomb.yml", sha, &alias_bomb_workflow());
+    let jobs = (1..=3)
+        .map(|i| {
+            JobSpec::new(format!("test ({i})"), ["self-hosted", "modal"]).duration(Duration::from_millis(300))
+        })
+        .collect();
+
+    // Act
+    env.github.queue_run(
+        RunSpec::new(REPO, jobs)
+            .workflow(".github/workflows/bomb.yml", "Bomb")
+            .head_sha(sha),
+    );
+    env.wait_all_completed(Duration::from_secs(60)).await;
+
+    // Assert: refused with a clear line, and planned as if max-parallel were absent.
+    assert!(
+        env.logs()
+            .iter()
+            .any(|l| l.contains("workflow file refused") && l.contains("YAML nodes")),
+        "{}",
+        env.tail_logs(30)
+    );
+    let store = env.store().await;
+    let stored = store.recent_jobs(10).await.expect("jobs");
+    assert_eq!(stored.len(), 3);
+    assert!(stored.iter().all(|j| j.max_parallel == Some(0)), "{stored:?}");
+    env.assert_nothing_left(Duration::from_secs(30)).await;
+}
