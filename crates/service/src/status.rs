@@ -35,7 +35,10 @@ pub async fn report(store: &Store, limit: i64) -> Result<String, StoreError> {
             j.status.as_str(),
             age,
             j.labels,
-            why(j.status, j.max_parallel, tries, j.runner_name.as_deref())
+            j.labels.registrable().map_or_else(
+                |e| format!("refused: {e}"),
+                |()| why(j.status, j.max_parallel, tries, j.runner_name.as_deref())
+            )
         );
     }
     let live: Vec<&RunnerRow> = all_runners.iter().filter(|r| r.state.is_live()).collect();

@@ -1,5 +1,11 @@
 use std::fmt;
 
+/// Most labels GitHub accepts on one runner registration.
+pub const MAX_LABELS: usize = 100;
+
+/// Longest label the service registers.
+pub const MAX_LABEL_LEN: usize = 256;
+
 /// The labels a job asks for (`runs-on`), deduplicated case-insensitively.
 ///
 /// GitHub compares labels without regard to case, so two jobs asking for `[self-hosted, Modal]`
@@ -61,6 +67,32 @@ impl LabelSet {
         self.labels.is_empty()
     }
 
+    /// Whether GitHub would register a runner with these labels. It takes 1 to 100 labels
+    /// (docs/github.md §2.1); per label it documents no rule, so the service refuses what
+    /// cannot travel intact: a comma (the runner's own configuration splits on it), a
+    /// control character, or more than [`MAX_LABEL_LEN`] bytes. A job refused here would
+    /// be refused by GitHub at every registration, so it is never planned.
+    pub fn registrable(&self) -> Result<(), String> {
+        if self.labels.len() > MAX_LABELS {
+            return Err(format!(
+                "the job asks for {} labels; GitHub registers a runner with at most {MAX_LABELS}",
+                self.labels.len()
+            ));
+        }
+        for label in &self.labels {
+            let shown: String = label.chars().take(40).flat_map(char::escape_default).collect();
+            if label.len() > MAX_LABEL_LEN {
+                return Err(format!("label {shown}… is longer than {MAX_LABEL_LEN} bytes"));
+            }
+            if label.contains(',') || label.chars().any(char::is_control) {
+                return Err(format!(
+                    "label \"{shown}\" holds a comma or a control character, which GitHub would refuse"
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether the set holds `label`, ignoring case.
     pub fn contains(&self, label: &str) -> bool {
         self.labels.iter().any(|l| l.eq_ignore_ascii_case(label))
@@ -76,6 +108,31 @@ impl fmt::Display for LabelSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn more_than_a_hundred_labels_cannot_be_registered() {
+        let at_limit: Vec<String> = (0..MAX_LABELS).map(|i| format!("l{i}")).collect();
+        assert_eq!(LabelSet::new(&at_limit).registrable(), Ok(()));
+        let over: Vec<String> = (0..=MAX_LABELS).map(|i| format!("l{i}")).collect();
+        let err = LabelSet::new(&over).registrable().expect_err("101 labels");
+        assert!(err.contains("101 labels"), "{err}");
+    }
+
+    #[test]
+    fn labels_with_commas_control_characters_or_too_long_cannot_be_registered() {
+        for bad in ["a,b", "tab\there", "new\nline"] {
+            let err = LabelSet::new(["modal", bad]).registrable().expect_err(bad);
+            assert!(err.contains("comma or a control character"), "{err}");
+            assert!(!err.contains('\n'), "the reason stays on one line: {err}");
+        }
+        let long = "x".repeat(MAX_LABEL_LEN + 1);
+        assert!(LabelSet::new(["modal", long.as_str()]).registrable().is_err());
+        let fits = "x".repeat(MAX_LABEL_LEN);
+        assert_eq!(
+            LabelSet::new(["modal", fits.as_str(), "gpu=a10g", "ünïcode"]).registrable(),
+            Ok(())
+        );
+    }
 
     #[test]
     fn labels_that_differ_only_in_case_share_a_key() {

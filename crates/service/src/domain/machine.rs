@@ -135,9 +135,10 @@ impl Default for MachinePolicy {
 }
 
 impl MachinePolicy {
-    /// Whether a job's labels ask for something this deployment allows; the error says what
-    /// and which variable allows it.
+    /// Whether a job's labels can be registered and ask for something this deployment
+    /// allows; the error says what, and which variable allows it.
     pub fn check(&self, labels: &LabelSet) -> Result<MachineSpec, String> {
+        labels.registrable()?;
         let spec = MachineSpec::from_labels(labels)?;
         if let Some(cpu) = spec.cpu.filter(|c| *c > self.max_cpu) {
             return Err(format!("cpu={cpu} is above SANDBOX_MAX_CPU={}", self.max_cpu));

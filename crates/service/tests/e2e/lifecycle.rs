@@ -267,6 +267,43 @@ async fn a_badly_signed_delivery_is_refused_and_sigterm_exits_cleanly() {
     assert_eq!(env.stop_service().await, Some(0), "SIGTERM is a clean exit");
 }
 
+#[tokio::test]
+async fn a_job_with_labels_github_would_refuse_gets_no_registration_and_status_says_why() {
+    // Arrange: 101 labels, one more than a registration may carry.
+    let env = World::start(Options::default()).await;
+    let labels: Vec<String> = LABELS
+        .iter()
+        .map(|l| l.to_string())
+        .chain((0..99).map(|i| format!("extra{i}")))
+        .collect();
+
+    // Act: the job is recorded, then several planning passes go by.
+    env.github
+        .queue_run(RunSpec::new(REPO, vec![JobSpec::new("build", labels)]));
+    let recorded = wait(Duration::from_secs(10), || {
+        env.github.deliveries().iter().any(|d| d.status_code == Some(202))
+    })
+    .await;
+    assert!(recorded, "{}", env.tail_logs(20));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // Assert: no registration was tried, and the operator sees why.
+    let tried = env
+        .github
+        .calls()
+        .into_iter()
+        .filter(|c| c.path.ends_with("/generate-jitconfig"))
+        .count();
+    assert_eq!(tried, 0, "registrations tried");
+    let report = modal_github_runner::status::report(&env.store().await, 10)
+        .await
+        .expect("report");
+    assert!(
+        report.contains("refused: the job asks for 101 labels"),
+        "{report}"
+    );
+}
+
 both_backends!(
     a_queued_job_runs_on_a_fresh_jit_runner_and_leaves_nothing_behind,
     a_job_cancelled_before_pickup_has_its_runner_deregistered_and_stopped,

@@ -350,6 +350,32 @@ fn jobs_asking_for_a_machine_the_policy_forbids_are_refused_not_planned() {
     );
 }
 
+#[test]
+fn jobs_whose_labels_github_would_refuse_are_refused_not_planned() {
+    let mut many = job(1, JobStatus::Queued);
+    let labels: Vec<String> = ["self-hosted", "modal"]
+        .into_iter()
+        .map(String::from)
+        .chain((0..99).map(|i| format!("extra{i}")))
+        .collect();
+    many.labels = LabelSet::new(&labels);
+    let mut comma = job(2, JobStatus::Queued);
+    comma.labels = LabelSet::new(["self-hosted", "modal", "a,b"]);
+    let intents = plan(
+        &snapshot(vec![many, comma, job(3, JobStatus::Queued)], vec![]),
+        &limits(50),
+    );
+    assert_eq!(created(&intents), ["modal-3-1"]);
+    let refused: Vec<JobId> = intents
+        .iter()
+        .filter_map(|i| match i {
+            Intent::Refuse { job, .. } => Some(*job),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refused, [JobId(1), JobId(2)]);
+}
+
 /// A planned runner for job 2, which went away, in another pool than job 1's.
 fn planned_elsewhere() -> LiveRunner {
     let mut r = runner(2, 1, RunnerState::Pending);
