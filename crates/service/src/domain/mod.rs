@@ -3,6 +3,8 @@
 //! normalised, a `RunnerName` fits GitHub's 64-character limit.
 
 mod event;
+#[cfg(test)]
+mod fuzz;
 mod job;
 mod labels;
 mod machine;

@@ -11,4 +11,6 @@ pub use event::{EventError, parse as parse_event};
 pub use handler::{Ingress, router};
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests;

@@ -16,9 +16,9 @@ use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::wake::Wake;
 
-const SECRET: &str = "It's a Secret to Everybody";
+pub(super) const SECRET: &str = "It's a Secret to Everybody";
 
-async fn ingress(allow: &str) -> Ingress {
+pub(super) async fn ingress(allow: &str) -> Ingress {
     Ingress {
         secret: Arc::new(SecretString::from(SECRET)),
         label: Arc::from("modal"),

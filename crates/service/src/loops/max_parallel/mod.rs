@@ -15,6 +15,8 @@ use crate::github::{GitHub, GitHubError};
 use crate::store::{RunStrategy, Store, StoreError, StrategyUpdate, UnresolvedRun};
 use crate::wake::{Wake, next_round};
 
+#[cfg(test)]
+mod fuzz;
 mod workflow;
 
 pub use workflow::{WorkflowError, WorkflowJob, match_job, parse_workflow};
