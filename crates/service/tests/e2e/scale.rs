@@ -208,7 +208,34 @@ async fn a_kill_during_a_registration_is_recovered_by_name_and_reuses_no_name(ki
     );
 }
 
+async fn jobs_in_ten_repositories_get_one_registration_each_and_few_calls(kind: Kind) {
+    // Arrange: two jobs in each of ten repositories; runners of one pool may swap jobs.
+    let repos: Vec<String> = (0..10).map(|i| format!("octo/repo{i}")).collect();
+    let env = World::start(Options::backend(kind).with("ALLOWED_REPOS", &repos.join(","))).await;
+
+    // Act
+    for repo in &repos {
+        let jobs = (0..2)
+            .map(|i| {
+                JobSpec::new(format!("job {i}"), ["self-hosted", "modal"]).duration(Duration::from_secs(1))
+            })
+            .collect();
+        env.github.queue_run(RunSpec::new(repo, jobs));
+    }
+    env.wait_all_completed(Duration::from_secs(60)).await;
+    env.assert_nothing_left(Duration::from_secs(30)).await;
+
+    // Assert: one registration per job, none deleted as surplus, and at most four calls
+    // per job end to end (the registration and the max-parallel lookup included).
+    let calls = env.github.calls();
+    let count = |route: Route| calls.iter().filter(|c| c.route == route).count();
+    assert_eq!(count(Route::GenerateJitConfig), 20, "registrations");
+    assert_eq!(count(Route::DeleteRunner), 0, "deletions");
+    assert!(calls.len() <= 4 * 20, "{} calls for 20 jobs", calls.len());
+}
+
 both_backends!(
+    jobs_in_ten_repositories_get_one_registration_each_and_few_calls,
     twenty_concurrent_jobs_over_three_label_sets_all_complete,
     a_matrix_with_max_parallel_two_never_has_more_than_two_live_runners,
     a_kill_during_a_registration_is_recovered_by_name_and_reuses_no_name,
