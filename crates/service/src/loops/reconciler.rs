@@ -51,11 +51,20 @@ pub struct PassReport {
     pub redelivered: usize,
 }
 
+/// What the reconciler remembers between passes.
+#[derive(Debug, Default)]
+pub struct PassState {
+    /// Redelivery requests per GUID, so a delivery that keeps failing is not requested forever.
+    redelivered: HashMap<String, u32>,
+    /// The last job the stuck-job refresh looked up: the next pass starts after it.
+    refreshed_up_to: Option<JobId>,
+}
+
 /// Reconciles at start-up and then every `interval`, until `stop`.
 pub async fn run(ctx: Arc<ReconcilerContext>, stop: CancellationToken) {
-    let mut redelivered: HashMap<String, u32> = HashMap::new();
+    let mut state = PassState::default();
     loop {
-        match pass(&ctx, &mut redelivered).await {
+        match pass(&ctx, &mut state).await {
             Ok(r) if r != PassReport::default() => tracing::info!(
                 jobs = r.jobs_seen,
                 stale = r.stale_refreshed,
@@ -72,22 +81,18 @@ pub async fn run(ctx: Arc<ReconcilerContext>, stop: CancellationToken) {
     }
 }
 
-/// One pass. `redelivered` counts redelivery requests per GUID across passes, so a
-/// delivery that keeps failing is not requested forever.
-pub async fn pass(
-    ctx: &ReconcilerContext,
-    redelivered: &mut HashMap<String, u32>,
-) -> Result<PassReport, ReconcileError> {
+/// One pass.
+pub async fn pass(ctx: &ReconcilerContext, state: &mut PassState) -> Result<PassReport, ReconcileError> {
     let mut report = PassReport::default();
     let mut seen = HashSet::new();
     for repo in repos(ctx).await? {
         check_headroom(&ctx.github)?;
         report.jobs_seen += poll_repo(ctx, &repo, &mut seen).await?;
     }
-    report.stale_refreshed = refresh_unseen(ctx, &seen).await?;
+    report.stale_refreshed = refresh_unseen(ctx, &seen, &mut state.refreshed_up_to).await?;
     for hook in &ctx.settings.hooks {
         check_headroom(&ctx.github)?;
-        report.redelivered += redeliver_failed(ctx, hook, redelivered).await?;
+        report.redelivered += redeliver_failed(ctx, hook, &mut state.redelivered).await?;
     }
     if report.jobs_seen + report.stale_refreshed > 0 {
         ctx.wake.planner.notify_one();
@@ -143,26 +148,32 @@ async fn poll_repo(
     Ok(count)
 }
 
-/// Open jobs of the store that no polled run held: fetched one by one (at most 50 a
-/// pass, oldest first) once they are older than one interval.
-async fn refresh_unseen(ctx: &ReconcilerContext, seen: &HashSet<JobId>) -> Result<usize, ReconcileError> {
+/// Most stuck jobs looked up one by one in a pass.
+const REFRESH_PER_PASS: usize = 50;
+
+/// Open jobs of the store that no polled run held, looked up one by one once they are
+/// older than one interval: at most [`REFRESH_PER_PASS`] a pass, in turn, so jobs that
+/// never change cannot keep the others from being looked up.
+async fn refresh_unseen(
+    ctx: &ReconcilerContext,
+    seen: &HashSet<JobId>,
+    up_to: &mut Option<JobId>,
+) -> Result<usize, ReconcileError> {
     let cutoff =
         ctx.clock.now_millis() - i64::try_from(ctx.settings.interval.as_millis()).unwrap_or(i64::MAX);
-    let mut refreshed = 0;
-    for job in ctx
+    let stale: Vec<(JobId, RepoName)> = ctx
         .store
         .open_jobs()
         .await?
         .into_iter()
-        .filter(|j| !seen.contains(&j.id) && j.first_seen_at < cutoff)
-        .take(50)
-    {
-        let repo = job.repo;
-        if !ctx.settings.allow.allows(&repo) {
-            continue;
-        }
+        .filter(|j| !seen.contains(&j.id) && j.first_seen_at < cutoff && ctx.settings.allow.allows(&j.repo))
+        .map(|j| (j.id, j.repo))
+        .collect();
+    let mut refreshed = 0;
+    for (id, repo) in in_turn(stale, *up_to, REFRESH_PER_PASS) {
         check_headroom(&ctx.github)?;
-        match ctx.github.get_job(&repo, job.id.0).await {
+        *up_to = Some(id);
+        match ctx.github.get_job(&repo, id.0).await {
             Ok(remote) => {
                 if let Some(event) = to_event(&repo, remote, &ctx.settings.label) {
                     ctx.store.record(None, event, EventSource::Poll).await?;
@@ -170,12 +181,21 @@ async fn refresh_unseen(ctx: &ReconcilerContext, seen: &HashSet<JobId>) -> Resul
                 }
             }
             Err(GitHubError::NotFound) => {
-                tracing::warn!(repo = %repo, job.id = %job.id, "job no longer exists at GitHub")
+                tracing::warn!(repo = %repo, job.id = %id, "job no longer exists at GitHub")
             }
             Err(e) => return Err(e.into()),
         }
     }
     Ok(refreshed)
+}
+
+/// Up to `n` of `items`, in job id order, starting after `after` and wrapping around.
+fn in_turn<T>(mut items: Vec<(JobId, T)>, after: Option<JobId>, n: usize) -> Vec<(JobId, T)> {
+    items.sort_by_key(|(id, _)| *id);
+    let start = after.map_or(0, |a| items.partition_point(|(id, _)| *id <= a));
+    items.rotate_left(start);
+    items.truncate(n);
+    items
 }
 
 /// A polled job as an event, if it asks for our label.
@@ -296,6 +316,19 @@ mod tests {
         assert_eq!(e.runner_name.as_deref(), Some("modal-1-1"));
         let e = to_event(&repo, remote("pending", &["modal"]), "modal").expect("ours");
         assert_eq!(e.status, JobStatus::Waiting, "pending jobs are not runnable");
+    }
+
+    #[test]
+    fn stuck_jobs_are_looked_up_in_turn_not_always_the_oldest() {
+        let ids = |v: Vec<(JobId, ())>| v.into_iter().map(|(id, ())| id.0).collect::<Vec<_>>();
+        let items = || (1..=7).rev().map(|i| (JobId(i), ())).collect::<Vec<_>>();
+        assert_eq!(ids(in_turn(items(), None, 3)), [1, 2, 3]);
+        assert_eq!(ids(in_turn(items(), Some(JobId(3)), 3)), [4, 5, 6]);
+        assert_eq!(ids(in_turn(items(), Some(JobId(6)), 3)), [7, 1, 2]);
+        // The job the cursor named may have closed meanwhile.
+        let without_4: Vec<_> = items().into_iter().filter(|(id, ())| id.0 != 4).collect();
+        assert_eq!(ids(in_turn(without_4, Some(JobId(4)), 2)), [5, 6]);
+        assert_eq!(ids(in_turn(items(), Some(JobId(99)), 2)), [1, 2]);
     }
 
     #[test]
