@@ -252,7 +252,7 @@ async fn redeliver_failed(
             }
             if d.status_code.is_some_and(|c| (200..300).contains(&c)) {
                 succeeded.insert(d.guid);
-            } else {
+            } else if failed_in_transit(d.status_code) {
                 // Newest first: the first failure seen is the latest attempt.
                 latest_failure.entry(d.guid).or_insert(d.id);
             }
@@ -277,6 +277,17 @@ async fn redeliver_failed(
         count += 1;
     }
     Ok(count)
+}
+
+/// Whether a failed delivery is worth redelivering: it never got an answer (GitHub records
+/// 0 for a timeout or a refused connection), or the service failed to record it (5xx).
+/// A 4xx is a refusal on purpose (a bad signature, a repository not allowed, a body too
+/// large): the same body would be refused again.
+fn failed_in_transit(status: Option<u16>) -> bool {
+    match status {
+        None | Some(0) => true,
+        Some(code) => code >= 500 || code == 408 || code == 429,
+    }
 }
 
 /// RFC 3339 (`2026-11-28T10:00:00Z`) to Unix milliseconds.
@@ -329,6 +340,24 @@ mod tests {
         let without_4: Vec<_> = items().into_iter().filter(|(id, ())| id.0 != 4).collect();
         assert_eq!(ids(in_turn(without_4, Some(JobId(4)), 2)), [5, 6]);
         assert_eq!(ids(in_turn(items(), Some(JobId(99)), 2)), [1, 2]);
+    }
+
+    #[test]
+    fn only_deliveries_that_failed_in_transit_are_redelivered() {
+        for lost in [
+            None,
+            Some(0),
+            Some(500),
+            Some(502),
+            Some(503),
+            Some(408),
+            Some(429),
+        ] {
+            assert!(failed_in_transit(lost), "{lost:?}");
+        }
+        for refused in [400, 401, 403, 404, 413, 415, 422] {
+            assert!(!failed_in_transit(Some(refused)), "{refused}");
+        }
     }
 
     #[test]

@@ -6,13 +6,13 @@
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
-use fakes::github::{CallRecord, DeliveryMode, Route};
+use fakes::github::{CallRecord, DeliveryMode, Route, WebhookTarget};
 use modal_github_runner::domain::{JobId, RepoName};
 use modal_github_runner::github::JitRequest;
 
 use crate::helpers::{
-    BIN, Kind, Options, REPO, StoreWriteLock, World, as_process, github_client, jobs, recorded_deliveries,
-    wait,
+    BIN, Kind, Options, REPO, SECRET, StoreWriteLock, World, as_process, github_client, jobs,
+    recorded_deliveries, wait,
 };
 
 fn fast_reconcile(kind: Kind) -> Options {
@@ -81,6 +81,60 @@ async fn failed_deliveries_are_redelivered_through_the_deliveries_api() {
         env.tail_logs(30)
     );
     env.assert_nothing_left(Duration::from_secs(20)).await;
+}
+
+#[tokio::test]
+async fn deliveries_refused_on_purpose_are_never_redelivered_and_lost_ones_are() {
+    // Arrange: the hook is signed with a wrong secret, so its deliveries are refused (401).
+    let env = World::start(
+        Options::default()
+            .with("ALLOWED_REPOS", REPO)
+            .with("WEBHOOK_HOOK_ID", "1")
+            .with("RECONCILE_INTERVAL_SECS", "1"),
+    )
+    .await;
+    let hook = |secret: &str| WebhookTarget::json(env.url("/webhook"), secret);
+    env.github.set_webhook(hook("not-the-webhook-secret"));
+    let refused_run = env.github.queue_run(jobs(1, 200));
+    let refused = env
+        .github
+        .wait_until(Duration::from_secs(10), |gh| {
+            gh.deliveries().iter().any(|d| d.status_code == Some(401))
+        })
+        .await;
+    assert!(refused);
+
+    // Act: the secret is fixed; from now on every first delivery is lost. Several
+    // reconcile passes go by while both jobs run.
+    env.github.set_webhook(hook(SECRET));
+    env.github.set_delivery_filter(|d| {
+        if d.redelivery {
+            DeliveryMode::Deliver
+        } else {
+            DeliveryMode::Drop
+        }
+    });
+    let lost_run = env.github.queue_run(jobs(1, 200));
+    env.wait_all_completed(Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    // Assert: the lost deliveries were redelivered; the refused one never was.
+    let deliveries = env.github.deliveries();
+    let of_job = |id: u64| deliveries.iter().filter(move |d| d.job_id == Some(id));
+    assert!(
+        of_job(lost_run.job_ids[0]).any(|d| d.redelivery && d.status_code == Some(202)),
+        "the lost delivery was redelivered: {deliveries:?}"
+    );
+    let refused: Vec<_> = of_job(refused_run.job_ids[0])
+        .filter(|d| d.status_code == Some(401))
+        .collect();
+    assert_eq!(refused.len(), 1, "{deliveries:?}");
+    assert!(
+        !deliveries
+            .iter()
+            .any(|d| d.guid == refused[0].guid && d.redelivery),
+        "a refused delivery was redelivered: {deliveries:?}"
+    );
 }
 
 #[tokio::test]
