@@ -231,6 +231,7 @@ impl Application {
             wake: self.wake.clone(),
             settings: s.reconciler.clone(),
             clock: self.clock.clone(),
+            metrics: self.metrics.clone(),
         });
         let st = stop.clone();
         tasks.spawn(async move {

@@ -14,7 +14,7 @@ use tempfile::TempDir;
 
 use crate::backend::{Backend, LocalBackend, LocalConfig, SandboxSpec};
 use crate::clock::ManualClock;
-use crate::config::{ProvisionerSettings, ReaperSettings};
+use crate::config::{ProvisionerSettings, ReaperSettings, ReconcilerSettings};
 use crate::domain::JobEvent;
 use crate::domain::{
     JobId, JobStatus, LabelSet, MachineSpec, NamePrefix, RepoAllowList, RepoName, RunnerName, RunnerState,
@@ -22,6 +22,7 @@ use crate::domain::{
 use crate::github::{Credentials, GitHub, GitHubConfig, JitConfig, JitRequest};
 use crate::loops::provisioner::ProvisionerContext;
 use crate::loops::reaper::ReaperContext;
+use crate::loops::reconciler::ReconcilerContext;
 use crate::metrics::Metrics;
 use crate::pace::Window;
 use crate::retry::Backoff;
@@ -141,6 +142,24 @@ impl Fixture {
         }
     }
 
+    /// A reconciler as a freshly started service has it, serving `allow`.
+    pub fn reconciler(&self, allow: &str) -> ReconcilerContext {
+        ReconcilerContext {
+            store: self.store.clone(),
+            github: self.github.clone(),
+            wake: self.wake.clone(),
+            settings: ReconcilerSettings {
+                label: "modal".into(),
+                allow: RepoAllowList::parse(allow).expect("allowlist"),
+                interval: Duration::from_secs(60),
+                hooks: Vec::new(),
+                redeliver_window: Duration::from_secs(3600),
+            },
+            clock: self.clock.clone().into(),
+            metrics: Arc::new(Metrics::new()),
+        }
+    }
+
     /// Plans the first runner for `job` (state `pending`) and returns its name.
     pub async fn plan(&self, job: u64) -> RunnerName {
         let name = RunnerName::for_job(&prefix(), JobId(job), 1);
@@ -247,6 +266,12 @@ impl Fixture {
         })
     }
 
+    /// Records that `job` of `repo` was queued.
+    pub async fn queued(&self, job: u64, repo: &str) {
+        let repo = RepoName::parse(repo).expect("repo");
+        self.job_event_in(&repo, job, None, JobStatus::Queued).await;
+    }
+
     /// Records that `runner` took `job` (its `in_progress` event).
     pub async fn took(&self, job: u64, runner: &RunnerName) {
         self.job_event(job, runner, JobStatus::InProgress).await;
@@ -258,6 +283,10 @@ impl Fixture {
     }
 
     async fn job_event(&self, job: u64, runner: &RunnerName, status: JobStatus) {
+        self.job_event_in(&self.repo, job, Some(runner), status).await;
+    }
+
+    async fn job_event_in(&self, repo: &RepoName, job: u64, runner: Option<&RunnerName>, status: JobStatus) {
         let event = JobEvent {
             action: status.as_str().into(),
             status,
@@ -269,8 +298,8 @@ impl Fixture {
             head_sha: None,
             conclusion: (status == JobStatus::Completed).then(|| "success".into()),
             labels: LabelSet::new(LABELS),
-            runner_name: Some(runner.to_string()),
-            repo: self.repo.clone(),
+            runner_name: runner.map(RunnerName::to_string),
+            repo: repo.clone(),
             queued_for: None,
         };
         self.store

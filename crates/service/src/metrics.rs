@@ -25,6 +25,7 @@ pub struct Metrics {
     startup_seconds: Histogram,
     rate_limit_remaining: Gauge,
     upstream_errors: Family<Labels1, Counter>,
+    jobs_abandoned: Family<Labels1, Counter>,
 }
 
 impl Default for Metrics {
@@ -47,6 +48,7 @@ impl Metrics {
             startup_seconds: Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0]),
             rate_limit_remaining: Gauge::default(),
             upstream_errors: Family::default(),
+            jobs_abandoned: Family::default(),
         };
         registry.register("webhooks", "Webhook deliveries by outcome", m.webhooks.clone());
         registry.register(
@@ -81,6 +83,11 @@ impl Metrics {
             "Failed GitHub and backend calls, by kind",
             m.upstream_errors.clone(),
         );
+        registry.register(
+            "jobs_abandoned",
+            "Jobs closed without a completed event, by reason",
+            m.jobs_abandoned.clone(),
+        );
         if let Ok(mut slot) = m.registry.lock() {
             *slot = registry;
         }
@@ -105,6 +112,10 @@ impl Metrics {
 
     pub fn upstream_error(&self, kind: &'static str) {
         self.upstream_errors.get_or_create(&[("kind", kind)]).inc();
+    }
+
+    pub fn job_abandoned(&self, reason: &'static str) {
+        self.jobs_abandoned.get_or_create(&[("reason", reason)]).inc();
     }
 
     pub fn job_started_after(&self, seconds: f64) {

@@ -56,9 +56,14 @@ pub async fn report(store: &Store, limit: i64) -> Result<String, StoreError> {
     let recent = store.recent_jobs(limit).await?;
     let _ = writeln!(out, "\nrecent jobs ({}):", recent.len());
     for j in recent {
+        let closed = j
+            .closed_reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "  {} {} {:<11} {:<10} runner={}",
+            "  {} {} {:<11} {:<10} runner={}{closed}",
             j.repo,
             j.id,
             j.status.as_str(),

@@ -108,6 +108,10 @@ pub struct ServeArgs {
         value_parser = parse::positive::<usize>("MAX_RUNNERS")
     )]
     pub max_runners: usize,
+    /// Runners a job may have that never ran it (failed, or ended idle) before the job is
+    /// abandoned with the reason; 0: no limit.
+    #[arg(long, env = "MAX_ATTEMPTS_PER_JOB", default_value = "3", value_name = "N")]
+    pub max_attempts_per_job: u32,
     /// A sandbox is stopped after this many seconds (at most 86400).
     #[arg(
         long,

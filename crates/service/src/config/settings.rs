@@ -169,6 +169,7 @@ impl Settings {
                 prefix: prefix.clone(),
                 strategy_grace: STRATEGY_GRACE,
                 machine,
+                max_attempts: args.max_attempts_per_job,
             },
             provisioner: ProvisionerSettings {
                 runner_group_id: args.runner_group_id,

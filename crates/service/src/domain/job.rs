@@ -61,6 +61,46 @@ impl fmt::Display for JobStatus {
     }
 }
 
+/// Why the service closed a job that never got its `completed` event. Without these rules
+/// such a job would get a fresh runner every idle timeout, forever (docs/design.md §5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Abandoned {
+    /// Its repository left `ALLOWED_REPOS` (its `completed` webhook would be refused).
+    RepoNotAllowed,
+    /// GitHub answers 404 for it.
+    GoneAtGitHub,
+    /// Queued longer than GitHub lets a job wait (24 hours), after which GitHub fails it.
+    QueuedTooLong,
+    /// This many runners were made for it and none ran it (`MAX_ATTEMPTS_PER_JOB`).
+    TooManyAttempts(u32),
+}
+
+impl Abandoned {
+    /// The metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Abandoned::RepoNotAllowed => "repo_not_allowed",
+            Abandoned::GoneAtGitHub => "gone_at_github",
+            Abandoned::QueuedTooLong => "queued_too_long",
+            Abandoned::TooManyAttempts(_) => "too_many_attempts",
+        }
+    }
+}
+
+impl fmt::Display for Abandoned {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Abandoned::RepoNotAllowed => f.write_str("its repository is no longer in ALLOWED_REPOS"),
+            Abandoned::GoneAtGitHub => f.write_str("GitHub no longer has it (404)"),
+            Abandoned::QueuedTooLong => f.write_str("queued longer than GitHub's 24-hour limit"),
+            Abandoned::TooManyAttempts(n) => write!(
+                f,
+                "{n} runners were made for it and none ran it (MAX_ATTEMPTS_PER_JOB)"
+            ),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

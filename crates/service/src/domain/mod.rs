@@ -12,7 +12,7 @@ mod repo;
 mod runner;
 
 pub use event::JobEvent;
-pub use job::{JobId, JobStatus};
+pub use job::{Abandoned, JobId, JobStatus};
 pub use labels::LabelSet;
 pub use machine::{Gpu, MachinePolicy, MachineSpec};
 pub use repo::{RepoAllowList, RepoName, RepoNameError};

@@ -18,7 +18,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::domain::{JobId, JobStatus, MachinePolicy, NamePrefix, RepoName, RunnerName, RunnerState};
+use crate::domain::{
+    Abandoned, JobId, JobStatus, MachinePolicy, NamePrefix, RepoName, RunnerName, RunnerState,
+};
 use crate::metrics::Metrics;
 use crate::retry::job_retry_delay;
 use crate::store::{AttemptStats, JobRow, LiveRunner, NewRunner, RunnerPatch, Store, StoreError};
@@ -35,6 +37,9 @@ pub struct Limits {
     pub strategy_grace: Duration,
     /// What machines (`cpu=`, `memory=`, `gpu=` labels) jobs may ask for.
     pub machine: MachinePolicy,
+    /// `MAX_ATTEMPTS_PER_JOB`: runners with a sandbox that failed or ended idle before a
+    /// job is abandoned.
+    pub max_attempts: u32,
 }
 
 /// The store as the planner sees it at one instant.
@@ -60,6 +65,12 @@ pub enum Intent {
         job: JobId,
         repo: RepoName,
         reason: String,
+    },
+    /// A job that had `MAX_ATTEMPTS_PER_JOB` runners, none of which ran it: close it.
+    Abandon {
+        job: JobId,
+        repo: RepoName,
+        why: Abandoned,
     },
 }
 
@@ -111,7 +122,13 @@ pub fn plan(s: &Snapshot, limits: &Limits) -> Vec<Intent> {
     }
 
     for job in s.jobs.iter().filter(|j| j.status == JobStatus::Queued) {
-        if let Err(reason) = limits.machine.check(&job.labels) {
+        if let Some(tries) = exhausted(s, job.id, limits) {
+            intents.push(Intent::Abandon {
+                job: job.id,
+                repo: job.repo.clone(),
+                why: Abandoned::TooManyAttempts(tries),
+            });
+        } else if let Err(reason) = limits.machine.check(&job.labels) {
             intents.push(Intent::Refuse {
                 job: job.id,
                 repo: job.repo.clone(),
@@ -162,7 +179,7 @@ fn eligible_jobs<'a>(s: &'a Snapshot, limits: &Limits) -> Vec<&'a JobRow> {
     queued.sort_by_key(|j| j.id);
     for job in queued {
         let resolved = job.max_parallel.is_some() || s.now - job.first_seen_at >= grace;
-        if !resolved || limits.machine.check(&job.labels).is_err() {
+        if !resolved || limits.machine.check(&job.labels).is_err() || exhausted(s, job.id, limits).is_some() {
             continue;
         }
         match (job.max_parallel, &job.mp_group) {
@@ -208,6 +225,12 @@ fn creations<'a>(
             (*job, runner)
         })
         .collect()
+}
+
+/// The failed attempts of a job that has had all it may have, if it has.
+fn exhausted(s: &Snapshot, job: JobId, limits: &Limits) -> Option<u32> {
+    let wasted = s.attempts.get(&job).map_or(0, |a| a.wasted);
+    (limits.max_attempts > 0 && wasted >= limits.max_attempts).then_some(wasted)
 }
 
 fn backing_off(s: &Snapshot, job: JobId) -> bool {
@@ -288,6 +311,12 @@ async fn apply(ctx: &PlannerContext, s: &Snapshot, intents: Vec<Intent>) -> Resu
                     .unwrap_or(false)
                 {
                     tracing::warn!(repo = %repo, job.id = %job, runner.name = "", "job gets no runner: {reason}");
+                }
+            }
+            Intent::Abandon { job, repo, why } => {
+                if ctx.store.abandon_job(job, &why).await? {
+                    ctx.metrics.job_abandoned(why.kind());
+                    tracing::warn!(repo = %repo, job.id = %job, runner.name = "", "job abandoned: {why}");
                 }
             }
             Intent::Cancel(name) => {

@@ -258,9 +258,12 @@ async fn check_idle(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapError
         return Ok(());
     }
     if age > millis(ctx.settings.idle_timeout) {
+        // Its job is still queued (a surplus runner is retired by the planner long before),
+        // so an idle end is a failed attempt: it backs off and counts toward
+        // MAX_ATTEMPTS_PER_JOB.
         let reason = format!("idle without a job for {}s", ctx.settings.idle_timeout.as_secs());
-        let patch = RunnerPatch::ended_because(reason.clone());
-        if remove(ctx, r, RunnerState::Running, RunnerState::Done, patch).await? {
+        let patch = RunnerPatch::failed(reason.clone(), true);
+        if remove(ctx, r, RunnerState::Running, RunnerState::Failed, patch).await? {
             ctx.metrics.runner_retired("idle");
             tracing::info!("runner {reason}; removed");
             ctx.wake.planner.notify_one();

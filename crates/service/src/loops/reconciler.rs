@@ -18,8 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 use crate::config::ReconcilerSettings;
-use crate::domain::{JobEvent, JobId, JobStatus, LabelSet, RepoName};
+use crate::domain::{Abandoned, JobEvent, JobId, JobStatus, LabelSet, RepoName};
 use crate::github::{GitHub, GitHubError, Hook, RemoteJob};
+use crate::metrics::Metrics;
 use crate::store::{EventSource, Store, StoreError};
 use crate::wake::Wake;
 
@@ -31,6 +32,7 @@ pub struct ReconcilerContext {
     pub settings: ReconcilerSettings,
     /// Tells which stored jobs are old enough to look up and which deliveries are recent.
     pub clock: Clock,
+    pub metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +51,7 @@ pub struct PassReport {
     pub jobs_seen: usize,
     pub stale_refreshed: usize,
     pub redelivered: usize,
+    pub abandoned: usize,
 }
 
 /// What the reconciler remembers between passes.
@@ -69,6 +72,7 @@ pub async fn run(ctx: Arc<ReconcilerContext>, stop: CancellationToken) {
                 jobs = r.jobs_seen,
                 stale = r.stale_refreshed,
                 redelivered = r.redelivered,
+                abandoned = r.abandoned,
                 "reconciled with GitHub"
             ),
             Ok(_) => {}
@@ -83,7 +87,10 @@ pub async fn run(ctx: Arc<ReconcilerContext>, stop: CancellationToken) {
 
 /// One pass.
 pub async fn pass(ctx: &ReconcilerContext, state: &mut PassState) -> Result<PassReport, ReconcileError> {
-    let mut report = PassReport::default();
+    let mut report = PassReport {
+        abandoned: close_unreachable(ctx).await?,
+        ..PassReport::default()
+    };
     let mut seen = HashSet::new();
     for repo in repos(ctx).await? {
         check_headroom(&ctx.github)?;
@@ -94,7 +101,7 @@ pub async fn pass(ctx: &ReconcilerContext, state: &mut PassState) -> Result<Pass
         check_headroom(&ctx.github)?;
         report.redelivered += redeliver_failed(ctx, hook, &mut state.redelivered).await?;
     }
-    if report.jobs_seen + report.stale_refreshed > 0 {
+    if report.jobs_seen + report.stale_refreshed + report.abandoned > 0 {
         ctx.wake.planner.notify_one();
         ctx.wake.strategy.notify_one();
         ctx.wake.reaper.notify_one();
@@ -148,6 +155,43 @@ async fn poll_repo(
     Ok(count)
 }
 
+/// How long GitHub lets a job wait in its queue before failing it (docs/github.md §2.4).
+const GITHUB_QUEUE_LIMIT_MS: i64 = 24 * 60 * 60 * 1000;
+
+/// Abandons open jobs no event will ever complete: those of repositories that left the
+/// allowlist (their `completed` webhook is refused) and those queued longer than GitHub
+/// keeps a job queued.
+async fn close_unreachable(ctx: &ReconcilerContext) -> Result<usize, ReconcileError> {
+    let now = ctx.clock.now_millis();
+    let mut closed = 0;
+    for job in ctx.store.open_jobs().await? {
+        let why = if !ctx.settings.allow.allows(&job.repo) {
+            Abandoned::RepoNotAllowed
+        } else if job.status != JobStatus::InProgress && now - job.first_seen_at > GITHUB_QUEUE_LIMIT_MS {
+            Abandoned::QueuedTooLong
+        } else {
+            continue;
+        };
+        closed += usize::from(abandon(ctx, &job.repo, job.id, &why).await?);
+    }
+    Ok(closed)
+}
+
+/// Closes a job with the reason, counting and logging it once.
+async fn abandon(
+    ctx: &ReconcilerContext,
+    repo: &RepoName,
+    job: JobId,
+    why: &Abandoned,
+) -> Result<bool, StoreError> {
+    let closed = ctx.store.abandon_job(job, why).await?;
+    if closed {
+        ctx.metrics.job_abandoned(why.kind());
+        tracing::warn!(repo = %repo, job.id = %job, "job abandoned: {why}");
+    }
+    Ok(closed)
+}
+
 /// Most stuck jobs looked up one by one in a pass.
 const REFRESH_PER_PASS: usize = 50;
 
@@ -181,7 +225,7 @@ async fn refresh_unseen(
                 }
             }
             Err(GitHubError::NotFound) => {
-                tracing::warn!(repo = %repo, job.id = %id, "job no longer exists at GitHub")
+                abandon(ctx, &repo, id, &Abandoned::GoneAtGitHub).await?;
             }
             Err(e) => return Err(e.into()),
         }
@@ -358,6 +402,30 @@ mod tests {
         for refused in [400, 401, 403, 404, 413, 415, 422] {
             assert!(!failed_in_transit(Some(refused)), "{refused}");
         }
+    }
+
+    #[tokio::test]
+    async fn jobs_queued_past_githubs_limit_or_of_repositories_no_longer_allowed_are_abandoned() {
+        // Arrange: a job of an allowed repository, and one of a repository that left the list.
+        let f = crate::fixture::Fixture::start().await;
+        f.queued(1, crate::fixture::REPO).await;
+        f.queued(2, "octo/removed").await;
+        let ctx = f.reconciler(crate::fixture::REPO);
+
+        // Act + Assert: the removed repository's job closes at once...
+        assert_eq!(close_unreachable(&ctx).await.expect("pass"), 1);
+        let removed = f.store.job(JobId(2)).await.expect("read").expect("job");
+        assert_eq!(removed.conclusion.as_deref(), Some("abandoned"));
+        assert_eq!(removed.closed_reason, Some(Abandoned::RepoNotAllowed.to_string()));
+        // ...the other only once it has been queued longer than GitHub keeps a job queued.
+        f.clock.advance(std::time::Duration::from_secs(24 * 3600 - 60));
+        assert_eq!(close_unreachable(&ctx).await.expect("pass"), 0);
+        f.clock.advance(std::time::Duration::from_secs(120));
+        assert_eq!(close_unreachable(&ctx).await.expect("pass"), 1);
+        let stale = f.store.job(JobId(1)).await.expect("read").expect("job");
+        assert_eq!(stale.closed_reason, Some(Abandoned::QueuedTooLong.to_string()));
+        assert!(f.store.open_jobs().await.expect("read").is_empty());
+        f.finish().await;
     }
 
     #[test]

@@ -5,7 +5,7 @@ use sqlx::sqlite::SqliteRow;
 
 use super::ingest::to_i64;
 use super::{Store, StoreError, corrupt, repo_column};
-use crate::domain::{JobId, JobStatus, LabelSet, RepoName};
+use crate::domain::{Abandoned, JobId, JobStatus, LabelSet, RepoName};
 
 /// A stored job: what the planner, the reconciler and `status` read.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +26,8 @@ pub struct JobRow {
     pub mp_group: Option<String>,
     /// `None`: not looked up yet; `Some(0)`: unlimited.
     pub max_parallel: Option<u32>,
+    /// Why the service abandoned it, when it did (its conclusion is then `abandoned`).
+    pub closed_reason: Option<String>,
 }
 
 /// The max-parallel setting found for one job.
@@ -74,6 +76,7 @@ impl JobRow {
             first_seen_at: row.try_get("first_seen_at")?,
             mp_group: row.try_get("mp_group")?,
             max_parallel: max_parallel(row)?,
+            closed_reason: row.try_get("closed_reason")?,
         })
     }
 }
@@ -140,6 +143,24 @@ impl Store {
             .fetch_optional(self.pool())
             .await?;
         Ok(row.is_some())
+    }
+
+    /// Closes an open job that will never get its `completed` event, with the reason.
+    /// Returns whether it was open. Its runners become surplus and are retired by the
+    /// planner like those of a cancelled job; a late `completed` event changes nothing.
+    pub async fn abandon_job(&self, job: JobId, why: &Abandoned) -> Result<bool, StoreError> {
+        let now = self.clock().now_millis();
+        let done = sqlx::query(
+            "UPDATE jobs SET status = 'completed', rank = 3, conclusion = 'abandoned', closed_reason = ?1,
+                 completed_at = ?2, updated_at = ?2
+             WHERE id = ?3 AND rank < 3",
+        )
+        .bind(why.to_string())
+        .bind(now)
+        .bind(to_i64(job.0))
+        .execute(self.pool())
+        .await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Records the max-parallel settings found for jobs of one run.

@@ -61,6 +61,10 @@ pub struct AttemptStats {
     /// Failed attempts that count toward backoff.
     pub failures: u32,
     pub last_failure_at: Option<i64>,
+    /// Runners that had a sandbox and failed or ended idle without running the job: what
+    /// `MAX_ATTEMPTS_PER_JOB` counts. Failures before a sandbox existed (an outage at
+    /// GitHub or Modal) are not the job's and only back off.
+    pub wasted: u32,
 }
 
 /// Fields to set together with a state change; `None` leaves a field as it is.
@@ -289,7 +293,8 @@ impl Store {
 /// The highest attempt and the retryable failures of every open job's runners.
 pub(super) const ATTEMPT_STATS: &str = "SELECT r.job_id, MAX(r.attempt) AS max_attempt,
         SUM(CASE WHEN r.state = 'failed' AND r.retryable = 1 THEN 1 ELSE 0 END) AS failures,
-        MAX(CASE WHEN r.state = 'failed' AND r.retryable = 1 THEN r.updated_at END) AS last_failure
+        MAX(CASE WHEN r.state = 'failed' AND r.retryable = 1 THEN r.updated_at END) AS last_failure,
+        SUM(CASE WHEN r.state = 'failed' AND r.started_at IS NOT NULL THEN 1 ELSE 0 END) AS wasted
  FROM runners r JOIN jobs j ON j.id = r.job_id
  WHERE j.rank < 3
  GROUP BY r.job_id";
@@ -299,12 +304,14 @@ pub(super) fn attempt_from_row(row: &SqliteRow) -> Result<(JobId, AttemptStats),
     let job: i64 = row.try_get("job_id")?;
     let max_attempt: i64 = row.try_get("max_attempt")?;
     let failures: i64 = row.try_get("failures")?;
+    let wasted: i64 = row.try_get("wasted")?;
     Ok((
         JobId(u64::try_from(job).unwrap_or(0)),
         AttemptStats {
             max_attempt: u32::try_from(max_attempt).unwrap_or(u32::MAX),
             failures: u32::try_from(failures).unwrap_or(u32::MAX),
             last_failure_at: row.try_get("last_failure")?,
+            wasted: u32::try_from(wasted).unwrap_or(u32::MAX),
         },
     ))
 }

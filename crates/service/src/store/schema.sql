@@ -30,7 +30,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at    INTEGER,
     completed_at  INTEGER,
     mp_group      TEXT,                      -- workflow job key that max-parallel counts by
-    max_parallel  INTEGER                    -- NULL: not resolved yet; 0: unlimited
+    max_parallel  INTEGER,                   -- NULL: not resolved yet; 0: unlimited
+    closed_reason TEXT                       -- why the service abandoned it (conclusion 'abandoned')
 );
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs(rank) WHERE rank < 3;
 CREATE INDEX IF NOT EXISTS jobs_by_runner ON jobs(runner_name) WHERE runner_name IS NOT NULL;

@@ -3,6 +3,7 @@
 //! restart its process.
 
 mod helpers;
+mod job_ends;
 mod lifecycle;
 mod modal;
 mod reaping;

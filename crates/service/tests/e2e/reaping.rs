@@ -201,7 +201,7 @@ async fn a_runner_idle_past_its_timeout_is_removed() {
         assert!(tokio::time::Instant::now() < deadline, "{}", env.tail_logs(30));
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(row.state.as_str(), "done");
+    assert_eq!(row.state.as_str(), "failed", "an idle end is a failed attempt");
     assert!(
         env.github
             .calls()

@@ -18,6 +18,7 @@ fn limits(max_runners: usize) -> Limits {
         prefix: NamePrefix::parse("modal").expect("prefix"),
         strategy_grace: GRACE,
         machine: MachinePolicy::default(),
+        max_attempts: 3,
     }
 }
 
@@ -72,6 +73,7 @@ fn job() -> impl Strategy<Value = JobRow> {
                 first_seen_at: NOW - age,
                 mp_group,
                 max_parallel,
+                closed_reason: None,
             },
         )
 }
@@ -125,6 +127,7 @@ fn snapshot() -> impl Strategy<Value = Snapshot> {
                 .into_iter()
                 .map(|(job, failures, ago)| {
                     let stats = AttemptStats {
+                        wasted: 0,
                         max_attempt: 3,
                         failures,
                         last_failure_at: Some(NOW - ago),
@@ -195,6 +198,7 @@ fn applied(s: &Snapshot, intents: &[Intent]) -> Snapshot {
                 }
             }
             Intent::Refuse { .. } => {}
+            Intent::Abandon { job, .. } => next.jobs.retain(|j| j.id != *job),
         }
     }
     next

@@ -13,6 +13,7 @@ fn limits(max: usize) -> Limits {
             gpu_types: vec!["T4".into()],
             ..MachinePolicy::default()
         },
+        max_attempts: 3,
     }
 }
 
@@ -34,6 +35,7 @@ fn job(id: u64, status: JobStatus) -> JobRow {
         first_seen_at: NOW - 1000 + i64::try_from(id).expect("small id"),
         mp_group: None,
         max_parallel: Some(0),
+        closed_reason: None,
     }
 }
 
@@ -151,6 +153,7 @@ fn a_runner_stolen_by_a_foreign_job_gets_exactly_one_replacement() {
     s.attempts.insert(
         JobId(1),
         AttemptStats {
+            wasted: 0,
             max_attempt: 1,
             failures: 0,
             last_failure_at: None,
@@ -280,6 +283,7 @@ fn a_job_whose_attempt_just_failed_backs_off_then_gets_the_next_attempt() {
     s.attempts.insert(
         JobId(1),
         AttemptStats {
+            wasted: 0,
             max_attempt: 2,
             failures: 1,
             last_failure_at: Some(NOW - 1_000),
@@ -289,6 +293,7 @@ fn a_job_whose_attempt_just_failed_backs_off_then_gets_the_next_attempt() {
     s.attempts.insert(
         JobId(1),
         AttemptStats {
+            wasted: 0,
             max_attempt: 2,
             failures: 1,
             last_failure_at: Some(NOW - 6_000),
@@ -374,6 +379,33 @@ fn jobs_whose_labels_github_would_refuse_are_refused_not_planned() {
         })
         .collect();
     assert_eq!(refused, [JobId(1), JobId(2)]);
+}
+
+#[test]
+fn a_job_whose_runners_all_ended_without_running_it_is_abandoned_at_the_limit() {
+    let stats = |wasted| AttemptStats {
+        wasted,
+        max_attempt: wasted,
+        failures: wasted,
+        last_failure_at: Some(NOW - 3_600_000),
+    };
+    let mut s = snapshot(vec![job(1, JobStatus::Queued), job(2, JobStatus::Queued)], vec![]);
+    s.attempts.insert(JobId(1), stats(2));
+    s.attempts.insert(JobId(2), stats(3));
+    let intents = plan(&s, &limits(50));
+    assert_eq!(
+        created(&intents),
+        ["modal-1-3"],
+        "two wasted runners: a third is made"
+    );
+    assert!(intents.iter().any(
+        |i| matches!(i, Intent::Abandon { job, why: Abandoned::TooManyAttempts(3), .. } if *job == JobId(2))
+    ));
+    let unlimited = Limits {
+        max_attempts: 0,
+        ..limits(50)
+    };
+    assert_eq!(created(&plan(&s, &unlimited)), ["modal-1-3", "modal-2-4"]);
 }
 
 /// A planned runner for job 2, which went away, in another pool than job 1's.

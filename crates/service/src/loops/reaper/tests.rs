@@ -159,7 +159,7 @@ async fn an_online_runner_without_a_job_is_removed_after_the_idle_timeout() {
     f.clock.advance(Duration::from_millis(1));
     pass(&f.reaper()).await.expect("pass");
     let row = f.row(&name).await;
-    ended_because(&row, RunnerState::Done, "idle without a job for 240s");
+    ended_because(&row, RunnerState::Failed, "idle without a job for 240s");
     assert!(f.registration(&name).is_none());
     assert!(f.sandboxes().await.is_empty());
     runner.abort();
