@@ -62,7 +62,7 @@ impl fmt::Display for JobStatus {
 }
 
 /// Why the service closed a job that never got its `completed` event. Without these rules
-/// such a job would get a fresh runner every idle timeout, forever (docs/design.md §5).
+/// such a job would get a fresh runner every idle timeout, forever.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Abandoned {
     /// Its repository left `ALLOWED_REPOS` (its `completed` webhook would be refused).
