@@ -5,11 +5,14 @@
         GHA_MODAL_TOKEN_ID=ak-... GHA_MODAL_TOKEN_SECRET=as-...
     modal deploy app.py
 
-The Rust service is compiled inside the image (once; Modal caches the layer), so this file is
-all a deployment needs besides the Modal CLI. It runs one container, always on, that serves the
-webhook on port 8000 and creates one sandbox per job in the `MODAL_APP_NAME` app (default
-`modal-github-runner`). Configuration comes from the `github-secret` Modal secret (and any
-other secret named in MGR_EXTRA_SECRETS at deploy time); see README.md for every variable.
+The Rust service is compiled inside the image (once; Modal caches the layers: the dependencies
+are rebuilt only when Cargo.toml, Cargo.lock or modal-proto change, the service only when its
+sources do), so this file is all a deployment needs besides the Modal CLI. It runs one
+container, always on, that serves the webhook on port 8000 and creates one sandbox per job in
+the `MODAL_APP_NAME` app (default `modal-github-runner`); if the service exits, the container
+exits with it and Modal starts a new one. Configuration comes from the `github-secret` Modal
+secret (and any other secret named in MGR_EXTRA_SECRETS at deploy time); see README.md for every
+variable.
 
 The service talks to Modal's API as an external client with its own token pair: put it in the
 secret as GHA_MODAL_TOKEN_ID / GHA_MODAL_TOKEN_SECRET (names Modal's runtime does not reserve;
@@ -19,6 +22,8 @@ MODAL_TOKEN_ID / MODAL_TOKEN_SECRET work too).
 import os
 import pathlib
 import subprocess
+import sys
+import threading
 
 import modal
 
@@ -28,23 +33,63 @@ SECRET_NAMES = ["github-secret"] + [s for s in os.environ.get("MGR_EXTRA_SECRETS
 RUST_TOOLCHAIN = "1.95.0"
 PORT = 8000
 BINARY = "/usr/local/bin/modal-github-runner"
+CARGO = "/root/.cargo/bin/cargo"
+SRC = "/src"
 
-# Sources only: build output, VCS data and local state stay out of the image.
-IGNORE = ["target", ".git", ".venv*", "**/__pycache__", "*.db", "*.db-*"]
+# Every member of the Cargo workspace (the root Cargo.toml's `members`): cargo reads each
+# one's manifest, and needs a target in each, even to build one package.
+WORKSPACE_MEMBERS = ["crates/modal-proto", "crates/service", "crates/fakes", "crates/testkit", "crates/sim"]
+# The crate the image builds, and the workspace crates it depends on. The dependencies'
+# sources go into the dependency layer; the service's own sources come last.
+SERVICE_CRATE = "crates/service"
+DEPENDENCY_CRATES = ["crates/modal-proto"]
+# Left out of a crate's copy: its tests, build output and local state.
+CRATE_IGNORE = ["tests", "benches", "target", "**/__pycache__", "**/*.db", "**/*.db-*"]
 
-image = (
-    modal.Image.debian_slim(python_version="3.12")
-    .apt_install("curl", "ca-certificates", "build-essential", "pkg-config")
-    .run_commands(
+
+def stub_commands() -> str:
+    """Shell commands that give every member without its sources a placeholder target, so
+    cargo can build the dependencies before the service's sources are there."""
+    commands = [f"cd {SRC}"]
+    for member in WORKSPACE_MEMBERS:
+        if member not in DEPENDENCY_CRATES:
+            commands.append(f"mkdir -p {member}/src && touch {member}/src/lib.rs")
+    commands.append(f"echo 'fn main() {{}}' > {SERVICE_CRATE}/src/main.rs")
+    return " && ".join(commands)
+
+
+def build_image(base):
+    """The service's image, in layers that Modal rebuilds only when their inputs change:
+
+    1. the Rust toolchain;
+    2. the workspace's manifests, its lock file and the crates the service depends on,
+       with placeholder sources for the rest, and every dependency compiled: rebuilt only
+       when a manifest, Cargo.lock or modal-proto changes;
+    3. the service's sources, compiled against layer 2's dependencies.
+
+    Nothing else of the repository is copied: editing README.md or app.py rebuilds nothing.
+    """
+    image = base.apt_install("curl", "ca-certificates", "build-essential", "pkg-config").run_commands(
         "curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal "
         f"--default-toolchain {RUST_TOOLCHAIN}"
     )
-    .add_local_dir(ROOT, "/src", copy=True, ignore=IGNORE)
-    .run_commands(
-        "cd /src && /root/.cargo/bin/cargo build --release --locked "
-        f"&& cp target/release/modal-github-runner {BINARY} && rm -rf target /root/.cargo/registry"
+    manifests = ["Cargo.toml", "Cargo.lock"] + [f"{member}/Cargo.toml" for member in WORKSPACE_MEMBERS]
+    for path in manifests:
+        image = image.add_local_file(ROOT / path, f"{SRC}/{path}", copy=True)
+    for crate in DEPENDENCY_CRATES:
+        image = image.add_local_dir(ROOT / crate, f"{SRC}/{crate}", copy=True, ignore=CRATE_IGNORE)
+    build = f"{CARGO} build --release --locked -p modal-github-runner"
+    image = image.run_commands(f"{stub_commands()} && {build}")
+    image = image.add_local_dir(ROOT / SERVICE_CRATE, f"{SRC}/{SERVICE_CRATE}", copy=True, ignore=CRATE_IGNORE)
+    # The copied files may be older than layer 2's placeholder build: touch them so cargo
+    # recompiles the service instead of keeping the placeholder.
+    return image.run_commands(
+        f"cd {SRC} && find {SERVICE_CRATE} -type f -exec touch {{}} + && {build} "
+        f"&& cp target/release/modal-github-runner {BINARY}"
     )
-)
+
+
+image = build_image(modal.Image.debian_slim(python_version="3.12"))
 
 app = modal.App(SERVICE_APP_NAME)
 
@@ -80,4 +125,25 @@ def service_environment(inherited: dict) -> dict:
 @modal.web_server(port=PORT, startup_timeout=60)
 def webhook():
     """GitHub's webhook URL is this endpoint's URL (POST / and /webhook both work)."""
-    subprocess.Popen([BINARY, "serve"], env=service_environment(dict(os.environ)))
+    service = subprocess.Popen([BINARY, "serve"], env=service_environment(dict(os.environ)))
+    exit_with(service)
+
+
+def exit_with(child: subprocess.Popen, end=os._exit) -> threading.Thread:
+    """Ends this container when `child` (the service) exits, so that Modal starts a new one
+    (`min_containers=1`) instead of keeping a container whose web server answers nothing.
+    `end` ends the whole process at once (a thread's `sys.exit` would only end the thread);
+    the status is the service's, or 1 if it had none (killed by a signal, or 0)."""
+
+    def watch():
+        code = child.wait()
+        print(
+            f"modal-github-runner exited with status {code}; stopping the container so Modal starts a new one",
+            file=sys.stderr,
+            flush=True,
+        )
+        end(code if 0 < code < 256 else 1)
+
+    watcher = threading.Thread(target=watch, name="service-watcher", daemon=True)
+    watcher.start()
+    return watcher

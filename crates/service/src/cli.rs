@@ -51,6 +51,9 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     crate::telemetry::init(settings.server.log_format);
+    for warning in settings.warnings() {
+        tracing::warn!(variable = warning.var, "configuration: {warning}");
+    }
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(e) => {

@@ -118,6 +118,7 @@ pub fn modal_settings(fake: &FakeModal, rate: Option<f64>, app: &str, deployment
         deployment: deployment.into(),
         builder_version: None,
         build_timeout: Duration::from_secs(30),
+        build_stream_retry: Backoff::new(4, Duration::from_millis(20), Duration::from_millis(80)),
         refresh_interval: Duration::from_secs(3600),
     }
 }

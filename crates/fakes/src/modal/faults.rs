@@ -48,6 +48,15 @@ pub enum FaultKind {
     Delay(Duration),
     /// Perform the call for real, then answer this code anyway: a lost response.
     AfterSuccess(Code),
+    /// Perform the call for real, deliver only the first `after_messages` messages of its
+    /// answer, then end it: with `Some(code)` as that status (a connection reset mid-stream),
+    /// with `None` cleanly but early, without the rest (a proxy closing it). What was not
+    /// delivered is not lost on the server: a stream reopened from the last delivered
+    /// `entry_id` resumes after it. A unary answer is one message.
+    BreakStream {
+        after_messages: usize,
+        code: Option<Code>,
+    },
 }
 
 /// The injected rules, in injection order; the first matching one fires.

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tokio_stream::StreamExt as _;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
@@ -263,6 +264,33 @@ pub(crate) fn join(shared: &Arc<Shared>, request: ImageJoinStreamingRequest) -> 
         }
     });
     Ok(ReceiverStream::new(rx))
+}
+
+/// `stream` cut short by an injected fault: its first `after_messages` messages, then `end`
+/// (a status) or nothing (a clean, early end). Dropping the rest closes the original stream,
+/// whose server side then stops following the build.
+pub(crate) fn cut(
+    shared: &Arc<Shared>,
+    mut stream: JoinStream,
+    after_messages: usize,
+    end: Option<Status>,
+) -> JoinStream {
+    let (tx, rx) = mpsc::channel(16);
+    shared.tracker.spawn(async move {
+        for _ in 0..after_messages {
+            let Some(message) = stream.next().await else {
+                return;
+            };
+            if tx.send(message).await.is_err() {
+                return;
+            }
+        }
+        drop(stream);
+        if let Some(status) = end {
+            let _ = tx.send(Err(status)).await;
+        }
+    });
+    ReceiverStream::new(rx)
 }
 
 /// `""` or `"n-m"` → n (entries before and including n have been seen).

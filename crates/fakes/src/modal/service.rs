@@ -50,6 +50,7 @@ impl FakeModalService {
     ) -> Result<Response<Resp>, Status>
     where
         Req: Debug,
+        Resp: Answer,
         Op: FnOnce(Arc<Shared>, Req) -> Fut,
         Fut: Future<Output = Result<Resp, RpcError>>,
     {
@@ -65,6 +66,7 @@ impl FakeModalService {
     /// Runs `op` under the first injected fault matching `rpc`, if any.
     async fn run<Req, Resp, Op, Fut>(&self, rpc: &str, request: Req, op: Op) -> Result<Resp, Status>
     where
+        Resp: Answer,
         Op: FnOnce(Arc<Shared>, Req) -> Fut,
         Fut: Future<Output = Result<Resp, RpcError>>,
     {
@@ -83,6 +85,12 @@ impl FakeModalService {
                 }
                 op(shared, request).await.map_err(Status::from)
             }
+            Some(FaultKind::BreakStream { after_messages, code }) => {
+                let answer = op(Arc::clone(&shared), request).await.map_err(Status::from)?;
+                let end =
+                    code.map(|code| Status::new(code, format!("{rpc}: connection reset (injected fault)")));
+                answer.cut_short(&shared, after_messages, end)
+            }
             Some(FaultKind::AfterSuccess(code)) => {
                 let performed = op(shared, request).await;
                 tracing::debug!(rpc, ok = performed.is_ok(), "injected lost response");
@@ -92,6 +100,45 @@ impl FakeModalService {
                 ))
             }
         }
+    }
+}
+
+/// An RPC's answer, which an injected [`FaultKind::BreakStream`] can cut short.
+trait Answer: Sized {
+    /// The answer after its first `after_messages` messages, then `end` (or a clean end).
+    /// A unary answer is one message: it arrives whole, or not at all.
+    fn cut_short(
+        self,
+        _shared: &Arc<Shared>,
+        after_messages: usize,
+        end: Option<Status>,
+    ) -> Result<Self, Status> {
+        if after_messages > 0 {
+            return Ok(self);
+        }
+        Err(end
+            .unwrap_or_else(|| Status::unavailable("connection closed before the answer (injected fault)")))
+    }
+}
+
+impl Answer for AppGetOrCreateResponse {}
+impl Answer for EnvironmentGetOrCreateResponse {}
+impl Answer for ImageGetOrCreateResponse {}
+impl Answer for SecretGetOrCreateResponse {}
+impl Answer for SandboxCreateResponse {}
+impl Answer for SandboxGetFromNameResponse {}
+impl Answer for SandboxListResponse {}
+impl Answer for SandboxTerminateResponse {}
+impl Answer for SandboxWaitResponse {}
+
+impl Answer for JoinStream {
+    fn cut_short(
+        self,
+        shared: &Arc<Shared>,
+        after_messages: usize,
+        end: Option<Status>,
+    ) -> Result<Self, Status> {
+        Ok(images::cut(shared, self, after_messages, end))
     }
 }
 

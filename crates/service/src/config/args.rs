@@ -33,6 +33,18 @@ pub struct ServeArgs {
     /// File holding the webhook secret (default: the WEBHOOK_SECRET environment variable, required).
     #[arg(long, value_name = "PATH")]
     pub webhook_secret_file: Option<PathBuf>,
+    /// Accept a webhook secret shorter than 16 bytes (a warning is logged at start instead).
+    #[arg(
+        long,
+        env = "ALLOW_WEAK_WEBHOOK_SECRET",
+        value_name = "BOOL",
+        default_value = "false",
+        default_missing_value = "true",
+        num_args = 0..=1,
+        action = clap::ArgAction::Set,
+        value_parser = parse::boolean("ALLOW_WEAK_WEBHOOK_SECRET")
+    )]
+    pub allow_weak_webhook_secret: bool,
     /// Comma-separated owner/repo allowlist; empty allows every repository.
     #[arg(long, env = "ALLOWED_REPOS", value_name = "LIST", value_parser = parse::allow_list())]
     pub allowed_repos: Option<RepoAllowList>,

@@ -9,6 +9,8 @@
 //!   the backend), and the checks that involve more than one option.
 //! - `github`, `backend`, `modal`: the parts that take more than a value parser (credentials,
 //!   API base, hooks; local or Modal backend; Modal profiles and sandbox resources).
+//! - `security`: the webhook secret's minimum length, and the warnings `serve` logs at start
+//!   for what is accepted but weakens the deployment (`Settings::warnings`).
 //!
 //! Secrets (`GITHUB_TOKEN`, `GITHUB_APP_PRIVATE_KEY`, `WEBHOOK_SECRET`, `MODAL_TOKEN_SECRET`)
 //! are read from the environment or, with a flag, from a file: never from a flag value,
@@ -19,6 +21,7 @@ mod backend;
 mod github;
 mod modal;
 mod parse;
+mod security;
 mod settings;
 
 #[cfg(test)]
@@ -28,6 +31,7 @@ pub use args::{BackendKind, LogFormat, ServeArgs};
 pub use backend::BackendSettings;
 pub use github::GitHubSettings;
 pub use modal::ModalArgs;
+pub use security::{ConfigWarning, MIN_WEBHOOK_SECRET_BYTES};
 pub use settings::{
     ProvisionerSettings, ReaperSettings, ReconcilerSettings, ServerSettings, Settings, StoreSettings,
     WebhookSettings,

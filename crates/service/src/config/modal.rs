@@ -167,9 +167,14 @@ pub fn settings(
         deployment: deployment.to_string(),
         builder_version: args.modal_image_builder_version.clone(),
         build_timeout: Duration::from_secs(30 * 60),
+        build_stream_retry: BUILD_STREAM_RETRY,
         refresh_interval: Duration::from_secs(24 * 3600),
     })
 }
+
+/// The build log stream is reopened after each of up to 3 errors in a row, about 1 s, 2 s
+/// and 4 s later; a 4th error in a row fails the build (bounded, like Modal's own clients).
+const BUILD_STREAM_RETRY: Backoff = Backoff::new(4, Duration::from_secs(1), Duration::from_secs(4));
 
 /// `SANDBOX_CPU`: physical cores, within what Modal offers.
 fn sandbox_cpu() -> impl TypedValueParser<Value = f64> {

@@ -110,6 +110,15 @@ pub fn cores(var: &'static str) -> impl TypedValueParser<Value = f64> {
     })
 }
 
+/// A yes-or-no switch: `true`/`false` (also `1`/`0`, `yes`/`no`), without case.
+pub fn boolean(var: &'static str) -> impl TypedValueParser<Value = bool> {
+    checked(var, |raw| match raw.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(format!("`{raw}` is not true or false")),
+    })
+}
+
 /// `BIND_ADDRESS`.
 pub fn ip() -> impl TypedValueParser<Value = IpAddr> {
     checked("BIND_ADDRESS", |raw| {

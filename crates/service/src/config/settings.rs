@@ -11,6 +11,7 @@ use secrecy::SecretString;
 use super::args::{LogFormat, ServeArgs};
 use super::backend::{self, BackendSettings};
 use super::github::{self, GitHubSettings};
+use super::security::{self, ConfigWarning};
 use super::{ConfigError, err};
 use crate::domain::{Gpu, MachinePolicy, NamePrefix, RepoAllowList};
 use crate::github::Hook;
@@ -139,6 +140,7 @@ impl Settings {
             args.webhook_secret_file.as_ref(),
             &env,
         )?;
+        security::check_webhook_secret(&secret, args.allow_weak_webhook_secret)?;
         let allow = args.allowed_repos.clone().unwrap_or_default();
         let github = github::settings(&args, &env, &allow)?;
         let backend = backend::settings(&args, &env)?;
@@ -198,6 +200,31 @@ impl Settings {
             },
             backend,
         })
+    }
+}
+
+impl Settings {
+    /// What is accepted but weakens the deployment (a weak webhook secret that
+    /// `ALLOW_WEAK_WEBHOOK_SECRET` let through, plaintext API URLs outside this machine):
+    /// `serve` logs each as a warning at start.
+    pub fn warnings(&self) -> Vec<ConfigWarning> {
+        let mut out = Vec::new();
+        if security::is_weak(&self.webhook.secret) {
+            out.push(security::weak_secret_warning());
+        }
+        out.extend(security::plaintext_warning(
+            "GITHUB_API_URL",
+            &self.github.api_url,
+            "the GitHub token and JIT runner configurations",
+        ));
+        if let BackendSettings::Modal { settings, .. } = &self.backend {
+            out.extend(security::plaintext_warning(
+                "MODAL_SERVER_URL",
+                &settings.connection.server_url,
+                "the Modal token and the runners' JIT configurations",
+            ));
+        }
+        out
     }
 }
 

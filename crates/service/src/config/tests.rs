@@ -47,7 +47,9 @@ fn parse(extra: &[&str], env: &[(&str, &str)]) -> Result<Settings, ConfigError> 
     })
 }
 
-const SECRETS: &[(&str, &str)] = &[("GITHUB_TOKEN", "ghp_x"), ("WEBHOOK_SECRET", "s")];
+/// A webhook secret of the minimum length.
+const WEBHOOK: &str = "0123456789abcdef";
+const SECRETS: &[(&str, &str)] = &[("GITHUB_TOKEN", "ghp_x"), ("WEBHOOK_SECRET", WEBHOOK)];
 
 #[test]
 fn defaults_match_the_original_system() {
@@ -63,7 +65,7 @@ fn defaults_match_the_original_system() {
 
 #[test]
 fn a_missing_secret_names_its_variable() {
-    let e = parse(&[], &[("WEBHOOK_SECRET", "s")]).expect_err("no token");
+    let e = parse(&[], &[("WEBHOOK_SECRET", WEBHOOK)]).expect_err("no token");
     assert_eq!(e.var, "GITHUB_TOKEN");
     let e = parse(&[], &[("GITHUB_TOKEN", "t")]).expect_err("no secret");
     assert_eq!(e.var, "WEBHOOK_SECRET");
@@ -77,7 +79,7 @@ fn secrets_can_come_from_files() {
     std::fs::write(&token, "ghp_from_file\n").expect("write");
     let s = parse(
         &["--github-token-file", token.to_str().expect("utf-8")],
-        &[("WEBHOOK_SECRET", "s")],
+        &[("WEBHOOK_SECRET", WEBHOOK)],
     )
     .expect("valid");
     let Credentials::Token(token) = &s.github.credentials else {
@@ -134,7 +136,7 @@ fn every_bad_value_is_reported_with_its_variable() {
 #[test]
 fn a_github_app_replaces_the_token() {
     let key = fakes::github::TEST_APP_PRIVATE_KEY_PEM;
-    let env = [("WEBHOOK_SECRET", "s"), ("GITHUB_APP_PRIVATE_KEY", key)];
+    let env = [("WEBHOOK_SECRET", WEBHOOK), ("GITHUB_APP_PRIVATE_KEY", key)];
     let s = parse(
         &["--github-app-id", "42", "--github-app-installation-id", "7"],
         &env,
@@ -158,28 +160,28 @@ fn a_github_app_misconfiguration_names_its_variable() {
     let cases: &[Case] = &[
         (
             &["--github-app-id", "42", "--github-app-installation-id", "7"],
-            &[("WEBHOOK_SECRET", "s")],
+            &[("WEBHOOK_SECRET", WEBHOOK)],
             "GITHUB_APP_PRIVATE_KEY",
         ),
         (
             &["--github-app-id", "42", "--github-app-installation-id", "7"],
-            &[("WEBHOOK_SECRET", "s"), ("GITHUB_APP_PRIVATE_KEY", "junk")],
+            &[("WEBHOOK_SECRET", WEBHOOK), ("GITHUB_APP_PRIVATE_KEY", "junk")],
             "GITHUB_APP_PRIVATE_KEY",
         ),
         (
             &["--github-app-id", "42"],
-            &[("WEBHOOK_SECRET", "s"), ("GITHUB_APP_PRIVATE_KEY", key)],
+            &[("WEBHOOK_SECRET", WEBHOOK), ("GITHUB_APP_PRIVATE_KEY", key)],
             "GITHUB_APP_INSTALLATION_ID",
         ),
         (
             &["--github-app-id", "x", "--github-app-installation-id", "7"],
-            &[("WEBHOOK_SECRET", "s"), ("GITHUB_APP_PRIVATE_KEY", key)],
+            &[("WEBHOOK_SECRET", WEBHOOK), ("GITHUB_APP_PRIVATE_KEY", key)],
             "GITHUB_APP_ID",
         ),
         (
             &["--github-app-id", "42", "--github-app-installation-id", "7"],
             &[
-                ("WEBHOOK_SECRET", "s"),
+                ("WEBHOOK_SECRET", WEBHOOK),
                 ("GITHUB_APP_PRIVATE_KEY", key),
                 ("GITHUB_TOKEN", "t"),
             ],
@@ -351,7 +353,7 @@ fn each_part_holds_the_values_its_consumer_shares() {
     assert_eq!(s.server.bind.to_string(), "127.0.0.1:0");
     let s = parse(&[], SECRETS).expect("valid");
     assert_eq!(s.provisioner.jit_limit_per_min, Some(180.0));
-    assert_eq!(s.webhook.secret.expose_secret(), "s");
+    assert_eq!(s.webhook.secret.expose_secret(), WEBHOOK);
 }
 
 #[test]
@@ -381,4 +383,99 @@ fn blank_optional_values_are_unset() {
     assert!(s.webhook.allow.listed().is_none());
     assert!(s.limits.machine.gpu_types.is_empty());
     assert!(s.reconciler.hooks.is_empty());
+}
+
+#[test]
+fn a_webhook_secret_shorter_than_16_bytes_is_refused_with_the_fix_and_without_the_secret() {
+    let e =
+        parse(&[], &[("GITHUB_TOKEN", "t"), ("WEBHOOK_SECRET", "hunter2-short")]).expect_err("weak secret");
+    assert_eq!(e.var, "WEBHOOK_SECRET");
+    let text = e.to_string();
+    assert!(text.contains("shorter than 16 bytes"), "{text}");
+    assert!(text.contains("openssl rand -hex 32"), "{text}");
+    assert!(text.contains("ALLOW_WEAK_WEBHOOK_SECRET=true"), "{text}");
+    assert!(!text.contains("hunter2"), "the error shows the secret: {text}");
+    // One byte short is refused; exactly 16 is enough.
+    let e = parse(&[], &[("GITHUB_TOKEN", "t"), ("WEBHOOK_SECRET", &WEBHOOK[1..])]).expect_err("15 bytes");
+    assert_eq!(e.var, "WEBHOOK_SECRET");
+    let s = parse(&[], SECRETS).expect("16 bytes");
+    assert!(s.warnings().is_empty(), "{:?}", s.warnings());
+}
+
+#[test]
+fn allow_weak_webhook_secret_accepts_a_short_secret_with_a_warning() {
+    let env = [("GITHUB_TOKEN", "t"), ("WEBHOOK_SECRET", "tiny-pw")];
+    for flags in [
+        &["--allow-weak-webhook-secret=true"][..],
+        &["--allow-weak-webhook-secret"][..],
+    ] {
+        let s = parse(flags, &env).expect("accepted");
+        assert_eq!(s.webhook.secret.expose_secret(), "tiny-pw");
+        let warnings = s.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(warnings[0].var, "WEBHOOK_SECRET");
+        assert!(!warnings[0].to_string().contains("tiny-pw"), "{}", warnings[0]);
+    }
+    let e = parse(&["--allow-weak-webhook-secret=false"], &env).expect_err("not allowed");
+    assert_eq!(e.var, "WEBHOOK_SECRET");
+    let e = parse(&["--allow-weak-webhook-secret=maybe"], &env).expect_err("not a switch");
+    assert_eq!(e.var, "ALLOW_WEAK_WEBHOOK_SECRET");
+}
+
+#[test]
+fn an_http_github_url_outside_this_machine_yields_a_warning() {
+    let s = parse(&["--github-api-url", "http://ghe.internal:8080/api/v3"], SECRETS).expect("valid");
+    let warnings = s.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].var, "GITHUB_API_URL");
+    assert!(warnings[0].message.contains("ghe.internal"), "{}", warnings[0]);
+    assert!(warnings[0].message.contains("https://"), "{}", warnings[0]);
+}
+
+#[test]
+fn http_urls_on_loopback_and_https_urls_yield_no_warning() {
+    for url in [
+        "http://127.0.0.1:9",
+        "http://127.8.9.10",
+        "http://localhost:3000",
+        "http://LOCALHOST",
+        "http://[::1]:9",
+        "https://ghe.example.com/api/v3",
+    ] {
+        let s = parse(&["--github-api-url", url], SECRETS).expect("valid");
+        assert!(s.warnings().is_empty(), "{url}: {:?}", s.warnings());
+    }
+    for url in ["http://128.0.0.1", "http://[::2]", "http://localhost.example.com"] {
+        let s = parse(&["--github-api-url", url], SECRETS).expect("valid");
+        assert_eq!(s.warnings().len(), 1, "{url}");
+    }
+}
+
+#[test]
+fn an_http_modal_url_outside_this_machine_yields_a_warning() {
+    let modal = |url: &str| {
+        let env = [
+            ("GITHUB_TOKEN", "t"),
+            ("WEBHOOK_SECRET", WEBHOOK),
+            ("MODAL_TOKEN_SECRET", "as-x"),
+        ];
+        parse(
+            &[
+                "--backend",
+                "modal",
+                "--modal-token-id",
+                "ak-x",
+                "--modal-server-url",
+                url,
+            ],
+            &env,
+        )
+        .expect("valid")
+        .warnings()
+    };
+    let warnings = modal("http://modal.example.com:443");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].var, "MODAL_SERVER_URL");
+    assert!(modal("http://127.0.0.1:50051").is_empty());
+    assert!(modal("https://api.modal.com:443").is_empty());
 }

@@ -29,6 +29,7 @@ use self::proto::{AppGetOrCreateRequest, ObjectCreationType};
 use super::{BackendError, SandboxInfo, SandboxSpec};
 use crate::domain::Gpu;
 use crate::pace::Pacer;
+use crate::retry::Backoff;
 
 /// Everything the Modal backend is configured with.
 #[derive(Debug, Clone)]
@@ -49,6 +50,9 @@ pub struct ModalSettings {
     pub builder_version: Option<String>,
     /// Longest time a runner image build may take.
     pub build_timeout: Duration,
+    /// Reopening the build log stream after errors: `attempts` errors in a row fail the
+    /// build, with `delay` between reopens.
+    pub build_stream_retry: Backoff,
     /// How often the app checks which runner release GitHub serves (the backend itself
     /// only reacts to what the app publishes).
     pub refresh_interval: Duration,
