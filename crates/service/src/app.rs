@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -207,6 +208,8 @@ impl Application {
             retry: Backoff::new(5, Duration::from_millis(500), Duration::from_secs(30)),
             interval: Duration::from_secs(2),
             paused_until: Mutex::default(),
+            registration_slots: Arc::new(Semaphore::new(s.provisioner.registration_concurrency.max(1))),
+            create_slots: Arc::new(Semaphore::new(s.provisioner.create_concurrency.max(1))),
             // 95 % of the limit per 61 s: a margin for clocks and in-flight requests.
             jit_window: Window::new(
                 s.provisioner

@@ -97,6 +97,11 @@ impl Fixture {
 
     /// A provisioner as a freshly started service has it.
     pub fn provisioner(&self) -> Arc<ProvisionerContext> {
+        self.provisioner_with(4, 4)
+    }
+
+    /// A provisioner with this many registration and creation slots.
+    pub fn provisioner_with(&self, registrations: usize, creations: usize) -> Arc<ProvisionerContext> {
         Arc::new(ProvisionerContext {
             store: self.store.clone(),
             github: self.github.clone(),
@@ -107,7 +112,8 @@ impl Fixture {
             settings: ProvisionerSettings {
                 runner_group_id: 1,
                 sandbox_timeout: SANDBOX_TIMEOUT,
-                concurrency: 4,
+                registration_concurrency: registrations,
+                create_concurrency: creations,
                 deployment: "test".into(),
                 auth_pause: AUTH_PAUSE,
                 jit_limit_per_min: None,
@@ -116,6 +122,8 @@ impl Fixture {
             interval: Duration::from_secs(2),
             paused_until: Mutex::default(),
             jit_window: Window::new(0, Duration::from_secs(61)),
+            registration_slots: Arc::new(tokio::sync::Semaphore::new(registrations)),
+            create_slots: Arc::new(tokio::sync::Semaphore::new(creations)),
         })
     }
 

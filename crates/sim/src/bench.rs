@@ -381,7 +381,7 @@ async fn burst_latency(quick: bool) -> Result<Table, String> {
         run_runners: false,
         service_env: vec![
             ("MAX_RUNNERS".into(), (jobs + 100).to_string()),
-            ("PROVISION_CONCURRENCY".into(), CONCURRENCY.to_string()),
+            ("REGISTRATION_CONCURRENCY".into(), CONCURRENCY.to_string()),
         ],
         echo_logs: false,
     };

@@ -151,15 +151,34 @@ pub struct ServeArgs {
         value_parser = parse::positive::<usize>("MAX_BODY_BYTES")
     )]
     pub max_body_bytes: usize,
-    /// Runners provisioned at once (GitHub allows 100 concurrent requests per token).
+    /// JIT registrations under way at once (GitHub allows 100 concurrent requests per
+    /// token, shared with every other call). Default 32.
+    #[arg(
+        long,
+        env = "REGISTRATION_CONCURRENCY",
+        value_name = "N",
+        value_parser = parse::positive::<usize>("REGISTRATION_CONCURRENCY")
+    )]
+    pub registration_concurrency: Option<usize>,
+    /// The old name of REGISTRATION_CONCURRENCY, still accepted.
     #[arg(
         long,
         env = "PROVISION_CONCURRENCY",
-        default_value = "32",
         value_name = "N",
+        hide = true,
         value_parser = parse::positive::<usize>("PROVISION_CONCURRENCY")
     )]
-    pub provision_concurrency: usize,
+    pub provision_concurrency: Option<usize>,
+    /// Sandbox creations under way at once. Modal limits creations per second (paced by
+    /// MODAL_CREATE_RATE), not at once; this only bounds connections and memory.
+    #[arg(
+        long,
+        env = "SANDBOX_CREATE_CONCURRENCY",
+        default_value = "256",
+        value_name = "N",
+        value_parser = parse::positive::<usize>("SANDBOX_CREATE_CONCURRENCY")
+    )]
+    pub sandbox_create_concurrency: usize,
     /// Timeout of one GitHub request.
     #[arg(
         long,

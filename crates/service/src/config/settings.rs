@@ -79,8 +79,11 @@ pub struct ProvisionerSettings {
     pub runner_group_id: u64,
     /// `SANDBOX_TIMEOUT_SECS`: the lifetime asked of each sandbox.
     pub sandbox_timeout: Duration,
-    /// `PROVISION_CONCURRENCY`: runners provisioned at once.
-    pub concurrency: usize,
+    /// `REGISTRATION_CONCURRENCY` (or its old name `PROVISION_CONCURRENCY`): JIT
+    /// registrations under way at once.
+    pub registration_concurrency: usize,
+    /// `SANDBOX_CREATE_CONCURRENCY`: sandbox creations under way at once.
+    pub create_concurrency: usize,
     /// Tag value that marks sandboxes as this deployment's (`RUNNER_NAME_PREFIX`).
     pub deployment: String,
     /// `AUTH_FAILURE_PAUSE_SECS`: after GitHub rejects the token or a permission,
@@ -131,6 +134,10 @@ pub struct ReconcilerSettings {
     pub redeliver_window: Duration,
 }
 
+/// JIT registrations under way at once unless configured: a third of GitHub's 100
+/// concurrent requests, leaving room for every other call.
+const DEFAULT_REGISTRATION_CONCURRENCY: usize = 32;
+
 impl Settings {
     /// Validates `args`; secrets not given as files are looked up with `env`.
     pub fn from_args(args: ServeArgs, env: impl Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
@@ -176,7 +183,11 @@ impl Settings {
             provisioner: ProvisionerSettings {
                 runner_group_id: args.runner_group_id,
                 sandbox_timeout: args.sandbox_timeout_secs,
-                concurrency: args.provision_concurrency,
+                registration_concurrency: args
+                    .registration_concurrency
+                    .or(args.provision_concurrency)
+                    .unwrap_or(DEFAULT_REGISTRATION_CONCURRENCY),
+                create_concurrency: args.sandbox_create_concurrency,
                 deployment: prefix.as_str().to_string(),
                 auth_pause: args.auth_failure_pause_secs,
                 jit_limit_per_min: Some(args.github_jit_limit_per_min).filter(|n| *n > 0.0),

@@ -479,3 +479,18 @@ fn an_http_modal_url_outside_this_machine_yields_a_warning() {
     assert!(modal("http://127.0.0.1:50051").is_empty());
     assert!(modal("https://api.modal.com:443").is_empty());
 }
+
+#[test]
+fn registration_concurrency_takes_its_old_name_and_the_new_name_wins() {
+    let s = parse(&[], SECRETS).expect("valid");
+    assert_eq!(s.provisioner.registration_concurrency, 32);
+    assert_eq!(s.provisioner.create_concurrency, 256);
+    let old = parse(&["--provision-concurrency", "8"], SECRETS).expect("valid");
+    assert_eq!(old.provisioner.registration_concurrency, 8);
+    let both = parse(
+        &["--provision-concurrency", "8", "--registration-concurrency", "16"],
+        SECRETS,
+    )
+    .expect("valid");
+    assert_eq!(both.provisioner.registration_concurrency, 16);
+}

@@ -1,5 +1,12 @@
 //! Turns planned runners into running ones: JIT registration at GitHub, then a sandbox.
 //!
+//! The two steps are a pipeline with a budget each: registrations run under
+//! `REGISTRATION_CONCURRENCY` (GitHub limits concurrent requests and registrations a
+//! minute), sandbox creations under `SANDBOX_CREATE_CONCURRENCY` (Modal limits creations a
+//! second, paced by the backend, and nothing else). A registered runner gives its
+//! registration slot back before it waits, first come first served, for a creation slot,
+//! so GitHub's budget is never held while Modal works.
+//!
 //! Every step is written to the store before the next begins, and every step can be
 //! resumed after a crash without doing it twice: `registering` means a JIT request may have
 //! reached GitHub, so recovery asks GitHub by name before trying again; `registered` means
@@ -13,7 +20,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -48,6 +55,11 @@ pub struct ProvisionerContext {
     /// Keeps JIT registrations under GitHub's secondary limit (900 points a minute per
     /// endpoint, 5 per POST: 180 registrations a minute).
     pub jit_window: Window,
+    /// Registrations (and restart recoveries) under way: `REGISTRATION_CONCURRENCY`.
+    pub registration_slots: Arc<Semaphore>,
+    /// Sandbox creations under way: `SANDBOX_CREATE_CONCURRENCY`. Fair (FIFO), so
+    /// registered runners get their sandboxes in the order they were registered.
+    pub create_slots: Arc<Semaphore>,
 }
 
 /// Why one provisioning attempt stopped.
@@ -64,12 +76,11 @@ enum ProvisionError {
 /// Provisions pending runners (and recovers half-provisioned ones) until `stop`; then lets
 /// the attempts under way finish, for at most `drain`.
 pub async fn run(ctx: Arc<ProvisionerContext>, stop: CancellationToken, drain: Duration) {
-    let slots = Arc::new(Semaphore::new(ctx.settings.concurrency.max(1)));
     let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut tasks = JoinSet::new();
     loop {
         while tasks.try_join_next().is_some() {}
-        if let Err(e) = dispatch(&ctx, &slots, &in_flight, &mut tasks).await {
+        if let Err(e) = dispatch(&ctx, &in_flight, &mut tasks).await {
             tracing::error!(error = %e, "provisioning pass failed");
         }
         if !next_round(&ctx.wake.provisioner, ctx.interval, &stop).await {
@@ -84,7 +95,6 @@ pub async fn run(ctx: Arc<ProvisionerContext>, stop: CancellationToken, drain: D
 
 async fn dispatch(
     ctx: &Arc<ProvisionerContext>,
-    slots: &Arc<Semaphore>,
     in_flight: &Arc<Mutex<HashSet<String>>>,
     tasks: &mut JoinSet<()>,
 ) -> Result<(), StoreError> {
@@ -97,7 +107,7 @@ async fn dispatch(
         RunnerState::Registered,
     ];
     for row in ctx.store.runners_in(&states).await? {
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
+        let Ok(permit) = ctx.registration_slots.clone().try_acquire_owned() else {
             break;
         };
         let name = row.name.to_string();
@@ -109,9 +119,8 @@ async fn dispatch(
             tracing::info_span!("provision", repo = %row.repo, job.id = %row.job, runner.name = %row.name);
         tasks.spawn(
             async move {
-                provision(&ctx, row).await;
+                provision(&ctx, row, permit).await;
                 lock(&in_flight).remove(&name);
-                drop(permit);
                 ctx.wake.provisioner.notify_one();
             }
             .instrument(span),
@@ -125,9 +134,10 @@ fn lock(set: &Mutex<HashSet<String>>) -> std::sync::MutexGuard<'_, HashSet<Strin
 }
 
 /// Advances one runner as far as it goes; failures end in a `failed` row, never a panic.
-pub(crate) async fn provision(ctx: &ProvisionerContext, row: RunnerRow) {
+/// `slot` is its registration slot, given back as soon as the registration is done.
+pub(crate) async fn provision(ctx: &ProvisionerContext, row: RunnerRow, slot: OwnedSemaphorePermit) {
     let outcome = match row.state {
-        RunnerState::Pending => start(ctx, &row).await,
+        RunnerState::Pending => start(ctx, &row, slot).await,
         RunnerState::Registering => recover_registering(ctx, &row).await,
         RunnerState::Registered => recover_registered(ctx, &row).await,
         _ => Ok(()),
@@ -137,7 +147,11 @@ pub(crate) async fn provision(ctx: &ProvisionerContext, row: RunnerRow) {
     }
 }
 
-async fn start(ctx: &ProvisionerContext, row: &RunnerRow) -> Result<(), ProvisionError> {
+async fn start(
+    ctx: &ProvisionerContext,
+    row: &RunnerRow,
+    registration_slot: OwnedSemaphorePermit,
+) -> Result<(), ProvisionError> {
     if !ctx
         .store
         .transition(
@@ -168,6 +182,10 @@ async fn start(ctx: &ProvisionerContext, row: &RunnerRow) -> Result<(), Provisio
         )
         .await?;
     tracing::info!(github.runner_id = runner_id, "runner registered");
+    drop(registration_slot);
+    ctx.wake.provisioner.notify_one();
+    // The semaphore is never closed; if it were, creating without a slot is still safe.
+    let _create_slot = ctx.create_slots.acquire().await.ok();
     match create_sandbox(ctx, row, jit).await {
         Ok(id) => mark_running(ctx, row, id).await,
         Err(e) => {

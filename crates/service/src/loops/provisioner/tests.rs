@@ -10,12 +10,9 @@ use crate::loops::reaper;
 
 /// One pass of the loop: dispatch every runner it would pick up, then wait for them.
 async fn pass(ctx: &Arc<ProvisionerContext>) {
-    let slots = Arc::new(Semaphore::new(ctx.settings.concurrency));
     let in_flight = Arc::default();
     let mut tasks = JoinSet::new();
-    dispatch(ctx, &slots, &in_flight, &mut tasks)
-        .await
-        .expect("dispatch");
+    dispatch(ctx, &in_flight, &mut tasks).await.expect("dispatch");
     while let Some(done) = tasks.join_next().await {
         done.expect("provisioning does not panic");
     }
@@ -224,5 +221,48 @@ async fn a_rejected_token_pauses_provisioning_for_the_auth_pause() {
     f.clock.advance(Duration::from_secs(1));
     pass(&ctx).await;
     assert_eq!(f.row(&second).await.state, RunnerState::Running);
+    f.finish().await;
+}
+
+/// Polls the store until `names` are all in `state`, for at most five seconds.
+async fn all_reach(f: &Fixture, names: &[&crate::domain::RunnerName], state: RunnerState) -> bool {
+    for _ in 0..250 {
+        let mut all = true;
+        for name in names {
+            all &= f.row(name).await.state == state;
+        }
+        if all {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn a_registered_runner_waits_for_a_creation_slot_without_holding_a_registration_slot() {
+    // Arrange: one registration slot, and every creation slot busy.
+    let f = Fixture::start().await;
+    let (a, b) = (f.plan(1).await, f.plan(2).await);
+    let ctx = f.provisioner_with(1, 2);
+    let busy = ctx
+        .create_slots
+        .clone()
+        .acquire_many_owned(2)
+        .await
+        .expect("slots");
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(run(ctx.clone(), stop.clone(), Duration::from_secs(5)));
+
+    // Act + Assert: both are registered through the one registration slot while they wait
+    // for Modal; neither has a sandbox yet.
+    assert!(all_reach(&f, &[&a, &b], RunnerState::Registered).await);
+    assert!(f.sandboxes().await.is_empty());
+    // Creation slots free up: both get their sandboxes.
+    drop(busy);
+    assert!(all_reach(&f, &[&a, &b], RunnerState::Running).await);
+    assert_eq!(f.sandboxes().await.len(), 2);
+    stop.cancel();
+    running.await.expect("the loop ends");
     f.finish().await;
 }

@@ -32,7 +32,12 @@ async fn provision(ctx: &Arc<ProvisionerContext>) {
         .into_iter()
         .next()
         .expect("a pending runner");
-    crate::loops::provisioner::provision(ctx, row).await;
+    let slot = ctx
+        .registration_slots
+        .clone()
+        .try_acquire_owned()
+        .expect("a free slot");
+    crate::loops::provisioner::provision(ctx, row, slot).await;
 }
 
 fn ended_because(row: &RunnerRow, state: RunnerState, reason: &str) {
