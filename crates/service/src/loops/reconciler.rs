@@ -54,11 +54,9 @@ pub struct PassReport {
     pub abandoned: usize,
 }
 
-/// What the reconciler remembers between passes.
+/// What the reconciler remembers between passes (redelivery requests are in the store).
 #[derive(Debug, Default)]
 pub struct PassState {
-    /// Redelivery requests per GUID, so a delivery that keeps failing is not requested forever.
-    redelivered: HashMap<String, u32>,
     /// The last job the stuck-job refresh looked up: the next pass starts after it.
     refreshed_up_to: Option<JobId>,
 }
@@ -99,7 +97,7 @@ pub async fn pass(ctx: &ReconcilerContext, state: &mut PassState) -> Result<Pass
     report.stale_refreshed = refresh_unseen(ctx, &seen, &mut state.refreshed_up_to).await?;
     for hook in &ctx.settings.hooks {
         check_headroom(&ctx.github)?;
-        report.redelivered += redeliver_failed(ctx, hook, &mut state.redelivered).await?;
+        report.redelivered += redeliver_failed(ctx, hook).await?;
     }
     if report.jobs_seen + report.stale_refreshed + report.abandoned > 0 {
         ctx.wake.planner.notify_one();
@@ -269,13 +267,12 @@ fn to_event(repo: &RepoName, job: RemoteJob, label: &str) -> Option<JobEvent> {
     })
 }
 
-/// Redelivers `workflow_job` deliveries within the window that never succeeded; each GUID
-/// at most three times.
-async fn redeliver_failed(
-    ctx: &ReconcilerContext,
-    hook: &Hook,
-    asked: &mut HashMap<String, u32>,
-) -> Result<usize, ReconcileError> {
+/// Most redelivery requests for one delivery, across restarts.
+const MAX_REDELIVERIES: u32 = 3;
+
+/// Redelivers `workflow_job` deliveries within the window that failed in transit; each GUID
+/// at most [`MAX_REDELIVERIES`] times.
+async fn redeliver_failed(ctx: &ReconcilerContext, hook: &Hook) -> Result<usize, ReconcileError> {
     let since =
         ctx.clock.now_millis() - i64::try_from(ctx.settings.redeliver_window.as_millis()).unwrap_or(i64::MAX);
     let mut latest_failure: HashMap<String, u64> = HashMap::new();
@@ -311,11 +308,10 @@ async fn redeliver_failed(
         if succeeded.contains(&guid) || ctx.store.delivery_seen(&guid).await? {
             continue;
         }
-        let tries = asked.entry(guid.clone()).or_default();
-        if *tries >= 3 {
+        if ctx.store.redelivery_asks(&guid).await? >= MAX_REDELIVERIES {
             continue;
         }
-        *tries += 1;
+        ctx.store.note_redelivery(&guid).await?;
         ctx.github.redeliver(hook, id).await?;
         tracing::info!(hook = %hook, delivery = %guid, "asked GitHub to redeliver a failed webhook");
         count += 1;

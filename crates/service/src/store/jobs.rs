@@ -163,6 +163,29 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// How many times a delivery's redelivery was asked for.
+    pub async fn redelivery_asks(&self, guid: &str) -> Result<u32, StoreError> {
+        let row = sqlx::query("SELECT asked FROM redeliveries WHERE guid = ?1")
+            .bind(guid)
+            .fetch_optional(self.pool())
+            .await?;
+        let asked: i64 = row.map(|r| r.try_get("asked")).transpose()?.unwrap_or(0);
+        Ok(u32::try_from(asked).unwrap_or(u32::MAX))
+    }
+
+    /// Notes one more redelivery request for a delivery.
+    pub async fn note_redelivery(&self, guid: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO redeliveries (guid, asked, last_asked_at) VALUES (?1, 1, ?2)
+             ON CONFLICT (guid) DO UPDATE SET asked = asked + 1, last_asked_at = ?2",
+        )
+        .bind(guid)
+        .bind(self.clock().now_millis())
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     /// Records the max-parallel settings found for jobs of one run.
     pub async fn set_strategies(&self, updates: &[StrategyUpdate]) -> Result<(), StoreError> {
         let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;

@@ -31,13 +31,14 @@ pub async fn run(store: Store, retention: Duration, stop: CancellationToken) {
 
 impl Store {
     /// Deletes history older than `cutoff` (Unix ms): completed jobs no live runner refers
-    /// to, ended runners, delivery GUIDs and looked-up runs. Open jobs and live runners are
+    /// to, ended runners, delivery GUIDs, redelivery requests and looked-up runs. Open jobs and live runners are
     /// never touched. Returns how many rows went.
     pub async fn prune(&self, cutoff: i64) -> Result<u64, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut deleted = 0;
         for sql in [
             "DELETE FROM deliveries WHERE received_at < ?1",
+            "DELETE FROM redeliveries WHERE last_asked_at < ?1",
             "DELETE FROM runners WHERE state IN ('done', 'failed') AND updated_at < ?1",
             "DELETE FROM jobs WHERE rank = 3 AND updated_at < ?1
                 AND NOT EXISTS (SELECT 1 FROM runners r WHERE r.job_id = jobs.id)

@@ -68,3 +68,11 @@ CREATE TABLE IF NOT EXISTS runs (
     strategy   TEXT NOT NULL,                -- JSON: workflow jobs and their max-parallel
     updated_at INTEGER NOT NULL
 );
+
+-- Redelivery requests per delivery GUID: a delivery that keeps failing is asked for a few
+-- times in all, across restarts, not forever. Pruned with the rest of the history.
+CREATE TABLE IF NOT EXISTS redeliveries (
+    guid          TEXT PRIMARY KEY NOT NULL,
+    asked         INTEGER NOT NULL,
+    last_asked_at INTEGER NOT NULL
+) WITHOUT ROWID;

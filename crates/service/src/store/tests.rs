@@ -1,5 +1,7 @@
 use super::*;
-use crate::domain::{JobEvent, JobId, JobStatus, LabelSet, NamePrefix, RepoName, RunnerName, RunnerState};
+use crate::domain::{
+    Abandoned, JobEvent, JobId, JobStatus, LabelSet, NamePrefix, RepoName, RunnerName, RunnerState,
+};
 
 async fn store() -> Store {
     Store::open("sqlite::memory:").await.expect("in-memory store")
@@ -299,4 +301,35 @@ async fn a_repository_name_damaged_in_the_database_is_a_typed_error() {
     assert!(bad(s.unresolved_runs().await.map(|v| v.len())));
     assert!(bad(s.live_runners().await.map(|v| v.len())));
     assert!(bad(s.all_runners().await.map(|v| v.len())));
+}
+
+#[tokio::test]
+async fn redelivery_requests_are_counted_per_delivery_and_pruned_with_the_history() {
+    let s = store().await;
+    assert_eq!(s.redelivery_asks("g1").await.expect("read"), 0);
+    s.note_redelivery("g1").await.expect("note");
+    s.note_redelivery("g1").await.expect("note");
+    s.note_redelivery("g2").await.expect("note");
+    assert_eq!(s.redelivery_asks("g1").await.expect("read"), 2);
+    assert_eq!(s.redelivery_asks("g2").await.expect("read"), 1);
+    s.prune(s.clock().now_millis() + 1).await.expect("prune");
+    assert_eq!(s.redelivery_asks("g1").await.expect("read"), 0, "pruned");
+}
+
+#[tokio::test]
+async fn an_abandoned_job_is_closed_once_with_its_reason_and_a_late_queued_event_does_not_reopen_it() {
+    let s = store().await;
+    record(&s, "g1", event("queued", JobStatus::Queued, None)).await;
+    let id = JobId(12_877_621_891);
+    assert!(s.abandon_job(id, &Abandoned::GoneAtGitHub).await.expect("close"));
+    assert!(
+        !s.abandon_job(id, &Abandoned::QueuedTooLong).await.expect("close"),
+        "closed once"
+    );
+    record(&s, "g2", event("queued", JobStatus::Queued, None)).await;
+    let job = s.job(id).await.expect("read").expect("job");
+    assert_eq!(job.status, JobStatus::Completed);
+    assert_eq!(job.conclusion.as_deref(), Some("abandoned"));
+    assert_eq!(job.closed_reason, Some(Abandoned::GoneAtGitHub.to_string()));
+    assert!(s.open_jobs().await.expect("read").is_empty());
 }
