@@ -25,6 +25,9 @@ pub struct Metrics {
     startup_seconds: Histogram,
     rate_limit_remaining: Gauge,
     upstream_errors: Family<Labels1, Counter>,
+    connections_open: Gauge,
+    connection_limit_waits: Counter,
+    connection_errors: Family<Labels1, Counter>,
 }
 
 impl Default for Metrics {
@@ -47,6 +50,9 @@ impl Metrics {
             startup_seconds: Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0]),
             rate_limit_remaining: Gauge::default(),
             upstream_errors: Family::default(),
+            connections_open: Gauge::default(),
+            connection_limit_waits: Counter::default(),
+            connection_errors: Family::default(),
         };
         registry.register("webhooks", "Webhook deliveries by outcome", m.webhooks.clone());
         registry.register(
@@ -81,6 +87,21 @@ impl Metrics {
             "Failed GitHub and backend calls, by kind",
             m.upstream_errors.clone(),
         );
+        registry.register(
+            "http_connections",
+            "HTTP connections open now",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "connection_limit_waits",
+            "Times a new connection had to wait because MAX_CONNECTIONS were open",
+            m.connection_limit_waits.clone(),
+        );
+        registry.register(
+            "connection_errors",
+            "HTTP connections closed by an error, by kind (header timeout, idle timeout, malformed request, aborted)",
+            m.connection_errors.clone(),
+        );
         if let Ok(mut slot) = m.registry.lock() {
             *slot = registry;
         }
@@ -105,6 +126,22 @@ impl Metrics {
 
     pub fn upstream_error(&self, kind: &'static str) {
         self.upstream_errors.get_or_create(&[("kind", kind)]).inc();
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections_open.inc();
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections_open.dec();
+    }
+
+    pub fn connection_limit_reached(&self) {
+        self.connection_limit_waits.inc();
+    }
+
+    pub fn connection_error(&self, kind: &'static str) {
+        self.connection_errors.get_or_create(&[("kind", kind)]).inc();
     }
 
     pub fn job_started_after(&self, seconds: f64) {
