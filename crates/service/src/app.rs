@@ -16,7 +16,7 @@ use crate::backend::{Backend, BackendError, LocalBackend, ModalBackend};
 use crate::clock::Clock;
 use crate::config::{BackendSettings, Settings};
 use crate::github::{GitHub, GitHubConfig};
-use crate::ingress::{self, Ingress};
+use crate::ingress::{self, Ingress, ServerContext, ServerLimits, WarnThrottle};
 use crate::loops::max_parallel::{self, StrategyContext};
 use crate::loops::planner::{self, PlannerContext};
 use crate::loops::provisioner::{self, ProvisionerContext};
@@ -151,6 +151,7 @@ impl Application {
         stop: CancellationToken,
     ) {
         let webhook = &self.settings.webhook;
+        let warnings = Arc::new(WarnThrottle::default());
         let state = Ingress {
             secret: Arc::new(webhook.secret.clone()),
             label: Arc::from(webhook.label.as_str()),
@@ -160,17 +161,26 @@ impl Application {
             metrics: self.metrics.clone(),
             max_body_bytes: webhook.max_body_bytes,
             ready: self.ready.clone(),
+            allow_public: webhook.allow_public,
+            retention: self.settings.store.retention,
+            warnings: warnings.clone(),
         };
         let router = ingress::router(state);
+        let limits = ServerLimits {
+            header_read_timeout: self.settings.server.header_read_timeout,
+            max_connections: self.settings.server.max_connections,
+        };
+        let ctx = ServerContext {
+            metrics: self.metrics.clone(),
+            warnings,
+        };
         let Some(listener) = self.listener.take() else {
             return;
         };
+        // Stops accepting when `stop` fires, then waits for requests in flight.
         tasks.spawn(async move {
-            let result = axum::serve(listener, router)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-                .context("the HTTP server stopped");
-            ("http", result)
+            ingress::serve(listener, router, limits, ctx, stop).await;
+            ("http", Ok(()))
         });
     }
 

@@ -162,6 +162,7 @@ impl Fixture {
                 interval: Duration::from_secs(60),
                 hooks: Vec::new(),
                 redeliver_window: Duration::from_secs(3600),
+                allow_public: false,
             },
             clock: self.clock.clone().into(),
             metrics: Arc::new(Metrics::new()),

@@ -26,6 +26,9 @@ pub struct Metrics {
     rate_limit_remaining: Gauge,
     upstream_errors: Family<Labels1, Counter>,
     jobs_abandoned: Family<Labels1, Counter>,
+    connections_open: Gauge,
+    connection_limit_waits: Counter,
+    connection_errors: Family<Labels1, Counter>,
 }
 
 impl Default for Metrics {
@@ -49,6 +52,9 @@ impl Metrics {
             rate_limit_remaining: Gauge::default(),
             upstream_errors: Family::default(),
             jobs_abandoned: Family::default(),
+            connections_open: Gauge::default(),
+            connection_limit_waits: Counter::default(),
+            connection_errors: Family::default(),
         };
         registry.register("webhooks", "Webhook deliveries by outcome", m.webhooks.clone());
         registry.register(
@@ -88,6 +94,21 @@ impl Metrics {
             "Jobs closed without a completed event, by reason",
             m.jobs_abandoned.clone(),
         );
+        registry.register(
+            "http_connections",
+            "HTTP connections open now",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "connection_limit_waits",
+            "Times a new connection had to wait because MAX_CONNECTIONS were open",
+            m.connection_limit_waits.clone(),
+        );
+        registry.register(
+            "connection_errors",
+            "HTTP connections closed by an error, by kind (header timeout, idle timeout, malformed request, aborted)",
+            m.connection_errors.clone(),
+        );
         if let Ok(mut slot) = m.registry.lock() {
             *slot = registry;
         }
@@ -116,6 +137,22 @@ impl Metrics {
 
     pub fn job_abandoned(&self, reason: &'static str) {
         self.jobs_abandoned.get_or_create(&[("reason", reason)]).inc();
+    }
+
+    pub fn connection_opened(&self) {
+        self.connections_open.inc();
+    }
+
+    pub fn connection_closed(&self) {
+        self.connections_open.dec();
+    }
+
+    pub fn connection_limit_reached(&self) {
+        self.connection_limit_waits.inc();
+    }
+
+    pub fn connection_error(&self, kind: &'static str) {
+        self.connection_errors.get_or_create(&[("kind", kind)]).inc();
     }
 
     pub fn job_started_after(&self, seconds: f64) {

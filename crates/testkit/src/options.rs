@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use fakes::github::Limits;
 use fakes::modal::ModalFault;
+use modal_github_runner::clock::ManualClock;
 
 use crate::MODAL_RATE;
 use crate::world::REPO;
@@ -58,6 +59,9 @@ pub struct Options {
     pub echo_logs: bool,
     /// What plays the runner (`None`: the `fake-runner` binary).
     pub runner_command: Option<Vec<String>>,
+    /// The clock the in-process service reads (`None`: the system's): a test sets it to
+    /// move the service's time far ahead without waiting.
+    pub clock: Option<ManualClock>,
 }
 
 impl Default for Options {
@@ -77,6 +81,7 @@ impl Default for Options {
             run_runners: true,
             echo_logs: std::env::var_os("E2E_LOG").is_some(),
             runner_command: None,
+            clock: None,
         }
     }
 }

@@ -9,6 +9,7 @@ use fakes::github::{
 };
 use fakes::modal::{FakeModal, FakeModalConfig};
 use modal_github_runner::app::Application;
+use modal_github_runner::clock::{Clock, ManualClock};
 use modal_github_runner::store::{RunnerRow, Store};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -178,6 +179,11 @@ impl World {
         self.options.env.push((key.into(), value.into()));
     }
 
+    /// Makes the in-process service read `clock` from its next start on.
+    pub fn set_clock(&mut self, clock: ManualClock) {
+        self.options.clock = Some(clock);
+    }
+
     /// Starts (or restarts) the service on the same port, store and work directory, and
     /// waits until it is ready.
     pub async fn start_service(&mut self) {
@@ -207,7 +213,8 @@ impl World {
         );
         let settings = settings_from_vars(&self.service_env())
             .unwrap_or_else(|e| panic!("the configuration is refused: {e}"));
-        let app = Application::build(settings)
+        let clock = self.options.clock.clone().map_or(Clock::System, Clock::from);
+        let app = Application::build_with_clock(settings, clock)
             .await
             .unwrap_or_else(|e| panic!("the service did not start: {e:#}"));
         let stop = CancellationToken::new();

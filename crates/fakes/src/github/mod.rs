@@ -57,7 +57,7 @@ pub use payload::{WEB_URL, job_json, ping_payload, repository_json, workflow_job
 pub use records::{CallRecord, DeliveryInfo, DeliveryMode, DeliveryRecord};
 pub use scenario::{JobSpec, QueuedRun, RunSpec, RunnerBehavior};
 pub use time::rfc3339;
-pub use views::{JobStatus, JobView, OwnerKind, RepoView, RunnerStatus, RunnerView};
+pub use views::{JobStatus, JobView, OwnerKind, RepoView, RepoVisibility, RunnerStatus, RunnerView};
 pub use webhook::{encode_body, sign_sha256};
 
 use state::{Outgoing, State};
@@ -198,6 +198,11 @@ impl FakeGitHub {
         self.with_state(|s| s.add_repo(RepoView::user(full_name)));
     }
 
+    /// Adds a public organisation-owned repository.
+    pub fn add_public_repo(&self, full_name: &str) {
+        self.with_state(|s| s.add_repo(RepoView::organization(full_name).public()));
+    }
+
     /// The repository as payloads describe it.
     pub fn repo(&self, full_name: &str) -> Option<RepoView> {
         self.with_state(|s| s.repo(full_name).cloned())
@@ -235,6 +240,14 @@ impl FakeGitHub {
     /// Re-emits the job's current payload with `action`, under a new GUID.
     pub fn resend(&self, job_id: u64, action: &str) -> Option<Uuid> {
         self.with_state(|s| s.emit_job_event(job_id, action))
+    }
+
+    /// The body of the delivery `guid`, as sent (to replay it).
+    pub fn delivered_payload(&self, guid: Uuid) -> Option<serde_json::Value> {
+        self.with_state(|s| {
+            let d = s.deliveries.iter().find(|d| d.record.guid == guid)?;
+            Some((*d.payload).clone())
+        })
     }
 
     /// Delivers an arbitrary event body, signed.

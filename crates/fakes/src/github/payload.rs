@@ -159,7 +159,7 @@ pub(super) fn run_json(api_url: &str, run: &RunFacts<'_>, repo: &RepoView) -> Va
     let workflow_id = super::views::stable_id(run.path, 10_000_000, 90_000_000);
     let minimal_repo = json!({
         "id": repo.id, "node_id": node_id("R_kgDO", repo.id), "name": repo.name,
-        "full_name": repo.full_name, "private": true,
+        "full_name": repo.full_name, "private": repo.visibility.is_private(),
         "owner": { "login": repo.owner, "id": repo.owner_id, "type": repo.owner_kind.as_str() },
         "html_url": format!("{WEB_URL}/{}", repo.full_name), "url": repo_api,
     });
@@ -226,7 +226,7 @@ pub fn repository_json(api_url: &str, repo: &RepoView) -> Value {
     let html = format!("{WEB_URL}/{}", repo.full_name);
     let mut obj = json!({
         "id": repo.id, "node_id": node_id("R_kgDO", repo.id), "name": repo.name,
-        "full_name": repo.full_name, "private": true,
+        "full_name": repo.full_name, "private": repo.visibility.is_private(),
         "owner": account_json(api_url, &repo.owner, repo.owner_id, repo.owner_kind),
         "html_url": html, "description": format!("{} service", repo.name), "fork": false,
         "url": repo_api,
@@ -243,7 +243,7 @@ pub fn repository_json(api_url: &str, repo: &RepoView) -> Value {
         "has_pages": false, "has_discussions": false, "forks_count": 1, "mirror_url": null,
         "archived": false, "disabled": false, "open_issues_count": 3, "license": null,
         "allow_forking": false, "is_template": false, "web_commit_signoff_required": false,
-        "topics": ["ci"], "visibility": "private", "forks": 1, "open_issues": 3,
+        "topics": ["ci"], "visibility": repo.visibility.as_str(), "forks": 1, "open_issues": 3,
         "watchers": 12, "default_branch": repo.default_branch, "custom_properties": {},
     });
     if let (Some(map), Value::Object(extra)) = (obj.as_object_mut(), counters) {
@@ -386,6 +386,44 @@ mod tests {
         assert!(payload.get("organization").is_none());
         assert_eq!(payload["repository"]["owner"]["type"], "User");
         assert_eq!(payload["workflow_job"]["steps"], json!([]));
+    }
+
+    #[test]
+    fn a_public_repository_says_so_in_payloads_and_runs() {
+        let private = RepoView::organization("acme/widgets");
+        let payload = workflow_job_payload(
+            "https://api.github.com",
+            "queued",
+            &sample_job(JobStatus::Queued),
+            &private,
+        );
+        assert_eq!(payload["repository"]["private"], true);
+        assert_eq!(payload["repository"]["visibility"], "private");
+
+        let public = RepoView::organization("acme/widgets").public();
+        let payload = workflow_job_payload(
+            "https://api.github.com",
+            "queued",
+            &sample_job(JobStatus::Queued),
+            &public,
+        );
+        assert_eq!(payload["repository"]["private"], false);
+        assert_eq!(payload["repository"]["visibility"], "public");
+        let now = SystemTime::now();
+        let facts = RunFacts {
+            id: 1,
+            run_number: 1,
+            name: "CI",
+            path: ".github/workflows/ci.yml",
+            head_sha: "a",
+            head_branch: "main",
+            status: "queued",
+            conclusion: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let run = run_json("https://api.github.com", &facts, &public);
+        assert_eq!(run["repository"]["private"], false);
     }
 
     #[test]

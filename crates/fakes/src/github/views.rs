@@ -73,6 +73,31 @@ impl OwnerKind {
     }
 }
 
+/// Who can see a repository: `repository.visibility` in payloads (`private` is true for
+/// private and internal repositories).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepoVisibility {
+    Public,
+    Private,
+    Internal,
+}
+
+impl RepoVisibility {
+    /// The wire spelling of `visibility`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Public => "public",
+            Self::Private => "private",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// The `private` field.
+    pub fn is_private(self) -> bool {
+        self != Self::Public
+    }
+}
+
 /// A repository known to the fake. Ids are derived from the name, so
 /// payloads built without a server ([`super::workflow_job_payload`]) agree
 /// with the server's.
@@ -86,6 +111,8 @@ pub struct RepoView {
     pub owner_id: u64,
     pub owner_kind: OwnerKind,
     pub default_branch: String,
+    /// Private unless made public ([`RepoView::public`]).
+    pub visibility: RepoVisibility,
 }
 
 impl RepoView {
@@ -99,6 +126,12 @@ impl RepoView {
         Self::with_owner_kind(full_name, OwnerKind::User)
     }
 
+    /// The same repository, public: anyone can fork it and open pull requests.
+    pub fn public(mut self) -> Self {
+        self.visibility = RepoVisibility::Public;
+        self
+    }
+
     fn with_owner_kind(full_name: &str, owner_kind: OwnerKind) -> Self {
         let (owner, name) = full_name.split_once('/').unwrap_or((full_name, full_name));
         Self {
@@ -109,6 +142,7 @@ impl RepoView {
             owner_id: stable_id(owner, 1_000_000, 150_000_000),
             owner_kind,
             default_branch: "main".to_owned(),
+            visibility: RepoVisibility::Private,
         }
     }
 }

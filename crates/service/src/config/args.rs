@@ -151,6 +151,36 @@ pub struct ServeArgs {
         value_parser = parse::positive::<usize>("MAX_BODY_BYTES")
     )]
     pub max_body_bytes: usize,
+    /// Longest time a request head may take to arrive (also how long an idle kept-alive
+    /// connection stays open); the connection is closed after it.
+    #[arg(
+        long,
+        env = "HEADER_READ_TIMEOUT_SECS",
+        default_value = "30",
+        value_name = "SECS",
+        value_parser = parse::nonzero_seconds("HEADER_READ_TIMEOUT_SECS")
+    )]
+    pub header_read_timeout_secs: Duration,
+    /// HTTP connections open at once; further ones wait until one closes.
+    #[arg(
+        long,
+        env = "MAX_CONNECTIONS",
+        default_value = "1024",
+        value_name = "N",
+        value_parser = parse::max_connections()
+    )]
+    pub max_connections: usize,
+    /// Serve jobs of public repositories too: there a fork's pull request chooses its own
+    /// runs-on, machine labels included.
+    #[arg(
+        long,
+        env = "ALLOW_PUBLIC_REPOS",
+        default_value = "false",
+        value_name = "BOOL",
+        action = clap::ArgAction::Set,
+        value_parser = parse::boolean("ALLOW_PUBLIC_REPOS")
+    )]
+    pub allow_public_repos: bool,
     /// JIT registrations under way at once (GitHub allows 100 concurrent requests per
     /// token, shared with every other call). Default 32.
     #[arg(

@@ -110,7 +110,19 @@ pub fn cores(var: &'static str) -> impl TypedValueParser<Value = f64> {
     })
 }
 
-/// A yes-or-no switch: `true`/`false` (also `1`/`0`, `yes`/`no`), without case.
+/// `MAX_CONNECTIONS`: positive, and far below what a semaphore or the file descriptors of
+/// one process can hold.
+pub fn max_connections() -> impl TypedValueParser<Value = usize> {
+    checked("MAX_CONNECTIONS", |raw| {
+        let n: usize = parse_positive(raw)?;
+        if n > 1_000_000 {
+            return Err("must be at most 1000000".into());
+        }
+        Ok(n)
+    })
+}
+
+/// A yes/no option. Only these spellings: a typo must not turn a safety switch on.
 pub fn boolean(var: &'static str) -> impl TypedValueParser<Value = bool> {
     checked(var, |raw| match raw.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" => Ok(true),

@@ -46,6 +46,10 @@ pub struct ServerSettings {
     pub log_format: LogFormat,
     /// `SHUTDOWN_GRACE_SECS`: how long shutdown waits for runners being provisioned.
     pub shutdown_grace: Duration,
+    /// `HEADER_READ_TIMEOUT_SECS`: a request head slower than this closes its connection.
+    pub header_read_timeout: Duration,
+    /// `MAX_CONNECTIONS`: HTTP connections open at once.
+    pub max_connections: usize,
 }
 
 /// The webhook endpoint.
@@ -59,6 +63,8 @@ pub struct WebhookSettings {
     pub allow: RepoAllowList,
     /// `MAX_BODY_BYTES`.
     pub max_body_bytes: usize,
+    /// `ALLOW_PUBLIC_REPOS`: whether jobs of public repositories get runners.
+    pub allow_public: bool,
 }
 
 /// The store.
@@ -132,6 +138,8 @@ pub struct ReconcilerSettings {
     pub hooks: Vec<Hook>,
     /// `REDELIVER_WINDOW_HOURS`: how far back failed deliveries are redelivered.
     pub redeliver_window: Duration,
+    /// `ALLOW_PUBLIC_REPOS`: whether polled jobs of public repositories are recorded.
+    pub allow_public: bool,
 }
 
 /// JIT registrations under way at once unless configured: a third of GitHub's 100
@@ -160,6 +168,8 @@ impl Settings {
                 bind: SocketAddr::new(args.bind_address, args.port),
                 log_format: args.log_format,
                 shutdown_grace: args.shutdown_grace_secs,
+                header_read_timeout: args.header_read_timeout_secs,
+                max_connections: args.max_connections,
             },
             github,
             webhook: WebhookSettings {
@@ -167,6 +177,7 @@ impl Settings {
                 label: label.clone(),
                 allow: allow.clone(),
                 max_body_bytes: args.max_body_bytes,
+                allow_public: args.allow_public_repos,
             },
             store: StoreSettings {
                 database_url: args.database_url,
@@ -208,6 +219,7 @@ impl Settings {
                 interval: args.reconcile_interval_secs,
                 hooks,
                 redeliver_window: args.redeliver_window_hours,
+                allow_public: args.allow_public_repos,
             },
             backend,
         })

@@ -494,3 +494,53 @@ fn registration_concurrency_takes_its_old_name_and_the_new_name_wins() {
     .expect("valid");
     assert_eq!(both.provisioner.registration_concurrency, 16);
 }
+
+#[test]
+fn http_limits_and_public_repositories_have_safe_defaults() {
+    let s = parse(&[], SECRETS).expect("valid");
+    assert_eq!(s.server.header_read_timeout, Duration::from_secs(30));
+    assert_eq!(s.server.max_connections, 1024);
+    assert!(
+        !s.webhook.allow_public,
+        "public repositories are refused by default"
+    );
+    assert!(!s.reconciler.allow_public);
+
+    let s = parse(
+        &[
+            "--allow-public-repos",
+            "TRUE",
+            "--max-connections",
+            "5",
+            "--header-read-timeout-secs",
+            "0.5",
+        ],
+        SECRETS,
+    )
+    .expect("valid");
+    assert!(s.webhook.allow_public && s.reconciler.allow_public);
+    assert_eq!(s.server.max_connections, 5);
+    assert_eq!(s.server.header_read_timeout, Duration::from_millis(500));
+    assert!(
+        !parse(&["--allow-public-repos", "no"], SECRETS)
+            .expect("valid")
+            .webhook
+            .allow_public
+    );
+}
+
+#[test]
+fn a_misspelt_switch_or_limit_is_an_error_not_a_guess() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--allow-public-repos", "ture"], "ALLOW_PUBLIC_REPOS"),
+        (&["--allow-public-repos", "on"], "ALLOW_PUBLIC_REPOS"),
+        (&["--allow-public-repos", ""], "ALLOW_PUBLIC_REPOS"),
+        (&["--max-connections", "0"], "MAX_CONNECTIONS"),
+        (&["--max-connections", "2000000"], "MAX_CONNECTIONS"),
+        (&["--header-read-timeout-secs", "0"], "HEADER_READ_TIMEOUT_SECS"),
+    ];
+    for (flags, var) in cases {
+        let e = parse(flags, SECRETS).expect_err("invalid");
+        assert_eq!(&e.var, var, "{flags:?} gave {e}");
+    }
+}

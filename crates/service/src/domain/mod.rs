@@ -10,6 +10,7 @@ mod labels;
 mod machine;
 mod repo;
 mod runner;
+mod visibility;
 
 pub use event::JobEvent;
 pub use job::{Abandoned, JobId, JobStatus};
@@ -17,6 +18,7 @@ pub use labels::LabelSet;
 pub use machine::{Gpu, MachinePolicy, MachineSpec};
 pub use repo::{RepoAllowList, RepoName, RepoNameError};
 pub use runner::{NamePrefix, RunnerName, RunnerState};
+pub use visibility::Visibility;
 
 /// Milliseconds since the Unix epoch: the one clock every row in the store uses, so that
 /// times survive restarts and compare across processes.

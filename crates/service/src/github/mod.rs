@@ -29,8 +29,8 @@ pub use auth::{AppCredentials, Credentials};
 pub use error::GitHubError;
 pub use rate_limit::RateSnapshot;
 pub use types::{
-    DeleteOutcome, Hook, HookDelivery, JitConfig, JitRequest, RemoteJob, RemoteRun, RunnerDownload,
-    RunnerInfo,
+    DeleteOutcome, Hook, HookDelivery, JitConfig, JitRequest, RemoteJob, RemoteRun, RunRepository,
+    RunnerDownload, RunnerInfo,
 };
 
 use self::auth::Auth;

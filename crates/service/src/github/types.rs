@@ -1,6 +1,8 @@
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
+use crate::domain::Visibility;
+
 /// Body of `POST …/actions/runners/generate-jitconfig` (docs/github.md §2.1).
 #[derive(Debug, Clone, Serialize)]
 pub struct JitRequest {
@@ -68,6 +70,27 @@ pub struct RemoteRun {
     pub head_sha: Option<String>,
     #[serde(default)]
     pub status: Option<String>,
+    /// The run's repository (a minimal repository object): read for its visibility.
+    #[serde(default)]
+    pub repository: Option<RunRepository>,
+}
+
+impl RemoteRun {
+    /// Whether the run's repository is public (`Unknown` when the object is missing).
+    pub fn visibility(&self) -> Visibility {
+        self.repository.as_ref().map_or(Visibility::Unknown, |r| {
+            Visibility::from_fields(r.private, r.visibility.as_deref())
+        })
+    }
+}
+
+/// The fields of a run's `repository` the service reads.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct RunRepository {
+    #[serde(default)]
+    pub private: Option<bool>,
+    #[serde(default)]
+    pub visibility: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -184,4 +207,26 @@ pub struct HookDelivery {
     pub event: Option<String>,
     #[serde(default)]
     pub action: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_runs_visibility_comes_from_its_repository_object() {
+        let run = |repository: serde_json::Value| -> RemoteRun {
+            serde_json::from_value(serde_json::json!({"id": 1, "repository": repository})).expect("run")
+        };
+        assert_eq!(
+            run(serde_json::json!({"full_name": "o/r", "private": false})).visibility(),
+            Visibility::Public
+        );
+        assert_eq!(
+            run(serde_json::json!({"full_name": "o/r", "private": true})).visibility(),
+            Visibility::Private
+        );
+        let bare: RemoteRun = serde_json::from_value(serde_json::json!({"id": 1})).expect("run");
+        assert_eq!(bare.visibility(), Visibility::Unknown);
+    }
 }

@@ -8,10 +8,11 @@
 //! service cannot work without it (job id, run id, repository), and unknown fields are ignored.
 
 use std::borrow::Cow;
+use std::time::SystemTime;
 
 use serde::Deserialize;
 
-use crate::domain::{JobEvent, JobId, JobStatus, LabelSet, RepoName};
+use crate::domain::{JobEvent, JobId, JobStatus, LabelSet, RepoName, Visibility};
 
 #[derive(Deserialize)]
 struct RawEvent<'a> {
@@ -45,12 +46,30 @@ struct RawJob<'a> {
     created_at: Option<Cow<'a, str>>,
     #[serde(default, borrow)]
     started_at: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    completed_at: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
 struct RawRepository<'a> {
     #[serde(borrow)]
     full_name: Cow<'a, str>,
+    #[serde(default)]
+    private: Option<bool>,
+    #[serde(default, borrow)]
+    visibility: Option<Cow<'a, str>>,
+}
+
+/// A `workflow_job` delivery: the event the store records, and what the webhook filter
+/// alone needs to know about the delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobDelivery {
+    pub job: JobEvent,
+    /// The repository's visibility (`repository.private` / `repository.visibility`).
+    pub visibility: Visibility,
+    /// The newest of the job's `created_at`, `started_at` and `completed_at` that parse:
+    /// how old the delivery's news is, whenever it is (re)sent. `None` when none parses.
+    pub newest_at: Option<SystemTime>,
 }
 
 /// Why a body is not a usable `workflow_job` event. The message is safe to log; it never
@@ -67,10 +86,21 @@ pub enum EventError {
 
 /// Parses a JSON `workflow_job` delivery into the event the rest of the service uses.
 pub fn parse(body: &[u8]) -> Result<JobEvent, EventError> {
+    parse_delivery(body).map(|d| d.job)
+}
+
+/// Parses a JSON `workflow_job` delivery into its event, the repository's visibility and
+/// the age of its news.
+pub fn parse_delivery(body: &[u8]) -> Result<JobDelivery, EventError> {
     let raw: RawEvent<'_> = serde_json::from_slice(body)?;
+    let visibility = Visibility::from_fields(raw.repository.private, raw.repository.visibility.as_deref());
     let action = raw.action.ok_or(EventError::MissingAction)?.into_owned();
     let status = effective_status(&action, raw.workflow_job.status.as_deref());
     let job = raw.workflow_job;
+    let newest_at = [&job.created_at, &job.started_at, &job.completed_at]
+        .into_iter()
+        .filter_map(|t| humantime::parse_rfc3339_weak(t.as_deref()?).ok())
+        .max();
     let queued_for = (status == JobStatus::InProgress)
         .then(|| waited(job.created_at.as_deref()?, job.started_at.as_deref()?))
         .flatten();
@@ -78,7 +108,7 @@ pub fn parse(body: &[u8]) -> Result<JobEvent, EventError> {
         .runner_name
         .filter(|n| !n.is_empty() && status.rank() >= JobStatus::InProgress.rank())
         .map(Cow::into_owned);
-    Ok(JobEvent {
+    let job = JobEvent {
         status,
         job_id: JobId(job.id),
         run_id: job.run_id,
@@ -92,6 +122,11 @@ pub fn parse(body: &[u8]) -> Result<JobEvent, EventError> {
         repo: RepoName::parse(&raw.repository.full_name)?,
         action,
         queued_for,
+    };
+    Ok(JobDelivery {
+        job,
+        visibility,
+        newest_at,
     })
 }
 
@@ -213,6 +248,34 @@ mod tests {
         q["workflow_job"]["created_at"] = json!("2026-11-28T10:00:00Z");
         q["workflow_job"]["started_at"] = json!("2026-11-28T10:00:00Z");
         assert_eq!(event(&q).queued_for, None, "only started jobs have waited");
+    }
+
+    #[test]
+    fn the_newest_of_the_jobs_timestamps_and_the_repositorys_visibility_are_read() {
+        let mut v = payload("completed", Some("completed"));
+        v["workflow_job"]["created_at"] = json!("2026-11-28T10:00:00Z");
+        v["workflow_job"]["started_at"] = json!("2026-11-28T10:00:07Z");
+        v["workflow_job"]["completed_at"] = json!("2026-11-28T10:05:00Z");
+        v["repository"]["private"] = json!(false);
+        let d = parse_delivery(v.to_string().as_bytes()).expect("parses");
+        let at = |t: &str| humantime::parse_rfc3339_weak(t).expect("time");
+        assert_eq!(d.newest_at, Some(at("2026-11-28T10:05:00Z")));
+        assert_eq!(d.visibility, Visibility::Public);
+
+        // In progress: completed_at is null, started_at is the newest.
+        v["workflow_job"]["completed_at"] = serde_json::Value::Null;
+        v["repository"]["private"] = json!(true);
+        v["repository"]["visibility"] = json!("internal");
+        let d = parse_delivery(v.to_string().as_bytes()).expect("parses");
+        assert_eq!(d.newest_at, Some(at("2026-11-28T10:00:07Z")));
+        assert_eq!(d.visibility, Visibility::Internal);
+    }
+
+    #[test]
+    fn a_payload_without_times_or_visibility_still_parses() {
+        let d = parse_delivery(payload("queued", Some("queued")).to_string().as_bytes()).expect("parses");
+        assert_eq!(d.newest_at, None);
+        assert_eq!(d.visibility, Visibility::Unknown);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::Body;
@@ -11,10 +12,11 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 
-use super::event;
+use super::event::{self, JobDelivery};
 use super::signature::{self, SignatureError};
+use super::throttle::WarnThrottle;
 use crate::domain::JobEvent;
-use crate::domain::RepoAllowList;
+use crate::domain::{RepoAllowList, Visibility};
 use crate::metrics::Metrics;
 use crate::store::{EventSource, Recorded, Store, StoreError};
 use crate::wake::Wake;
@@ -32,6 +34,13 @@ pub struct Ingress {
     pub max_body_bytes: usize,
     /// Set once start-up work (e.g. the runner image build) is done.
     pub ready: Arc<AtomicBool>,
+    /// `ALLOW_PUBLIC_REPOS`: whether jobs of public repositories are served.
+    pub allow_public: bool,
+    /// `STORE_RETENTION_DAYS`: deliveries whose news is older than this are replays (their
+    /// job may have been pruned, and recording them would bring it back).
+    pub retention: Duration,
+    /// Rate-limits the warnings of refused requests (shared with the HTTP server).
+    pub warnings: Arc<WarnThrottle>,
 }
 
 /// The routes of docs/design.md §6: the webhook (also at `/`, where deployments made from
@@ -47,7 +56,12 @@ pub fn router(state: Ingress) -> Router {
 }
 
 /// Longest time a request body may take to arrive.
-const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How much younger than the retention a delivery's news must be. A job is pruned by our
+/// clock's time of its last event, and the check reads GitHub's times: the margin covers a
+/// GitHub clock running ahead of ours.
+const REPLAY_MARGIN: Duration = Duration::from_secs(3600);
 
 /// A delivery that was handled: recorded, recognised as a repeat, or deliberately ignored.
 #[derive(Debug)]
@@ -55,6 +69,8 @@ enum Answer {
     Accepted,
     Duplicate,
     Ignored(String),
+    /// Ignored because its news is older than the store keeps history: a replay.
+    Stale(String),
 }
 
 /// A delivery that was refused. The HTTP body names the class of problem only.
@@ -66,12 +82,16 @@ enum Refusal {
     Signature(#[from] SignatureError),
     #[error("the {0} header is missing")]
     MissingHeader(&'static str),
+    #[error("the X-GitHub-Delivery header is not a GUID")]
+    DeliveryId,
     #[error("content type {0:?} is not supported")]
     ContentType(String),
     #[error("malformed payload: {0}")]
     Malformed(String),
     #[error("repository {0} is not in ALLOWED_REPOS")]
     RepoNotAllowed(String),
+    #[error("repository {0} is public; set ALLOW_PUBLIC_REPOS=true to serve it")]
+    PublicRepo(String),
     #[error("could not read the body: {0}")]
     Body(String),
     #[error("could not record the event: {0}")]
@@ -83,9 +103,11 @@ impl Refusal {
         match self {
             Refusal::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Refusal::Signature(_) => StatusCode::UNAUTHORIZED,
-            Refusal::MissingHeader(_) | Refusal::Malformed(_) | Refusal::Body(_) => StatusCode::BAD_REQUEST,
+            Refusal::MissingHeader(_) | Refusal::DeliveryId | Refusal::Malformed(_) | Refusal::Body(_) => {
+                StatusCode::BAD_REQUEST
+            }
             Refusal::ContentType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Refusal::RepoNotAllowed(_) => StatusCode::FORBIDDEN,
+            Refusal::RepoNotAllowed(_) | Refusal::PublicRepo(_) => StatusCode::FORBIDDEN,
             Refusal::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -96,16 +118,36 @@ impl Refusal {
             Refusal::TooLarge => "payload too large",
             Refusal::Signature(_) => "invalid signature",
             Refusal::MissingHeader(_) => "missing header",
+            Refusal::DeliveryId => "invalid delivery id",
             Refusal::ContentType(_) => "unsupported content type",
             Refusal::Malformed(_) | Refusal::Body(_) => "malformed payload",
             Refusal::RepoNotAllowed(_) => "repository not allowed",
+            Refusal::PublicRepo(_) => "public repository",
             Refusal::Store(_) => "internal error",
         }
+    }
+
+    /// What the sender reads: the kind, and for a refusal the operator can lift, how.
+    fn message(&self) -> &'static str {
+        match self {
+            Refusal::PublicRepo(_) => "public repository (set ALLOW_PUBLIC_REPOS=true to serve it)",
+            other => other.kind(),
+        }
+    }
+
+    /// Whether the answer goes out before the whole body was read. Such an answer closes
+    /// the connection, and must say so: the unread rest of the body would otherwise be
+    /// taken for the next request, so hyper drops the connection, and a client keeping it
+    /// alive would send its next request into a closed socket.
+    fn before_body_read(&self) -> bool {
+        matches!(self, Refusal::TooLarge | Refusal::Body(_))
     }
 }
 
 async fn webhook(State(s): State<Ingress>, headers: HeaderMap, body: Body) -> Response {
+    // Logged only when GitHub could have sent it: a header is the sender's text.
     let delivery = header_str(&headers, "x-github-delivery")
+        .filter(|d| is_guid(d))
         .unwrap_or("-")
         .to_string();
     match handle(&s, &headers, body).await {
@@ -118,20 +160,42 @@ async fn webhook(State(s): State<Ingress>, headers: HeaderMap, body: Body) -> Re
                     json!({"status": "ignored", "reason": reason}),
                     "ignored",
                 ),
+                Answer::Stale(reason) => {
+                    if let Some(held_back) = s.warnings.admit_now("stale") {
+                        tracing::warn!(delivery = %delivery, reason = %reason, held_back, "old webhook ignored");
+                    }
+                    (
+                        StatusCode::OK,
+                        json!({"status": "ignored", "reason": reason}),
+                        "stale",
+                    )
+                }
             };
             s.metrics.webhook(label);
             (status, axum::Json(body)).into_response()
         }
-        Err(refusal) => {
-            s.metrics.webhook(refusal.kind());
-            if matches!(refusal, Refusal::Store(_)) {
-                tracing::error!(delivery = %delivery, error = %refusal, "webhook not recorded");
-            } else {
-                tracing::warn!(delivery = %delivery, reason = %refusal, "webhook refused");
-            }
-            (refusal.status(), axum::Json(json!({"error": refusal.kind()}))).into_response()
+        Err(refusal) => refused(&s, &delivery, &refusal),
+    }
+}
+
+/// The answer to a refused delivery; counted every time, logged at most once per reason
+/// per interval.
+fn refused(s: &Ingress, delivery: &str, refusal: &Refusal) -> Response {
+    s.metrics.webhook(refusal.kind());
+    if matches!(refusal, Refusal::Store(_)) {
+        tracing::error!(delivery = %delivery, error = %refusal, "webhook not recorded");
+    } else {
+        if let Some(held_back) = s.warnings.admit_now(refusal.kind()) {
+            tracing::warn!(delivery = %delivery, reason = %refusal, held_back, "webhook refused");
         }
     }
+    let mut response = (refusal.status(), axum::Json(json!({"error": refusal.message()}))).into_response();
+    if refusal.before_body_read() {
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    }
+    response
 }
 
 async fn handle(s: &Ingress, headers: &HeaderMap, body: Body) -> Result<Answer, Refusal> {
@@ -144,13 +208,17 @@ async fn handle(s: &Ingress, headers: &HeaderMap, body: Body) -> Result<Answer, 
     let event = header_str(headers, "x-github-event").ok_or(Refusal::MissingHeader("X-GitHub-Event"))?;
     let delivery =
         header_str(headers, "x-github-delivery").ok_or(Refusal::MissingHeader("X-GitHub-Delivery"))?;
+    if !is_guid(delivery) {
+        return Err(Refusal::DeliveryId);
+    }
     let json = json_payload(headers, &raw)?;
     match event {
         "workflow_job" => {}
         "ping" => return Ok(Answer::Ignored("ping".into())),
         other => return Ok(Answer::Ignored(format!("event {other} is not handled"))),
     }
-    let job = event::parse(&json).map_err(|e| Refusal::Malformed(e.to_string()))?;
+    let parsed = event::parse_delivery(&json).map_err(|e| Refusal::Malformed(e.to_string()))?;
+    let job = &parsed.job;
     if !job.labels.contains(&s.label) {
         return Ok(Answer::Ignored(format!(
             "job does not request the `{}` label",
@@ -163,7 +231,64 @@ async fn handle(s: &Ingress, headers: &HeaderMap, body: Body) -> Result<Answer, 
     if !s.allow.allows(&job.repo) {
         return Err(Refusal::RepoNotAllowed(job.repo.to_string()));
     }
-    record(s, delivery, job).await
+    check_visibility(s, &parsed, delivery)?;
+    if let Some(reason) = replayed(parsed.newest_at, s.store.clock().now(), s.retention) {
+        return Ok(Answer::Stale(reason));
+    }
+    record(s, delivery, parsed.job).await
+}
+
+/// Refuses a public repository's job unless `ALLOW_PUBLIC_REPOS`; serves one of unknown
+/// visibility, saying so (see `Visibility::from_fields`).
+fn check_visibility(s: &Ingress, parsed: &JobDelivery, delivery: &str) -> Result<(), Refusal> {
+    match parsed.visibility {
+        Visibility::Public if !s.allow_public => Err(Refusal::PublicRepo(parsed.job.repo.to_string())),
+        Visibility::Unknown => {
+            if let Some(held_back) = s.warnings.admit_now("visibility unknown") {
+                tracing::warn!(
+                    delivery = %delivery,
+                    repo = %parsed.job.repo,
+                    held_back,
+                    "the payload says neither repository.private nor repository.visibility; served as private"
+                );
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Why a delivery is a replay, if it is one: its newest timestamp is older than the store
+/// keeps history, so its job may have been pruned and recording it would bring the job
+/// back (and make a runner for it). The delivery GUID cannot tell: a replay can carry a
+/// new one, and old GUIDs are pruned too. A delivery without a readable timestamp is not
+/// refused: real payloads sometimes lack fields (docs/github.md §0.1).
+fn replayed(newest_at: Option<SystemTime>, now: SystemTime, retention: Duration) -> Option<String> {
+    let window = retention.saturating_sub(REPLAY_MARGIN);
+    if window.is_zero() {
+        return None;
+    }
+    let cutoff = now.checked_sub(window)?;
+    if newest_at? >= cutoff {
+        return None;
+    }
+    Some(format!(
+        "the job's newest timestamp is older than the store's retention (STORE_RETENTION_DAYS={}): \
+         a replay of an old delivery",
+        retention.as_secs_f64() / 86_400.0
+    ))
+}
+
+/// Whether `id` has the shape of the GUIDs GitHub sends in `X-GitHub-Delivery`
+/// (8-4-4-4-12 hexadecimal digits). Anything else is not from GitHub, and would be kept
+/// for days in the store's delivery table.
+fn is_guid(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    bytes.len() == 36
+        && bytes.iter().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => *b == b'-',
+            _ => b.is_ascii_hexdigit(),
+        })
 }
 
 async fn record(s: &Ingress, delivery: &str, job: JobEvent) -> Result<Answer, Refusal> {

@@ -5,10 +5,14 @@
 
 mod event;
 mod handler;
+mod server;
 pub mod signature;
+mod throttle;
 
 pub use event::{EventError, parse as parse_event};
 pub use handler::{Ingress, router};
+pub use server::{ServerContext, ServerLimits, serve};
+pub use throttle::{WARN_INTERVAL, WarnThrottle};
 
 #[cfg(test)]
 mod fuzz;

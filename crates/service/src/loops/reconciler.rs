@@ -127,7 +127,8 @@ fn check_headroom(github: &GitHub) -> Result<(), ReconcileError> {
     Ok(())
 }
 
-/// Records the labelled jobs of the repository's queued and in-progress runs.
+/// Records the labelled jobs of the repository's queued and in-progress runs; a public
+/// repository's only with `ALLOW_PUBLIC_REPOS` (as webhooks).
 async fn poll_repo(
     ctx: &ReconcilerContext,
     repo: &RepoName,
@@ -139,6 +140,13 @@ async fn poll_repo(
         for run in ctx.github.list_runs(repo, status).await? {
             if !runs.insert(run.id) {
                 continue;
+            }
+            if run.visibility().is_public() && !ctx.settings.allow_public {
+                tracing::warn!(
+                    repo = %repo,
+                    "repository is public; its jobs are not polled (set ALLOW_PUBLIC_REPOS=true to serve it)"
+                );
+                return Ok(count);
             }
             check_headroom(&ctx.github)?;
             for job in ctx.github.run_jobs(repo, run.id).await? {

@@ -7,7 +7,6 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::{Store, StoreError};
-use crate::domain::now_millis;
 
 /// How often old history is pruned.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
@@ -17,7 +16,11 @@ pub const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 pub async fn run(store: Store, retention: Duration, stop: CancellationToken) {
     let retention = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
     loop {
-        match store.prune(now_millis().saturating_sub(retention)).await {
+        // The store's clock: the one its rows are stamped with.
+        match store
+            .prune(store.clock().now_millis().saturating_sub(retention))
+            .await
+        {
             Ok(0) => {}
             Ok(n) => tracing::info!(rows = n, "pruned old history from the store"),
             Err(e) => tracing::warn!(error = %e, "could not prune the store"),
