@@ -1,5 +1,8 @@
--- modal-github-runner store schema (SQLite). Applied at every start; every statement is
--- idempotent. Times are Unix milliseconds.
+-- modal-github-runner store schema (SQLite), migration 1: the schema as it was when it was
+-- applied at every start, before versioned migrations. Every statement is idempotent, so a
+-- database that code wrote takes this migration as applied without losing a row. Never edit
+-- a released migration (a database that applied it would be refused); add the next file.
+-- Times are Unix milliseconds.
 
 -- X-GitHub-Delivery GUIDs of recorded events: a redelivered or doubled event is answered
 -- "duplicate" instead of being applied twice.
