@@ -64,6 +64,7 @@ impl Fixture {
         let backend = LocalBackend::new(LocalConfig {
             runner_dir: dir.path().join("runner"),
             work_dir: dir.path().join("work"),
+            run_as: None,
         });
         backend.prepare().await.expect("backend ready");
         let config = FakeGitHubConfig::default();

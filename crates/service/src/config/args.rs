@@ -142,6 +142,10 @@ pub struct ServeArgs {
     /// Where per-runner copies live (`local` backend); default: <temp dir>/modal-github-runner.
     #[arg(long, env = "LOCAL_WORK_DIR", value_name = "DIR")]
     pub local_work_dir: Option<PathBuf>,
+    /// Run runners as this user instead of the service's own (`local` backend; the service
+    /// must run as root). Runners then cannot read the service's environment or files.
+    #[arg(long, env = "LOCAL_RUN_AS", value_name = "USER")]
+    pub local_run_as: Option<String>,
     /// Largest webhook body accepted.
     #[arg(
         long,

@@ -57,7 +57,26 @@ pub(super) fn settings(
                 .local_work_dir
                 .clone()
                 .unwrap_or_else(|| std::env::temp_dir().join("modal-github-runner"));
-            Ok(BackendSettings::Local(LocalConfig { runner_dir, work_dir }))
+            let run_as = optional("LOCAL_RUN_AS", args.local_run_as.as_deref(), run_as_user)?;
+            Ok(BackendSettings::Local(LocalConfig {
+                runner_dir,
+                work_dir,
+                run_as,
+            }))
         }
+    }
+}
+
+/// `LOCAL_RUN_AS` must look like a user name; whether the user exists is checked when the
+/// backend starts, on the machine it runs on.
+fn run_as_user(name: &str) -> Result<String, String> {
+    let plausible = !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '$'));
+    if plausible {
+        Ok(name.to_string())
+    } else {
+        Err("must be a user name (letters, digits, `-`, `_`, `.`, `$`)".into())
     }
 }

@@ -544,3 +544,20 @@ fn a_misspelt_switch_or_limit_is_an_error_not_a_guess() {
         assert_eq!(&e.var, var, "{flags:?} gave {e}");
     }
 }
+
+#[test]
+fn local_run_as_names_a_user_and_blank_leaves_runners_as_the_services_user() {
+    let run_as = |value: &str| {
+        let flag = format!("--local-run-as={value}");
+        parse(&[flag.as_str()], SECRETS).map(|s| match s.backend {
+            BackendSettings::Local(local) => local.run_as,
+            BackendSettings::Modal { .. } => panic!("the local backend"),
+        })
+    };
+
+    assert_eq!(run_as("runner").expect("valid"), Some("runner".to_string()));
+    assert_eq!(run_as(" ").expect("blank is unset"), None);
+    for bad in ["has space", "../x", "-u"] {
+        assert_eq!(run_as(bad).expect_err(bad).var, "LOCAL_RUN_AS");
+    }
+}

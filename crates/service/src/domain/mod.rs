@@ -17,7 +17,7 @@ pub use job::{Abandoned, JobId, JobStatus};
 pub use labels::LabelSet;
 pub use machine::{Gpu, MachinePolicy, MachineSpec};
 pub use repo::{RepoAllowList, RepoName, RepoNameError};
-pub use runner::{NamePrefix, RunnerName, RunnerState};
+pub use runner::{InvalidRunnerName, NamePrefix, RunnerName, RunnerState};
 pub use visibility::Visibility;
 
 /// Milliseconds since the Unix epoch: the one clock every row in the store uses, so that

@@ -48,6 +48,22 @@ impl RunnerName {
         RunnerName(format!("{}-{}-{}", prefix.as_str(), job.0, attempt))
     }
 
+    /// Checks a name read back from somewhere a path will be built from (the local
+    /// backend's metadata files): only the characters a name built from a `NamePrefix`
+    /// can hold, so it can never hold a path separator or `..`.
+    pub fn parse(name: &str) -> Result<RunnerName, InvalidRunnerName> {
+        let valid = !name.is_empty()
+            && name.len() <= MAX_RUNNER_NAME
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if valid {
+            Ok(RunnerName(name.to_string()))
+        } else {
+            Err(InvalidRunnerName)
+        }
+    }
+
     /// Wraps a name read back from the store or from GitHub.
     pub fn from_stored(name: String) -> RunnerName {
         RunnerName(name)
@@ -68,6 +84,12 @@ impl RunnerName {
         &self.0
     }
 }
+
+/// A string that cannot be a runner name. The text leaves the string out: it may be
+/// anything a file held.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a runner name (1 to {MAX_RUNNER_NAME} letters, digits, `-` and `_`)")]
+pub struct InvalidRunnerName;
 
 impl fmt::Display for RunnerName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -166,6 +188,27 @@ mod tests {
         let prefix = NamePrefix::parse("modal").expect("valid");
         for other in ["modal", "modalx-1-1", "modal-abc-1", "gpu-1-1", "modal--1"] {
             assert_eq!(RunnerName::parse_ours(&prefix, other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn only_names_that_cannot_leave_a_directory_parse() {
+        for ok in ["modal-12877621891-3", "r-1-1", "a_b"] {
+            assert_eq!(RunnerName::parse(ok).map(|n| n.to_string()), Ok(ok.to_string()));
+        }
+        let long = "r".repeat(MAX_RUNNER_NAME + 1);
+        for bad in [
+            "",
+            "..",
+            "../x",
+            "a/b",
+            "/etc",
+            "a.b",
+            "a b",
+            "a\0",
+            long.as_str(),
+        ] {
+            assert_eq!(RunnerName::parse(bad), Err(InvalidRunnerName), "{bad:?}");
         }
     }
 

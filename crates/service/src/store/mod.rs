@@ -6,6 +6,7 @@
 mod ingest;
 mod jobs;
 pub mod maintenance;
+mod migrations;
 mod runners;
 mod runs;
 mod snapshot;
@@ -27,8 +28,6 @@ pub use runners::{AttemptStats, LiveRunner, NewRunner, RunnerPatch, RunnerRow, T
 pub use runs::{RunStrategy, UnresolvedRun};
 pub use snapshot::PlanInputs;
 
-const SCHEMA: &str = include_str!("schema.sql");
-
 /// A failed store operation. The text never holds row contents beyond ids and names.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -44,6 +43,15 @@ pub enum StoreError {
     /// damaged; the row is not acted on.
     #[error("a stored repository name is not valid: {0}")]
     BadRepo(#[from] RepoNameError),
+    /// Opening it would let this binary read rows whose meaning it does not know, and sqlx
+    /// would only say a migration is missing.
+    #[error(
+        "the database at {path} was written by a newer version (schema {found}); this binary \
+         knows up to {known}; upgrade the binary or restore a backup"
+    )]
+    NewerSchema { path: String, found: i64, known: i64 },
+    #[error("the database schema could not be brought up to date: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
 /// Handle to the store; cheap to clone.
@@ -70,7 +78,8 @@ pub enum Durability {
 
 impl Store {
     /// Opens (creating if needed) the database at `url` (`sqlite://path`, `sqlite::memory:`)
-    /// with the default durability and applies the schema.
+    /// with the default durability and applies the migrations it lacks; refuses a database
+    /// written by a newer version.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
         Store::open_with(url, Durability::default()).await
     }
@@ -105,7 +114,7 @@ impl Store {
             .max_lifetime(None)
             .connect_with(options.clone())
             .await?;
-        sqlx::raw_sql(SCHEMA).execute(&pool).await?;
+        migrations::apply(&pool, options.get_filename()).await?;
         let ingest = ingest::spawn_writer(pool.clone(), clock.clone());
         Ok(Store { pool, ingest, clock })
     }

@@ -333,3 +333,126 @@ async fn an_abandoned_job_is_closed_once_with_its_reason_and_a_late_queued_event
     assert_eq!(job.closed_reason, Some(Abandoned::GoneAtGitHub.to_string()));
     assert!(s.open_jobs().await.expect("read").is_empty());
 }
+
+/// The schema versions recorded as applied.
+async fn applied_versions(s: &Store) -> Vec<i64> {
+    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+        .fetch_all(s.pool())
+        .await
+        .expect("migrations table")
+}
+
+fn all_versions() -> Vec<i64> {
+    (1..=migrations::latest_version()).collect()
+}
+
+#[tokio::test]
+async fn a_new_database_gets_every_migration() {
+    let s = store().await;
+
+    assert_eq!(applied_versions(&s).await, all_versions());
+    assert_eq!(s.delivery_count().await.expect("deliveries"), 0);
+}
+
+/// A copy of the fixture database that the schema.sql code wrote (before versioned
+/// migrations): deliveries `guid-1` and `guid-2`, job 12877621891 in progress on runner
+/// `modal-12877621891-1`, that runner running (GitHub id 42, sandbox `sb-1`), run
+/// 4747967848 resolved.
+fn pre_migrations_copy() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store.db");
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/store/fixtures/pre-migrations.sqlite3"
+    );
+    std::fs::copy(fixture, &path).expect("copy the fixture");
+    let url = format!("sqlite://{}", path.display());
+    (dir, url)
+}
+
+#[tokio::test]
+async fn a_database_from_before_migrations_keeps_its_rows_and_is_migrated() {
+    let (_dir, url) = pre_migrations_copy();
+
+    let s = Store::open(&url).await.expect("opens the old database");
+
+    assert_eq!(applied_versions(&s).await, all_versions());
+    assert!(s.delivery_seen("guid-1").await.expect("read"));
+    assert!(s.delivery_seen("guid-2").await.expect("read"));
+    let job = s
+        .job(JobId(12_877_621_891))
+        .await
+        .expect("read")
+        .expect("the job");
+    assert_eq!(job.status, JobStatus::InProgress);
+    assert_eq!(job.runner_name.as_deref(), Some("modal-12877621891-1"));
+    let runner = s
+        .runner("modal-12877621891-1")
+        .await
+        .expect("read")
+        .expect("the runner");
+    assert_eq!(runner.state, RunnerState::Running);
+    assert_eq!(runner.github_id, Some(42));
+    assert_eq!(runner.sandbox_id.as_deref(), Some("sb-1"));
+    let run: String = sqlx::query_scalar("SELECT state FROM runs WHERE run_id = 4747967848")
+        .fetch_one(s.pool())
+        .await
+        .expect("the run");
+    assert_eq!(run, "resolved");
+    s.close().await;
+    // Opened again, nothing is applied twice.
+    let again = Store::open(&url).await.expect("opens again");
+    assert_eq!(applied_versions(&again).await, all_versions());
+}
+
+#[tokio::test]
+async fn a_database_written_by_a_newer_version_is_refused_naming_both_versions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("store.db");
+    let url = format!("sqlite://{}", path.display());
+    let s = Store::open(&url).await.expect("new database");
+    let newer = migrations::latest_version() + 1;
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
+         VALUES (?1, 'from the future', TRUE, x'00', 0)",
+    )
+    .bind(newer)
+    .execute(s.pool())
+    .await
+    .expect("a newer version's row");
+    s.close().await;
+
+    let err = Store::open(&url).await.err().expect("refused");
+
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "the database at {} was written by a newer version (schema {newer}); this binary \
+             knows up to {}; upgrade the binary or restore a backup",
+            path.display(),
+            migrations::latest_version()
+        )
+    );
+}
+
+#[test]
+fn released_migrations_are_never_edited() {
+    // sqlx refuses a database whose applied migration changed; this says so before release.
+    // A new migration adds its line; an existing line never changes.
+    let pinned: &[(i64, &str)] = &[
+        (
+            1,
+            "a63fe92d84353fc21975fc2a776a2c8a227ba59c0f673748874aa7ea495dd9fa",
+        ),
+        (
+            2,
+            "992cd4677093a0266fc4a3b28cc2364ac58fcf4176113dc51f2667f5d6ad9814",
+        ),
+    ];
+    assert_eq!(pinned.len(), all_versions().len(), "every migration is pinned");
+    for (version, checksum) in pinned {
+        let sql = migrations::sql(*version).expect("a released migration");
+        let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(sql));
+        assert_eq!(sha256, *checksum, "migration {version} was edited");
+    }
+}

@@ -10,23 +10,29 @@
 //!
 //! - this file: the registry of live sandboxes (create, terminate, list, how one ended);
 //! - `process`: starting `run.sh` in its copy, supervising it, and the `/proc` checks;
-//! - `adopt`: the metadata that outlives the service, and adopting at start-up.
+//! - `adopt`: the metadata that outlives the service, and adopting at start-up;
+//! - `workdir`: keeping `LOCAL_WORK_DIR` private to the service's user;
+//! - `identity`: who a runner runs as (`LOCAL_RUN_AS`) and the environment it gets.
 
 mod adopt;
+mod identity;
 mod process;
 #[cfg(test)]
 mod tests;
+mod workdir;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
 use self::adopt::Meta;
+use self::identity::RunAs;
 use self::process::KILL_GRACE;
 use super::{BackendError, SandboxInfo, SandboxSpec};
+use crate::domain::RunnerName;
 
 pub use process::group_has_live_process;
 
@@ -36,12 +42,16 @@ pub struct LocalConfig {
     /// A directory holding the runner's `run.sh` (an extracted actions-runner release, or
     /// the fake runner in tests).
     pub runner_dir: PathBuf,
-    /// Where per-runner copies, logs and metadata live.
+    /// Where per-runner copies, logs and metadata live; private to the service's user.
     pub work_dir: PathBuf,
+    /// `LOCAL_RUN_AS`: the user runners run as, instead of the service's own.
+    pub run_as: Option<String>,
 }
 
 pub struct LocalBackend {
     config: LocalConfig,
+    /// The `LOCAL_RUN_AS` user, looked up by `prepare`.
+    run_as: OnceLock<RunAs>,
     state: Arc<Mutex<Sandboxes>>,
 }
 
@@ -68,12 +78,15 @@ impl LocalBackend {
     pub fn new(config: LocalConfig) -> LocalBackend {
         LocalBackend {
             config,
+            run_as: OnceLock::new(),
             state: Arc::new(Mutex::new(Sandboxes::default())),
         }
     }
 
     /// Creates the sandbox `spec.name`, or returns the running one with that name.
     pub async fn create(&self, spec: SandboxSpec) -> Result<String, BackendError> {
+        let name = RunnerName::parse(&spec.name)
+            .map_err(|e| BackendError::Permanent(format!("the sandbox name is {e}")))?;
         loop {
             {
                 let mut st = self.lock();
@@ -87,7 +100,7 @@ impl LocalBackend {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let result = self.start(&spec).await;
+        let result = self.start(&name, &spec).await;
         self.lock().starting.remove(&spec.name);
         result.map(|()| spec.name)
     }
@@ -143,9 +156,23 @@ impl LocalBackend {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn paths(&self, name: &str) -> Paths {
+    /// The user runners run as, if not the service's; an error if `prepare` has not looked
+    /// it up, so a runner never runs as the service's user by mistake.
+    fn run_as(&self) -> Result<Option<&RunAs>, BackendError> {
+        match (&self.config.run_as, self.run_as.get()) {
+            (None, _) => Ok(None),
+            (Some(_), Some(user)) => Ok(Some(user)),
+            (Some(name), None) => Err(BackendError::Permanent(format!(
+                "LOCAL_RUN_AS={name} was not looked up: the backend was not prepared"
+            ))),
+        }
+    }
+
+    /// Paths are built only from checked runner names, which cannot leave the work
+    /// directory.
+    fn paths(&self, name: &RunnerName) -> Paths {
         Paths {
-            dir: self.config.work_dir.join(name),
+            dir: self.config.work_dir.join(name.as_str()),
             meta: self.config.work_dir.join(format!("{name}.json")),
             log: self.config.work_dir.join(format!("{name}.log")),
         }
@@ -156,7 +183,7 @@ impl LocalBackend {
         let stop = Arc::new(Notify::new());
         let (done_tx, done_rx) = watch::channel(false);
         self.lock().live.insert(
-            meta.name.clone(),
+            meta.name.to_string(),
             Live {
                 created_at: meta.created_at,
                 stop: stop.clone(),
@@ -168,15 +195,15 @@ impl LocalBackend {
         tokio::spawn(async move {
             let how = process::supervise(&meta, child, &stop).await;
             tracing::info!(runner.name = %meta.name, ended = %how, "local sandbox ended");
-            process::log_tail(&meta.name, &paths.log).await;
+            process::log_tail(meta.name.as_str(), &paths.log).await;
             paths.remove().await;
             {
                 let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
-                st.live.remove(&meta.name);
+                st.live.remove(meta.name.as_str());
                 if st.exits.len() == EXITS_KEPT {
                     st.exits.pop_front();
                 }
-                st.exits.push_back((meta.name.clone(), how));
+                st.exits.push_back((meta.name.to_string(), how));
             }
             let _ = done_tx.send(true);
         });

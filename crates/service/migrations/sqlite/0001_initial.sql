@@ -1,5 +1,8 @@
--- modal-github-runner store schema (SQLite). Applied at every start; every statement is
--- idempotent. Times are Unix milliseconds.
+-- modal-github-runner store schema (SQLite), migration 1: the schema as it was when it was
+-- applied at every start, before versioned migrations. Every statement is idempotent, so a
+-- database that code wrote takes this migration as applied without losing a row. Never edit
+-- a released migration (a database that applied it would be refused); add the next file.
+-- Times are Unix milliseconds.
 
 -- X-GitHub-Delivery GUIDs of recorded events: a redelivered or doubled event is answered
 -- "duplicate" instead of being applied twice.
@@ -30,8 +33,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at    INTEGER,
     completed_at  INTEGER,
     mp_group      TEXT,                      -- workflow job key that max-parallel counts by
-    max_parallel  INTEGER,                   -- NULL: not resolved yet; 0: unlimited
-    closed_reason TEXT                       -- why the service abandoned it (conclusion 'abandoned')
+    max_parallel  INTEGER                    -- NULL: not resolved yet; 0: unlimited
 );
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs(rank) WHERE rank < 3;
 CREATE INDEX IF NOT EXISTS jobs_by_runner ON jobs(runner_name) WHERE runner_name IS NOT NULL;
@@ -68,11 +70,3 @@ CREATE TABLE IF NOT EXISTS runs (
     strategy   TEXT NOT NULL,                -- JSON: workflow jobs and their max-parallel
     updated_at INTEGER NOT NULL
 );
-
--- Redelivery requests per delivery GUID: a delivery that keeps failing is asked for a few
--- times in all, across restarts, not forever. Pruned with the rest of the history.
-CREATE TABLE IF NOT EXISTS redeliveries (
-    guid          TEXT PRIMARY KEY NOT NULL,
-    asked         INTEGER NOT NULL,
-    last_asked_at INTEGER NOT NULL
-) WITHOUT ROWID;
