@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
-use fakes::github::{CallRecord, DeliveryMode, Route, WebhookTarget};
+use fakes::github::{CallRecord, DeliveryInfo, DeliveryMode, Route, WebhookTarget};
 use modal_github_runner::domain::{JobId, RepoName};
 use modal_github_runner::github::JitRequest;
 
@@ -48,23 +48,28 @@ async fn a_webhook_never_delivered_is_served_by_polling() {
     );
 }
 
+/// A service that asks GitHub to redeliver failed deliveries, every second.
+fn redelivering() -> Options {
+    Options::default()
+        .with("ALLOWED_REPOS", REPO)
+        .with("WEBHOOK_HOOK_ID", "1")
+        .with("RECONCILE_INTERVAL_SECS", "1")
+}
+
+/// Every first delivery fails; redeliveries go through (GitHub never retries on its own).
+fn lose_first_deliveries(d: &DeliveryInfo) -> DeliveryMode {
+    if d.redelivery {
+        DeliveryMode::Deliver
+    } else {
+        DeliveryMode::Drop
+    }
+}
+
 #[tokio::test]
 async fn failed_deliveries_are_redelivered_through_the_deliveries_api() {
-    let env = World::start(
-        Options::default()
-            .with("ALLOWED_REPOS", REPO)
-            .with("WEBHOOK_HOOK_ID", "1")
-            .with("RECONCILE_INTERVAL_SECS", "1"),
-    )
-    .await;
+    let env = World::start(redelivering()).await;
     // The first delivery of every event fails; GitHub never retries on its own.
-    env.github.set_delivery_filter(|d| {
-        if d.redelivery {
-            DeliveryMode::Deliver
-        } else {
-            DeliveryMode::Drop
-        }
-    });
+    env.github.set_delivery_filter(lose_first_deliveries);
     env.github.queue_run(jobs(1, 200));
     env.wait_all_completed(Duration::from_secs(30)).await;
     let redelivered = env
@@ -86,13 +91,7 @@ async fn failed_deliveries_are_redelivered_through_the_deliveries_api() {
 #[tokio::test]
 async fn deliveries_refused_on_purpose_are_never_redelivered_and_lost_ones_are() {
     // Arrange: the hook is signed with a wrong secret, so its deliveries are refused (401).
-    let env = World::start(
-        Options::default()
-            .with("ALLOWED_REPOS", REPO)
-            .with("WEBHOOK_HOOK_ID", "1")
-            .with("RECONCILE_INTERVAL_SECS", "1"),
-    )
-    .await;
+    let env = World::start(redelivering()).await;
     let hook = |secret: &str| WebhookTarget::json(env.url("/webhook"), secret);
     env.github.set_webhook(hook("not-the-webhook-secret"));
     let refused_run = env.github.queue_run(jobs(1, 200));
@@ -107,13 +106,7 @@ async fn deliveries_refused_on_purpose_are_never_redelivered_and_lost_ones_are()
     // Act: the secret is fixed; from now on every first delivery is lost. Several
     // reconcile passes go by while both jobs run.
     env.github.set_webhook(hook(SECRET));
-    env.github.set_delivery_filter(|d| {
-        if d.redelivery {
-            DeliveryMode::Deliver
-        } else {
-            DeliveryMode::Drop
-        }
-    });
+    env.github.set_delivery_filter(lose_first_deliveries);
     let lost_run = env.github.queue_run(jobs(1, 200));
     env.wait_all_completed(Duration::from_secs(30)).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
