@@ -210,4 +210,35 @@ mod tests {
         assert!(text.contains("mgr_jobs{status=\"queued\"} 3"), "{text}");
         assert!(text.contains("mgr_runners{state=\"running\"} 2"), "{text}");
     }
+
+    /// `dashboards/grafana.json` may only chart series this service exports: renaming a
+    /// metric without the dashboard fails here.
+    #[test]
+    fn the_dashboard_charts_only_metrics_the_service_exports() {
+        // Families with labels show only once they have a sample.
+        let m = Metrics::new();
+        m.webhook("accepted");
+        m.runner_failed("github_permanent");
+        m.runner_retired("idle");
+        m.upstream_error("timeout");
+        m.job_abandoned("gone_at_github");
+        m.connection_error("header_timeout");
+        m.set_counts(&[("queued".into(), 1)], &[("running".into(), 1)]);
+        let text = m.render();
+        let dashboard = include_str!("../../../dashboards/grafana.json");
+        let mut charted: Vec<&str> = dashboard
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("mgr_"))
+            .collect();
+        charted.sort_unstable();
+        charted.dedup();
+        assert!(charted.len() >= 10, "{charted:?}");
+        for name in charted {
+            let base = ["_total", "_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            assert!(text.contains(&format!("# TYPE {base} ")), "{name} is not exported:\n{text}");
+        }
+    }
 }
