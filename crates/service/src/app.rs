@@ -16,7 +16,7 @@ use crate::backend::{Backend, BackendError, LocalBackend, ModalBackend};
 use crate::clock::Clock;
 use crate::config::{BackendSettings, Settings};
 use crate::github::{GitHub, GitHubConfig};
-use crate::ingress::{self, Ingress, ServerContext, ServerLimits, WarnThrottle};
+use crate::ingress::{self, Ingress, ServerContext, ServerLimits, StatusPage, WarnThrottle};
 use crate::loops::max_parallel::{self, StrategyContext};
 use crate::loops::planner::{self, PlannerContext};
 use crate::loops::provisioner::{self, ProvisionerContext};
@@ -26,6 +26,7 @@ use crate::metrics::Metrics;
 use crate::pace::Window;
 use crate::retry::Backoff;
 use crate::runner_release::{self, ReleasePublisher, ReleaseSource};
+use crate::status::{GitHubHeadroom, Leader, Live, ModalPacing};
 use crate::store::{Store, maintenance};
 use crate::wake::Wake;
 
@@ -145,6 +146,38 @@ impl Application {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// The status page's sources: the store, and what only this process knows.
+    fn status_page(&self) -> StatusPage {
+        let (github, metrics) = (self.github.clone(), self.metrics.clone());
+        let create_rate = match &self.settings.backend {
+            BackendSettings::Modal { settings, .. } => settings.create_rate,
+            BackendSettings::Local(_) => None,
+        };
+        let since = self.clock.now_millis();
+        StatusPage {
+            store: self.store.clone(),
+            token: self.settings.server.status_token.clone().map(Arc::new),
+            live: Arc::new(move || {
+                let rate = github.rate();
+                Live {
+                    leader: Some(Leader {
+                        replica: "this replica (one replica per store)".into(),
+                        since,
+                    }),
+                    github: Some(GitHubHeadroom {
+                        remaining: rate.remaining,
+                        limit: rate.limit,
+                        reset: rate.reset,
+                    }),
+                    modal: Some(ModalPacing {
+                        create_rate_per_sec: create_rate,
+                        created_since_start: metrics.runners_created(),
+                    }),
+                }
+            }),
+        }
+    }
+
     fn spawn_server(
         &mut self,
         tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
@@ -165,7 +198,7 @@ impl Application {
             retention: self.settings.store.retention,
             warnings: warnings.clone(),
         };
-        let router = ingress::router(state);
+        let router = ingress::router(state).merge(ingress::status_router(self.status_page()));
         let limits = ServerLimits {
             header_read_timeout: self.settings.server.header_read_timeout,
             max_connections: self.settings.server.max_connections,

@@ -38,6 +38,10 @@ pub struct StatusArgs {
     /// How many recent jobs to list.
     #[arg(long, default_value_t = 20)]
     pub limit: i64,
+    /// Print the status as JSON (the same document as the service's /status.json, without
+    /// what only the running service knows).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `serve`: validates the configuration, starts the service and runs it until SIGTERM or
@@ -70,8 +74,8 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
     }
 }
 
-/// `status`: prints jobs and runners by state from the store.
-pub async fn status(database_url: &str, limit: i64) -> ExitCode {
+/// `status`: prints jobs and runners by state from the store, as text or JSON.
+pub async fn status(database_url: &str, limit: i64, json: bool) -> ExitCode {
     let store = match crate::store::Store::open(database_url).await {
         Ok(s) => s,
         Err(e) => {
@@ -79,9 +83,20 @@ pub async fn status(database_url: &str, limit: i64) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match crate::status::report(&store, limit).await {
-        Ok(text) => {
-            print!("{text}");
+    let gathered = crate::status::gather(&store, limit, crate::status::Live::default()).await;
+    match gathered {
+        Ok(st) if json => match serde_json::to_string_pretty(&st) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: could not encode the status: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(st) => {
+            print!("{}", crate::status::render_text(&st));
             ExitCode::SUCCESS
         }
         Err(e) => {

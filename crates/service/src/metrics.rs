@@ -123,6 +123,11 @@ impl Metrics {
         self.runners_created.inc();
     }
 
+    /// Sandboxes created since the service started (for the status page).
+    pub fn runners_created(&self) -> u64 {
+        self.runners_created.get()
+    }
+
     pub fn runner_failed(&self, kind: &'static str) {
         self.runner_failures.get_or_create(&[("kind", kind)]).inc();
     }
@@ -238,7 +243,10 @@ mod tests {
                 .iter()
                 .find_map(|s| name.strip_suffix(s))
                 .unwrap_or(name);
-            assert!(text.contains(&format!("# TYPE {base} ")), "{name} is not exported:\n{text}");
+            assert!(
+                text.contains(&format!("# TYPE {base} ")),
+                "{name} is not exported:\n{text}"
+            );
         }
     }
 }

@@ -33,6 +33,10 @@ pub struct ServeArgs {
     /// File holding the webhook secret (default: the WEBHOOK_SECRET environment variable, required).
     #[arg(long, value_name = "PATH")]
     pub webhook_secret_file: Option<PathBuf>,
+    /// File holding the status page's token (default: the STATUS_TOKEN environment variable;
+    /// without one, /status answers only on loopback).
+    #[arg(long, value_name = "PATH")]
+    pub status_token_file: Option<PathBuf>,
     /// Accept a webhook secret shorter than 16 bytes (a warning is logged at start instead).
     #[arg(
         long,

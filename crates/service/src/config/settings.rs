@@ -50,6 +50,8 @@ pub struct ServerSettings {
     pub header_read_timeout: Duration,
     /// `MAX_CONNECTIONS`: HTTP connections open at once.
     pub max_connections: usize,
+    /// `STATUS_TOKEN`: what `/status` asks for; `None`: it answers only on loopback.
+    pub status_token: Option<SecretString>,
 }
 
 /// The webhook endpoint.
@@ -146,6 +148,18 @@ pub struct ReconcilerSettings {
 /// concurrent requests, leaving room for every other call.
 const DEFAULT_REGISTRATION_CONCURRENCY: usize = 32;
 
+/// `STATUS_TOKEN` (or `--status-token-file`), when set; blank counts as unset.
+fn status_token(
+    file: Option<&std::path::PathBuf>,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<SecretString>, ConfigError> {
+    let set = file.is_some() || env("STATUS_TOKEN").is_some_and(|v| !v.trim().is_empty());
+    if !set {
+        return Ok(None);
+    }
+    github::secret("STATUS_TOKEN", "--status-token-file", file, env).map(Some)
+}
+
 impl Settings {
     /// Validates `args`; secrets not given as files are looked up with `env`.
     pub fn from_args(args: ServeArgs, env: impl Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
@@ -170,6 +184,7 @@ impl Settings {
                 shutdown_grace: args.shutdown_grace_secs,
                 header_read_timeout: args.header_read_timeout_secs,
                 max_connections: args.max_connections,
+                status_token: status_token(args.status_token_file.as_ref(), &env)?,
             },
             github,
             webhook: WebhookSettings {

@@ -1,5 +1,5 @@
 //! HTTP ingress: verifies, parses, filters and records webhook deliveries, and serves the
-//! health, readiness and metrics endpoints. It never calls GitHub or a backend: GitHub drops
+//! health, readiness, metrics and status endpoints. It never calls GitHub or a backend: GitHub drops
 //! a delivery it has waited 10 s for and never retries it, so the answer must come from the
 //! store alone.
 
@@ -7,11 +7,13 @@ mod event;
 mod handler;
 mod server;
 pub mod signature;
+mod status_page;
 mod throttle;
 
 pub use event::{EventError, parse as parse_event};
 pub use handler::{Ingress, router};
 pub use server::{ServerContext, ServerLimits, serve};
+pub use status_page::{StatusPage, router as status_router};
 pub use throttle::{WARN_INTERVAL, WarnThrottle};
 
 #[cfg(test)]

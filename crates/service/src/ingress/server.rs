@@ -22,6 +22,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ConnectInfo;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -71,9 +72,9 @@ pub async fn serve(
         let Some(slot) = take_slot(&slots, limits.max_connections, &ctx, &stop).await else {
             break;
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     accept_failed(&e).await;
                     continue;
@@ -83,7 +84,9 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let (stream, mid_request) = Watched::new(stream);
-        let conn = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(router.clone()));
+        // The peer's address, for routes that answer only on loopback (the status page).
+        let service = router.clone().layer(axum::Extension(ConnectInfo(peer)));
+        let conn = http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let conn = graceful.watch(conn);
         let ctx = ctx.clone();
         ctx.metrics.connection_opened();

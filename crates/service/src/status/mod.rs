@@ -1,0 +1,244 @@
+//! What an operator needs at a glance, read from the store (and, inside the service, from
+//! the clients' in-memory counters): open jobs and why each waits, runners by state with
+//! their ages, recent failures with their reasons, GitHub rate-limit headroom, Modal
+//! creation pacing, the leader and the version. Gathered once into [`Status`], then
+//! rendered as text (`status`), JSON (`/status.json`, `status --json`) or HTML (`/status`).
+//!
+//! Only what the store and the counters hold is shown: names, states, reasons and counts.
+//! Secrets and JIT configurations are never in the store, so they cannot appear here.
+
+mod html;
+mod text;
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+
+use crate::domain::{JobStatus, RunnerState};
+use crate::store::{RunnerRow, Store, StoreError};
+
+pub use html::page;
+pub use text::{render as render_text, report};
+
+/// How many recent failures the status shows.
+const RECENT_FAILURES: usize = 20;
+
+/// The state of the service at one instant.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub version: &'static str,
+    /// Unix milliseconds.
+    pub generated_at: i64,
+    pub leader: Option<Leader>,
+    pub jobs_by_status: BTreeMap<String, i64>,
+    pub runners_by_state: BTreeMap<String, i64>,
+    pub open_jobs: Vec<OpenJob>,
+    pub live_runners: Vec<LiveRunnerView>,
+    pub recent_failures: Vec<Failure>,
+    pub recent_jobs: Vec<RecentJob>,
+    /// `None` outside the service (the `status` command reads only the store).
+    pub github: Option<GitHubHeadroom>,
+    pub modal: Option<ModalPacing>,
+    /// Spend today in US dollars, where known. The service does not know Modal's prices yet,
+    /// so this is `None`, and the page says "unknown" rather than a guess.
+    pub spend_today_usd: Option<f64>,
+}
+
+/// Which replica acts on the store, and since when.
+#[derive(Debug, Clone, Serialize)]
+pub struct Leader {
+    pub replica: String,
+    /// Unix milliseconds.
+    pub since: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct OpenJob {
+    pub repo: String,
+    pub id: u64,
+    pub status: String,
+    pub age_secs: i64,
+    pub labels: String,
+    pub why: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveRunnerView {
+    pub name: String,
+    pub state: String,
+    pub job: u64,
+    pub repo: String,
+    pub age_secs: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub runner: String,
+    pub job: u64,
+    pub repo: String,
+    pub reason: String,
+    pub secs_ago: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RecentJob {
+    pub repo: String,
+    pub id: u64,
+    pub status: String,
+    pub conclusion: Option<String>,
+    pub runner: Option<String>,
+    pub closed_reason: Option<String>,
+}
+
+/// The GitHub rate-limit headroom the last answers reported.
+#[derive(Debug, Clone, Serialize)]
+pub struct GitHubHeadroom {
+    pub remaining: Option<i64>,
+    pub limit: Option<i64>,
+    /// Unix seconds.
+    pub reset: Option<i64>,
+}
+
+/// How sandbox creations are paced.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModalPacing {
+    /// `MODAL_CREATE_RATE`; `None`: not paced (or not the Modal backend).
+    pub create_rate_per_sec: Option<f64>,
+    /// Sandboxes created since the service started.
+    pub created_since_start: u64,
+}
+
+/// What only the running service knows, added to what the store holds.
+#[derive(Debug, Clone, Default)]
+pub struct Live {
+    pub leader: Option<Leader>,
+    pub github: Option<GitHubHeadroom>,
+    pub modal: Option<ModalPacing>,
+}
+
+/// Reads the store once and puts `live` beside it.
+pub async fn gather(store: &Store, recent: i64, live: Live) -> Result<Status, StoreError> {
+    let now = store.clock().now_millis();
+    let jobs_by_status = store.job_counts().await?.into_iter().collect();
+    let runners_by_state = store.runner_counts().await?.into_iter().collect();
+    let all_runners = store.all_runners().await?;
+    let mut by_job: HashMap<u64, Vec<&RunnerRow>> = HashMap::new();
+    for r in &all_runners {
+        by_job.entry(r.job.0).or_default().push(r);
+    }
+    let open_jobs = store
+        .open_jobs()
+        .await?
+        .into_iter()
+        .map(|j| {
+            let tries = by_job.get(&j.id.0).map(Vec::as_slice).unwrap_or_default();
+            OpenJob {
+                why: j.labels.registrable().map_or_else(
+                    |e| format!("refused: {e}"),
+                    |()| why(j.status, j.max_parallel, tries, j.runner_name.as_deref()),
+                ),
+                repo: j.repo.to_string(),
+                id: j.id.0,
+                status: j.status.as_str().to_string(),
+                age_secs: (now - j.first_seen_at) / 1000,
+                labels: j.labels.to_string(),
+            }
+        })
+        .collect();
+    let live_runners = all_runners
+        .iter()
+        .filter(|r| r.state.is_live())
+        .map(|r| LiveRunnerView {
+            name: r.name.to_string(),
+            state: r.state.as_str().to_string(),
+            job: r.job.0,
+            repo: r.repo.to_string(),
+            age_secs: (now - r.created_at) / 1000,
+        })
+        .collect();
+    let recent_jobs = store
+        .recent_jobs(recent)
+        .await?
+        .into_iter()
+        .map(|j| RecentJob {
+            repo: j.repo.to_string(),
+            id: j.id.0,
+            status: j.status.as_str().to_string(),
+            conclusion: j.conclusion,
+            runner: j.runner_name,
+            closed_reason: j.closed_reason,
+        })
+        .collect();
+    Ok(Status {
+        version: env!("CARGO_PKG_VERSION"),
+        generated_at: now,
+        leader: live.leader,
+        jobs_by_status,
+        runners_by_state,
+        open_jobs,
+        live_runners,
+        recent_failures: recent_failures(&all_runners, now),
+        recent_jobs,
+        github: live.github,
+        modal: live.modal,
+        spend_today_usd: None,
+    })
+}
+
+/// The newest failed runners, with their reasons.
+fn recent_failures(runners: &[RunnerRow], now: i64) -> Vec<Failure> {
+    let mut failed: Vec<&RunnerRow> = runners
+        .iter()
+        .filter(|r| r.state == RunnerState::Failed)
+        .collect();
+    failed.sort_by_key(|r| std::cmp::Reverse(r.updated_at));
+    failed
+        .into_iter()
+        .take(RECENT_FAILURES)
+        .map(|r| Failure {
+            runner: r.name.to_string(),
+            job: r.job.0,
+            repo: r.repo.to_string(),
+            reason: r.failure.clone().unwrap_or_else(|| "no reason recorded".into()),
+            secs_ago: (now - r.updated_at) / 1000,
+        })
+        .collect()
+}
+
+/// One line on why an open job is where it is.
+fn why(status: JobStatus, max_parallel: Option<u32>, tries: &[&RunnerRow], taken_by: Option<&str>) -> String {
+    if status == JobStatus::InProgress {
+        return format!("running on {}", taken_by.unwrap_or("an unknown runner"));
+    }
+    if status == JobStatus::Waiting {
+        return "waiting for an approval (not runnable yet)".into();
+    }
+    if let Some(r) = tries.iter().rev().find(|r| r.state.is_live()) {
+        // A pending retry says nothing by itself; the failure before it says why it waits
+        // (a backoff, or provisioning paused after GitHub refused the token).
+        let failed_before = tries
+            .iter()
+            .rev()
+            .find(|t| t.state == RunnerState::Failed)
+            .and_then(|t| t.failure.as_deref());
+        return match failed_before {
+            Some(why) if r.state == RunnerState::Pending => {
+                format!("runner {} is pending; the attempt before failed: {why}", r.name)
+            }
+            _ => format!("runner {} is {}", r.name, r.state.as_str()),
+        };
+    }
+    if let Some(r) = tries.last() {
+        return format!(
+            "last runner {} {}: {}",
+            r.name,
+            r.state.as_str(),
+            r.failure.as_deref().unwrap_or("no reason recorded")
+        );
+    }
+    match max_parallel {
+        None => "looking up the workflow's max-parallel".into(),
+        Some(n) if n > 0 => format!("held back by max-parallel {n} or MAX_RUNNERS"),
+        _ => "no runner yet (MAX_RUNNERS reached or planning pending)".into(),
+    }
+}

@@ -1,0 +1,69 @@
+//! The `status` command's plain-text report.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use super::{Live, Status, gather};
+use crate::store::{Store, StoreError};
+
+/// Reads the store and renders the report, with up to `limit` recent jobs.
+pub async fn report(store: &Store, limit: i64) -> Result<String, StoreError> {
+    Ok(render(&gather(store, limit, Live::default()).await?))
+}
+
+/// The report for `s`.
+pub fn render(s: &Status) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "jobs:    {}", counts(&s.jobs_by_status));
+    let _ = writeln!(out, "runners: {}", counts(&s.runners_by_state));
+    let _ = writeln!(out, "\nopen jobs ({}):", s.open_jobs.len());
+    for j in &s.open_jobs {
+        let _ = writeln!(
+            out,
+            "  {} {} {:<11} {:>5}s  [{}]  {}",
+            j.repo, j.id, j.status, j.age_secs, j.labels, j.why
+        );
+    }
+    let _ = writeln!(out, "\nlive runners ({}):", s.live_runners.len());
+    for r in &s.live_runners {
+        let _ = writeln!(out, "  {} {:<11} job {} {}", r.name, r.state, r.job, r.repo);
+    }
+    if !s.recent_failures.is_empty() {
+        let _ = writeln!(out, "\nrecent failures ({}):", s.recent_failures.len());
+        for f in &s.recent_failures {
+            let _ = writeln!(
+                out,
+                "  {} job {} {} {}s ago: {}",
+                f.runner, f.job, f.repo, f.secs_ago, f.reason
+            );
+        }
+    }
+    let _ = writeln!(out, "\nrecent jobs ({}):", s.recent_jobs.len());
+    for j in &s.recent_jobs {
+        let closed = j
+            .closed_reason
+            .as_deref()
+            .map(|r| format!(" ({r})"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {} {} {:<11} {:<10} runner={}{closed}",
+            j.repo,
+            j.id,
+            j.status,
+            j.conclusion.as_deref().unwrap_or("-"),
+            j.runner.as_deref().unwrap_or("-")
+        );
+    }
+    out
+}
+
+fn counts(rows: &BTreeMap<String, i64>) -> String {
+    if rows.is_empty() {
+        return "none".into();
+    }
+    rows.iter()
+        .map(|(k, n)| format!("{k}={n}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
