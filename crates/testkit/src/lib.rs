@@ -8,6 +8,7 @@
 //! ([`ServiceMode::Process`]).
 
 mod assertions;
+mod browser;
 mod checks;
 mod logs;
 mod options;
@@ -16,6 +17,7 @@ mod service;
 mod settings;
 mod world;
 
+pub use browser::Browser;
 pub use checks::{
     free_port, github_client, jobs, modal_settings, processes_under, reqwest_client, sandbox_entries, wait,
 };

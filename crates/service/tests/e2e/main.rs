@@ -10,4 +10,5 @@ mod modal;
 mod reaping;
 mod reliability;
 mod scale;
+mod status_page;
 mod upstream;

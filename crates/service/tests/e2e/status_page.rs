@@ -1,0 +1,97 @@
+//! The status page as an operator sees it: loaded in a real headless Chromium against a
+//! service with jobs in several states; the test reads the rendered text, not the HTML.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fakes::github::{JobSpec, RunSpec};
+use testkit::Browser;
+
+use crate::helpers::{Options, REPO, SECRET, World, wait};
+
+/// `target/` of this build, where CI keeps the screenshot.
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/e2e-… → target/
+    exe.ancestors().nth(3).expect("target dir").to_path_buf()
+}
+
+#[tokio::test]
+async fn the_status_page_shows_running_waiting_refused_and_finished_jobs_in_a_real_browser() {
+    // Arrange: one job running, one GitHub holds back (its runner idles), one done, and one
+    // whose labels GitHub would refuse.
+    let env = World::start(Options::default()).await;
+    let running = env.github.queue_run(RunSpec::new(
+        REPO,
+        vec![JobSpec::new("long build", ["self-hosted", "modal"]).duration(Duration::from_secs(60))],
+    ));
+    let held = env.github.queue_run(RunSpec::new(
+        REPO,
+        vec![JobSpec::new("held", ["self-hosted", "modal", "held"]).dispatch_group("held", 0)],
+    ));
+    let done = env.github.queue_run(RunSpec::new(
+        REPO,
+        vec![JobSpec::new("quick", ["self-hosted", "modal"]).duration(Duration::from_millis(100))],
+    ));
+    let many: Vec<String> = (0..101)
+        .map(|i| format!("l{i}"))
+        .chain(["modal".into()])
+        .collect();
+    let refused = env
+        .github
+        .queue_run(RunSpec::new(REPO, vec![JobSpec::new("odd", many)]));
+    let settled = wait(Duration::from_secs(30), || {
+        let jobs = env.github.jobs();
+        let status = |id: u64| {
+            jobs.iter()
+                .find(|j| j.id == id)
+                .map(|j| j.status.as_str().to_string())
+        };
+        status(running.job_ids[0]).as_deref() == Some("in_progress")
+            && status(done.job_ids[0]).as_deref() == Some("completed")
+            && env.github.registrations_ever().len() >= 3
+    })
+    .await;
+    assert!(settled, "{}", env.tail_logs(30));
+
+    // Act: a phone-sized window, as an operator on call would open it.
+    let mut browser = Browser::open(&env.url("/status"), 412, 915).await;
+    let text = browser.text().await;
+    browser.screenshot(&target_dir().join("status-page.png")).await;
+
+    // Assert: what the page shows, line by line as rendered.
+    assert!(text.contains("Open jobs (3)"), "{text}");
+    // The first row of a job: in "Open jobs" while it is open, else in "Recent jobs".
+    let line_of = |id: u64| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{REPO}\t{id}\t")))
+            .unwrap_or_else(|| panic!("job {id} is not shown:\n{text}"))
+            .to_string()
+    };
+    assert!(
+        line_of(running.job_ids[0]).contains("running on modal-"),
+        "{text}"
+    );
+    assert!(line_of(held.job_ids[0]).contains("is running"), "{text}");
+    assert!(
+        line_of(refused.job_ids[0]).contains("refused: the job asks for 102 labels"),
+        "{text}"
+    );
+    assert!(text.contains("Live runners (2)"), "{text}");
+    assert!(text.contains("Recent jobs"), "{text}");
+    assert!(line_of(done.job_ids[0]).contains("success"), "{text}");
+    assert!(
+        text.contains("GitHub headroom:") && text.contains("calls left"),
+        "{text}"
+    );
+    assert!(text.contains("Leader: this replica"), "{text}");
+    assert!(!text.contains(SECRET), "the webhook secret is not shown");
+    assert!(
+        target_dir()
+            .join("status-page.png")
+            .metadata()
+            .expect("screenshot")
+            .len()
+            > 1000
+    );
+}
