@@ -561,3 +561,18 @@ fn local_run_as_names_a_user_and_blank_leaves_runners_as_the_services_user() {
         assert_eq!(run_as(bad).expect_err(bad).var, "LOCAL_RUN_AS");
     }
 }
+
+#[test]
+fn status_token_is_optional_and_read_like_the_other_secrets() {
+    assert!(parse(&[], SECRETS).expect("valid").server.status_token.is_none());
+    let blank = [SECRETS[0], SECRETS[1], ("STATUS_TOKEN", "  ")];
+    assert!(parse(&[], &blank).expect("valid").server.status_token.is_none());
+    let set = [SECRETS[0], SECRETS[1], ("STATUS_TOKEN", " tok-123 ")];
+    let s = parse(&[], &set).expect("valid");
+    assert_eq!(s.server.status_token.expect("set").expose_secret(), "tok-123");
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("token");
+    std::fs::write(&file, "from-file\n").expect("write");
+    let s = parse(&["--status-token-file", file.to_str().expect("utf-8")], SECRETS).expect("valid");
+    assert_eq!(s.server.status_token.expect("set").expose_secret(), "from-file");
+}

@@ -260,6 +260,18 @@ async fn a_rejected_token_pauses_registrations_says_why_and_provisioning_resumes
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
     assert!(text.contains("401") && text.contains("queued"), "{text}");
+    let out = std::process::Command::new(BIN)
+        .args(["status", "--json", "--database-url", &env.database_url()])
+        .output()
+        .expect("status --json runs");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json prints JSON");
+    let whys: Vec<&str> = json["open_jobs"]
+        .as_array()
+        .expect("open jobs")
+        .iter()
+        .filter_map(|j| j["why"].as_str())
+        .collect();
+    assert!(whys.iter().any(|w| w.contains("401")), "{json}");
 
     // Act: the token is fixed; nobody restarts anything.
     env.github.set_token(&good_token);
