@@ -3,10 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use fakes::github::{
-    FakeApp, FakeGitHub, FakeGitHubConfig, Route, TEST_APP_PRIVATE_KEY_PEM, TEST_APP_PUBLIC_KEY_PEM,
-    WebhookTarget,
-};
+use fakes::github::{FakeApp, FakeGitHub, FakeGitHubConfig, Route, TEST_APP_PRIVATE_KEY_PEM, WebhookTarget};
 use fakes::modal::{FakeModal, FakeModalConfig};
 use modal_github_runner::app::Application;
 use modal_github_runner::store::{RunnerRow, Store};
@@ -338,12 +335,9 @@ impl Drop for World {
 }
 
 async fn start_github(options: &Options) -> FakeGitHub {
-    let app = options.github_app.map(|ttl| FakeApp {
-        id: APP_ID,
-        public_key_pem: TEST_APP_PUBLIC_KEY_PEM.into(),
-        installation_id: INSTALLATION_ID,
-        token_ttl: ttl,
-    });
+    let app = options
+        .github_app
+        .map(|ttl| FakeApp::single(APP_ID, INSTALLATION_ID, ttl));
     let github = FakeGitHub::start(FakeGitHubConfig {
         app,
         ..FakeGitHubConfig::default()
