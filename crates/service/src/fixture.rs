@@ -19,7 +19,7 @@ use crate::domain::JobEvent;
 use crate::domain::{
     JobId, JobStatus, LabelSet, MachineSpec, NamePrefix, RepoAllowList, RepoName, RunnerName, RunnerState,
 };
-use crate::github::{Credentials, GitHub, GitHubConfig, JitConfig, JitRequest};
+use crate::github::{Credentials, GitHub, GitHubConfig, JitConfig, JitRequest, RunnerGroups, RunnerScope};
 use crate::loops::provisioner::ProvisionerContext;
 use crate::loops::reaper::ReaperContext;
 use crate::metrics::Metrics;
@@ -74,6 +74,7 @@ impl Fixture {
                 credentials: Credentials::Token(SecretString::from(config.token)),
                 timeout: Duration::from_secs(5),
                 retry: Backoff::new(2, Duration::from_millis(1), Duration::from_millis(1)),
+                scope: RunnerScope::Repo,
             },
             None,
         )
@@ -104,7 +105,7 @@ impl Fixture {
             metrics: Arc::new(Metrics::new()),
             clock: self.clock.clone().into(),
             settings: ProvisionerSettings {
-                runner_group_id: 1,
+                runner_groups: RunnerGroups::Id(1),
                 sandbox_timeout: SANDBOX_TIMEOUT,
                 concurrency: 4,
                 deployment: "test".into(),
@@ -184,7 +185,7 @@ impl Fixture {
             work_folder: "_work".into(),
         };
         self.github
-            .generate_jitconfig(&self.repo, &request)
+            .generate_jitconfig(&self.github.home_of(&self.repo), &request)
             .await
             .expect("registered")
     }

@@ -39,15 +39,23 @@ pub struct ServeArgs {
     /// Runner version for sandbox images (`modal` backend); resolved from GitHub when unset.
     #[arg(long, env = "RUNNER_VERSION", value_name = "VERSION")]
     pub runner_version: Option<String>,
-    /// Runner group of JIT runners.
+    /// Where runners are registered: at the job's repository, its organisation, or the enterprise.
+    #[arg(long, env = "RUNNER_SCOPE", value_enum, default_value = "repo")]
+    pub runner_scope: ScopeKind,
+    /// The enterprise's slug, with RUNNER_SCOPE=enterprise.
+    #[arg(long, env = "GITHUB_ENTERPRISE", value_name = "SLUG")]
+    pub github_enterprise: Option<String>,
+    /// Runner group of JIT runners, by name (organisation and enterprise runners).
+    #[arg(long, env = "RUNNER_GROUP", value_name = "NAME")]
+    pub runner_group: Option<String>,
+    /// Runner group of JIT runners, by id (default 1, the "Default" group).
     #[arg(
         long,
         env = "RUNNER_GROUP_ID",
-        default_value = "1",
         value_name = "ID",
         value_parser = parse::positive::<u64>("RUNNER_GROUP_ID")
     )]
-    pub runner_group_id: u64,
+    pub runner_group_id: Option<u64>,
     /// GitHub Enterprise Server host; the API base becomes https://DOMAIN/api/v3.
     #[arg(long, env = "GITHUB_ENTERPRISE_DOMAIN", value_name = "HOST")]
     pub github_enterprise_domain: Option<String>,
@@ -281,6 +289,17 @@ pub struct ServeArgs {
     pub sandbox_max_gpus: u32,
     #[command(flatten)]
     pub modal: ModalArgs,
+}
+
+/// Where runners are registered (`RUNNER_SCOPE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScopeKind {
+    /// At the job's repository.
+    Repo,
+    /// At the organisation owning the job's repository.
+    Org,
+    /// At the enterprise `GITHUB_ENTERPRISE`.
+    Enterprise,
 }
 
 /// Where runners run (`BACKEND`).

@@ -13,7 +13,7 @@ use super::backend::{self, BackendSettings};
 use super::github::{self, GitHubSettings};
 use super::{ConfigError, err};
 use crate::domain::{Gpu, MachinePolicy, NamePrefix, RepoAllowList};
-use crate::github::Hook;
+use crate::github::{Hook, RunnerGroups};
 use crate::loops::planner::Limits;
 use crate::store::Durability;
 
@@ -74,8 +74,8 @@ pub struct StoreSettings {
 /// What the provisioner reads.
 #[derive(Debug, Clone)]
 pub struct ProvisionerSettings {
-    /// `RUNNER_GROUP_ID`.
-    pub runner_group_id: u64,
+    /// `RUNNER_GROUP_ID`, or `RUNNER_GROUP` (resolved at start-up, per organisation).
+    pub runner_groups: RunnerGroups,
     /// `SANDBOX_TIMEOUT_SECS`: the lifetime asked of each sandbox.
     pub sandbox_timeout: Duration,
     /// `PROVISION_CONCURRENCY`: runners provisioned at once.
@@ -141,6 +141,7 @@ impl Settings {
         )?;
         let allow = args.allowed_repos.clone().unwrap_or_default();
         let github = github::settings(&args, &env, &allow)?;
+        let runner_groups = github::runner_groups(&args)?;
         let backend = backend::settings(&args, &env)?;
         let hooks = github::hooks(args.webhook_hook_id.as_deref(), &allow)?;
         let machine = machine_policy(&args)?;
@@ -171,7 +172,7 @@ impl Settings {
                 machine,
             },
             provisioner: ProvisionerSettings {
-                runner_group_id: args.runner_group_id,
+                runner_groups,
                 sandbox_timeout: args.sandbox_timeout_secs,
                 concurrency: args.provision_concurrency,
                 deployment: prefix.as_str().to_string(),

@@ -6,7 +6,7 @@ use secrecy::ExposeSecret;
 
 use super::*;
 use crate::domain::RepoName;
-use crate::github::{Credentials, Hook};
+use crate::github::{Credentials, Hook, RunnerGroups, RunnerScope};
 use crate::store::Durability;
 
 #[derive(Parser)]
@@ -52,7 +52,8 @@ const SECRETS: &[(&str, &str)] = &[("GITHUB_TOKEN", "ghp_x"), ("WEBHOOK_SECRET",
 #[test]
 fn defaults_match_the_original_system() {
     let s = parse(&[], SECRETS).expect("valid");
-    assert_eq!(s.provisioner.runner_group_id, 1);
+    assert_eq!(s.provisioner.runner_groups, RunnerGroups::Id(1));
+    assert_eq!(s.github.scope, RunnerScope::Repo);
     assert_eq!(s.webhook.label, "modal");
     assert_eq!(s.github.api_url, "https://api.github.com");
     assert!(s.webhook.allow.listed().is_none());
@@ -148,7 +149,7 @@ fn a_github_app_replaces_the_token() {
     let Credentials::App(app) = &s.github.credentials else {
         panic!("an App")
     };
-    assert_eq!(app.discovery_repo.as_ref().map(|r| r.as_str()), Some("octo/one"));
+    assert_eq!(app.owners, ["octo"]);
 }
 
 #[test]
@@ -381,4 +382,116 @@ fn blank_optional_values_are_unset() {
     assert!(s.webhook.allow.listed().is_none());
     assert!(s.limits.machine.gpu_types.is_empty());
     assert!(s.reconciler.hooks.is_empty());
+}
+
+#[test]
+fn organisation_runners_serve_the_owners_allowed_repos_names_in_a_named_group() {
+    let s = parse(
+        &[
+            "--runner-scope",
+            "org",
+            "--allowed-repos",
+            "acme/*,beta/app",
+            "--runner-group",
+            "modal runners",
+        ],
+        SECRETS,
+    )
+    .expect("valid");
+    assert_eq!(s.github.scope, RunnerScope::Org);
+    assert_eq!(
+        s.provisioner.runner_groups,
+        RunnerGroups::Named {
+            name: "modal runners".into(),
+            ids: Default::default()
+        }
+    );
+    assert_eq!(s.webhook.allow.owners(), ["acme", "beta"]);
+    let s = parse(
+        &[
+            "--runner-scope",
+            "enterprise",
+            "--github-enterprise",
+            "big-corp",
+            "--allowed-repos",
+            "acme/*",
+            "--runner-group-id",
+            "5",
+        ],
+        SECRETS,
+    )
+    .expect("valid");
+    assert_eq!(s.github.scope, RunnerScope::Enterprise("big-corp".into()));
+    assert_eq!(s.provisioner.runner_groups, RunnerGroups::Id(5));
+}
+
+#[test]
+fn a_scope_or_group_misconfiguration_names_its_variable() {
+    let key = fakes::github::TEST_APP_PRIVATE_KEY_PEM;
+    let app_env = [("WEBHOOK_SECRET", "s"), ("GITHUB_APP_PRIVATE_KEY", key)];
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        // Organisation runners need to know whose jobs they serve.
+        (&["--runner-scope", "org"], SECRETS, "ALLOWED_REPOS"),
+        (
+            &["--runner-scope", "enterprise", "--allowed-repos", "acme/*"],
+            SECRETS,
+            "GITHUB_ENTERPRISE",
+        ),
+        (
+            &["--github-enterprise", "big", "--allowed-repos", "acme/*"],
+            SECRETS,
+            "GITHUB_ENTERPRISE",
+        ),
+        (
+            &[
+                "--runner-scope",
+                "enterprise",
+                "--github-enterprise",
+                "not a slug",
+                "--allowed-repos",
+                "acme/*",
+            ],
+            SECRETS,
+            "GITHUB_ENTERPRISE",
+        ),
+        // GitHub Apps cannot manage enterprise runners.
+        (
+            &[
+                "--runner-scope",
+                "enterprise",
+                "--github-enterprise",
+                "big",
+                "--allowed-repos",
+                "acme/*",
+                "--github-app-id",
+                "42",
+            ],
+            &app_env,
+            "GITHUB_APP_ID",
+        ),
+        (
+            &[
+                "--runner-scope",
+                "org",
+                "--allowed-repos",
+                "acme/*",
+                "--runner-group",
+                "x",
+                "--runner-group-id",
+                "3",
+            ],
+            SECRETS,
+            "RUNNER_GROUP",
+        ),
+        // Repository runners have no named groups.
+        (&["--runner-group", "x"], SECRETS, "RUNNER_GROUP"),
+        (&["--allowed-repos", "acme/*x"], SECRETS, "ALLOWED_REPOS"),
+    ];
+    for (flags, env, var) in cases {
+        match parse(flags, env) {
+            Err(e) => assert_eq!(&e.var, var, "{flags:?}: {e}"),
+            Ok(_) => panic!("{flags:?} should be refused"),
+        }
+    }
 }

@@ -22,8 +22,8 @@ use tracing::Instrument;
 use crate::backend::{Backend, BackendError, SandboxSpec};
 use crate::clock::Clock;
 use crate::config::ProvisionerSettings;
-use crate::domain::{MachineSpec, RepoName, RunnerState};
-use crate::github::{GitHub, GitHubError, JitConfig, JitRequest};
+use crate::domain::{MachineSpec, RunnerState};
+use crate::github::{GitHub, GitHubError, JitConfig, JitRequest, RunnerHome};
 use crate::metrics::Metrics;
 use crate::pace::Window;
 use crate::retry::Backoff;
@@ -59,6 +59,8 @@ enum ProvisionError {
     GitHub(#[from] GitHubError),
     #[error("sandbox creation failed: {0}")]
     Backend(#[from] BackendError),
+    #[error("RUNNER_GROUP was not resolved for the {0}")]
+    NoGroup(String),
 }
 
 /// Provisions pending runners (and recovers half-provisioned ones) until `stop`; then lets
@@ -150,8 +152,8 @@ async fn start(ctx: &ProvisionerContext, row: &RunnerRow) -> Result<(), Provisio
     {
         return Ok(());
     }
-    let repo = row.repo.clone();
-    let Some(jit) = register(ctx, row, &repo).await? else {
+    let home = ctx.github.home_of(&row.repo);
+    let Some(jit) = register(ctx, row, &home).await? else {
         return Ok(());
     };
     let runner_id = jit.runner_id;
@@ -171,7 +173,7 @@ async fn start(ctx: &ProvisionerContext, row: &RunnerRow) -> Result<(), Provisio
     match create_sandbox(ctx, row, jit).await {
         Ok(id) => mark_running(ctx, row, id).await,
         Err(e) => {
-            deregister(ctx, &repo, runner_id).await;
+            deregister(ctx, &home, runner_id).await;
             Err(e.into())
         }
     }
@@ -184,11 +186,16 @@ async fn start(ctx: &ProvisionerContext, row: &RunnerRow) -> Result<(), Provisio
 async fn register(
     ctx: &ProvisionerContext,
     row: &RunnerRow,
-    repo: &RepoName,
+    home: &RunnerHome,
 ) -> Result<Option<JitConfig>, ProvisionError> {
+    let runner_group_id = ctx
+        .settings
+        .runner_groups
+        .id_for(home)
+        .ok_or_else(|| ProvisionError::NoGroup(home.to_string()))?;
     let request = JitRequest {
         name: row.name.to_string(),
-        runner_group_id: ctx.settings.runner_group_id,
+        runner_group_id,
         labels: row.labels.labels().to_vec(),
         work_folder: "_work".into(),
     };
@@ -196,10 +203,10 @@ async fn register(
     loop {
         ctx.jit_window.wait().await;
         wait_out_pause(ctx).await;
-        match ctx.github.generate_jitconfig(repo, &request).await {
+        match ctx.github.generate_jitconfig(home, &request).await {
             Ok(jit) => return Ok(Some(jit)),
             Err(GitHubError::Conflict { .. }) => {
-                abandon_registration(ctx, row, repo, "an earlier try registered this name").await?;
+                abandon_registration(ctx, row, home, "an earlier try registered this name").await?;
                 return Ok(None);
             }
             Err(e) if e.is_transient() && attempt + 1 < ctx.retry.attempts => {
@@ -208,11 +215,11 @@ async fn register(
                 tokio::time::sleep(wait).await;
                 if ctx
                     .github
-                    .runner_by_name(repo, row.name.as_str())
+                    .runner_by_name(home, row.name.as_str())
                     .await?
                     .is_some()
                 {
-                    abandon_registration(ctx, row, repo, "a failed try registered this name").await?;
+                    abandon_registration(ctx, row, home, "a failed try registered this name").await?;
                     return Ok(None);
                 }
                 attempt += 1;
@@ -227,11 +234,11 @@ async fn register(
 async fn abandon_registration(
     ctx: &ProvisionerContext,
     row: &RunnerRow,
-    repo: &RepoName,
+    home: &RunnerHome,
     why: &str,
 ) -> Result<(), ProvisionError> {
-    if let Some(found) = ctx.github.runner_by_name(repo, row.name.as_str()).await? {
-        ctx.github.delete_runner(repo, found.id).await?;
+    if let Some(found) = ctx.github.runner_by_name(home, row.name.as_str()).await? {
+        ctx.github.delete_runner(home, found.id).await?;
     }
     tracing::warn!("{why}; deleted it, the next attempt gets a new name");
     let patch = RunnerPatch::failed(format!("{why}; registration deleted"), false);
@@ -298,14 +305,14 @@ async fn mark_running(
 /// A `registering` runner nobody works on: the process that started it died. If GitHub
 /// has the name, its JIT config is lost with that process; otherwise start over.
 async fn recover_registering(ctx: &ProvisionerContext, row: &RunnerRow) -> Result<(), ProvisionError> {
-    let repo = row.repo.clone();
+    let home = ctx.github.home_of(&row.repo);
     if ctx
         .github
-        .runner_by_name(&repo, row.name.as_str())
+        .runner_by_name(&home, row.name.as_str())
         .await?
         .is_some()
     {
-        return abandon_registration(ctx, row, &repo, "registered before a restart").await;
+        return abandon_registration(ctx, row, &home, "registered before a restart").await;
     }
     if ctx
         .store
@@ -331,9 +338,8 @@ async fn recover_registered(ctx: &ProvisionerContext, row: &RunnerRow) -> Result
         tracing::info!("sandbox created before a restart found");
         return mark_running(ctx, row, sb.id).await;
     }
-    let repo = row.repo.clone();
     if let Some(id) = row.github_id {
-        deregister(ctx, &repo, id).await;
+        deregister(ctx, &ctx.github.home_of(&row.repo), id).await;
     }
     let patch = RunnerPatch::failed(
         "JIT config lost in a restart before the sandbox was created; registration deleted",
@@ -351,8 +357,8 @@ async fn recover_registered(ctx: &ProvisionerContext, row: &RunnerRow) -> Result
 }
 
 /// Best-effort removal of a registration that will never get a runner.
-async fn deregister(ctx: &ProvisionerContext, repo: &RepoName, runner_id: u64) {
-    if let Err(e) = ctx.github.delete_runner(repo, runner_id).await {
+async fn deregister(ctx: &ProvisionerContext, home: &RunnerHome, runner_id: u64) {
+    if let Err(e) = ctx.github.delete_runner(home, runner_id).await {
         tracing::warn!(error = %e, github.runner_id = runner_id, "could not delete the registration; the reaper will retry");
     }
 }
@@ -363,6 +369,7 @@ async fn fail(ctx: &ProvisionerContext, row: &RunnerRow, e: &ProvisionError) {
         ProvisionError::Store(_) => "store",
         ProvisionError::GitHub(g) => g.kind(),
         ProvisionError::Backend(b) => b.kind(),
+        ProvisionError::NoGroup(_) => "runner_group",
     };
     ctx.metrics.runner_failed(kind);
     tracing::error!(error = %e, kind, "runner failed");
@@ -394,7 +401,9 @@ fn pause(ctx: &ProvisionerContext, e: &ProvisionError) {
         error = %e,
         pause_secs = ctx.settings.auth_pause.as_secs(),
         "GitHub refused the token or a permission: provisioning paused. Check that GITHUB_TOKEN is valid and may \
-         administer the repository's runners (fine-grained: Administration read/write; classic: repo)"
+         administer the runners (repository: fine-grained Administration read/write, classic repo; organisation: \
+         Self-hosted runners read/write, classic admin:org; enterprise: classic manage_runners:enterprise), or that \
+         the GitHub App is installed on the account"
     );
 }
 

@@ -153,7 +153,11 @@ async fn remove(
     patch: RunnerPatch,
 ) -> Result<bool, ReapError> {
     if let Some(id) = r.row.github_id
-        && ctx.github.delete_runner(&r.row.repo, id).await? == DeleteOutcome::Busy
+        && ctx
+            .github
+            .delete_runner(&ctx.github.home_of(&r.row.repo), id)
+            .await?
+            == DeleteOutcome::Busy
     {
         tracing::info!("GitHub gave the runner a job meanwhile; keeping it");
         if from != RunnerState::Running {
@@ -184,7 +188,11 @@ async fn sandbox_gone(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapErr
         return Ok(());
     }
     if let Some(id) = r.row.github_id {
-        match ctx.github.delete_runner(&r.row.repo, id).await? {
+        match ctx
+            .github
+            .delete_runner(&ctx.github.home_of(&r.row.repo), id)
+            .await?
+        {
             // GitHub says it runs a job: its in_progress event is on the way.
             DeleteOutcome::Busy => return Ok(()),
             // A JIT runner's registration disappears after its one job: it ran one, and
@@ -279,7 +287,7 @@ async fn online(ctx: &ReaperContext, r: &LiveRunner) -> Result<bool, ReapError> 
     };
     let up = ctx
         .github
-        .get_runner(&r.row.repo, id)
+        .get_runner(&ctx.github.home_of(&r.row.repo), id)
         .await?
         .is_some_and(|info| info.status == "online" || info.busy);
     if up {

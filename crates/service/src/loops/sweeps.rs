@@ -4,7 +4,8 @@
 //! - sandboxes tagged as this deployment's that no live runner owns (left by a crash, or
 //!   by a runner whose removal failed);
 //! - offline GitHub registrations with our name prefix that no live runner owns (runners
-//!   whose sandbox died with the process that made them, or whose removal failed).
+//!   whose sandbox died with the process that made them, or whose removal failed), listed
+//!   once per place runners are registered (a repository, an organisation, the enterprise).
 //!
 //! Unlike the reaper's per-runner rules, a sweep never changes a runner's state: it only
 //! cleans up what the store does not account for. The reaper's loop schedules them: the
@@ -14,8 +15,8 @@
 use std::collections::HashSet;
 
 use crate::backend::{Backend, SandboxInfo};
-use crate::domain::{NamePrefix, RepoAllowList, RepoName, RunnerName};
-use crate::github::{DeleteOutcome, GitHub};
+use crate::domain::{NamePrefix, RepoAllowList, RunnerName};
+use crate::github::{DeleteOutcome, GitHub, RunnerHome};
 use crate::store::{Store, StoreError};
 
 /// Stops the listed sandboxes whose name is not in `live`, unless the store says the
@@ -43,23 +44,38 @@ pub async fn stop_orphan_sandboxes(
     Ok(())
 }
 
-/// Deletes offline registrations named with `prefix` that no live runner owns, in every
-/// allowed repository (or, without an allowlist, every repository the store has seen).
+/// Where this deployment's runners may be registered: each polled repository (repository
+/// runners), each served organisation, or the enterprise; each place once, so that
+/// organisation runners are listed once per organisation, not once per repository.
+async fn homes(store: &Store, github: &GitHub, allow: &RepoAllowList) -> Result<Vec<RunnerHome>, StoreError> {
+    let mut homes: Vec<RunnerHome> = Vec::new();
+    let mut push = |home: RunnerHome| {
+        if !homes.iter().any(|h| h.key() == home.key()) {
+            homes.push(home);
+        }
+    };
+    for repo in allow.poll_targets(store.known_repos().await?) {
+        push(github.home_of(&repo));
+    }
+    for home in allow.owners().iter().filter_map(|o| github.owner_home(o)) {
+        push(home);
+    }
+    Ok(homes)
+}
+
+/// Deletes offline registrations named with `prefix` that no live runner owns, wherever
+/// this deployment registers runners (`homes`).
 pub async fn delete_offline_registrations(
     store: &Store,
     github: &GitHub,
     prefix: &NamePrefix,
     allow: &RepoAllowList,
 ) -> Result<(), StoreError> {
-    let repos: Vec<RepoName> = match allow.listed() {
-        Some(listed) => listed.to_vec(),
-        None => store.known_repos().await?,
-    };
-    for repo in repos {
-        let registered = match github.list_runners(&repo).await {
+    for home in homes(store, github, allow).await? {
+        let registered = match github.list_runners(&home).await {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(repo = %repo, error = %e, "could not list registered runners");
+                tracing::warn!(home = %home, error = %e, "could not list registered runners");
                 continue;
             }
         };
@@ -74,13 +90,13 @@ pub async fn delete_offline_registrations(
             if !ours || live.contains(&runner.name) || runner.status == "online" || runner.busy {
                 continue;
             }
-            match github.delete_runner(&repo, runner.id).await {
+            match github.delete_runner(&home, runner.id).await {
                 Ok(DeleteOutcome::Deleted) => {
-                    tracing::info!(repo = %repo, runner.name = %runner.name, "orphan registration deleted")
+                    tracing::info!(home = %home, runner.name = %runner.name, "orphan registration deleted")
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(repo = %repo, runner.name = %runner.name, error = %e, "could not delete an orphan registration")
+                    tracing::warn!(home = %home, runner.name = %runner.name, error = %e, "could not delete an orphan registration")
                 }
             }
         }

@@ -8,6 +8,7 @@ use fakes::modal::{FakeModal, FakeModalConfig, FaultKind, ModalFault};
 use modal_github_runner::backend::modal::{ModalBackend, Releases};
 use modal_github_runner::backend::{BackendError, SandboxSpec};
 use modal_github_runner::domain::RepoName;
+use modal_github_runner::github::RunnerHome;
 use modal_github_runner::runner_release::{self, ReleasePublisher, ReleaseSource};
 use modal_github_runner::runner_version::{RunnerRelease, RunnerVersion};
 use secrecy::SecretString;
@@ -204,7 +205,7 @@ fn pinned() -> Releases {
 fn served(github: &FakeGitHub, interval: Duration) -> (ReleasePublisher, Releases) {
     let source = ReleaseSource::Served {
         github: github_client(github.api_url()),
-        repo: Some(RepoName::parse(REPO).expect("repo")),
+        home: Some(RunnerHome::Repo(RepoName::parse(REPO).expect("repo"))),
     };
     let (publisher, releases) = runner_release::channel(source, interval);
     (publisher.expect("served releases have a publisher"), releases)

@@ -238,7 +238,7 @@ async fn orphan_sandboxes_and_offline_registrations_from_a_crash_are_cleaned_up(
         }
     });
     let github = github_client(env.github.api_url());
-    let repo = RepoName::parse(REPO).expect("repo");
+    let repo = github.home_of(&RepoName::parse(REPO).expect("repo"));
     let register = |name: &str| JitRequest {
         name: name.into(),
         runner_group_id: 1,
