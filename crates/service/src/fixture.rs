@@ -15,7 +15,7 @@ use tempfile::TempDir;
 use crate::backend::{Backend, LocalBackend, LocalConfig, SandboxSpec};
 use crate::clock::ManualClock;
 use crate::config::{ProvisionerSettings, ReaperSettings};
-use crate::domain::JobEvent;
+use crate::domain::{DeploymentId, JobEvent};
 use crate::domain::{
     JobId, JobStatus, LabelSet, MachineSpec, NamePrefix, RepoAllowList, RepoName, RunnerName, RunnerState,
 };
@@ -30,6 +30,11 @@ use crate::wake::Wake;
 
 pub const REPO: &str = "octo/repo";
 pub const LABELS: [&str; 2] = ["self-hosted", "modal"];
+
+/// The fixture's deployment.
+pub fn deployment() -> DeploymentId {
+    DeploymentId::parse("test").expect("valid id")
+}
 /// The sandbox's maximum runtime, as both loops see it.
 pub const SANDBOX_TIMEOUT: Duration = Duration::from_secs(300);
 pub const EXIT_GRACE: Duration = Duration::from_secs(60);
@@ -63,6 +68,7 @@ impl Fixture {
         let backend = LocalBackend::new(LocalConfig {
             runner_dir: dir.path().join("runner"),
             work_dir: dir.path().join("work"),
+            deployment: "test".into(),
         });
         backend.prepare().await.expect("backend ready");
         let config = FakeGitHubConfig::default();
@@ -108,7 +114,7 @@ impl Fixture {
                 runner_groups: RunnerGroups::Id(1),
                 sandbox_timeout: SANDBOX_TIMEOUT,
                 concurrency: 4,
-                deployment: "test".into(),
+                deployment: deployment(),
                 auth_pause: AUTH_PAUSE,
                 jit_limit_per_min: None,
             },
@@ -130,6 +136,7 @@ impl Fixture {
             clock: self.clock.clone().into(),
             settings: ReaperSettings {
                 prefix: prefix(),
+                deployment: deployment(),
                 allow: RepoAllowList::parse(REPO).expect("allowlist"),
                 exit_grace: EXIT_GRACE,
                 sandbox_timeout: SANDBOX_TIMEOUT,
@@ -176,12 +183,20 @@ impl Fixture {
         }
     }
 
-    /// Registers `name` at the fake GitHub, as a try that got through would have.
+    /// Registers `name` at the fake GitHub, as a try of this deployment that got through
+    /// would have.
     pub async fn register(&self, name: &RunnerName) -> JitConfig {
+        self.register_as(name, &deployment()).await
+    }
+
+    /// Registers `name` as deployment `id` would have.
+    pub async fn register_as(&self, name: &RunnerName, id: &DeploymentId) -> JitConfig {
+        let mut labels = LABELS.map(String::from).to_vec();
+        labels.push(id.label());
         let request = JitRequest {
             name: name.to_string(),
             runner_group_id: 1,
-            labels: LABELS.map(String::from).to_vec(),
+            labels,
             work_folder: "_work".into(),
         };
         self.github

@@ -80,6 +80,10 @@ pub struct ServeArgs {
         value_parser = parse::name_prefix()
     )]
     pub runner_name_prefix: NamePrefix,
+    /// This deployment's identity, in its sandboxes' tags and its registrations' labels
+    /// (default: derived from MODAL_APP_NAME, RUNNER_NAME_PREFIX and the owners ALLOWED_REPOS names).
+    #[arg(long, env = "DEPLOYMENT_ID", value_name = "ID")]
+    pub deployment_id: Option<String>,
     /// Where runners run.
     #[arg(long, env = "BACKEND", value_enum, default_value = "modal")]
     pub backend: BackendKind,

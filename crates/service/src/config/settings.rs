@@ -12,7 +12,7 @@ use super::args::{LogFormat, ServeArgs};
 use super::backend::{self, BackendSettings};
 use super::github::{self, GitHubSettings};
 use super::{ConfigError, err};
-use crate::domain::{Gpu, MachinePolicy, NamePrefix, RepoAllowList};
+use crate::domain::{DeploymentId, Gpu, MachinePolicy, NamePrefix, RepoAllowList};
 use crate::github::{Hook, RunnerGroups};
 use crate::loops::planner::Limits;
 use crate::store::Durability;
@@ -80,8 +80,9 @@ pub struct ProvisionerSettings {
     pub sandbox_timeout: Duration,
     /// `PROVISION_CONCURRENCY`: runners provisioned at once.
     pub concurrency: usize,
-    /// Tag value that marks sandboxes as this deployment's (`RUNNER_NAME_PREFIX`).
-    pub deployment: String,
+    /// `DEPLOYMENT_ID`: the tag value that marks sandboxes as this deployment's, and the
+    /// label that marks its registrations.
+    pub deployment: DeploymentId,
     /// `AUTH_FAILURE_PAUSE_SECS`: after GitHub rejects the token or a permission,
     /// provisioning pauses this long: every attempt would fail the same way, and hammering
     /// GitHub helps no one.
@@ -109,8 +110,11 @@ pub struct ReaperSettings {
     pub registration_timeout: Duration,
     /// `RUNNER_IDLE_TIMEOUT_SECS`.
     pub idle_timeout: Duration,
-    /// `RUNNER_NAME_PREFIX`: which registrations are this deployment's.
+    /// `RUNNER_NAME_PREFIX`: which registrations are this deployment's, with
+    /// `deployment`'s label.
     pub prefix: NamePrefix,
+    /// `DEPLOYMENT_ID`.
+    pub deployment: DeploymentId,
     /// `ALLOWED_REPOS`: the repositories whose registrations are swept.
     pub allow: RepoAllowList,
 }
@@ -142,7 +146,8 @@ impl Settings {
         let allow = args.allowed_repos.clone().unwrap_or_default();
         let github = github::settings(&args, &env, &allow)?;
         let runner_groups = github::runner_groups(&args)?;
-        let backend = backend::settings(&args, &env)?;
+        let deployment = deployment_id(&args, &allow)?;
+        let backend = backend::settings(&args, &env, &deployment)?;
         let hooks = github::hooks(args.webhook_hook_id.as_deref(), &allow)?;
         let machine = machine_policy(&args)?;
         let prefix = args.runner_name_prefix;
@@ -175,7 +180,7 @@ impl Settings {
                 runner_groups,
                 sandbox_timeout: args.sandbox_timeout_secs,
                 concurrency: args.provision_concurrency,
-                deployment: prefix.as_str().to_string(),
+                deployment: deployment.clone(),
                 auth_pause: args.auth_failure_pause_secs,
                 jit_limit_per_min: Some(args.github_jit_limit_per_min).filter(|n| *n > 0.0),
             },
@@ -187,6 +192,7 @@ impl Settings {
                 registration_timeout: args.runner_registration_timeout_secs,
                 idle_timeout: args.runner_idle_timeout_secs,
                 prefix,
+                deployment,
                 allow: allow.clone(),
             },
             reconciler: ReconcilerSettings {
@@ -199,6 +205,23 @@ impl Settings {
             backend,
         })
     }
+}
+
+/// `DEPLOYMENT_ID`, or the id derived from the Modal app, the runner name prefix and the
+/// owners served. Blank is unset.
+fn deployment_id(args: &ServeArgs, allow: &RepoAllowList) -> Result<DeploymentId, ConfigError> {
+    let given = super::parse::optional(
+        "DEPLOYMENT_ID",
+        args.deployment_id.as_deref(),
+        DeploymentId::parse,
+    )?;
+    Ok(given.unwrap_or_else(|| {
+        DeploymentId::derive(
+            &args.modal.modal_app_name,
+            args.runner_name_prefix.as_str(),
+            allow.owners(),
+        )
+    }))
 }
 
 /// What machines jobs may ask for with `cpu=`, `memory=` and `gpu=` labels.

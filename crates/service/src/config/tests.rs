@@ -5,7 +5,7 @@ use clap::{CommandFactory, Parser};
 use secrecy::ExposeSecret;
 
 use super::*;
-use crate::domain::RepoName;
+use crate::domain::{DeploymentId, RepoName};
 use crate::github::{Credentials, Hook, RunnerGroups, RunnerScope};
 use crate::store::Durability;
 
@@ -342,7 +342,9 @@ fn each_part_holds_the_values_its_consumer_shares() {
     );
     assert_eq!(s.limits.prefix.as_str(), "ci");
     assert_eq!(s.reaper.prefix.as_str(), "ci");
-    assert_eq!(s.provisioner.deployment, "ci");
+    let derived = DeploymentId::derive("modal-github-runner", "ci", &["octo".to_string()]);
+    assert_eq!(s.provisioner.deployment, derived);
+    assert_eq!(s.reaper.deployment, derived);
     assert_eq!(s.provisioner.sandbox_timeout, Duration::from_secs(600));
     assert_eq!(s.reaper.sandbox_timeout, Duration::from_secs(600));
     assert_eq!(s.reaper.interval, Duration::from_secs(3));
@@ -494,4 +496,22 @@ fn a_scope_or_group_misconfiguration_names_its_variable() {
             Ok(_) => panic!("{flags:?} should be refused"),
         }
     }
+}
+
+#[test]
+fn deployment_id_is_given_or_derived_and_reaches_every_part_that_marks_or_sweeps() {
+    let s = parse(&["--deployment-id", "team-a"], SECRETS).expect("valid");
+    assert_eq!(s.provisioner.deployment.as_str(), "team-a");
+    assert_eq!(s.reaper.deployment.as_str(), "team-a");
+    let BackendSettings::Local(local) = &s.backend else {
+        panic!("the local backend")
+    };
+    assert_eq!(local.deployment, "team-a");
+    let blank = parse(&["--deployment-id", " "], SECRETS).expect("blank is unset");
+    assert_eq!(
+        blank.provisioner.deployment,
+        DeploymentId::derive("modal-github-runner", "modal", &[])
+    );
+    let e = parse(&["--deployment-id", "no spaces"], SECRETS).expect_err("invalid");
+    assert_eq!(e.var, "DEPLOYMENT_ID");
 }

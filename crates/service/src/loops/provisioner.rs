@@ -193,10 +193,12 @@ async fn register(
         .runner_groups
         .id_for(home)
         .ok_or_else(|| ProvisionError::NoGroup(home.to_string()))?;
+    let mut labels = row.labels.labels().to_vec();
+    labels.push(ctx.settings.deployment.label());
     let request = JitRequest {
         name: row.name.to_string(),
         runner_group_id,
-        labels: row.labels.labels().to_vec(),
+        labels,
         work_folder: "_work".into(),
     };
     let mut attempt = 0;
@@ -230,18 +232,24 @@ async fn register(
 }
 
 /// Deletes a registration whose JIT config we do not have and ends this attempt without
-/// backoff.
+/// backoff. A registration of that name without this deployment's label is another
+/// deployment's: it is left alone, and the next attempt's name differs anyway.
 async fn abandon_registration(
     ctx: &ProvisionerContext,
     row: &RunnerRow,
     home: &RunnerHome,
     why: &str,
 ) -> Result<(), ProvisionError> {
+    let mut outcome = "registration deleted";
     if let Some(found) = ctx.github.runner_by_name(home, row.name.as_str()).await? {
-        ctx.github.delete_runner(home, found.id).await?;
+        if found.has_label(&ctx.settings.deployment.label()) {
+            ctx.github.delete_runner(home, found.id).await?;
+        } else {
+            outcome = "the registration is another deployment's and was left alone";
+        }
     }
-    tracing::warn!("{why}; deleted it, the next attempt gets a new name");
-    let patch = RunnerPatch::failed(format!("{why}; registration deleted"), false);
+    tracing::warn!("{why}; {outcome}; the next attempt gets a new name");
+    let patch = RunnerPatch::failed(format!("{why}; {outcome}"), false);
     ctx.store
         .transition(&row.name, &[RunnerState::Registering], RunnerState::Failed, patch)
         .await?;
@@ -259,7 +267,7 @@ async fn create_sandbox(
         name: row.name.to_string(),
         jit_config: jit.encoded.clone(),
         tags: vec![
-            ("modal-github-runner".into(), ctx.settings.deployment.clone()),
+            ("modal-github-runner".into(), ctx.settings.deployment.to_string()),
             ("job".into(), row.job.to_string()),
             ("runner".into(), row.name.to_string()),
         ],
@@ -303,14 +311,15 @@ async fn mark_running(
 }
 
 /// A `registering` runner nobody works on: the process that started it died. If GitHub
-/// has the name, its JIT config is lost with that process; otherwise start over.
+/// has the name with this deployment's label, its JIT config is lost with that process;
+/// otherwise start over.
 async fn recover_registering(ctx: &ProvisionerContext, row: &RunnerRow) -> Result<(), ProvisionError> {
     let home = ctx.github.home_of(&row.repo);
     if ctx
         .github
         .runner_by_name(&home, row.name.as_str())
         .await?
-        .is_some()
+        .is_some_and(|found| found.has_label(&ctx.settings.deployment.label()))
     {
         return abandon_registration(ctx, row, &home, "registered before a restart").await;
     }

@@ -71,6 +71,7 @@ pub async fn run(ctx: Arc<ReaperContext>, stop: CancellationToken) {
                 &ctx.store,
                 &ctx.github,
                 &ctx.settings.prefix,
+                &ctx.settings.deployment,
                 &ctx.settings.allow,
             );
             if let Err(e) = swept.await {

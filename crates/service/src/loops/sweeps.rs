@@ -2,8 +2,9 @@
 //! owns:
 //!
 //! - sandboxes tagged as this deployment's that no live runner owns (left by a crash, or
-//!   by a runner whose removal failed);
-//! - offline GitHub registrations with our name prefix that no live runner owns (runners
+//!   by a runner whose removal failed); the backend lists only this deployment's;
+//! - offline GitHub registrations with our name prefix and our deployment's label that no
+//!   live runner owns (runners
 //!   whose sandbox died with the process that made them, or whose removal failed), listed
 //!   once per place runners are registered (a repository, an organisation, the enterprise).
 //!
@@ -15,7 +16,7 @@
 use std::collections::HashSet;
 
 use crate::backend::{Backend, SandboxInfo};
-use crate::domain::{NamePrefix, RepoAllowList, RunnerName};
+use crate::domain::{DeploymentId, NamePrefix, RepoAllowList, RunnerName};
 use crate::github::{DeleteOutcome, GitHub, RunnerHome};
 use crate::store::{Store, StoreError};
 
@@ -63,14 +64,17 @@ async fn homes(store: &Store, github: &GitHub, allow: &RepoAllowList) -> Result<
     Ok(homes)
 }
 
-/// Deletes offline registrations named with `prefix` that no live runner owns, wherever
-/// this deployment registers runners (`homes`).
+/// Deletes offline registrations named with `prefix` and labelled as `deployment`'s that
+/// no live runner owns, wherever this deployment registers runners. Another deployment's
+/// registrations, even named with the same prefix, are never touched.
 pub async fn delete_offline_registrations(
     store: &Store,
     github: &GitHub,
     prefix: &NamePrefix,
+    deployment: &DeploymentId,
     allow: &RepoAllowList,
 ) -> Result<(), StoreError> {
+    let label = deployment.label();
     for home in homes(store, github, allow).await? {
         let registered = match github.list_runners(&home).await {
             Ok(r) => r,
@@ -86,7 +90,7 @@ pub async fn delete_offline_registrations(
             .map(|r| r.row.name.to_string())
             .collect();
         for runner in registered {
-            let ours = RunnerName::parse_ours(prefix, &runner.name).is_some();
+            let ours = RunnerName::parse_ours(prefix, &runner.name).is_some() && runner.has_label(&label);
             if !ours || live.contains(&runner.name) || runner.status == "online" || runner.busy {
                 continue;
             }
@@ -102,4 +106,49 @@ pub async fn delete_offline_registrations(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::RunnerState;
+    use crate::fixture::{Fixture, deployment, prefix};
+    use crate::store::RunnerPatch;
+
+    #[tokio::test]
+    async fn only_this_deployments_offline_orphans_are_deleted() {
+        let f = Fixture::start().await;
+        // Ours, failed (not live): an orphan to delete.
+        let orphan = f.plan(1).await;
+        f.register(&orphan).await;
+        f.advance(
+            &orphan,
+            &[RunnerState::Failed],
+            RunnerPatch::failed("gone", false),
+        )
+        .await;
+        // Ours and live: kept.
+        let live = f.plan(2).await;
+        f.register(&live).await;
+        // Another deployment's, named with the same prefix and unknown to our store.
+        let theirs = RunnerName::for_job(&prefix(), crate::domain::JobId(3), 1);
+        f.register_as(&theirs, &DeploymentId::parse("other").expect("valid id"))
+            .await;
+        let allow = RepoAllowList::parse(crate::fixture::REPO).expect("allowlist");
+
+        delete_offline_registrations(&f.store, &f.github, &prefix(), &deployment(), &allow)
+            .await
+            .expect("swept");
+
+        assert!(f.registration(&orphan).is_none(), "our orphan is deleted");
+        assert!(
+            f.registration(&live).is_some(),
+            "a live runner's registration is kept"
+        );
+        assert!(
+            f.registration(&theirs).is_some(),
+            "another deployment's registration is never touched"
+        );
+        f.finish().await;
+    }
 }

@@ -22,11 +22,23 @@ pub(super) struct Meta {
     pub start_ticks: Option<u64>,
     pub created_at: i64,
     pub deadline: i64,
+    /// The deployment that made it; absent in metadata written before deployments had
+    /// ids (such a sandbox is adopted by whoever starts).
+    #[serde(default)]
+    pub deployment: Option<String>,
+}
+
+impl Meta {
+    /// Whether the sandbox belongs to `deployment`.
+    pub fn belongs_to(&self, deployment: &str) -> bool {
+        self.deployment.as_deref().is_none_or(|d| d == deployment)
+    }
 }
 
 impl LocalBackend {
-    /// Checks the runner directory, then adopts sandboxes left by an earlier process and
-    /// cleans up those that ended while no one watched.
+    /// Checks the runner directory, then adopts this deployment's sandboxes left by an
+    /// earlier process and cleans up those that ended while no one watched. Another
+    /// deployment's sandboxes (their metadata says whose) are left alone.
     pub async fn prepare(&self) -> Result<(), BackendError> {
         let run_sh = self.config.runner_dir.join("run.sh");
         if !run_sh.is_file() {
@@ -51,15 +63,15 @@ impl LocalBackend {
                 dirs.push(path);
             }
         }
-        let mut adopted = HashSet::new();
+        let mut kept = HashSet::new();
         for path in metas {
             if let Some(name) = self.adopt(&path).await {
-                adopted.insert(name);
+                kept.insert(name);
             }
         }
         for dir in dirs {
             let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
-            if name.is_some_and(|n| !adopted.contains(&n)) {
+            if name.is_some_and(|n| !kept.contains(&n)) {
                 // A copy whose process never started (crash during create).
                 let _ = tokio::fs::remove_dir_all(&dir).await;
             }
@@ -67,7 +79,8 @@ impl LocalBackend {
         Ok(())
     }
 
-    /// Takes over a sandbox described by a metadata file; returns its name if it runs.
+    /// Takes over a sandbox described by a metadata file; returns its name if it runs, or
+    /// if it is another deployment's (whose files stay).
     async fn adopt(&self, meta_path: &Path) -> Option<String> {
         let meta: Meta = match tokio::fs::read(meta_path)
             .await
@@ -81,6 +94,10 @@ impl LocalBackend {
             }
         };
         let name = meta.name.clone();
+        if !meta.belongs_to(&self.config.deployment) {
+            tracing::debug!(runner.name = %name, deployment = ?meta.deployment, "another deployment's local sandbox; left alone");
+            return Some(name);
+        }
         if is_alive(meta.pid, meta.start_ticks) {
             tracing::info!(runner.name = %name, pid = meta.pid, "adopted a running local sandbox");
             self.watch(meta, None);

@@ -38,6 +38,10 @@ pub struct LocalConfig {
     pub runner_dir: PathBuf,
     /// Where per-runner copies, logs and metadata live.
     pub work_dir: PathBuf,
+    /// `DEPLOYMENT_ID`, written in each sandbox's metadata: a service adopts only its own
+    /// deployment's sandboxes, so deployments sharing a work directory never touch each
+    /// other's.
+    pub deployment: String,
 }
 
 pub struct LocalBackend {

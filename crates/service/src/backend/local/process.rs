@@ -66,6 +66,7 @@ impl LocalBackend {
             start_ticks: start_ticks(pid),
             created_at,
             deadline: created_at.saturating_add(timeout_ms),
+            deployment: Some(self.config.deployment.clone()),
         };
         if let Err(e) = write_meta(&paths.meta, &meta).await {
             tracing::warn!(runner.name = %spec.name, error = %e, "could not persist sandbox metadata");
