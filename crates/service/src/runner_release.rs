@@ -170,7 +170,54 @@ fn version_in_url(url: &str) -> Option<RunnerVersion> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use fakes::github::{DEFAULT_RUNNER_VERSION, FakeGitHub, FakeGitHubConfig, Fault, FaultRule, Route};
+    use secrecy::SecretString;
+
     use super::*;
+    use crate::domain::RepoName;
+    use crate::github::{Credentials, GitHubConfig, RunnerScope};
+    use crate::retry::Backoff;
+
+    #[tokio::test]
+    async fn on_enterprise_server_a_missing_downloads_list_asks_for_runner_version() {
+        let config = FakeGitHubConfig {
+            api_prefix: "/api/v3".into(),
+            ..FakeGitHubConfig::default()
+        };
+        let fake = FakeGitHub::start(config.clone()).await.expect("fake GitHub");
+        fake.add_repo("acme/app");
+        let github = GitHub::new(
+            GitHubConfig {
+                api_url: fake.api_url(),
+                credentials: Credentials::Token(SecretString::from(config.token)),
+                timeout: Duration::from_secs(5),
+                retry: Backoff::new(1, Duration::from_millis(1), Duration::from_millis(1)),
+                scope: RunnerScope::Org,
+            },
+            None,
+        )
+        .expect("client");
+        assert!(github.is_enterprise_server());
+        let home = github.home_of(&RepoName::parse("acme/app").expect("valid"));
+
+        let served = resolve(&github, Some(&home)).await.expect("served");
+        assert_eq!(Some(served.version), RunnerVersion::parse(DEFAULT_RUNNER_VERSION));
+        fake.inject(FaultRule::new(Route::RunnerDownloads, Fault::status(404)));
+        let err = resolve(&github, Some(&home))
+            .await
+            .expect_err("no downloads list");
+        assert!(matches!(err, ReleaseError::EnterpriseServer(_)), "{err}");
+        assert!(err.to_string().contains("set RUNNER_VERSION"), "{err}");
+
+        let paths: Vec<String> = fake.calls().into_iter().map(|c| c.path).collect();
+        assert_eq!(
+            paths, ["/api/v3/orgs/acme/actions/runners/downloads"; 2],
+            "the organisation's list, under /api/v3, and never actions/runner's releases"
+        );
+        fake.shutdown().await;
+    }
 
     #[test]
     fn the_version_is_read_from_a_download_url() {

@@ -97,6 +97,11 @@ impl World {
         }
     }
 
+    /// What the world is made of.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
     /// The fake Modal (a Modal world's).
     pub fn fake_modal(&self) -> &FakeModal {
         self.modal
@@ -113,7 +118,7 @@ impl World {
     }
 
     /// The service's whole environment: the world's, then the test's.
-    fn service_env(&self) -> Vec<(String, String)> {
+    pub(crate) fn service_env(&self) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = vec![
             ("RUST_LOG".into(), rust_log(&self.options)),
             ("LOG_FORMAT".into(), "json".into()),
@@ -193,6 +198,13 @@ impl World {
             }
         }
         self.start_time = started.elapsed();
+    }
+
+    /// Builds the service as `start_service` would, without running it: for what must fail
+    /// at start-up (a configuration or a lookup refused).
+    pub async fn build_service(&self) -> anyhow::Result<Application> {
+        let settings = settings_from_vars(&self.service_env()).map_err(anyhow::Error::msg)?;
+        Application::build(settings).await
     }
 
     /// Starts the service in this process and returns as soon as it serves, before it is
@@ -335,9 +347,18 @@ impl Drop for World {
 }
 
 async fn start_github(options: &Options) -> FakeGitHub {
-    let app = options
-        .github_app
-        .map(|ttl| FakeApp::single(APP_ID, INSTALLATION_ID, ttl));
+    let app = options.github_app.map(|ttl| {
+        let single = FakeApp::single(APP_ID, INSTALLATION_ID, ttl);
+        if options.app_installations.is_empty() {
+            single
+        } else {
+            FakeApp {
+                installation_id: None,
+                owner_installations: options.app_installations.clone(),
+                ..single
+            }
+        }
+    });
     let github = FakeGitHub::start(FakeGitHubConfig {
         app,
         ..FakeGitHubConfig::default()

@@ -8,4 +8,5 @@ mod modal;
 mod reaping;
 mod reliability;
 mod scale;
+mod scopes;
 mod upstream;
