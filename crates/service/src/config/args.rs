@@ -27,13 +27,13 @@ pub struct ServeArgs {
     /// File holding the App's private key, PEM (default: the GITHUB_APP_PRIVATE_KEY environment variable).
     #[arg(long, value_name = "PATH")]
     pub github_app_private_key_file: Option<PathBuf>,
-    /// The App's installation (default: the installation on the first ALLOWED_REPOS repository).
+    /// One App installation for every call (default: each ALLOWED_REPOS owner's own installation, found as needed).
     #[arg(long, env = "GITHUB_APP_INSTALLATION_ID", value_name = "ID")]
     pub github_app_installation_id: Option<String>,
     /// File holding the webhook secret (default: the WEBHOOK_SECRET environment variable, required).
     #[arg(long, value_name = "PATH")]
     pub webhook_secret_file: Option<PathBuf>,
-    /// Comma-separated owner/repo allowlist; empty allows every repository.
+    /// Comma-separated allowlist of owner/repo and owner/* entries; empty allows every repository.
     #[arg(long, env = "ALLOWED_REPOS", value_name = "LIST", value_parser = parse::allow_list())]
     pub allowed_repos: Option<RepoAllowList>,
     /// Runner version for sandbox images (`modal` backend); resolved from GitHub when unset.

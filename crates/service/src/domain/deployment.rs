@@ -4,7 +4,7 @@
 //! sandbox's metadata file), and its GitHub registrations carry the label
 //! [`DeploymentId::label`]. A runner's extra label does not narrow the jobs it takes (GitHub
 //! gives a job to a runner whose labels include all of the job's), so the label only says
-//! whose registration it is.
+//! whose registration it is (docs/design.md §9).
 
 use std::fmt;
 

@@ -2,7 +2,7 @@
 //! (`RUNNER_SCOPE=repo`), at its owner organisation (`org`), or at one enterprise
 //! (`enterprise`). A runner's registration, lookup, listing and removal all go to the same
 //! place, its [`RunnerHome`]; organisation and enterprise runners join a runner group,
-//! named by `RUNNER_GROUP` and resolved to an id once per home at start-up.
+//! named by `RUNNER_GROUP` and resolved to an id once per home at start-up (docs/design.md §8).
 
 use std::collections::HashMap;
 use std::fmt;
