@@ -362,6 +362,52 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn an_installation_id_override_serves_every_owner_without_looking_any_up() {
+        use fakes::github::{FakeApp, FakeGitHub, FakeGitHubConfig, Route};
+
+        use crate::domain::RepoName;
+        use crate::github::{GitHubConfig, RunnerHome, RunnerScope};
+        use crate::retry::Backoff;
+
+        let fake = FakeGitHub::start(FakeGitHubConfig {
+            app: Some(FakeApp::single(4242, 7, Duration::from_secs(3600))),
+            ..FakeGitHubConfig::default()
+        })
+        .await
+        .expect("fake GitHub");
+        fake.add_repo("acme/x");
+        fake.add_repo("beta/y");
+        let github = GitHub::new(
+            GitHubConfig {
+                api_url: fake.api_url(),
+                credentials: Credentials::App(app()),
+                timeout: Duration::from_secs(5),
+                retry: Backoff::new(1, Duration::from_millis(1), Duration::from_millis(1)),
+                scope: RunnerScope::Repo,
+            },
+            None,
+        )
+        .expect("client");
+        for repo in ["acme/x", "beta/y"] {
+            let home = RunnerHome::Repo(RepoName::parse(repo).expect("valid"));
+            github.list_runners(&home).await.expect("listed");
+        }
+        let calls = fake.calls();
+        assert!(calls.iter().all(|c| !matches!(
+            c.route,
+            Route::RepoInstallation | Route::OrgInstallation | Route::UserInstallation
+        )));
+        let listed: Vec<Option<u64>> = calls
+            .iter()
+            .filter(|c| c.route == Route::ListRunners)
+            .map(|c| c.installation)
+            .collect();
+        assert_eq!(listed, [Some(7), Some(7)]);
+        assert_eq!(fake.installation_tokens_issued(), 1, "one token for both owners");
+        fake.shutdown().await;
+    }
+
     #[test]
     fn a_key_that_is_not_rsa_pem_is_refused() {
         let bad = AppCredentials {
