@@ -61,7 +61,7 @@ impl Application {
 
     /// `build`, with the store and the loops reading the time from `clock` (a test can then
     /// move time past a timeout instead of waiting for it).
-    pub async fn build_with_clock(settings: Settings, clock: Clock) -> anyhow::Result<Application> {
+    pub async fn build_with_clock(mut settings: Settings, clock: Clock) -> anyhow::Result<Application> {
         let store = Store::open_with_clock(&settings.store.database_url, settings.store.sync, clock.clone())
             .await
             .with_context(|| format!("could not open the store at {}", settings.store.database_url))?;
@@ -72,10 +72,12 @@ impl Application {
                 credentials: settings.github.credentials.clone(),
                 timeout: settings.github.timeout,
                 retry: Backoff::new(5, Duration::from_millis(500), Duration::from_secs(30)),
+                scope: settings.github.scope.clone(),
             },
             Some(metrics.clone()),
         )
         .context("could not build the GitHub client")?;
+        resolve_runner_group(&mut settings, &github).await?;
         let (backend, releases) = backend(&settings, &github)?;
         let addr = settings.server.bind;
         let listener = TcpListener::bind(addr)
@@ -361,11 +363,16 @@ fn backend(settings: &Settings, github: &GitHub) -> anyhow::Result<(Backend, Opt
             settings: modal,
             runner_version,
         } => {
+            let allow = &settings.webhook.allow;
+            let home = match allow.listed().and_then(|r| r.first()) {
+                Some(repo) => Some(github.home_of(repo)),
+                None => allow.owners().first().and_then(|o| github.owner_home(o)),
+            };
             let source = match runner_version {
                 Some(v) => ReleaseSource::Pinned(v.clone()),
                 None => ReleaseSource::Served {
                     github: github.clone(),
-                    repo: settings.webhook.allow.listed().and_then(|r| r.first().cloned()),
+                    home,
                 },
             };
             let (publisher, releases) = runner_release::channel(source, modal.refresh_interval);
@@ -374,6 +381,20 @@ fn backend(settings: &Settings, github: &GitHub) -> anyhow::Result<(Backend, Opt
             (Backend::Modal(Box::new(backend)), publisher)
         }
     })
+}
+
+/// Resolves `RUNNER_GROUP` to its id at every organisation (or the enterprise) served, so
+/// that a group missing anywhere stops the service at start-up with its name.
+async fn resolve_runner_group(settings: &mut Settings, github: &GitHub) -> anyhow::Result<()> {
+    let homes: Vec<_> = settings
+        .webhook
+        .allow
+        .owners()
+        .iter()
+        .filter_map(|o| github.owner_home(o))
+        .collect();
+    settings.provisioner.runner_groups.resolve(github, &homes).await?;
+    Ok(())
 }
 
 /// Resolves on SIGTERM or SIGINT.

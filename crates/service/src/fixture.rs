@@ -15,11 +15,11 @@ use tempfile::TempDir;
 use crate::backend::{Backend, LocalBackend, LocalConfig, SandboxSpec};
 use crate::clock::ManualClock;
 use crate::config::{ProvisionerSettings, ReaperSettings, ReconcilerSettings};
-use crate::domain::JobEvent;
+use crate::domain::{DeploymentId, JobEvent};
 use crate::domain::{
     JobId, JobStatus, LabelSet, MachineSpec, NamePrefix, RepoAllowList, RepoName, RunnerName, RunnerState,
 };
-use crate::github::{Credentials, GitHub, GitHubConfig, JitConfig, JitRequest};
+use crate::github::{Credentials, GitHub, GitHubConfig, JitConfig, JitRequest, RunnerGroups, RunnerScope};
 use crate::loops::provisioner::ProvisionerContext;
 use crate::loops::reaper::ReaperContext;
 use crate::loops::reconciler::ReconcilerContext;
@@ -31,6 +31,11 @@ use crate::wake::Wake;
 
 pub const REPO: &str = "octo/repo";
 pub const LABELS: [&str; 2] = ["self-hosted", "modal"];
+
+/// The fixture's deployment.
+pub fn deployment() -> DeploymentId {
+    DeploymentId::parse("test").expect("valid id")
+}
 /// The sandbox's maximum runtime, as both loops see it.
 pub const SANDBOX_TIMEOUT: Duration = Duration::from_secs(300);
 pub const EXIT_GRACE: Duration = Duration::from_secs(60);
@@ -65,6 +70,7 @@ impl Fixture {
             runner_dir: dir.path().join("runner"),
             work_dir: dir.path().join("work"),
             run_as: None,
+            deployment: "test".into(),
         });
         backend.prepare().await.expect("backend ready");
         let config = FakeGitHubConfig::default();
@@ -76,6 +82,7 @@ impl Fixture {
                 credentials: Credentials::Token(SecretString::from(config.token)),
                 timeout: Duration::from_secs(5),
                 retry: Backoff::new(2, Duration::from_millis(1), Duration::from_millis(1)),
+                scope: RunnerScope::Repo,
             },
             None,
         )
@@ -111,11 +118,11 @@ impl Fixture {
             metrics: Arc::new(Metrics::new()),
             clock: self.clock.clone().into(),
             settings: ProvisionerSettings {
-                runner_group_id: 1,
+                runner_groups: RunnerGroups::Id(1),
                 sandbox_timeout: SANDBOX_TIMEOUT,
                 registration_concurrency: registrations,
                 create_concurrency: creations,
-                deployment: "test".into(),
+                deployment: deployment(),
                 auth_pause: AUTH_PAUSE,
                 jit_limit_per_min: None,
             },
@@ -139,6 +146,7 @@ impl Fixture {
             clock: self.clock.clone().into(),
             settings: ReaperSettings {
                 prefix: prefix(),
+                deployment: deployment(),
                 allow: RepoAllowList::parse(REPO).expect("allowlist"),
                 exit_grace: EXIT_GRACE,
                 sandbox_timeout: SANDBOX_TIMEOUT,
@@ -204,16 +212,24 @@ impl Fixture {
         }
     }
 
-    /// Registers `name` at the fake GitHub, as a try that got through would have.
+    /// Registers `name` at the fake GitHub, as a try of this deployment that got through
+    /// would have.
     pub async fn register(&self, name: &RunnerName) -> JitConfig {
+        self.register_as(name, &deployment()).await
+    }
+
+    /// Registers `name` as deployment `id` would have.
+    pub async fn register_as(&self, name: &RunnerName, id: &DeploymentId) -> JitConfig {
+        let mut labels = LABELS.map(String::from).to_vec();
+        labels.push(id.label());
         let request = JitRequest {
             name: name.to_string(),
             runner_group_id: 1,
-            labels: LABELS.map(String::from).to_vec(),
+            labels,
             work_folder: "_work".into(),
         };
         self.github
-            .generate_jitconfig(&self.repo, &request)
+            .generate_jitconfig(&self.github.home_of(&self.repo), &request)
             .await
             .expect("registered")
     }

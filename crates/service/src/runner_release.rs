@@ -13,8 +13,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::backend::modal::Releases;
-use crate::domain::RepoName;
-use crate::github::{GitHub, GitHubError};
+use crate::github::{GitHub, GitHubError, RunnerHome};
 use crate::retry::Backoff;
 use crate::runner_version::{RunnerRelease, RunnerVersion};
 
@@ -23,19 +22,38 @@ use crate::runner_version::{RunnerRelease, RunnerVersion};
 pub enum ReleaseSource {
     /// `RUNNER_VERSION`.
     Pinned(RunnerVersion),
-    /// What GitHub serves (to this repository, if one is known).
-    Served { github: GitHub, repo: Option<RepoName> },
+    /// What GitHub serves (where runners are registered, if one place is known).
+    Served {
+        github: GitHub,
+        home: Option<RunnerHome>,
+    },
 }
 
 /// GitHub would not say which release it serves, and retrying cannot help.
 #[derive(Debug, thiserror::Error)]
-#[error("could not find the runner release GitHub serves ({0}); set RUNNER_VERSION to pin one")]
-pub struct ReleaseError(#[from] pub GitHubError);
+pub enum ReleaseError {
+    #[error("could not find the runner release GitHub serves ({0}); set RUNNER_VERSION to pin one")]
+    Lookup(#[from] GitHubError),
+    /// GitHub Enterprise Server has no actions/runner releases to fall back on.
+    #[error(
+        "GitHub Enterprise Server did not say which runner release it serves ({0}); \
+         set RUNNER_VERSION to the runner version your server ships"
+    )]
+    EnterpriseServer(GitHubError),
+}
+
+impl ReleaseError {
+    fn is_transient(&self) -> bool {
+        match self {
+            ReleaseError::Lookup(e) | ReleaseError::EnterpriseServer(e) => e.is_transient(),
+        }
+    }
+}
 
 /// The app's end of the release channel: asks GitHub and publishes what it serves.
 pub struct ReleasePublisher {
     github: GitHub,
-    repo: Option<RepoName>,
+    home: Option<RunnerHome>,
     interval: Duration,
     sender: watch::Sender<Option<RunnerRelease>>,
 }
@@ -45,11 +63,11 @@ pub struct ReleasePublisher {
 pub fn channel(source: ReleaseSource, interval: Duration) -> (Option<ReleasePublisher>, Releases) {
     match source {
         ReleaseSource::Pinned(v) => (None, Releases::fixed(RunnerRelease::from_version(v))),
-        ReleaseSource::Served { github, repo } => {
+        ReleaseSource::Served { github, home } => {
             let (sender, receiver) = watch::channel(None);
             let publisher = ReleasePublisher {
                 github,
-                repo,
+                home,
                 interval,
                 sender,
             };
@@ -66,7 +84,7 @@ impl ReleasePublisher {
         let backoff = Backoff::new(u32::MAX, Duration::from_secs(1), Duration::from_secs(60));
         let mut attempt = 0;
         loop {
-            match resolve(&self.github, self.repo.as_ref()).await {
+            match resolve(&self.github, self.home.as_ref()).await {
                 Ok(release) => {
                     self.sender.send_replace(Some(release.clone()));
                     return Ok(release);
@@ -77,7 +95,7 @@ impl ReleasePublisher {
                     tokio::time::sleep(wait).await;
                     attempt = attempt.saturating_add(1);
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -92,7 +110,7 @@ impl ReleasePublisher {
                 () = self.sender.closed() => return,
                 () = tokio::time::sleep(self.interval) => {}
             }
-            match resolve(&self.github, self.repo.as_ref()).await {
+            match resolve(&self.github, self.home.as_ref()).await {
                 Ok(release) => {
                     self.sender.send_replace(Some(release));
                 }
@@ -102,11 +120,14 @@ impl ReleasePublisher {
     }
 }
 
-/// Asks GitHub which linux-x64 release it serves to `repo` (progressive rollouts differ
-/// per repository), falling back to actions/runner's latest release.
-pub async fn resolve(github: &GitHub, repo: Option<&RepoName>) -> Result<RunnerRelease, GitHubError> {
-    if let Some(repo) = repo {
-        match github.runner_downloads(repo).await {
+/// Asks GitHub which linux-x64 release it serves at `home` (progressive rollouts differ
+/// per repository and organisation), falling back to actions/runner's latest release. A
+/// GitHub Enterprise Server serves its own runner and has no actions/runner to fall back
+/// on: there, without an answer, `RUNNER_VERSION` must be pinned.
+pub async fn resolve(github: &GitHub, home: Option<&RunnerHome>) -> Result<RunnerRelease, ReleaseError> {
+    let ghes = github.is_enterprise_server();
+    if let Some(home) = home {
+        match github.runner_downloads(home).await {
             Ok(downloads) => {
                 if let Some(release) = downloads
                     .into_iter()
@@ -123,16 +144,21 @@ pub async fn resolve(github: &GitHub, repo: Option<&RepoName>) -> Result<RunnerR
                     return Ok(release);
                 }
             }
-            Err(e) if e.is_transient() => return Err(e),
+            Err(e) if e.is_transient() => return Err(e.into()),
+            Err(e) if ghes => return Err(ReleaseError::EnterpriseServer(e)),
             Err(e) => {
-                tracing::info!(repo = %repo, error = %e, "runner downloads unavailable; using the latest release")
+                tracing::info!(home = %home, error = %e, "runner downloads unavailable; using the latest release")
             }
         }
+    }
+    if ghes {
+        let why = GitHubError::Decode("its runner downloads list has no linux-x64 runner".into());
+        return Err(ReleaseError::EnterpriseServer(why));
     }
     let latest = github.latest_runner_release().await?;
     RunnerVersion::parse(&latest)
         .map(RunnerRelease::from_version)
-        .ok_or_else(|| GitHubError::Decode(format!("latest runner release tag `{latest}`")))
+        .ok_or_else(|| GitHubError::Decode(format!("latest runner release tag `{latest}`")).into())
 }
 
 /// The version in a tarball URL like `…/actions-runner-linux-x64-2.336.0.tar.gz`.
@@ -144,7 +170,54 @@ fn version_in_url(url: &str) -> Option<RunnerVersion> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use fakes::github::{DEFAULT_RUNNER_VERSION, FakeGitHub, FakeGitHubConfig, Fault, FaultRule, Route};
+    use secrecy::SecretString;
+
     use super::*;
+    use crate::domain::RepoName;
+    use crate::github::{Credentials, GitHubConfig, RunnerScope};
+    use crate::retry::Backoff;
+
+    #[tokio::test]
+    async fn on_enterprise_server_a_missing_downloads_list_asks_for_runner_version() {
+        let config = FakeGitHubConfig {
+            api_prefix: "/api/v3".into(),
+            ..FakeGitHubConfig::default()
+        };
+        let fake = FakeGitHub::start(config.clone()).await.expect("fake GitHub");
+        fake.add_repo("acme/app");
+        let github = GitHub::new(
+            GitHubConfig {
+                api_url: fake.api_url(),
+                credentials: Credentials::Token(SecretString::from(config.token)),
+                timeout: Duration::from_secs(5),
+                retry: Backoff::new(1, Duration::from_millis(1), Duration::from_millis(1)),
+                scope: RunnerScope::Org,
+            },
+            None,
+        )
+        .expect("client");
+        assert!(github.is_enterprise_server());
+        let home = github.home_of(&RepoName::parse("acme/app").expect("valid"));
+
+        let served = resolve(&github, Some(&home)).await.expect("served");
+        assert_eq!(Some(served.version), RunnerVersion::parse(DEFAULT_RUNNER_VERSION));
+        fake.inject(FaultRule::new(Route::RunnerDownloads, Fault::status(404)));
+        let err = resolve(&github, Some(&home))
+            .await
+            .expect_err("no downloads list");
+        assert!(matches!(err, ReleaseError::EnterpriseServer(_)), "{err}");
+        assert!(err.to_string().contains("set RUNNER_VERSION"), "{err}");
+
+        let paths: Vec<String> = fake.calls().into_iter().map(|c| c.path).collect();
+        assert_eq!(
+            paths, ["/api/v3/orgs/acme/actions/runners/downloads"; 2],
+            "the organisation's list, under /api/v3, and never actions/runner's releases"
+        );
+        fake.shutdown().await;
+    }
 
     #[test]
     fn the_version_is_read_from_a_download_url() {

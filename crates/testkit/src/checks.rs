@@ -8,7 +8,7 @@ use fakes::modal::FakeModal;
 use modal_github_runner::backend::modal::ModalSettings;
 use modal_github_runner::backend::modal::client::ModalConnection;
 use modal_github_runner::backend::modal::image::ImageSettings;
-use modal_github_runner::github::{Credentials, GitHub, GitHubConfig};
+use modal_github_runner::github::{Credentials, GitHub, GitHubConfig, RunnerScope};
 use modal_github_runner::retry::Backoff;
 use secrecy::SecretString;
 
@@ -91,6 +91,7 @@ pub fn github_client(api_url: String) -> GitHub {
             credentials: Credentials::Token(SecretString::from(FakeGitHubConfig::default().token)),
             timeout: Duration::from_secs(5),
             retry: Backoff::new(2, Duration::from_millis(10), Duration::from_millis(50)),
+            scope: RunnerScope::Repo,
         },
         None,
     )

@@ -12,6 +12,7 @@ mod browser;
 mod checks;
 mod logs;
 mod options;
+mod peer;
 mod runner;
 mod service;
 mod settings;
@@ -22,6 +23,7 @@ pub use checks::{
     free_port, github_client, jobs, modal_settings, processes_under, reqwest_client, sandbox_entries, wait,
 };
 pub use options::{Kind, Options, ServiceMode};
+pub use peer::Peer;
 pub use runner::fake_runner_command;
 pub use service::ServiceProcess;
 pub use settings::settings_from_vars;

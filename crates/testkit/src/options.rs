@@ -40,6 +40,9 @@ pub struct Options {
     /// Authenticate as a GitHub App whose installation tokens last this long, instead of
     /// with a token.
     pub github_app: Option<Duration>,
+    /// The App's installations, one per account (owner, installation id); empty: one
+    /// installation ([`crate::INSTALLATION_ID`]) that reaches every account.
+    pub app_installations: Vec<(String, u64)>,
     pub mode: ServiceMode,
     /// The repository the fake GitHub has (and the jobs of `jobs()` use).
     pub repo: String,
@@ -71,6 +74,7 @@ impl Default for Options {
             env: Vec::new(),
             modal_faults: Vec::new(),
             github_app: None,
+            app_installations: Vec::new(),
             mode: ServiceMode::InProcess,
             repo: REPO.into(),
             jit_latency: None,

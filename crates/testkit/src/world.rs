@@ -3,10 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use fakes::github::{
-    FakeApp, FakeGitHub, FakeGitHubConfig, Route, TEST_APP_PRIVATE_KEY_PEM, TEST_APP_PUBLIC_KEY_PEM,
-    WebhookTarget,
-};
+use fakes::github::{FakeApp, FakeGitHub, FakeGitHubConfig, Route, TEST_APP_PRIVATE_KEY_PEM, WebhookTarget};
 use fakes::modal::{FakeModal, FakeModalConfig};
 use modal_github_runner::app::Application;
 use modal_github_runner::clock::{Clock, ManualClock};
@@ -101,6 +98,11 @@ impl World {
         }
     }
 
+    /// What the world is made of.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
     /// The fake Modal (a Modal world's).
     pub fn fake_modal(&self) -> &FakeModal {
         self.modal
@@ -117,7 +119,7 @@ impl World {
     }
 
     /// The service's whole environment: the world's, then the test's.
-    fn service_env(&self) -> Vec<(String, String)> {
+    pub(crate) fn service_env(&self) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = vec![
             ("RUST_LOG".into(), rust_log(&self.options)),
             ("LOG_FORMAT".into(), "json".into()),
@@ -202,6 +204,13 @@ impl World {
             }
         }
         self.start_time = started.elapsed();
+    }
+
+    /// Builds the service as `start_service` would, without running it: for what must fail
+    /// at start-up (a configuration or a lookup refused).
+    pub async fn build_service(&self) -> anyhow::Result<Application> {
+        let settings = settings_from_vars(&self.service_env()).map_err(anyhow::Error::msg)?;
+        Application::build(settings).await
     }
 
     /// Starts the service in this process and returns as soon as it serves, before it is
@@ -345,11 +354,17 @@ impl Drop for World {
 }
 
 async fn start_github(options: &Options) -> FakeGitHub {
-    let app = options.github_app.map(|ttl| FakeApp {
-        id: APP_ID,
-        public_key_pem: TEST_APP_PUBLIC_KEY_PEM.into(),
-        installation_id: INSTALLATION_ID,
-        token_ttl: ttl,
+    let app = options.github_app.map(|ttl| {
+        let single = FakeApp::single(APP_ID, INSTALLATION_ID, ttl);
+        if options.app_installations.is_empty() {
+            single
+        } else {
+            FakeApp {
+                installation_id: None,
+                owner_installations: options.app_installations.clone(),
+                ..single
+            }
+        }
     });
     let github = FakeGitHub::start(FakeGitHubConfig {
         app,

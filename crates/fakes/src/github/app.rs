@@ -1,7 +1,9 @@
 //! GitHub App authentication, as GitHub does it (docs/github.md §3.2): a JWT signed with the App's
 //! private key (RS256, issuer = App id, at most 10 minutes long) buys an installation token
 //! at `POST /app/installations/{id}/access_tokens`; REST calls then carry that token until
-//! it expires. `GET /repos/{o}/{r}/installation` finds the installation with a JWT.
+//! it expires. An App has one installation per account it is installed on, found with a JWT
+//! at `GET /repos/{o}/{r}/installation`, `GET /orgs/{org}/installation` or
+//! `GET /users/{user}/installation`; an installation's token reaches only that account.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -14,6 +16,7 @@ use serde_json::json;
 use super::routes::Reply;
 use super::state::State;
 use super::time::rfc3339;
+use super::views::OwnerKind;
 
 /// The private key of the tests' GitHub App (PKCS#1 PEM, as GitHub hands them out); made
 /// for these tests only, it grants nothing anywhere (`fixtures/README.md`).
@@ -27,10 +30,40 @@ pub struct FakeApp {
     pub id: u64,
     /// The public half of the App's key (PEM), to verify JWTs.
     pub public_key_pem: String,
-    /// Its one installation.
-    pub installation_id: u64,
+    /// An installation that reaches every account not in `owner_installations` (the
+    /// single installation most tests need); `None`: no such installation.
+    pub installation_id: Option<u64>,
+    /// One installation per account: (owner login, installation id).
+    pub owner_installations: Vec<(String, u64)>,
     /// How long an installation token lasts (GitHub: one hour).
     pub token_ttl: Duration,
+}
+
+impl FakeApp {
+    /// The App with key pair of the tests and one installation reaching every account.
+    pub fn single(id: u64, installation_id: u64, token_ttl: Duration) -> Self {
+        Self {
+            id,
+            public_key_pem: TEST_APP_PUBLIC_KEY_PEM.to_owned(),
+            installation_id: Some(installation_id),
+            owner_installations: Vec::new(),
+            token_ttl,
+        }
+    }
+
+    /// The installation on `owner`'s account, if the App is installed there.
+    pub fn installation_of(&self, owner: &str) -> Option<u64> {
+        self.owner_installations
+            .iter()
+            .find(|(login, _)| login.eq_ignore_ascii_case(owner))
+            .map(|(_, id)| *id)
+            .or(self.installation_id)
+    }
+
+    /// Whether `id` is one of the App's installations.
+    fn has_installation(&self, id: u64) -> bool {
+        self.installation_id == Some(id) || self.owner_installations.iter().any(|(_, i)| *i == id)
+    }
 }
 
 #[derive(Deserialize)]
@@ -67,15 +100,16 @@ pub(super) fn valid_jwt(app: &FakeApp, jwt: &str) -> bool {
 
 /// `POST /app/installations/{id}/access_tokens`.
 pub(super) fn create_token(state: &mut State, app: &FakeApp, installation_id: u64) -> Reply {
-    if installation_id != app.installation_id {
+    if !app.has_installation(installation_id) {
         return Reply::not_found();
     }
     let token = format!("ghs_{}", uuid::Uuid::new_v4().simple());
     let expires = SystemTime::now() + app.token_ttl;
     state
         .installation_tokens
-        .insert(token.clone(), Instant::now() + app.token_ttl);
+        .insert(token.clone(), (Instant::now() + app.token_ttl, installation_id));
     state.installation_tokens_issued += 1;
+    *state.tokens_by_installation.entry(installation_id).or_default() += 1;
     state.installation_tokens_in_order.push(token.clone());
     Reply::json(
         201,
@@ -88,20 +122,31 @@ pub(super) fn create_token(state: &mut State, app: &FakeApp, installation_id: u6
     )
 }
 
-/// `GET /repos/{o}/{r}/installation`.
-pub(super) fn repo_installation(app: &FakeApp) -> Reply {
-    Reply::json(
-        200,
-        json!({"id": app.installation_id, "app_id": app.id, "target_type": "Organization"}),
-    )
+/// `GET /repos/{o}/{r}/installation`, `/orgs/{org}/installation`, `/users/{u}/installation`:
+/// the installation on the account `owner` (of kind `kind`), or 404.
+pub(super) fn installation(app: &FakeApp, owner: &str, owner_id: u64, kind: OwnerKind) -> Reply {
+    match app.installation_of(owner) {
+        Some(id) => Reply::json(
+            200,
+            json!({
+                "id": id, "app_id": app.id, "target_type": kind.as_str(), "target_id": owner_id,
+                "account": {"login": owner, "id": owner_id, "type": kind.as_str()},
+                "repository_selection": "all",
+                "permissions": {"administration": "write", "organization_self_hosted_runners": "write",
+                                "actions": "read", "contents": "read", "metadata": "read"},
+            }),
+        ),
+        None => Reply::not_found(),
+    }
 }
 
-/// Whether `token` is an installation token the fake issued and that has not expired.
-pub(super) fn valid_installation_token(state: &State, token: &str) -> bool {
+/// The installation of `token`, if the fake issued it and it has not expired.
+pub(super) fn installation_of_token(state: &State, token: &str) -> Option<u64> {
     state
         .installation_tokens
         .get(token)
-        .is_some_and(|until| *until > Instant::now())
+        .filter(|(until, _)| *until > Instant::now())
+        .map(|(_, id)| *id)
 }
 
 #[cfg(test)]
@@ -110,13 +155,26 @@ mod tests {
     use crate::github::FakeGitHubConfig;
 
     #[test]
-    fn issued_installation_tokens_are_recorded_in_order_and_accepted_until_they_expire() {
+    fn each_account_has_its_own_installation_and_the_catch_all_covers_the_rest() {
         let app = FakeApp {
-            id: 1,
-            public_key_pem: TEST_APP_PUBLIC_KEY_PEM.into(),
-            installation_id: 7,
-            token_ttl: Duration::from_secs(60),
+            installation_id: None,
+            owner_installations: vec![("acme".into(), 11), ("beta".into(), 12)],
+            ..FakeApp::single(1, 0, Duration::from_secs(60))
         };
+        assert_eq!(app.installation_of("ACME"), Some(11));
+        assert_eq!(app.installation_of("beta"), Some(12));
+        assert_eq!(app.installation_of("gamma"), None);
+        let both = FakeApp {
+            installation_id: Some(7),
+            ..app
+        };
+        assert_eq!(both.installation_of("gamma"), Some(7));
+        assert!(both.has_installation(12) && !both.has_installation(13));
+    }
+
+    #[test]
+    fn issued_installation_tokens_are_recorded_in_order_and_accepted_until_they_expire() {
+        let app = FakeApp::single(1, 7, Duration::from_secs(60));
         let mut state = State::new(&FakeGitHubConfig::default(), "http://127.0.0.1:1".into());
         let token = |reply: Reply| {
             reply
@@ -127,7 +185,8 @@ mod tests {
         let second = token(create_token(&mut state, &app, 7)).expect("a token");
         assert_eq!(create_token(&mut state, &app, 8).status, 404);
         assert_eq!(state.installation_tokens_in_order, [first.clone(), second]);
-        assert!(first.starts_with("ghs_") && valid_installation_token(&state, &first));
-        assert!(!valid_installation_token(&state, "ghs_unknown"));
+        assert!(first.starts_with("ghs_"));
+        assert_eq!(installation_of_token(&state, &first), Some(7));
+        assert_eq!(installation_of_token(&state, "ghs_unknown"), None);
     }
 }

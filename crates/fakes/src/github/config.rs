@@ -10,6 +10,10 @@ pub struct FakeGitHubConfig {
     pub runner_group_id: u64,
     /// A GitHub App whose installation tokens are accepted besides `token`.
     pub app: Option<super::app::FakeApp>,
+    /// Where the REST API lives under the server's root: empty as on github.com and
+    /// GHE.com (`https://api.SUBDOMAIN.ghe.com`), `/api/v3` as on GitHub Enterprise Server.
+    /// Paths outside it answer 404.
+    pub api_prefix: String,
 }
 
 impl Default for FakeGitHubConfig {
@@ -18,6 +22,7 @@ impl Default for FakeGitHubConfig {
             token: "ghp_fakeGitHubTokenForTests000000000000".to_owned(),
             runner_group_id: 1,
             app: None,
+            api_prefix: String::new(),
         }
     }
 }
@@ -42,7 +47,23 @@ impl ContentType {
     }
 }
 
-/// Where and how webhooks are delivered (one hook, id [`super::HOOK_ID`]).
+/// Which events a hook gets, and how its deliveries name it (docs/github.md §1).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum HookKind {
+    /// A repository hook, standing for the hook of every repository: each repository's
+    /// events, `X-GitHub-Hook-Installation-Target-Type: repository`.
+    #[default]
+    Repository,
+    /// An organisation's hook: the events of every repository the organisation owns,
+    /// target type `organization` and the organisation's id.
+    Organization(String),
+    /// The GitHub App's hook: the events of every repository on an account the App is
+    /// installed on, with that installation in the payload, target type `integration`
+    /// and the App's id.
+    App,
+}
+
+/// Where and how webhooks are delivered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookTarget {
     /// Full `http://` URL of the receiver.
@@ -51,6 +72,8 @@ pub struct WebhookTarget {
     pub secret: String,
     /// Body encoding.
     pub content_type: ContentType,
+    /// What kind of hook it is.
+    pub kind: HookKind,
 }
 
 impl WebhookTarget {
@@ -60,7 +83,20 @@ impl WebhookTarget {
             url: url.into(),
             secret: secret.into(),
             content_type: ContentType::Json,
+            kind: HookKind::Repository,
         }
+    }
+
+    /// The same target as the hook of organisation `org`.
+    pub fn organization(mut self, org: impl Into<String>) -> Self {
+        self.kind = HookKind::Organization(org.into());
+        self
+    }
+
+    /// The same target as the GitHub App's hook.
+    pub fn app(mut self) -> Self {
+        self.kind = HookKind::App;
+        self
     }
 
     /// A form-encoded hook (GitHub's default for REST-created hooks).

@@ -1,4 +1,4 @@
-//! The webhook deliveries API of the repository hook (docs/github.md §1):
+//! The webhook deliveries API of repository and organisation hooks (docs/github.md §1):
 //! list past deliveries (cursor pagination, `status` filter) and redeliver
 //! one. A redelivery keeps the original GUID and payload; GitHub never
 //! redelivers on its own, so this is how a service recovers lost events.
@@ -7,23 +7,33 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
-use super::HOOK_ID;
+use super::config::HookKind;
 use super::endpoints::{Params, with_link};
 use super::routes::Reply;
 use super::state::{Outgoing, State, StoredDelivery};
 use super::time::rfc3339;
-use super::views::RepoView;
+use super::views::Scope;
 
-/// Deliveries of this repository (and events that name no repository).
-fn belongs_to(delivery: &StoredDelivery, repo: &RepoView) -> bool {
-    delivery.repository_id.is_none_or(|id| id == repo.id)
+/// Which of the stored deliveries are the hook's: `None` if `at` has no hook `hook_id`.
+/// The repository hook stands for every repository's hook, so under a repository it shows
+/// that repository's deliveries (and events that name no repository).
+fn hook_filter(state: &State, at: &Scope, hook_id: u64) -> Option<impl Fn(&StoredDelivery) -> bool + use<>> {
+    let (_, target) = state.webhooks.iter().find(|(id, _)| *id == hook_id)?;
+    let repo_id = match (&target.kind, at) {
+        (HookKind::Repository, Scope::Repository(name)) => Some(state.repo(name)?.id),
+        (HookKind::Organization(org), Scope::Organization(login)) if org.eq_ignore_ascii_case(login) => None,
+        _ => return None,
+    };
+    Some(move |d: &StoredDelivery| {
+        d.record.hook_id == hook_id && repo_id.is_none_or(|r| d.repository_id.is_none_or(|id| id == r))
+    })
 }
 
-/// `GET /repos/{o}/{r}/hooks/{hook_id}/deliveries`, newest first.
-pub(super) fn list(state: &State, repo: &RepoView, hook_id: u64, params: &Params) -> Reply {
-    if hook_id != HOOK_ID {
+/// `GET /repos/{o}/{r}/hooks/{hook_id}/deliveries` (or the organisation's), newest first.
+pub(super) fn list(state: &State, at: &Scope, hook_id: u64, params: &Params) -> Reply {
+    let Some(belongs) = hook_filter(state, at, hook_id) else {
         return Reply::not_found();
-    }
+    };
     let wanted = match params.get("status") {
         None => None,
         Some("success") => Some(true),
@@ -44,16 +54,13 @@ pub(super) fn list(state: &State, repo: &RepoView, hook_id: u64, params: &Params
         .deliveries
         .iter()
         .rev()
-        .filter(|d| belongs_to(d, repo) && d.record.id < before)
+        .filter(|d| belongs(d) && d.record.id < before)
         .filter(|d| wanted.is_none_or(|ok| d.record.is_success() == ok));
     let page: Vec<&StoredDelivery> = matching.by_ref().take(per_page).collect();
     let more = matching.next().is_some();
     let link = match page.last() {
         Some(last) if more => {
-            let url = format!(
-                "{}/repos/{}/hooks/{HOOK_ID}/deliveries",
-                state.api_url, repo.full_name
-            );
+            let url = format!("{}{}/hooks/{hook_id}/deliveries", state.api_url, at.path());
             Some(format!(
                 "<{url}?{}>; rel=\"next\"",
                 params.with("cursor", &format!("v1_{}", last.record.id))
@@ -78,21 +85,21 @@ fn item_json(delivery: &StoredDelivery) -> Value {
         "status_code": record.status_code.unwrap_or(0),
         "event": record.event,
         "action": record.action,
-        "installation_id": null,
+        "installation_id": delivery.payload.pointer("/installation/id"),
         "repository_id": delivery.repository_id,
         "throttled_at": null,
     })
 }
 
 /// `POST …/deliveries/{id}/attempts` → 202; the resend happens in the background.
-pub(super) fn redeliver(state: &mut State, repo: &RepoView, hook_id: u64, delivery_id: u64) -> Reply {
-    if hook_id != HOOK_ID {
+pub(super) fn redeliver(state: &mut State, at: &Scope, hook_id: u64, delivery_id: u64) -> Reply {
+    let Some(belongs) = hook_filter(state, at, hook_id) else {
         return Reply::not_found();
-    }
+    };
     let found = state
         .deliveries
         .iter()
-        .find(|d| d.record.id == delivery_id && belongs_to(d, repo))
+        .find(|d| d.record.id == delivery_id && belongs(d))
         .map(|d| Outgoing {
             guid: d.record.guid,
             event: d.record.event.clone(),
@@ -101,6 +108,7 @@ pub(super) fn redeliver(state: &mut State, repo: &RepoView, hook_id: u64, delive
             repository_id: d.repository_id,
             payload: Arc::clone(&d.payload),
             redelivery: true,
+            hook_id: Some(hook_id),
         });
     match found {
         Some(outgoing) => {

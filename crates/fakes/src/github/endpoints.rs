@@ -10,67 +10,63 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use super::deliveries_api;
+use super::paths::Endpoint;
 use super::payload::{WEB_URL, job_json, run_json};
-use super::routes::{Endpoint, Reply};
+use super::routes::Reply;
 use super::runners::{DeleteError, MAX_RUNNERS_PER_GROUP, RegisterError, Registration};
 use super::state::State;
-use super::views::RepoView;
+use super::views::{RepoView, Scope};
 
 /// Runs one endpoint.
 pub(super) fn dispatch(state: &mut State, endpoint: &Endpoint, query: Option<&str>, body: &[u8]) -> Reply {
     let params = Params::parse(query);
-    if endpoint == &Endpoint::RateLimit {
-        return rate_limit(state);
+    match endpoint {
+        Endpoint::RateLimit => return rate_limit(state),
+        Endpoint::CreateInstallationToken { installation_id } => {
+            return match state.app.clone() {
+                Some(app) => super::app::create_token(state, &app, *installation_id),
+                None => Reply::not_found(),
+            };
+        }
+        _ => {}
     }
-    if let Endpoint::CreateInstallationToken { installation_id } = endpoint {
-        return match state.app.clone() {
-            Some(app) => super::app::create_token(state, &app, *installation_id),
-            None => Reply::not_found(),
-        };
-    }
-    let Some(repo) = endpoint_repo(endpoint).and_then(|name| state.repo(name)).cloned() else {
+    let Some(at) = endpoint.scope().and_then(|at| state.resolve(&at)) else {
         return Reply::not_found();
     };
     match endpoint {
-        Endpoint::GenerateJitConfig { .. } => generate_jitconfig(state, &repo, body),
-        Endpoint::ListRunners { .. } => list_runners(state, &repo, &params),
-        Endpoint::GetRunner { id, .. } => get_runner(state, &repo, *id),
-        Endpoint::DeleteRunner { id, .. } => delete_runner(state, &repo, *id),
+        Endpoint::GenerateJitConfig { .. } => generate_jitconfig(state, &at, body),
+        Endpoint::ListRunners { .. } => list_runners(state, &at, &params),
+        Endpoint::GetRunner { id, .. } => get_runner(state, &at, *id),
+        Endpoint::DeleteRunner { id, .. } => delete_runner(state, &at, *id),
         Endpoint::RunnerDownloads { .. } => downloads(state),
-        Endpoint::ListRuns { .. } => list_runs(state, &repo, &params),
-        Endpoint::GetRun { run_id, .. } => get_run(state, &repo, *run_id),
-        Endpoint::ListRunJobs { run_id, .. } => list_run_jobs(state, &repo, *run_id, &params),
-        Endpoint::GetJob { job_id, .. } => get_job(state, &repo, *job_id),
-        Endpoint::GetContents { path, .. } => get_contents(state, &repo, path, &params),
-        Endpoint::ListDeliveries { hook_id, .. } => deliveries_api::list(state, &repo, *hook_id, &params),
+        Endpoint::ListRunnerGroups { .. } => super::accounts::list_groups(state, &at, &params),
+        Endpoint::ListDeliveries { hook_id, .. } => deliveries_api::list(state, &at, *hook_id, &params),
         Endpoint::Redeliver {
             hook_id, delivery_id, ..
-        } => deliveries_api::redeliver(state, &repo, *hook_id, *delivery_id),
-        Endpoint::RateLimit => rate_limit(state),
-        Endpoint::RepoInstallation { .. } => match &state.app {
-            Some(app) => super::app::repo_installation(app),
+        } => deliveries_api::redeliver(state, &at, *hook_id, *delivery_id),
+        Endpoint::Installation { .. } => match &state.app {
+            Some(app) => {
+                let (id, kind) = state.owner_facts(&at);
+                super::app::installation(app, at.owner(), id, kind)
+            }
             None => Reply::not_found(),
         },
-        Endpoint::CreateInstallationToken { .. } => Reply::not_found(),
+        _ => dispatch_repo(state, endpoint, &at, &params),
     }
 }
 
-fn endpoint_repo(endpoint: &Endpoint) -> Option<&str> {
+/// The endpoints that exist only under a repository.
+fn dispatch_repo(state: &mut State, endpoint: &Endpoint, at: &Scope, params: &Params) -> Reply {
+    let Some(repo) = state.repo(at.name()).cloned() else {
+        return Reply::not_found();
+    };
     match endpoint {
-        Endpoint::GenerateJitConfig { repo }
-        | Endpoint::ListRunners { repo }
-        | Endpoint::GetRunner { repo, .. }
-        | Endpoint::DeleteRunner { repo, .. }
-        | Endpoint::RunnerDownloads { repo }
-        | Endpoint::ListRuns { repo }
-        | Endpoint::GetRun { repo, .. }
-        | Endpoint::ListRunJobs { repo, .. }
-        | Endpoint::GetJob { repo, .. }
-        | Endpoint::GetContents { repo, .. }
-        | Endpoint::ListDeliveries { repo, .. }
-        | Endpoint::Redeliver { repo, .. }
-        | Endpoint::RepoInstallation { repo } => Some(repo),
-        Endpoint::RateLimit | Endpoint::CreateInstallationToken { .. } => None,
+        Endpoint::ListRuns { .. } => list_runs(state, &repo, params),
+        Endpoint::GetRun { run_id, .. } => get_run(state, &repo, *run_id),
+        Endpoint::ListRunJobs { run_id, .. } => list_run_jobs(state, &repo, *run_id, params),
+        Endpoint::GetJob { job_id, .. } => get_job(state, &repo, *job_id),
+        Endpoint::GetContents { path, .. } => get_contents(state, &repo, path, params),
+        _ => Reply::not_found(),
     }
 }
 
@@ -149,7 +145,7 @@ fn validation_error(message: &str) -> Reply {
 }
 
 /// Checks a `generate-jitconfig` body the way GitHub's schema does.
-fn parse_registration(repo: &RepoView, body: &[u8]) -> Result<Registration, Reply> {
+fn parse_registration(home: &Scope, body: &[u8]) -> Result<Registration, Reply> {
     let value: Value =
         serde_json::from_slice(body).map_err(|_| Reply::error(400, "Problems parsing JSON"))?;
     let object = value
@@ -191,7 +187,7 @@ fn parse_registration(repo: &RepoView, body: &[u8]) -> Result<Registration, Repl
         }
     };
     Ok(Registration {
-        repo: repo.full_name.clone(),
+        home: home.clone(),
         name: name.to_owned(),
         group_id,
         labels,
@@ -199,8 +195,8 @@ fn parse_registration(repo: &RepoView, body: &[u8]) -> Result<Registration, Repl
     })
 }
 
-fn generate_jitconfig(state: &mut State, repo: &RepoView, body: &[u8]) -> Reply {
-    let registration = match parse_registration(repo, body) {
+fn generate_jitconfig(state: &mut State, home: &Scope, body: &[u8]) -> Reply {
+    let registration = match parse_registration(home, body) {
         Ok(registration) => registration,
         Err(reply) => return reply,
     };
@@ -219,16 +215,16 @@ fn generate_jitconfig(state: &mut State, repo: &RepoView, body: &[u8]) -> Reply 
     }
 }
 
-fn list_runners(state: &State, repo: &RepoView, params: &Params) -> Reply {
+fn list_runners(state: &State, home: &Scope, params: &Params) -> Reply {
     let now = Instant::now();
     let name = params.get("name");
     let runners: Vec<Value> = state
         .runners
         .values()
-        .filter(|r| r.repo == repo.full_name && name.is_none_or(|n| r.name == n))
+        .filter(|r| r.home == *home && name.is_none_or(|n| r.name == n))
         .map(|r| r.json(now))
         .collect();
-    let url = format!("{}/repos/{}/actions/runners", state.api_url, repo.full_name);
+    let url = format!("{}{}/actions/runners", state.api_url, home.path());
     let (page, link) = paginate(&runners, params, &url);
     with_link(
         Reply::json(200, json!({ "total_count": runners.len(), "runners": page })),
@@ -236,15 +232,15 @@ fn list_runners(state: &State, repo: &RepoView, params: &Params) -> Reply {
     )
 }
 
-fn get_runner(state: &State, repo: &RepoView, id: u64) -> Reply {
-    match state.runners.get(&id).filter(|r| r.repo == repo.full_name) {
+fn get_runner(state: &State, home: &Scope, id: u64) -> Reply {
+    match state.runners.get(&id).filter(|r| r.home == *home) {
         Some(runner) => Reply::json(200, runner.json(Instant::now())),
         None => Reply::not_found(),
     }
 }
 
-fn delete_runner(state: &mut State, repo: &RepoView, id: u64) -> Reply {
-    match state.delete_runner(&repo.full_name, id) {
+fn delete_runner(state: &mut State, home: &Scope, id: u64) -> Reply {
+    match state.delete_runner(home, id) {
         Ok(()) => Reply::no_content(),
         Err(DeleteError::NotFound) => Reply::not_found(),
         Err(DeleteError::Busy(name)) => {

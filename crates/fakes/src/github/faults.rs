@@ -34,6 +34,9 @@ pub enum Route {
     RateLimit,
     CreateInstallationToken,
     RepoInstallation,
+    OrgInstallation,
+    UserInstallation,
+    ListRunnerGroups,
     /// A path the fake does not serve (answered 404).
     NotFound,
 }

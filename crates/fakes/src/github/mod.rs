@@ -1,9 +1,11 @@
 //! An in-process fake of GitHub for the JIT-runner service.
 //!
 //! [`FakeGitHub::start`] binds `127.0.0.1:0` and serves the REST endpoints
-//! the service uses (runners, JIT configs, runs, jobs, contents, webhook
-//! deliveries, rate limit) with GitHub's paths, bodies, status codes and
-//! headers (`docs/github.md` §2). It delivers signed
+//! the service uses (runners and JIT configs at repository, organisation and
+//! enterprise scope, runner groups, runs, jobs, contents, webhook deliveries,
+//! App installations, rate limit) with GitHub's paths, bodies, status codes and
+//! headers (`docs/github.md` §2–3). An App may have one installation per
+//! account, and an installation's token reaches only its account. It delivers signed
 //! `workflow_job` webhooks (§1) and dispatches jobs to fake runners the way
 //! GitHub does (§2.4): any matching idle runner takes the oldest matching
 //! job, respecting `max-parallel` that webhooks never reveal.
@@ -14,6 +16,7 @@
 //! This file is that test-facing handle, one short method per control or view; it runs
 //! slightly past 400 lines rather than split one API across files.
 
+mod accounts;
 mod actions;
 mod app;
 pub mod client;
@@ -22,6 +25,7 @@ mod deliveries_api;
 mod endpoints;
 mod faults;
 pub mod jitconfig;
+mod paths;
 mod payload;
 mod records;
 mod routes;
@@ -48,21 +52,23 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
+pub use accounts::DEFAULT_GROUP_ID;
 pub use app::{FakeApp, TEST_APP_PRIVATE_KEY_PEM, TEST_APP_PUBLIC_KEY_PEM};
 pub use client::{HttpClient, HttpError, HttpResponse};
-pub use config::{ContentType, FakeGitHubConfig, WebhookTarget};
+pub use config::{ContentType, FakeGitHubConfig, HookKind, WebhookTarget};
 pub use faults::{Fault, FaultRule, Limits, Route};
 pub use jitconfig::{JitConfig, JitConfigError, RunnerCredentials, RunnerSettings};
 pub use payload::{WEB_URL, job_json, ping_payload, repository_json, workflow_job_payload};
 pub use records::{CallRecord, DeliveryInfo, DeliveryMode, DeliveryRecord};
 pub use scenario::{JobSpec, QueuedRun, RunSpec, RunnerBehavior};
 pub use time::rfc3339;
-pub use views::{JobStatus, JobView, OwnerKind, RepoView, RepoVisibility, RunnerStatus, RunnerView};
+pub use views::{JobStatus, JobView, OwnerKind, RepoView, RepoVisibility, RunnerStatus, RunnerView, Scope};
 pub use webhook::{encode_body, sign_sha256};
 
 use state::{Outgoing, State};
 
-/// Id of the one webhook the fake delivers through.
+/// Id of the hook [`FakeGitHub::set_webhook`] sets; [`FakeGitHub::add_webhook`] numbers
+/// further hooks from 2.
 pub const HOOK_ID: u64 = 1;
 /// First job id; real job ids exceed 2^32 (docs/github.md §0.1).
 pub const JOB_ID_BASE: u64 = 12_877_621_891;
@@ -159,9 +165,10 @@ impl FakeGitHub {
         })
     }
 
-    /// The API base to use as `GITHUB_API_URL`, e.g. `http://127.0.0.1:41234`.
+    /// The API base to use as `GITHUB_API_URL`, e.g. `http://127.0.0.1:41234` (with the
+    /// configured prefix, e.g. `/api/v3`, appended).
     pub fn api_url(&self) -> String {
-        format!("http://{}", self.addr)
+        self.with_state(|s| s.api_url.clone())
     }
 
     /// The bound address.
@@ -173,14 +180,28 @@ impl FakeGitHub {
         self.shared.with_state(f)
     }
 
-    /// Sets where and how webhooks go. Without a target nothing is sent or recorded.
+    /// Sets where and how the deliveries of hook [`HOOK_ID`] go. Without any hook nothing
+    /// is sent or recorded.
     pub fn set_webhook(&self, target: WebhookTarget) {
-        self.with_state(|s| s.webhook = Some(target));
+        self.with_state(|s| {
+            s.webhooks.retain(|(id, _)| *id != HOOK_ID);
+            s.webhooks.insert(0, (HOOK_ID, target));
+        });
     }
 
-    /// Stops sending webhooks.
+    /// Adds another hook (an organisation's, the App's, a second service's); its id. Each
+    /// hook that wants an event gets its own delivery, with the event's GUID.
+    pub fn add_webhook(&self, target: WebhookTarget) -> u64 {
+        self.with_state(|s| {
+            let id = s.webhooks.iter().map(|(id, _)| *id).max().unwrap_or(HOOK_ID) + 1;
+            s.webhooks.push((id, target));
+            id
+        })
+    }
+
+    /// Stops sending webhooks (removes every hook).
     pub fn clear_webhook(&self) {
-        self.with_state(|s| s.webhook = None);
+        self.with_state(|s| s.webhooks.clear());
     }
 
     /// Changes the delivery timeout (GitHub: 10 s) to keep timeout tests short.
@@ -201,6 +222,18 @@ impl FakeGitHub {
     /// Adds a public organisation-owned repository.
     pub fn add_public_repo(&self, full_name: &str) {
         self.with_state(|s| s.add_repo(RepoView::organization(full_name).public()));
+    }
+
+    /// Adds an enterprise holding the organisations `orgs` (which need not have
+    /// repositories yet).
+    pub fn add_enterprise(&self, slug: &str, orgs: &[&str]) {
+        self.with_state(|s| s.add_enterprise(slug, orgs));
+    }
+
+    /// Adds a runner group to an organisation or enterprise (which must exist); its id.
+    /// Every account also has the "Default" group, [`DEFAULT_GROUP_ID`].
+    pub fn add_runner_group(&self, at: &Scope, name: &str) -> Option<u64> {
+        self.with_state(|s| s.add_runner_group(at, name))
     }
 
     /// The repository as payloads describe it.
@@ -259,7 +292,7 @@ impl FakeGitHub {
     pub fn send_ping(&self, repo: &str) -> Option<Uuid> {
         self.with_state(|s| {
             let repo = s.repo(repo)?.clone();
-            let hook_url = s.webhook.as_ref().map(|w| w.url.clone()).unwrap_or_default();
+            let hook_url = s.webhooks.first().map(|(_, w)| w.url.clone()).unwrap_or_default();
             let body = ping_payload(&s.api_url, &repo, &hook_url);
             Some(s.emit_raw("ping", body))
         })
@@ -356,7 +389,8 @@ impl FakeGitHub {
         self.shared.tracker.len()
     }
 
-    /// Highest number of registrations that existed at once for `repo`.
+    /// Highest number of registrations that existed at once at `repo` (or at the
+    /// organisation or enterprise of that name).
     pub fn peak_live_runners(&self, repo: &str) -> usize {
         self.with_state(|s| {
             let repo = s
@@ -369,6 +403,11 @@ impl FakeGitHub {
     /// Installation tokens issued so far.
     pub fn installation_tokens_issued(&self) -> u64 {
         self.with_state(|s| s.installation_tokens_issued)
+    }
+
+    /// Installation tokens issued so far for installation `id`.
+    pub fn installation_tokens_issued_for(&self, id: u64) -> u64 {
+        self.with_state(|s| s.tokens_by_installation.get(&id).copied().unwrap_or(0))
     }
 
     /// How many rate-limit answers (403/429) the fake gave.

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime};
 use uuid::Uuid;
 
 use super::faults::Route;
+use super::views::Scope;
 
 /// One REST call the fake answered.
 #[derive(Debug, Clone, PartialEq)]
@@ -19,6 +20,12 @@ pub struct CallRecord {
     pub status: u16,
     /// Which endpoint it hit ([`Route::NotFound`] for unknown paths).
     pub route: Route,
+    /// What the call was about, as its path says (`None` for the App's own endpoints,
+    /// the rate limit and unknown paths).
+    pub scope: Option<Scope>,
+    /// The installation whose token made the call (`None` for the personal token and
+    /// the App's JWT).
+    pub installation: Option<u64>,
     /// When the request arrived.
     pub at: SystemTime,
     /// Time spent answering (including injected latency).
@@ -34,6 +41,8 @@ pub struct DeliveryInfo {
     pub job_id: Option<u64>,
     /// Sent through the redeliver API rather than by the event itself.
     pub redelivery: bool,
+    /// The hook it goes to.
+    pub hook_id: u64,
 }
 
 /// What to do with one delivery (see [`super::FakeGitHub::set_delivery_filter`]).
@@ -54,6 +63,8 @@ pub enum DeliveryMode {
 pub struct DeliveryRecord {
     /// Delivery id (used by the redeliver API).
     pub id: u64,
+    /// The hook it went to.
+    pub hook_id: u64,
     /// `X-GitHub-Delivery`; shared by duplicates and redeliveries.
     pub guid: Uuid,
     pub event: String,

@@ -17,161 +17,10 @@ use axum::response::Response;
 use serde_json::{Value, json};
 
 use super::faults::{Fault, RateSnapshot, Refusal, Route, epoch_secs, take_fault};
+use super::paths::Endpoint;
 use super::records::CallRecord;
+use super::views::Scope;
 use super::{ACTIONS_PATH, DOCS_URL, Shared, actions, app, endpoints};
-
-/// A parsed REST request target.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Endpoint {
-    GenerateJitConfig {
-        repo: String,
-    },
-    ListRunners {
-        repo: String,
-    },
-    GetRunner {
-        repo: String,
-        id: u64,
-    },
-    DeleteRunner {
-        repo: String,
-        id: u64,
-    },
-    RunnerDownloads {
-        repo: String,
-    },
-    ListRuns {
-        repo: String,
-    },
-    GetRun {
-        repo: String,
-        run_id: u64,
-    },
-    ListRunJobs {
-        repo: String,
-        run_id: u64,
-    },
-    GetJob {
-        repo: String,
-        job_id: u64,
-    },
-    GetContents {
-        repo: String,
-        path: String,
-    },
-    ListDeliveries {
-        repo: String,
-        hook_id: u64,
-    },
-    Redeliver {
-        repo: String,
-        hook_id: u64,
-        delivery_id: u64,
-    },
-    RateLimit,
-    CreateInstallationToken {
-        installation_id: u64,
-    },
-    RepoInstallation {
-        repo: String,
-    },
-}
-
-impl Endpoint {
-    /// Recognises the endpoints of docs/github.md §1–2; `None` means 404.
-    pub fn parse(method: &Method, path: &str) -> Option<Self> {
-        let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
-        match (method.as_str(), segments.as_slice()) {
-            ("GET", ["rate_limit"]) => Some(Endpoint::RateLimit),
-            ("POST", ["app", "installations", id, "access_tokens"]) => {
-                Some(Endpoint::CreateInstallationToken {
-                    installation_id: id.parse().ok()?,
-                })
-            }
-            (method, ["repos", owner, name, rest @ ..]) if !owner.is_empty() && !name.is_empty() => {
-                Self::parse_repo(method, format!("{owner}/{name}"), rest)
-            }
-            _ => None,
-        }
-    }
-
-    fn parse_repo(method: &str, repo: String, rest: &[&str]) -> Option<Self> {
-        let num = |s: &str| s.parse::<u64>().ok();
-        Some(match (method, rest) {
-            ("POST", ["actions", "runners", "generate-jitconfig"]) => Endpoint::GenerateJitConfig { repo },
-            ("GET", ["installation"]) => Endpoint::RepoInstallation { repo },
-            ("GET", ["actions", "runners"]) => Endpoint::ListRunners { repo },
-            ("GET", ["actions", "runners", "downloads"]) => Endpoint::RunnerDownloads { repo },
-            ("GET", ["actions", "runners", id]) => Endpoint::GetRunner { repo, id: num(id)? },
-            ("DELETE", ["actions", "runners", id]) => Endpoint::DeleteRunner { repo, id: num(id)? },
-            ("GET", ["actions", "runs"]) => Endpoint::ListRuns { repo },
-            ("GET", ["actions", "runs", id]) => Endpoint::GetRun {
-                repo,
-                run_id: num(id)?,
-            },
-            ("GET", ["actions", "runs", id, "jobs"]) => Endpoint::ListRunJobs {
-                repo,
-                run_id: num(id)?,
-            },
-            ("GET", ["actions", "jobs", id]) => Endpoint::GetJob {
-                repo,
-                job_id: num(id)?,
-            },
-            ("GET", ["contents", path @ ..]) if !path.is_empty() => Endpoint::GetContents {
-                repo,
-                path: percent_decode(&path.join("/"))?,
-            },
-            ("GET", ["hooks", hook, "deliveries"]) => Endpoint::ListDeliveries {
-                repo,
-                hook_id: num(hook)?,
-            },
-            ("POST", ["hooks", hook, "deliveries", id, "attempts"]) => Endpoint::Redeliver {
-                repo,
-                hook_id: num(hook)?,
-                delivery_id: num(id)?,
-            },
-            _ => return None,
-        })
-    }
-
-    pub fn route(&self) -> Route {
-        match self {
-            Endpoint::GenerateJitConfig { .. } => Route::GenerateJitConfig,
-            Endpoint::ListRunners { .. } => Route::ListRunners,
-            Endpoint::GetRunner { .. } => Route::GetRunner,
-            Endpoint::DeleteRunner { .. } => Route::DeleteRunner,
-            Endpoint::RunnerDownloads { .. } => Route::RunnerDownloads,
-            Endpoint::ListRuns { .. } => Route::ListRuns,
-            Endpoint::GetRun { .. } => Route::GetRun,
-            Endpoint::ListRunJobs { .. } => Route::ListRunJobs,
-            Endpoint::GetJob { .. } => Route::GetJob,
-            Endpoint::GetContents { .. } => Route::GetContents,
-            Endpoint::ListDeliveries { .. } => Route::ListHookDeliveries,
-            Endpoint::Redeliver { .. } => Route::RedeliverHookDelivery,
-            Endpoint::RateLimit => Route::RateLimit,
-            Endpoint::CreateInstallationToken { .. } => Route::CreateInstallationToken,
-            Endpoint::RepoInstallation { .. } => Route::RepoInstallation,
-        }
-    }
-}
-
-/// Decodes `%XX` escapes of a URL path; `None` if malformed or not UTF-8.
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
 
 /// An answer before GitHub's common headers are added.
 #[derive(Debug, Clone, PartialEq)]
@@ -308,11 +157,18 @@ pub(super) async fn handle(
     }
     let at = SystemTime::now();
     let started = Instant::now();
-    let endpoint = Endpoint::parse(&method, path);
+    let prefix = shared.lock().api_prefix.clone();
+    let endpoint = path
+        .strip_prefix(prefix.as_str())
+        .and_then(|rest| Endpoint::parse(&method, rest));
     let route = endpoint.as_ref().map_or(Route::NotFound, Endpoint::route);
-    let reply = match &endpoint {
-        None => Reply::not_found(),
-        Some(endpoint) => process(&shared, &method, &headers, endpoint, uri.query(), &body).await,
+    let caller = endpoint.as_ref().and_then(|e| identify(&shared, &headers, e));
+    let reply = match (&endpoint, &caller) {
+        (None, _) => Reply::not_found(),
+        (Some(_), None) => Reply::error(401, "Bad credentials"),
+        (Some(endpoint), Some(caller)) => {
+            process(&shared, &method, caller, endpoint, uri.query(), &body).await
+        }
     };
     let record = CallRecord {
         method: method.to_string(),
@@ -321,6 +177,11 @@ pub(super) async fn handle(
         body: serde_json::from_slice(&body).ok(),
         status: reply.status,
         route,
+        scope: endpoint.as_ref().and_then(Endpoint::scope),
+        installation: match caller {
+            Some(Caller::Installation(id)) => Some(id),
+            _ => None,
+        },
         at,
         duration: started.elapsed(),
     };
@@ -332,25 +193,29 @@ pub(super) async fn handle(
     reply.into_response(rate)
 }
 
+/// Who made a call, as its bearer says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    /// The personal access token.
+    Token,
+    /// An installation token of this installation.
+    Installation(u64),
+    /// The App itself, with its JWT.
+    App,
+}
+
 async fn process(
     shared: &Arc<Shared>,
     method: &Method,
-    headers: &HeaderMap,
+    caller: &Caller,
     endpoint: &Endpoint,
     query: Option<&str>,
     body: &[u8],
 ) -> Reply {
-    let app_endpoint = matches!(
-        endpoint,
-        Endpoint::CreateInstallationToken { .. } | Endpoint::RepoInstallation { .. }
-    );
-    let allowed = if app_endpoint {
-        app_authorized(shared, headers)
-    } else {
-        authorized(shared, headers)
-    };
-    if !allowed {
-        return Reply::error(401, "Bad credentials");
+    if let Caller::Installation(id) = caller
+        && let Some(refusal) = installation_refusal(&shared.lock(), endpoint, *id)
+    {
+        return refusal;
     }
     let in_flight = InFlight::enter(&shared.in_flight);
     let route = endpoint.route();
@@ -435,67 +300,43 @@ fn refusal_reply(refusal: Refusal) -> Reply {
     }
 }
 
-/// `Authorization: Bearer <token>` or `token <token>` with the current token, or with an
-/// installation token of the App that has not expired.
-fn authorized(shared: &Shared, headers: &HeaderMap) -> bool {
-    let Some(token) = app::bearer(headers) else {
-        return false;
-    };
+/// The caller of `endpoint`, or `None` if its bearer is no good there: App endpoints want
+/// the App's JWT; the others the token, or an installation token that has not expired.
+fn identify(shared: &Shared, headers: &HeaderMap, endpoint: &Endpoint) -> Option<Caller> {
+    let bearer = app::bearer(headers)?;
     let state = shared.lock();
-    token == state.token || app::valid_installation_token(&state, token)
+    if endpoint.wants_jwt() {
+        let app = state.app.as_ref()?;
+        return app::valid_jwt(app, bearer).then_some(Caller::App);
+    }
+    if bearer == state.token {
+        return Some(Caller::Token);
+    }
+    app::installation_of_token(&state, bearer).map(Caller::Installation)
 }
 
-/// The App endpoints want a JWT signed with the App's key.
-fn app_authorized(shared: &Shared, headers: &HeaderMap) -> bool {
-    let app = shared.lock().app.clone();
-    match (app, app::bearer(headers)) {
-        (Some(app), Some(jwt)) => app::valid_jwt(&app, jwt),
-        _ => false,
+/// GitHub's answer when an installation token is used beyond its installation: an
+/// installation reaches only the account it is installed on (a repository elsewhere is
+/// invisible: 404; an organisation's runners are forbidden: 403), and never an
+/// enterprise's runners (docs/github.md §2.1: not usable with GitHub Apps).
+fn installation_refusal(
+    state: &super::state::State,
+    endpoint: &Endpoint,
+    installation: u64,
+) -> Option<Reply> {
+    let scope = endpoint.scope()?;
+    let forbidden = || Reply::error(403, "Resource not accessible by integration");
+    if matches!(scope, Scope::Enterprise(_)) {
+        return Some(forbidden());
     }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn endpoints_are_recognised_by_method_and_path() {
-        let parse = |m: Method, p: &str| Endpoint::parse(&m, p);
-        assert_eq!(
-            parse(Method::POST, "/repos/acme/w/actions/runners/generate-jitconfig"),
-            Some(Endpoint::GenerateJitConfig {
-                repo: "acme/w".into()
-            })
-        );
-        assert_eq!(
-            parse(Method::GET, "/repos/acme/w/actions/runners/downloads"),
-            Some(Endpoint::RunnerDownloads {
-                repo: "acme/w".into()
-            })
-        );
-        assert_eq!(
-            parse(Method::DELETE, "/repos/acme/w/actions/runners/12"),
-            Some(Endpoint::DeleteRunner {
-                repo: "acme/w".into(),
-                id: 12
-            })
-        );
-        assert_eq!(
-            parse(Method::GET, "/repos/acme/w/contents/.github/workflows/ci%20x.yml"),
-            Some(Endpoint::GetContents {
-                repo: "acme/w".into(),
-                path: ".github/workflows/ci x.yml".into()
-            })
-        );
-        assert_eq!(parse(Method::GET, "/rate_limit"), Some(Endpoint::RateLimit));
-        assert_eq!(parse(Method::POST, "/repos/acme/w/actions/runners"), None);
-        assert_eq!(parse(Method::GET, "/repos/acme/w/actions/runners/abc"), None);
-        assert_eq!(parse(Method::GET, "/nope"), None);
-    }
-
-    #[test]
-    fn percent_decoding_rejects_truncated_escapes() {
-        assert_eq!(percent_decode("a%2Fb"), Some("a/b".into()));
-        assert_eq!(percent_decode("a%2"), None);
+    let covers = state
+        .app
+        .as_ref()
+        .and_then(|app| app.installation_of(scope.owner()))
+        == Some(installation);
+    match scope {
+        _ if covers => None,
+        Scope::Repository(_) => Some(Reply::not_found()),
+        _ => Some(forbidden()),
     }
 }

@@ -3,8 +3,9 @@
 //! * A JIT registration is single-use and is removed after its one job
 //!   (or when deleted through the API).
 //! * Registration does not reserve a job (docs/github.md §2.4): when a runner asks
-//!   for work it gets the oldest queued job of its repository whose labels it
-//!   all carries, subject to the run's `max-parallel` groups.
+//!   for work it gets the oldest queued job it may serve (of its repository, or of
+//!   any repository of its organisation or enterprise) whose labels it all carries,
+//!   subject to the run's `max-parallel` groups.
 //! * A runner is online while it keeps contacting the fake (3 s grace).
 
 use std::collections::HashSet;
@@ -16,7 +17,7 @@ use uuid::Uuid;
 use super::jitconfig::{JitConfig, RunnerCredentials, RunnerSettings};
 use super::payload::WEB_URL;
 use super::state::State;
-use super::views::{JobStatus, RunnerStatus, RunnerView};
+use super::views::{JobStatus, RunnerStatus, RunnerView, Scope};
 use super::{ACTIONS_PATH, OFFLINE_AFTER};
 
 /// GitHub's cap on runners in one group.
@@ -27,10 +28,12 @@ pub(super) const MAX_RUNNERS_PER_GROUP: usize = 10_000;
 pub(super) struct RunnerRecord {
     pub id: u64,
     pub name: String,
-    pub repo: String,
+    /// Where it is registered.
+    pub home: Scope,
     /// `(label id, label name)`.
     pub labels: Vec<(u64, String)>,
     pub group_id: u64,
+    pub group_name: String,
     pub client_id: String,
     pub connected: bool,
     pub last_seen: Option<Instant>,
@@ -55,7 +58,9 @@ impl RunnerRecord {
         RunnerView {
             id: self.id,
             name: self.name.clone(),
-            repo: self.repo.clone(),
+            repo: self.home.name().to_owned(),
+            scope: self.home.clone(),
+            group_id: self.group_id,
             labels: self.labels.iter().map(|(_, name)| name.clone()).collect(),
             status: self.status(now),
             busy: self.job.is_some(),
@@ -84,7 +89,8 @@ impl RunnerRecord {
 /// A validated `generate-jitconfig` request.
 #[derive(Debug, Clone)]
 pub(super) struct Registration {
-    pub repo: String,
+    /// Where it registers (canonical spelling).
+    pub home: Scope,
     pub name: String,
     pub group_id: u64,
     pub labels: Vec<String>,
@@ -126,14 +132,14 @@ pub(super) enum CompleteOutcome {
 impl State {
     /// Creates a registration; answers its REST object and the encoded config.
     pub fn register_runner(&mut self, reg: Registration) -> Result<(Value, String), RegisterError> {
-        if reg.group_id != self.runner_group_id {
-            return Err(RegisterError::GroupNotFound);
-        }
-        let in_repo = self.runners.values().filter(|r| r.repo == reg.repo);
-        if in_repo.clone().any(|r| r.name == reg.name) {
+        let group_name = self
+            .group_name(&reg.home, reg.group_id)
+            .ok_or(RegisterError::GroupNotFound)?;
+        let at_home = self.runners.values().filter(|r| r.home == reg.home);
+        if at_home.clone().any(|r| r.name == reg.name) {
             return Err(RegisterError::AlreadyExists);
         }
-        if in_repo.count() >= MAX_RUNNERS_PER_GROUP {
+        if at_home.filter(|r| r.group_id == reg.group_id).count() >= MAX_RUNNERS_PER_GROUP {
             return Err(RegisterError::GroupFull);
         }
         let id = self.next_runner_id;
@@ -142,9 +148,10 @@ impl State {
         let record = RunnerRecord {
             id,
             name: reg.name.clone(),
-            repo: reg.repo.clone(),
+            home: reg.home.clone(),
             labels,
             group_id: reg.group_id,
+            group_name,
             client_id: Uuid::new_v4().simple().to_string(),
             connected: false,
             last_seen: None,
@@ -156,23 +163,27 @@ impl State {
         self.runners.insert(id, record);
         self.registrations_ever.push(reg.name);
         self.jit_configs_issued.push(encoded.clone());
-        let live = self.runners.values().filter(|r| r.repo == reg.repo).count();
-        let peak = self.peak_live.entry(reg.repo).or_default();
+        let live = self.runners.values().filter(|r| r.home == reg.home).count();
+        let peak = self.peak_live.entry(reg.home.name().to_owned()).or_default();
         *peak = (*peak).max(live);
         Ok((body, encoded))
     }
 
     fn jit_config(&self, runner: &RunnerRecord, work_folder: &str) -> JitConfig {
-        let server = format!("{}{ACTIONS_PATH}", self.api_url);
+        let server = format!("{}{ACTIONS_PATH}", self.root_url);
+        let github_url = match &runner.home {
+            Scope::Enterprise(slug) => format!("{WEB_URL}/enterprises/{slug}"),
+            home => format!("{WEB_URL}/{}", home.name()),
+        };
         JitConfig {
             settings: RunnerSettings {
                 agent_id: runner.id,
                 agent_name: runner.name.clone(),
                 pool_id: runner.group_id,
-                pool_name: "Default".to_owned(),
+                pool_name: runner.group_name.clone(),
                 server_url: server.clone(),
                 server_url_v2: server.clone(),
-                github_url: format!("{WEB_URL}/{}", runner.repo),
+                github_url,
                 work_folder: work_folder.to_owned(),
                 ephemeral: true,
                 use_v2_flow: true,
@@ -191,11 +202,11 @@ impl State {
     }
 
     /// Deletes a registration through the API; a busy runner cannot be deleted.
-    pub fn delete_runner(&mut self, repo: &str, id: u64) -> Result<(), DeleteError> {
+    pub fn delete_runner(&mut self, home: &Scope, id: u64) -> Result<(), DeleteError> {
         let runner = self
             .runners
             .get(&id)
-            .filter(|r| r.repo == repo)
+            .filter(|r| r.home == *home)
             .ok_or(DeleteError::NotFound)?;
         if runner.job.is_some() {
             return Err(DeleteError::Busy(runner.name.clone()));
@@ -244,7 +255,8 @@ impl State {
         Some(job_id)
     }
 
-    /// The oldest queued job of the runner's repo it may take.
+    /// The oldest queued job the runner may take: of its repository, or of every
+    /// repository its organisation or enterprise holds.
     fn next_job_for(&self, agent_id: u64) -> Option<u64> {
         let runner = self.runners.get(&agent_id)?;
         let labels: HashSet<String> = runner
@@ -252,8 +264,7 @@ impl State {
             .iter()
             .map(|(_, l)| l.to_ascii_lowercase())
             .collect();
-        let queue = self.queued.get(&runner.repo.to_ascii_lowercase())?;
-        queue.iter().map(|&(_, job_id)| job_id).find(|job_id| {
+        let takes = |job_id: &u64| {
             self.jobs.get(job_id).is_some_and(|job| {
                 job.view
                     .labels
@@ -261,7 +272,13 @@ impl State {
                     .all(|l| labels.contains(&l.to_ascii_lowercase()))
                     && self.group_has_room(*job_id)
             })
-        })
+        };
+        self.queued
+            .iter()
+            .filter(|(repo, _)| self.serves(&runner.home, repo))
+            .filter_map(|(_, queue)| queue.iter().find(|(_, job_id)| takes(job_id)))
+            .min()
+            .map(|&(_, job_id)| job_id)
     }
 
     /// Whether the job's `max-parallel` group has a free slot.
@@ -287,19 +304,19 @@ impl State {
 
     fn start_job(&mut self, agent_id: u64, job_id: u64) {
         self.dequeue(job_id);
-        let group_id = self.runner_group_id;
         let Some(runner) = self.runners.get_mut(&agent_id) else {
             return;
         };
         runner.job = Some(job_id);
         let (runner_id, runner_name) = (runner.id, runner.name.clone());
+        let (group_id, group_name) = (runner.group_id, runner.group_name.clone());
         if let Some(job) = self.jobs.get_mut(&job_id) {
             job.view.status = JobStatus::InProgress;
             job.view.started_at = SystemTime::now();
             job.view.runner_id = Some(runner_id);
             job.view.runner_name = Some(runner_name);
             job.view.runner_group_id = Some(group_id);
-            job.view.runner_group_name = Some("Default".to_owned());
+            job.view.runner_group_name = Some(group_name);
         }
         self.emit_job_event(job_id, "in_progress");
     }

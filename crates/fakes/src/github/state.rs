@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::accounts::Account;
 use super::config::{FakeGitHubConfig, WebhookTarget};
 use super::faults::{FaultRule, Limits, RateBook, Route};
 use super::payload::{RunFacts, workflow_job_payload};
@@ -62,6 +63,8 @@ pub(super) struct Outgoing {
     pub repository_id: Option<u64>,
     pub payload: Arc<Value>,
     pub redelivery: bool,
+    /// The one hook a redelivery goes to; `None`: every hook that wants the event.
+    pub hook_id: Option<u64>,
 }
 
 /// A recorded delivery and what is needed to redeliver it.
@@ -74,11 +77,22 @@ pub(super) struct StoredDelivery {
 
 /// The whole world of the fake.
 pub(super) struct State {
+    /// The REST base: the server's root plus `api_prefix`.
     pub api_url: String,
+    /// The server's root (`http://127.0.0.1:PORT`), where the fake Actions service lives.
+    pub root_url: String,
+    /// `/api/v3` on a GitHub Enterprise Server; empty on github.com and GHE.com.
+    pub api_prefix: String,
     pub token: String,
     pub runner_group_id: u64,
     /// Keyed by lower-cased `owner/repo` (GitHub names are case-insensitive).
     pub repos: BTreeMap<String, RepoView>,
+    /// Organisations, keyed by lower-cased login.
+    pub orgs: BTreeMap<String, Account>,
+    /// Enterprises, keyed by lower-cased slug.
+    pub enterprises: BTreeMap<String, Account>,
+    /// The id the next runner group gets (1 is every account's "Default").
+    pub next_group_id: u64,
     /// `(repo, path, ref)` → content.
     pub files: HashMap<(String, String, String), String>,
     pub runs: BTreeMap<u64, RunRecord>,
@@ -95,7 +109,8 @@ pub(super) struct State {
     pub label_ids: HashMap<String, u64>,
     pub deliveries: Vec<StoredDelivery>,
     pub calls: Vec<CallRecord>,
-    pub webhook: Option<WebhookTarget>,
+    /// The hooks deliveries go to, by hook id.
+    pub webhooks: Vec<(u64, WebhookTarget)>,
     pub webhook_timeout: Duration,
     pub delivery_filter: Option<Arc<DeliveryFilter>>,
     pub runner_behavior: Option<Arc<BehaviorFn>>,
@@ -110,17 +125,25 @@ pub(super) struct State {
     pub next_queue_seq: u64,
     pub outbox: Vec<Outgoing>,
     pub app: Option<super::app::FakeApp>,
-    /// Installation tokens issued, and until when each is good.
-    pub installation_tokens: HashMap<String, std::time::Instant>,
+    /// Installation tokens issued: until when each is good, and its installation.
+    pub installation_tokens: HashMap<String, (std::time::Instant, u64)>,
     pub installation_tokens_issued: u64,
+    /// Installation tokens issued per installation.
+    pub tokens_by_installation: HashMap<u64, u64>,
     /// The installation tokens issued, oldest first.
     pub installation_tokens_in_order: Vec<String>,
 }
 
 impl State {
-    pub fn new(config: &FakeGitHubConfig, api_url: String) -> Self {
+    pub fn new(config: &FakeGitHubConfig, root_url: String) -> Self {
         Self {
-            api_url,
+            api_url: format!("{root_url}{}", config.api_prefix),
+            root_url,
+            api_prefix: config.api_prefix.clone(),
+            orgs: BTreeMap::new(),
+            enterprises: BTreeMap::new(),
+            next_group_id: 2,
+            tokens_by_installation: HashMap::new(),
             token: config.token.clone(),
             app: config.app.clone(),
             installation_tokens: HashMap::new(),
@@ -140,7 +163,7 @@ impl State {
             label_ids: HashMap::new(),
             deliveries: Vec::new(),
             calls: Vec::new(),
-            webhook: None,
+            webhooks: Vec::new(),
             webhook_timeout: Duration::from_secs(10),
             delivery_filter: None,
             runner_behavior: None,
@@ -167,6 +190,7 @@ impl State {
     }
 
     pub fn add_repo(&mut self, repo: RepoView) {
+        self.note_owner(&repo);
         self.repos
             .entry(repo.full_name.to_ascii_lowercase())
             .or_insert(repo);
@@ -338,6 +362,7 @@ impl State {
             repository_id: Some(repo.id),
             payload: Arc::new(payload),
             redelivery: false,
+            hook_id: None,
         });
         Some(guid)
     }
@@ -353,6 +378,7 @@ impl State {
             repository_id: body.pointer("/repository/id").and_then(Value::as_u64),
             payload: Arc::new(body),
             redelivery: false,
+            hook_id: None,
         });
         guid
     }

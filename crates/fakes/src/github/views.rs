@@ -174,13 +174,61 @@ impl RunnerStatus {
     }
 }
 
+/// Where something lives at GitHub: a repository, an organisation, an enterprise or a
+/// user account. Runners are registered at the first three (docs/github.md §2.1); every
+/// REST call the fake answers is about one of them (or about the App itself).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// `owner/repo`.
+    Repository(String),
+    /// An organisation's login.
+    Organization(String),
+    /// An enterprise's slug.
+    Enterprise(String),
+    /// A user account's login.
+    User(String),
+}
+
+impl Scope {
+    /// The account the scope belongs to: the repository's owner, the organisation, the
+    /// user; an enterprise is its own account.
+    pub fn owner(&self) -> &str {
+        match self {
+            Self::Repository(full) => full.split_once('/').map_or(full.as_str(), |(o, _)| o),
+            Self::Organization(login) | Self::User(login) | Self::Enterprise(login) => login,
+        }
+    }
+
+    /// The name: `owner/repo`, the login or the slug.
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Repository(n) | Self::Organization(n) | Self::Enterprise(n) | Self::User(n) => n,
+        }
+    }
+
+    /// The URL path of the scope under the API base, e.g. `/orgs/acme`.
+    pub fn path(&self) -> String {
+        match self {
+            Self::Repository(full) => format!("/repos/{full}"),
+            Self::Organization(login) => format!("/orgs/{login}"),
+            Self::Enterprise(slug) => format!("/enterprises/{slug}"),
+            Self::User(login) => format!("/users/{login}"),
+        }
+    }
+}
+
 /// Snapshot of a current runner registration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunnerView {
     pub id: u64,
     pub name: String,
-    /// `owner/repo`.
+    /// Where it is registered: `owner/repo`, or the organisation's login, or the
+    /// enterprise's slug (see `scope`).
     pub repo: String,
+    /// Where it is registered.
+    pub scope: Scope,
+    /// The runner group it joined.
+    pub group_id: u64,
     pub labels: Vec<String>,
     /// Online = the runner process contacted the fake within the last 3 s.
     pub status: RunnerStatus,

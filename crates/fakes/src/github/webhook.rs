@@ -1,22 +1,24 @@
 //! Webhook delivery, as GitHub's "hookshot" does it (docs/github.md §1).
 //!
-//! Each delivery runs in its own background task: one POST with GitHub's
-//! headers and an HMAC-SHA256 signature over the exact body bytes, a 10 s
-//! timeout, and no automatic retry. Every attempt is recorded for the
-//! deliveries API, including the ones a delivery filter dropped.
+//! Each hook that wants an event gets its own delivery, in its own background task: one
+//! POST with GitHub's headers and an HMAC-SHA256 signature over the exact body bytes, a
+//! 10 s timeout, and no automatic retry. Every attempt is recorded for the deliveries API,
+//! including the ones a delivery filter dropped.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use hmac::{Hmac, Mac};
-use serde_json::Value;
+use serde_json::{Value, json};
 use sha2::Sha256;
 
+use super::Shared;
 use super::client::{HttpClient, HttpError};
-use super::config::{ContentType, WebhookTarget};
+use super::config::{ContentType, HookKind, WebhookTarget};
+use super::payload::node_id;
 use super::records::{DeliveryInfo, DeliveryMode, DeliveryRecord};
-use super::state::{Outgoing, StoredDelivery};
-use super::{HOOK_ID, Shared};
+use super::state::{Outgoing, State, StoredDelivery};
+use super::views::stable_id;
 
 /// `X-Hub-Signature-256` for `body`: `sha256=` + lowercase hex HMAC-SHA256.
 pub fn sign_sha256(secret: &[u8], body: &[u8]) -> String {
@@ -50,43 +52,105 @@ struct Outcome {
     duration: Duration,
 }
 
-/// Starts the background delivery of `outgoing`.
+/// One delivery of an event to one hook.
+struct HookDelivery {
+    outgoing: Outgoing,
+    hook_id: u64,
+    target: WebhookTarget,
+    /// What the hook names itself with: `X-GitHub-Hook-Installation-Target-Type` and `-ID`.
+    target_type: &'static str,
+    target_id: u64,
+}
+
+/// Starts the background delivery of `outgoing` to every hook that wants it (or to the
+/// one hook of a redelivery). Each hook gets its own delivery; all share the event's GUID.
 pub(super) fn spawn_delivery(shared: &Arc<Shared>, outgoing: Outgoing) {
-    let task_shared = Arc::clone(shared);
-    shared
-        .tracker
-        .spawn_on(deliver(task_shared, outgoing), &shared.runtime);
+    let deliveries: Vec<HookDelivery> = {
+        let state = shared.lock();
+        state
+            .webhooks
+            .iter()
+            .filter(|(id, _)| outgoing.hook_id.is_none_or(|wanted| wanted == *id))
+            .filter_map(|(id, target)| for_hook(&state, &outgoing, *id, target))
+            .collect()
+    };
+    for delivery in deliveries {
+        let task_shared = Arc::clone(shared);
+        shared
+            .tracker
+            .spawn_on(deliver(task_shared, delivery), &shared.runtime);
+    }
+}
+
+/// The delivery of `outgoing` to hook `hook_id`, if the hook gets such events: an
+/// organisation's hook only its repositories' events, the App's hook only the events of
+/// accounts it is installed on (with that installation in the payload).
+fn for_hook(
+    state: &State,
+    outgoing: &Outgoing,
+    hook_id: u64,
+    target: &WebhookTarget,
+) -> Option<HookDelivery> {
+    let owner = outgoing
+        .payload
+        .pointer("/repository/owner/login")
+        .and_then(Value::as_str);
+    let mut outgoing = outgoing.clone();
+    let (target_type, target_id) = match &target.kind {
+        HookKind::Repository => ("repository", outgoing.repository_id.unwrap_or(0)),
+        HookKind::Organization(org) => {
+            if owner.is_some_and(|o| !o.eq_ignore_ascii_case(org)) {
+                return None;
+            }
+            ("organization", stable_id(org, 1_000_000, 150_000_000))
+        }
+        HookKind::App => {
+            let app = state.app.as_ref()?;
+            if let Some(owner) = owner {
+                let installation = app.installation_of(owner)?;
+                let mut payload = (*outgoing.payload).clone();
+                if let Some(map) = payload.as_object_mut() {
+                    map.insert(
+                        "installation".into(),
+                        json!({ "id": installation, "node_id": node_id("MDIzOkludGVncmF0aW9uSW5zdGFsbGF0aW9u", installation) }),
+                    );
+                }
+                outgoing.payload = Arc::new(payload);
+            }
+            ("integration", app.id)
+        }
+    };
+    Some(HookDelivery {
+        outgoing,
+        hook_id,
+        target: target.clone(),
+        target_type,
+        target_id,
+    })
 }
 
 /// Applies the delivery filter, then sends (or not).
-async fn deliver(shared: Arc<Shared>, outgoing: Outgoing) {
-    let (target, filter) = {
-        let state = shared.lock();
-        (state.webhook.clone(), state.delivery_filter.clone())
-    };
-    let Some(target) = target else {
-        return;
-    };
+async fn deliver(shared: Arc<Shared>, delivery: HookDelivery) {
+    let filter = shared.lock().delivery_filter.clone();
+    let outgoing = &delivery.outgoing;
     let info = DeliveryInfo {
         guid: outgoing.guid,
         event: outgoing.event.clone(),
         action: outgoing.action.clone(),
         job_id: outgoing.job_id,
         redelivery: outgoing.redelivery,
+        hook_id: delivery.hook_id,
     };
     let mode = filter.map_or(DeliveryMode::Deliver, |f| f(&info));
     match mode {
-        DeliveryMode::Deliver => attempt(&shared, &outgoing, &target).await,
-        DeliveryMode::Drop => record(&shared, &outgoing, dropped()),
+        DeliveryMode::Deliver => attempt(&shared, &delivery).await,
+        DeliveryMode::Drop => record(&shared, &delivery, dropped()),
         DeliveryMode::Duplicate => {
-            tokio::join!(
-                attempt(&shared, &outgoing, &target),
-                attempt(&shared, &outgoing, &target)
-            );
+            tokio::join!(attempt(&shared, &delivery), attempt(&shared, &delivery));
         }
         DeliveryMode::Delay(delay) => {
             if shared.sleep(delay).await {
-                attempt(&shared, &outgoing, &target).await;
+                attempt(&shared, &delivery).await;
             }
         }
     }
@@ -103,12 +167,13 @@ fn dropped() -> Outcome {
 }
 
 /// One POST to the receiver; records the result unless the fake shut down.
-async fn attempt(shared: &Arc<Shared>, outgoing: &Outgoing, target: &WebhookTarget) {
+async fn attempt(shared: &Arc<Shared>, delivery: &HookDelivery) {
+    let (outgoing, target) = (&delivery.outgoing, &delivery.target);
     let timeout = shared.lock().webhook_timeout;
     let body = encode_body(&outgoing.payload, target.content_type);
     let guid = outgoing.guid.to_string();
-    let target_id = outgoing.repository_id.unwrap_or(0).to_string();
-    let hook_id = HOOK_ID.to_string();
+    let target_id = delivery.target_id.to_string();
+    let hook_id = delivery.hook_id.to_string();
     let signature = sign_sha256(target.secret.as_bytes(), &body);
     let mut headers: Vec<(&str, &str)> = vec![
         ("accept", "*/*"),
@@ -117,7 +182,7 @@ async fn attempt(shared: &Arc<Shared>, outgoing: &Outgoing, target: &WebhookTarg
         ("x-github-event", &outgoing.event),
         ("x-github-delivery", &guid),
         ("x-github-hook-id", &hook_id),
-        ("x-github-hook-installation-target-type", "repository"),
+        ("x-github-hook-installation-target-type", delivery.target_type),
         ("x-github-hook-installation-target-id", &target_id),
     ];
     if !target.secret.is_empty() {
@@ -137,7 +202,7 @@ async fn attempt(shared: &Arc<Shared>, outgoing: &Outgoing, target: &WebhookTarg
         delivered_at,
         duration: started.elapsed(),
     };
-    record(shared, outgoing, outcome);
+    record(shared, delivery, outcome);
 }
 
 /// Status code and GitHub-style status text of an attempt.
@@ -154,13 +219,15 @@ fn describe(result: &Result<super::client::HttpResponse, HttpError>) -> (Option<
     }
 }
 
-fn record(shared: &Shared, outgoing: &Outgoing, outcome: Outcome) {
+fn record(shared: &Shared, delivery: &HookDelivery, outcome: Outcome) {
+    let outgoing = &delivery.outgoing;
     let mut state = shared.lock();
     let id = state.next_delivery_id;
     state.next_delivery_id += 1;
     state.deliveries.push(StoredDelivery {
         record: DeliveryRecord {
             id,
+            hook_id: delivery.hook_id,
             guid: outgoing.guid,
             event: outgoing.event.clone(),
             action: outgoing.action.clone(),

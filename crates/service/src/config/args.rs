@@ -27,7 +27,7 @@ pub struct ServeArgs {
     /// File holding the App's private key, PEM (default: the GITHUB_APP_PRIVATE_KEY environment variable).
     #[arg(long, value_name = "PATH")]
     pub github_app_private_key_file: Option<PathBuf>,
-    /// The App's installation (default: the installation on the first ALLOWED_REPOS repository).
+    /// One App installation for every call (default: each ALLOWED_REPOS owner's own installation, found as needed).
     #[arg(long, env = "GITHUB_APP_INSTALLATION_ID", value_name = "ID")]
     pub github_app_installation_id: Option<String>,
     /// File holding the webhook secret (default: the WEBHOOK_SECRET environment variable, required).
@@ -49,21 +49,29 @@ pub struct ServeArgs {
         value_parser = parse::boolean("ALLOW_WEAK_WEBHOOK_SECRET")
     )]
     pub allow_weak_webhook_secret: bool,
-    /// Comma-separated owner/repo allowlist; empty allows every repository.
+    /// Comma-separated allowlist of owner/repo and owner/* entries; empty allows every repository.
     #[arg(long, env = "ALLOWED_REPOS", value_name = "LIST", value_parser = parse::allow_list())]
     pub allowed_repos: Option<RepoAllowList>,
     /// Runner version for sandbox images (`modal` backend); resolved from GitHub when unset.
     #[arg(long, env = "RUNNER_VERSION", value_name = "VERSION")]
     pub runner_version: Option<String>,
-    /// Runner group of JIT runners.
+    /// Where runners are registered: at the job's repository, its organisation, or the enterprise.
+    #[arg(long, env = "RUNNER_SCOPE", value_enum, default_value = "repo")]
+    pub runner_scope: ScopeKind,
+    /// The enterprise's slug, with RUNNER_SCOPE=enterprise.
+    #[arg(long, env = "GITHUB_ENTERPRISE", value_name = "SLUG")]
+    pub github_enterprise: Option<String>,
+    /// Runner group of JIT runners, by name (organisation and enterprise runners).
+    #[arg(long, env = "RUNNER_GROUP", value_name = "NAME")]
+    pub runner_group: Option<String>,
+    /// Runner group of JIT runners, by id (default 1, the "Default" group).
     #[arg(
         long,
         env = "RUNNER_GROUP_ID",
-        default_value = "1",
         value_name = "ID",
         value_parser = parse::positive::<u64>("RUNNER_GROUP_ID")
     )]
-    pub runner_group_id: u64,
+    pub runner_group_id: Option<u64>,
     /// GitHub Enterprise Server host; the API base becomes https://DOMAIN/api/v3.
     #[arg(long, env = "GITHUB_ENTERPRISE_DOMAIN", value_name = "HOST")]
     pub github_enterprise_domain: Option<String>,
@@ -88,6 +96,10 @@ pub struct ServeArgs {
         value_parser = parse::name_prefix()
     )]
     pub runner_name_prefix: NamePrefix,
+    /// This deployment's identity, in its sandboxes' tags and its registrations' labels
+    /// (default: derived from MODAL_APP_NAME, RUNNER_NAME_PREFIX and the owners ALLOWED_REPOS names).
+    #[arg(long, env = "DEPLOYMENT_ID", value_name = "ID")]
+    pub deployment_id: Option<String>,
     /// Where runners run.
     #[arg(long, env = "BACKEND", value_enum, default_value = "modal")]
     pub backend: BackendKind,
@@ -354,6 +366,17 @@ pub struct ServeArgs {
     pub sandbox_max_gpus: u32,
     #[command(flatten)]
     pub modal: ModalArgs,
+}
+
+/// Where runners are registered (`RUNNER_SCOPE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ScopeKind {
+    /// At the job's repository.
+    Repo,
+    /// At the organisation owning the job's repository.
+    Org,
+    /// At the enterprise `GITHUB_ENTERPRISE`.
+    Enterprise,
 }
 
 /// Where runners run (`BACKEND`).

@@ -2,6 +2,7 @@
 
 use crate::backend::LocalConfig;
 use crate::backend::modal::ModalSettings;
+use crate::domain::DeploymentId;
 use crate::runner_version::RunnerVersion;
 
 use super::args::{BackendKind, ServeArgs};
@@ -25,6 +26,7 @@ pub enum BackendSettings {
 pub(super) fn settings(
     args: &ServeArgs,
     env: &impl Fn(&str) -> Option<String>,
+    deployment: &DeploymentId,
 ) -> Result<BackendSettings, ConfigError> {
     match args.backend {
         BackendKind::Modal => {
@@ -34,7 +36,7 @@ pub(super) fn settings(
                 RunnerVersion::pinned,
             )?;
             // The deployment tag: sandboxes of two deployments sharing an app never mix.
-            let settings = modal::settings(&args.modal, env, args.runner_name_prefix.as_str())?;
+            let settings = modal::settings(&args.modal, env, deployment.as_str())?;
             Ok(BackendSettings::Modal {
                 settings: Box::new(settings),
                 runner_version,
@@ -62,6 +64,7 @@ pub(super) fn settings(
                 runner_dir,
                 work_dir,
                 run_as,
+                deployment: deployment.to_string(),
             }))
         }
     }

@@ -1,16 +1,17 @@
 //! The GitHub part: the API base, the credentials (a token or a GitHub App, exactly one), the
-//! request timeout; and the webhooks whose failed deliveries are redelivered.
+//! request timeout, where runners are registered and the group they join; and the webhooks
+//! whose failed deliveries are redelivered.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use secrecy::SecretString;
 
-use super::args::ServeArgs;
+use super::args::{ScopeKind, ServeArgs};
 use super::parse::{optional, parse_positive};
 use super::{ConfigError, err};
 use crate::domain::{RepoAllowList, RepoName};
-use crate::github::{AppCredentials, Credentials, Hook};
+use crate::github::{AppCredentials, Credentials, Hook, RunnerGroups, RunnerScope};
 
 /// How to reach GitHub.
 #[derive(Debug, Clone)]
@@ -22,6 +23,8 @@ pub struct GitHubSettings {
     pub credentials: Credentials,
     /// `GITHUB_TIMEOUT_SECS`: per-request timeout.
     pub timeout: Duration,
+    /// `RUNNER_SCOPE` (and `GITHUB_ENTERPRISE`): where runners are registered.
+    pub scope: RunnerScope,
 }
 
 pub(super) fn settings(
@@ -29,14 +32,98 @@ pub(super) fn settings(
     env: &impl Fn(&str) -> Option<String>,
     allowed: &RepoAllowList,
 ) -> Result<GitHubSettings, ConfigError> {
+    let credentials = credentials(args, env, allowed)?;
     Ok(GitHubSettings {
-        credentials: credentials(args, env, allowed)?,
+        scope: scope(args, allowed, &credentials)?,
+        credentials,
         api_url: api_url(
             args.github_api_url.as_deref(),
             args.github_enterprise_domain.as_deref(),
         )?,
         timeout: args.github_timeout_secs,
     })
+}
+
+/// `RUNNER_SCOPE` with `GITHUB_ENTERPRISE`. Organisation and enterprise runners need
+/// `ALLOWED_REPOS` to say whose jobs they serve; enterprise runners cannot be managed by a
+/// GitHub App (docs/github.md §2.1).
+fn scope(
+    args: &ServeArgs,
+    allowed: &RepoAllowList,
+    credentials: &Credentials,
+) -> Result<RunnerScope, ConfigError> {
+    let enterprise = optional("GITHUB_ENTERPRISE", args.github_enterprise.as_deref(), |slug| {
+        let ok = !slug.is_empty()
+            && slug.len() <= 100
+            && slug
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if ok {
+            Ok(slug.to_string())
+        } else {
+            Err(format!(
+                "`{slug}` is not an enterprise slug (letters, digits, `-`, `_`)"
+            ))
+        }
+    })?;
+    let scope = match (args.runner_scope, enterprise) {
+        (ScopeKind::Repo, None) => return Ok(RunnerScope::Repo),
+        (ScopeKind::Org, None) => RunnerScope::Org,
+        (ScopeKind::Enterprise, Some(slug)) => RunnerScope::Enterprise(slug),
+        (ScopeKind::Enterprise, None) => {
+            return Err(err(
+                "GITHUB_ENTERPRISE",
+                "is required with RUNNER_SCOPE=enterprise: the enterprise's slug",
+            ));
+        }
+        (_, Some(_)) => {
+            return Err(err(
+                "GITHUB_ENTERPRISE",
+                "is used only with RUNNER_SCOPE=enterprise; unset it or set RUNNER_SCOPE=enterprise",
+            ));
+        }
+    };
+    if allowed.owners().is_empty() {
+        return Err(err(
+            "ALLOWED_REPOS",
+            format!(
+                "is required with RUNNER_SCOPE={}: name the organisations served (owner/* or owner/repo)",
+                scope.as_str()
+            ),
+        ));
+    }
+    if matches!(scope, RunnerScope::Enterprise(_)) && matches!(credentials, Credentials::App(_)) {
+        return Err(err(
+            "GITHUB_APP_ID",
+            "GitHub Apps cannot manage enterprise runners; use RUNNER_SCOPE=org or a classic token with manage_runners:enterprise",
+        ));
+    }
+    Ok(scope)
+}
+
+/// `RUNNER_GROUP` (a name, resolved at start-up) or `RUNNER_GROUP_ID`, not both; default
+/// group 1 ("Default"). Repository runners have no named groups.
+pub(super) fn runner_groups(args: &ServeArgs) -> Result<RunnerGroups, ConfigError> {
+    let name = args
+        .runner_group
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty());
+    match (name, args.runner_group_id) {
+        (Some(_), Some(_)) => Err(err(
+            "RUNNER_GROUP",
+            "set RUNNER_GROUP or RUNNER_GROUP_ID, not both",
+        )),
+        (Some(_), None) if args.runner_scope == ScopeKind::Repo => Err(err(
+            "RUNNER_GROUP",
+            "repository runners have no runner groups; set RUNNER_SCOPE=org or enterprise",
+        )),
+        (Some(name), None) => Ok(RunnerGroups::Named {
+            name: name.to_string(),
+            ids: Default::default(),
+        }),
+        (None, id) => Ok(RunnerGroups::Id(id.unwrap_or(1))),
+    }
 }
 
 /// `GITHUB_TOKEN`, or a GitHub App: exactly one of them. A blank `GITHUB_APP_ID` means no
@@ -77,18 +164,18 @@ fn credentials(
         args.github_app_installation_id.as_deref(),
         parse_positive::<u64>,
     )?;
-    let discovery_repo = allowed.listed().and_then(|r| r.first().cloned());
-    if installation_id.is_none() && discovery_repo.is_none() {
+    let owners = allowed.owners().to_vec();
+    if installation_id.is_none() && owners.is_empty() {
         return Err(err(
             "GITHUB_APP_INSTALLATION_ID",
-            "is required with a GitHub App unless ALLOWED_REPOS names a repository to find it from",
+            "is required with a GitHub App unless ALLOWED_REPOS names the owners to find the installations of",
         ));
     }
     let app = AppCredentials {
         app_id,
         private_key,
         installation_id,
-        discovery_repo,
+        owners,
     };
     app.validate().map_err(|m| err("GITHUB_APP_PRIVATE_KEY", m))?;
     Ok(Credentials::App(app))
@@ -170,7 +257,7 @@ pub(super) fn hooks(raw: Option<&str>, allowed: &RepoAllowList) -> Result<Vec<Ho
             out.push(Hook::Repo { repo, id: id(hook)? });
         } else {
             let repo = match allowed.listed() {
-                Some([only]) => only.clone(),
+                Some([only]) if !allowed.has_wildcards() => only.clone(),
                 _ => {
                     return Err(err(
                         VAR,

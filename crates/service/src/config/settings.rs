@@ -13,8 +13,8 @@ use super::backend::{self, BackendSettings};
 use super::github::{self, GitHubSettings};
 use super::security::{self, ConfigWarning};
 use super::{ConfigError, err};
-use crate::domain::{Gpu, MachinePolicy, NamePrefix, RepoAllowList};
-use crate::github::Hook;
+use crate::domain::{DeploymentId, Gpu, MachinePolicy, NamePrefix, RepoAllowList};
+use crate::github::{Hook, RunnerGroups};
 use crate::loops::planner::Limits;
 use crate::store::Durability;
 
@@ -83,8 +83,8 @@ pub struct StoreSettings {
 /// What the provisioner reads.
 #[derive(Debug, Clone)]
 pub struct ProvisionerSettings {
-    /// `RUNNER_GROUP_ID`.
-    pub runner_group_id: u64,
+    /// `RUNNER_GROUP_ID`, or `RUNNER_GROUP` (resolved at start-up, per organisation).
+    pub runner_groups: RunnerGroups,
     /// `SANDBOX_TIMEOUT_SECS`: the lifetime asked of each sandbox.
     pub sandbox_timeout: Duration,
     /// `REGISTRATION_CONCURRENCY` (or its old name `PROVISION_CONCURRENCY`): JIT
@@ -92,8 +92,9 @@ pub struct ProvisionerSettings {
     pub registration_concurrency: usize,
     /// `SANDBOX_CREATE_CONCURRENCY`: sandbox creations under way at once.
     pub create_concurrency: usize,
-    /// Tag value that marks sandboxes as this deployment's (`RUNNER_NAME_PREFIX`).
-    pub deployment: String,
+    /// `DEPLOYMENT_ID`: the tag value that marks sandboxes as this deployment's, and the
+    /// label that marks its registrations.
+    pub deployment: DeploymentId,
     /// `AUTH_FAILURE_PAUSE_SECS`: after GitHub rejects the token or a permission,
     /// provisioning pauses this long: every attempt would fail the same way, and hammering
     /// GitHub helps no one.
@@ -121,8 +122,11 @@ pub struct ReaperSettings {
     pub registration_timeout: Duration,
     /// `RUNNER_IDLE_TIMEOUT_SECS`.
     pub idle_timeout: Duration,
-    /// `RUNNER_NAME_PREFIX`: which registrations are this deployment's.
+    /// `RUNNER_NAME_PREFIX`: which registrations are this deployment's, with
+    /// `deployment`'s label.
     pub prefix: NamePrefix,
+    /// `DEPLOYMENT_ID`.
+    pub deployment: DeploymentId,
     /// `ALLOWED_REPOS`: the repositories whose registrations are swept.
     pub allow: RepoAllowList,
 }
@@ -172,7 +176,9 @@ impl Settings {
         security::check_webhook_secret(&secret, args.allow_weak_webhook_secret)?;
         let allow = args.allowed_repos.clone().unwrap_or_default();
         let github = github::settings(&args, &env, &allow)?;
-        let backend = backend::settings(&args, &env)?;
+        let runner_groups = github::runner_groups(&args)?;
+        let deployment = deployment_id(&args, &allow)?;
+        let backend = backend::settings(&args, &env, &deployment)?;
         let hooks = github::hooks(args.webhook_hook_id.as_deref(), &allow)?;
         let machine = machine_policy(&args)?;
         let prefix = args.runner_name_prefix;
@@ -207,14 +213,14 @@ impl Settings {
                 max_attempts: args.max_attempts_per_job,
             },
             provisioner: ProvisionerSettings {
-                runner_group_id: args.runner_group_id,
+                runner_groups,
                 sandbox_timeout: args.sandbox_timeout_secs,
                 registration_concurrency: args
                     .registration_concurrency
                     .or(args.provision_concurrency)
                     .unwrap_or(DEFAULT_REGISTRATION_CONCURRENCY),
                 create_concurrency: args.sandbox_create_concurrency,
-                deployment: prefix.as_str().to_string(),
+                deployment: deployment.clone(),
                 auth_pause: args.auth_failure_pause_secs,
                 jit_limit_per_min: Some(args.github_jit_limit_per_min).filter(|n| *n > 0.0),
             },
@@ -226,6 +232,7 @@ impl Settings {
                 registration_timeout: args.runner_registration_timeout_secs,
                 idle_timeout: args.runner_idle_timeout_secs,
                 prefix,
+                deployment,
                 allow: allow.clone(),
             },
             reconciler: ReconcilerSettings {
@@ -239,6 +246,23 @@ impl Settings {
             backend,
         })
     }
+}
+
+/// `DEPLOYMENT_ID`, or the id derived from the Modal app, the runner name prefix and the
+/// owners served. Blank is unset.
+fn deployment_id(args: &ServeArgs, allow: &RepoAllowList) -> Result<DeploymentId, ConfigError> {
+    let given = super::parse::optional(
+        "DEPLOYMENT_ID",
+        args.deployment_id.as_deref(),
+        DeploymentId::parse,
+    )?;
+    Ok(given.unwrap_or_else(|| {
+        DeploymentId::derive(
+            &args.modal.modal_app_name,
+            args.runner_name_prefix.as_str(),
+            allow.owners(),
+        )
+    }))
 }
 
 impl Settings {

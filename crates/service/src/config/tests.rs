@@ -5,8 +5,8 @@ use clap::{CommandFactory, Parser};
 use secrecy::ExposeSecret;
 
 use super::*;
-use crate::domain::RepoName;
-use crate::github::{Credentials, Hook};
+use crate::domain::{DeploymentId, RepoName};
+use crate::github::{Credentials, Hook, RunnerGroups, RunnerScope};
 use crate::store::Durability;
 
 #[derive(Parser)]
@@ -54,7 +54,8 @@ const SECRETS: &[(&str, &str)] = &[("GITHUB_TOKEN", "ghp_x"), ("WEBHOOK_SECRET",
 #[test]
 fn defaults_match_the_original_system() {
     let s = parse(&[], SECRETS).expect("valid");
-    assert_eq!(s.provisioner.runner_group_id, 1);
+    assert_eq!(s.provisioner.runner_groups, RunnerGroups::Id(1));
+    assert_eq!(s.github.scope, RunnerScope::Repo);
     assert_eq!(s.webhook.label, "modal");
     assert_eq!(s.github.api_url, "https://api.github.com");
     assert!(s.webhook.allow.listed().is_none());
@@ -150,7 +151,7 @@ fn a_github_app_replaces_the_token() {
     let Credentials::App(app) = &s.github.credentials else {
         panic!("an App")
     };
-    assert_eq!(app.discovery_repo.as_ref().map(|r| r.as_str()), Some("octo/one"));
+    assert_eq!(app.owners, ["octo"]);
 }
 
 #[test]
@@ -343,7 +344,9 @@ fn each_part_holds_the_values_its_consumer_shares() {
     );
     assert_eq!(s.limits.prefix.as_str(), "ci");
     assert_eq!(s.reaper.prefix.as_str(), "ci");
-    assert_eq!(s.provisioner.deployment, "ci");
+    let derived = DeploymentId::derive("modal-github-runner", "ci", &["octo".to_string()]);
+    assert_eq!(s.provisioner.deployment, derived);
+    assert_eq!(s.reaper.deployment, derived);
     assert_eq!(s.provisioner.sandbox_timeout, Duration::from_secs(600));
     assert_eq!(s.reaper.sandbox_timeout, Duration::from_secs(600));
     assert_eq!(s.reaper.interval, Duration::from_secs(3));
@@ -575,4 +578,134 @@ fn status_token_is_optional_and_read_like_the_other_secrets() {
     std::fs::write(&file, "from-file\n").expect("write");
     let s = parse(&["--status-token-file", file.to_str().expect("utf-8")], SECRETS).expect("valid");
     assert_eq!(s.server.status_token.expect("set").expose_secret(), "from-file");
+}
+
+#[test]
+fn organisation_runners_serve_the_owners_allowed_repos_names_in_a_named_group() {
+    let s = parse(
+        &[
+            "--runner-scope",
+            "org",
+            "--allowed-repos",
+            "acme/*,beta/app",
+            "--runner-group",
+            "modal runners",
+        ],
+        SECRETS,
+    )
+    .expect("valid");
+    assert_eq!(s.github.scope, RunnerScope::Org);
+    assert_eq!(
+        s.provisioner.runner_groups,
+        RunnerGroups::Named {
+            name: "modal runners".into(),
+            ids: Default::default()
+        }
+    );
+    assert_eq!(s.webhook.allow.owners(), ["acme", "beta"]);
+    let s = parse(
+        &[
+            "--runner-scope",
+            "enterprise",
+            "--github-enterprise",
+            "big-corp",
+            "--allowed-repos",
+            "acme/*",
+            "--runner-group-id",
+            "5",
+        ],
+        SECRETS,
+    )
+    .expect("valid");
+    assert_eq!(s.github.scope, RunnerScope::Enterprise("big-corp".into()));
+    assert_eq!(s.provisioner.runner_groups, RunnerGroups::Id(5));
+}
+
+#[test]
+fn a_scope_or_group_misconfiguration_names_its_variable() {
+    let key = fakes::github::TEST_APP_PRIVATE_KEY_PEM;
+    let app_env = [("WEBHOOK_SECRET", WEBHOOK), ("GITHUB_APP_PRIVATE_KEY", key)];
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
+        // Organisation runners need to know whose jobs they serve.
+        (&["--runner-scope", "org"], SECRETS, "ALLOWED_REPOS"),
+        (
+            &["--runner-scope", "enterprise", "--allowed-repos", "acme/*"],
+            SECRETS,
+            "GITHUB_ENTERPRISE",
+        ),
+        (
+            &["--github-enterprise", "big", "--allowed-repos", "acme/*"],
+            SECRETS,
+            "GITHUB_ENTERPRISE",
+        ),
+        (
+            &[
+                "--runner-scope",
+                "enterprise",
+                "--github-enterprise",
+                "not a slug",
+                "--allowed-repos",
+                "acme/*",
+            ],
+            SECRETS,
+            "GITHUB_ENTERPRISE",
+        ),
+        // GitHub Apps cannot manage enterprise runners.
+        (
+            &[
+                "--runner-scope",
+                "enterprise",
+                "--github-enterprise",
+                "big",
+                "--allowed-repos",
+                "acme/*",
+                "--github-app-id",
+                "42",
+            ],
+            &app_env,
+            "GITHUB_APP_ID",
+        ),
+        (
+            &[
+                "--runner-scope",
+                "org",
+                "--allowed-repos",
+                "acme/*",
+                "--runner-group",
+                "x",
+                "--runner-group-id",
+                "3",
+            ],
+            SECRETS,
+            "RUNNER_GROUP",
+        ),
+        // Repository runners have no named groups.
+        (&["--runner-group", "x"], SECRETS, "RUNNER_GROUP"),
+        (&["--allowed-repos", "acme/*x"], SECRETS, "ALLOWED_REPOS"),
+    ];
+    for (flags, env, var) in cases {
+        match parse(flags, env) {
+            Err(e) => assert_eq!(&e.var, var, "{flags:?}: {e}"),
+            Ok(_) => panic!("{flags:?} should be refused"),
+        }
+    }
+}
+
+#[test]
+fn deployment_id_is_given_or_derived_and_reaches_every_part_that_marks_or_sweeps() {
+    let s = parse(&["--deployment-id", "team-a"], SECRETS).expect("valid");
+    assert_eq!(s.provisioner.deployment.as_str(), "team-a");
+    assert_eq!(s.reaper.deployment.as_str(), "team-a");
+    let BackendSettings::Local(local) = &s.backend else {
+        panic!("the local backend")
+    };
+    assert_eq!(local.deployment, "team-a");
+    let blank = parse(&["--deployment-id", " "], SECRETS).expect("blank is unset");
+    assert_eq!(
+        blank.provisioner.deployment,
+        DeploymentId::derive("modal-github-runner", "modal", &[])
+    );
+    let e = parse(&["--deployment-id", "no spaces"], SECRETS).expect_err("invalid");
+    assert_eq!(e.var, "DEPLOYMENT_ID");
 }

@@ -1,7 +1,11 @@
 use std::fmt;
 
 /// Most labels GitHub accepts on one runner registration.
-pub const MAX_LABELS: usize = 100;
+pub const GITHUB_MAX_LABELS: usize = 100;
+
+/// Most labels a job may ask for: the service adds the deployment's label to every
+/// registration (`DeploymentId::label`).
+pub const MAX_LABELS: usize = GITHUB_MAX_LABELS - 1;
 
 /// Longest label the service registers.
 pub const MAX_LABEL_LEN: usize = 256;
@@ -68,14 +72,15 @@ impl LabelSet {
     }
 
     /// Whether GitHub would register a runner with these labels. It takes 1 to 100 labels
-    /// (docs/github.md §2.1); per label it documents no rule, so the service refuses what
+    /// (docs/github.md §2.1), one of which the service spends on the deployment; per label it documents no rule, so the service refuses what
     /// cannot travel intact: a comma (the runner's own configuration splits on it), a
     /// control character, or more than [`MAX_LABEL_LEN`] bytes. A job refused here would
     /// be refused by GitHub at every registration, so it is never planned.
     pub fn registrable(&self) -> Result<(), String> {
         if self.labels.len() > MAX_LABELS {
             return Err(format!(
-                "the job asks for {} labels; GitHub registers a runner with at most {MAX_LABELS}",
+                "the job asks for {} labels; GitHub registers a runner with at most {GITHUB_MAX_LABELS}, \
+                 one of them the deployment's label",
                 self.labels.len()
             ));
         }
@@ -110,12 +115,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn more_than_a_hundred_labels_cannot_be_registered() {
+    fn more_labels_than_fit_beside_the_deployment_label_cannot_be_registered() {
         let at_limit: Vec<String> = (0..MAX_LABELS).map(|i| format!("l{i}")).collect();
         assert_eq!(LabelSet::new(&at_limit).registrable(), Ok(()));
         let over: Vec<String> = (0..=MAX_LABELS).map(|i| format!("l{i}")).collect();
-        let err = LabelSet::new(&over).registrable().expect_err("101 labels");
-        assert!(err.contains("101 labels"), "{err}");
+        let err = LabelSet::new(&over).registrable().expect_err("100 labels");
+        assert!(
+            err.contains("100 labels") && err.contains("deployment's label"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! type can be trusted once constructed: a `RepoName` is well formed, a `LabelSet` is
 //! normalised, a `RunnerName` fits GitHub's 64-character limit.
 
+mod deployment;
 mod event;
 #[cfg(test)]
 mod fuzz;
@@ -12,6 +13,7 @@ mod repo;
 mod runner;
 mod visibility;
 
+pub use deployment::DeploymentId;
 pub use event::JobEvent;
 pub use job::{Abandoned, JobId, JobStatus};
 pub use labels::LabelSet;

@@ -81,12 +81,24 @@ impl fmt::Display for RepoName {
     }
 }
 
-/// `ALLOWED_REPOS`: which repositories may get runners. `None` allows every repository the
-/// webhook can reach, as the original system did when the variable was unset.
+/// `ALLOWED_REPOS`: which repositories may get runners: `owner/repo` entries, and
+/// `owner/*` for every repository of an owner. `None` allows every repository the webhook
+/// can reach, as the original system did when the variable was unset.
 #[derive(Debug, Clone, Default)]
 pub struct RepoAllowList {
-    repos: Option<HashSet<String>>,
+    rules: Option<Rules>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Rules {
+    /// Lower-cased `owner/repo` of the named repositories.
+    repos: HashSet<String>,
+    /// Lower-cased owners whose every repository is allowed.
+    wildcards: HashSet<String>,
+    /// The named repositories, in the order given.
     listed: Vec<RepoName>,
+    /// Every owner named, by a repository or a wildcard, in the order given, once each.
+    owners: Vec<String>,
 }
 
 impl RepoAllowList {
@@ -94,29 +106,71 @@ impl RepoAllowList {
     /// harmless); any malformed entry is an error, so that a typo cannot silently allow
     /// nothing or everything.
     pub fn parse(list: &str) -> Result<RepoAllowList, RepoNameError> {
-        let mut listed = Vec::new();
+        let mut rules = Rules::default();
         for entry in list.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            listed.push(RepoName::parse(entry)?);
-        }
-        if listed.is_empty() {
-            return Ok(RepoAllowList::default());
+            let owner = match entry.strip_suffix("/*") {
+                Some(owner) => {
+                    // Checked as a repository of that owner would be.
+                    RepoName::parse(&format!("{owner}/x")).map_err(|e| RepoNameError {
+                        input: entry.to_string(),
+                        reason: e.reason,
+                    })?;
+                    rules.wildcards.insert(owner.to_ascii_lowercase());
+                    owner.to_string()
+                }
+                None => {
+                    let repo = RepoName::parse(entry)?;
+                    rules.repos.insert(repo.key());
+                    let owner = repo.owner().to_string();
+                    rules.listed.push(repo);
+                    owner
+                }
+            };
+            if !rules.owners.iter().any(|o| o.eq_ignore_ascii_case(&owner)) {
+                rules.owners.push(owner);
+            }
         }
         Ok(RepoAllowList {
-            repos: Some(listed.iter().map(RepoName::key).collect()),
-            listed,
+            rules: (!rules.owners.is_empty()).then_some(rules),
         })
     }
 
     pub fn allows(&self, repo: &RepoName) -> bool {
-        match &self.repos {
+        match &self.rules {
             None => true,
-            Some(set) => set.contains(&repo.key()),
+            Some(r) => {
+                r.repos.contains(&repo.key()) || r.wildcards.contains(&repo.owner().to_ascii_lowercase())
+            }
         }
     }
 
-    /// The listed repositories, or `None` when every repository is allowed.
+    /// The repositories named one by one, or `None` when every repository is allowed.
+    /// With `owner/*` entries this is not every allowed repository.
     pub fn listed(&self) -> Option<&[RepoName]> {
-        self.repos.as_ref().map(|_| self.listed.as_slice())
+        self.rules.as_ref().map(|r| r.listed.as_slice())
+    }
+
+    /// Every owner the list names, by a repository or with `owner/*`; empty when every
+    /// repository is allowed.
+    pub fn owners(&self) -> &[String] {
+        self.rules.as_ref().map_or(&[], |r| r.owners.as_slice())
+    }
+
+    /// Whether some entry is `owner/*`.
+    pub fn has_wildcards(&self) -> bool {
+        self.rules.as_ref().is_some_and(|r| !r.wildcards.is_empty())
+    }
+
+    /// The repositories to poll: those named one by one, then the `known` ones (seen in a
+    /// job) the list allows; every known one when every repository is allowed. Each once.
+    pub fn poll_targets(&self, known: Vec<RepoName>) -> Vec<RepoName> {
+        let mut out: Vec<RepoName> = self.listed().map(<[RepoName]>::to_vec).unwrap_or_default();
+        for repo in known {
+            if self.allows(&repo) && !out.contains(&repo) {
+                out.push(repo);
+            }
+        }
+        out
     }
 }
 
@@ -172,5 +226,42 @@ mod tests {
     fn a_malformed_allowlist_entry_is_an_error() {
         let err = RepoAllowList::parse("octo/one,not-a-repo").expect_err("invalid");
         assert_eq!(err.input, "not-a-repo");
+        for bad in ["*/*", "bad owner/*", "/*", "octo/x*"] {
+            assert!(RepoAllowList::parse(bad).is_err(), "{bad} should be refused");
+        }
+    }
+
+    #[test]
+    fn an_owner_wildcard_allows_every_repository_of_that_owner_only() {
+        let list = RepoAllowList::parse("Acme/*, beta/one").expect("valid");
+        let repo = |n: &str| RepoName::parse(n).expect("valid");
+        assert!(list.allows(&repo("acme/anything")));
+        assert!(list.allows(&repo("ACME/other")));
+        assert!(list.allows(&repo("beta/one")));
+        assert!(!list.allows(&repo("beta/two")));
+        assert!(!list.allows(&repo("acmex/one")));
+        assert_eq!(list.owners(), ["Acme", "beta"]);
+        assert!(list.has_wildcards());
+        assert_eq!(list.listed().map(<[RepoName]>::len), Some(1));
+    }
+
+    #[test]
+    fn poll_targets_are_the_named_repositories_then_the_known_allowed_ones() {
+        let repo = |n: &str| RepoName::parse(n).expect("valid");
+        let list = RepoAllowList::parse("acme/*,beta/one").expect("valid");
+        let known = vec![
+            repo("acme/two"),
+            repo("beta/one"),
+            repo("gamma/x"),
+            repo("acme/two"),
+        ];
+        let names: Vec<String> = list
+            .poll_targets(known.clone())
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(names, ["beta/one", "acme/two"]);
+        let all = RepoAllowList::default().poll_targets(known);
+        assert_eq!(all.len(), 3, "every known repository, once");
     }
 }

@@ -1,21 +1,28 @@
-//! How the client authenticates: a personal access token, or a GitHub App (docs/github.md §3.2):
-//! a JWT signed with the App's private key buys an installation token, which lasts an hour
-//! and is renewed five minutes before it expires, or at once if GitHub rejects it.
+//! How the client authenticates: a personal access token, or a GitHub App (docs/github.md §3.2).
+//!
+//! A GitHub App has one installation per account it is installed on, and an installation's
+//! token reaches only that account. So every call uses the token of the account it
+//! concerns, read from its URL (`/repos/{owner}/…`, `/orgs/{org}/…`, `/users/{user}/…`):
+//! the owner's installation is found once with the App's JWT (`GET
+//! /repos/{o}/{r}/installation`, `/orgs/{org}/installation`, or `/users/{user}/installation`)
+//! and its token, which lasts an hour, is renewed five minutes before it expires, or at
+//! once if GitHub rejects it. A call about no served account (the runner's latest release)
+//! uses the first served owner's token. `GITHUB_APP_INSTALLATION_ID` overrides all this
+//! with one installation for every call.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use reqwest::{Method, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 
-use reqwest::Method;
-
 use super::GitHub;
-use super::endpoints::repo_path;
 use super::error::GitHubError;
 use super::transport::decode;
-use crate::domain::RepoName;
 
 /// What the client authenticates with.
 #[derive(Clone)]
@@ -32,10 +39,11 @@ pub struct AppCredentials {
     pub app_id: u64,
     /// The App's private key, PEM (as GitHub hands it out).
     pub private_key: SecretString,
-    /// `GITHUB_APP_INSTALLATION_ID`; else looked up from `discovery_repo`.
+    /// `GITHUB_APP_INSTALLATION_ID`: one installation for every call; else each owner's
+    /// installation is found.
     pub installation_id: Option<u64>,
-    /// A repository the App is installed on, to find the installation.
-    pub discovery_repo: Option<RepoName>,
+    /// The owners `ALLOWED_REPOS` names, whose installations are found as needed.
+    pub owners: Vec<String>,
 }
 
 impl AppCredentials {
@@ -56,7 +64,7 @@ impl std::fmt::Debug for Credentials {
                 .field("app_id", &app.app_id)
                 .field("private_key", &"[redacted]")
                 .field("installation_id", &app.installation_id)
-                .field("discovery_repo", &app.discovery_repo)
+                .field("owners", &app.owners)
                 .finish(),
         }
     }
@@ -83,14 +91,62 @@ pub(super) struct Installation {
     pub id: u64,
 }
 
+/// One installation's token and when to renew it; the lock makes one caller renew while
+/// the others wait for its result.
+type TokenSlot = Arc<Mutex<Option<(SecretString, Instant)>>>;
+
 /// Live authentication state.
 pub(super) struct Auth {
     pub credentials: Credentials,
     key: Option<EncodingKey>,
-    /// The current installation token and when it should be renewed; the lock makes one
-    /// caller renew while the others wait for its result.
-    token: Mutex<Option<(SecretString, Instant)>>,
-    installation: Mutex<Option<u64>>,
+    /// Lower-cased owner → its installation, found as needed. Held while one is looked
+    /// up, so an owner is looked up once.
+    installations: Mutex<HashMap<String, u64>>,
+    /// Installation → its token.
+    tokens: std::sync::Mutex<HashMap<u64, TokenSlot>>,
+}
+
+/// The account a call concerns, and where its installation is found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Account {
+    /// As spelled in the URL.
+    pub owner: String,
+    /// URL paths (segments) that answer the owner's installation, tried in order.
+    pub lookups: Vec<Vec<String>>,
+}
+
+impl Account {
+    /// An organisation or user account: GitHub has a lookup for each.
+    fn named(owner: &str, user_first: bool) -> Account {
+        let org = vec!["orgs".into(), owner.to_string(), "installation".into()];
+        let user = vec!["users".into(), owner.to_string(), "installation".into()];
+        Account {
+            owner: owner.to_string(),
+            lookups: if user_first {
+                vec![user, org]
+            } else {
+                vec![org, user]
+            },
+        }
+    }
+
+    /// The account `segments` (a URL path under the API base) are about, if any.
+    pub fn of_path(segments: &[&str]) -> Option<Account> {
+        match segments {
+            ["repos", owner, repo, ..] => Some(Account {
+                owner: owner.to_string(),
+                lookups: vec![vec![
+                    "repos".into(),
+                    owner.to_string(),
+                    repo.to_string(),
+                    "installation".into(),
+                ]],
+            }),
+            ["orgs", owner, ..] => Some(Account::named(owner, false)),
+            ["users", owner, ..] => Some(Account::named(owner, true)),
+            _ => None,
+        }
+    }
 }
 
 impl Auth {
@@ -102,15 +158,11 @@ impl Auth {
                     .map_err(|e| GitHubError::Decode(format!("the GitHub App private key: {e}")))?,
             ),
         };
-        let installation = match &credentials {
-            Credentials::App(app) => app.installation_id,
-            Credentials::Token(_) => None,
-        };
         Ok(Auth {
             credentials,
             key,
-            token: Mutex::new(None),
-            installation: Mutex::new(installation),
+            installations: Mutex::new(HashMap::new()),
+            tokens: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -134,33 +186,20 @@ impl Auth {
             .map_err(|e| GitHubError::Decode(format!("could not sign the App JWT: {e}")))
     }
 
-    /// The cached installation token, if still good for a while.
-    pub async fn cached(&self) -> Option<SecretString> {
-        let slot = self.token.lock().await;
-        slot.as_ref()
-            .filter(|(_, until)| *until > Instant::now() + RENEW_BEFORE)
-            .map(|(t, _)| t.clone())
+    /// The token slot of `installation`.
+    fn slot(&self, installation: u64) -> TokenSlot {
+        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+        tokens.entry(installation).or_default().clone()
     }
+}
 
-    /// The lock under which a caller renews the token.
-    pub fn token_slot(&self) -> &Mutex<Option<(SecretString, Instant)>> {
-        &self.token
-    }
-
-    /// Forgets the installation token (GitHub rejected it).
-    pub async fn forget(&self) {
-        *self.token.lock().await = None;
-    }
-
-    pub fn installation_slot(&self) -> &Mutex<Option<u64>> {
-        &self.installation
-    }
-
-    pub fn discovery_repo(&self) -> Option<&RepoName> {
-        match &self.credentials {
-            Credentials::App(app) => app.discovery_repo.as_ref(),
-            Credentials::Token(_) => None,
-        }
+/// The account whose installation a call needs: the served owner its path names, else
+/// (a call about no served account) the first served owner.
+pub(super) fn account_for(app: &AppCredentials, segments: &[&str]) -> Option<Account> {
+    let served = |owner: &str| app.owners.iter().any(|o| o.eq_ignore_ascii_case(owner));
+    match Account::of_path(segments) {
+        Some(account) if served(&account.owner) => Some(account),
+        _ => app.owners.first().map(|owner| Account::named(owner, false)),
     }
 }
 
@@ -175,23 +214,23 @@ pub(super) fn renew_at(expires_at: &str) -> Instant {
 }
 
 impl GitHub {
-    /// The bearer for REST calls: the token, or the App's installation token (renewed when
-    /// it is about to expire; one caller renews while the others wait).
-    pub(super) async fn bearer(&self) -> Result<SecretString, GitHubError> {
+    /// The bearer for a REST call to `url`: the token, or the installation token of the
+    /// account the call concerns (renewed when it is about to expire; one caller renews
+    /// while the others wait).
+    pub(super) async fn bearer(&self, url: &Url) -> Result<SecretString, GitHubError> {
         let auth = &self.inner.auth;
-        if let Credentials::Token(token) = &auth.credentials {
-            return Ok(token.clone());
-        }
-        if let Some(token) = auth.cached().await {
-            return Ok(token);
-        }
-        let mut slot = auth.token_slot().lock().await;
+        let app = match &auth.credentials {
+            Credentials::Token(token) => return Ok(token.clone()),
+            Credentials::App(app) => app,
+        };
+        let installation = self.installation_for(app, url).await?;
+        let slot = auth.slot(installation);
+        let mut slot = slot.lock().await;
         if let Some((token, renew)) = slot.as_ref()
             && *renew > Instant::now()
         {
             return Ok(token.clone());
         }
-        let installation = self.installation_id().await?;
         let url =
             self.url(&["app", "installations", &installation.to_string(), "access_tokens"].map(String::from));
         let reply = self.send_with(Method::POST, url, None, &auth.jwt()?).await?;
@@ -202,20 +241,63 @@ impl GitHub {
         Ok(token)
     }
 
-    /// `GITHUB_APP_INSTALLATION_ID`, or the installation of the discovery repository.
-    async fn installation_id(&self) -> Result<u64, GitHubError> {
+    /// Forgets the token a call to `url` used (GitHub rejected it).
+    pub(super) async fn forget_token(&self, url: &Url) {
         let auth = &self.inner.auth;
-        let mut slot = auth.installation_slot().lock().await;
-        if let Some(id) = *slot {
+        let Credentials::App(app) = &auth.credentials else {
+            return;
+        };
+        if let Ok(installation) = self.installation_for(app, url).await {
+            *auth.slot(installation).lock().await = None;
+        }
+    }
+
+    /// `GITHUB_APP_INSTALLATION_ID`, or the installation on the account `url` concerns.
+    async fn installation_for(&self, app: &AppCredentials, url: &Url) -> Result<u64, GitHubError> {
+        if let Some(id) = app.installation_id {
             return Ok(id);
         }
-        let repo = auth.discovery_repo().ok_or(GitHubError::Unauthorized)?;
-        let url = self.url(&repo_path(repo, &["installation"]));
-        let reply = self.send_with(Method::GET, url, None, &auth.jwt()?).await?;
-        let found: Installation = decode(&reply.body)?;
-        tracing::info!(repo = %repo, installation = found.id, "found the GitHub App's installation");
-        *slot = Some(found.id);
-        Ok(found.id)
+        let segments = self.relative_segments(url);
+        let account = account_for(app, &segments).ok_or(GitHubError::Unauthorized)?;
+        let key = account.owner.to_ascii_lowercase();
+        let mut found = self.inner.auth.installations.lock().await;
+        if let Some(id) = found.get(&key) {
+            return Ok(*id);
+        }
+        let id = self.look_up_installation(&account).await?;
+        tracing::info!(owner = %account.owner, installation = id, "found the GitHub App's installation");
+        found.insert(key, id);
+        Ok(id)
+    }
+
+    /// Asks GitHub (with the App's JWT) for the installation on `account`.
+    async fn look_up_installation(&self, account: &Account) -> Result<u64, GitHubError> {
+        for path in &account.lookups {
+            let url = self.url(path);
+            match self
+                .send_with(Method::GET, url, None, &self.inner.auth.jwt()?)
+                .await
+            {
+                Ok(reply) => return Ok(decode::<Installation>(&reply.body)?.id),
+                Err(GitHubError::NotFound) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(GitHubError::Forbidden {
+            message: format!("the GitHub App is not installed on {}", account.owner),
+        })
+    }
+
+    /// The path segments of `url` under the API base (`/api/v3` on GHES).
+    pub(super) fn relative_segments<'u>(&self, url: &'u Url) -> Vec<&'u str> {
+        let base = self
+            .inner
+            .base
+            .path_segments()
+            .map_or(0, |s| s.filter(|p| !p.is_empty()).count());
+        url.path_segments()
+            .map(|s| s.skip(base).collect())
+            .unwrap_or_default()
     }
 }
 
@@ -231,7 +313,7 @@ mod tests {
             app_id: 4242,
             private_key: SecretString::from(KEY),
             installation_id: Some(7),
-            discovery_repo: None,
+            owners: vec!["acme".into(), "beta".into()],
         }
     }
 
@@ -257,6 +339,73 @@ mod tests {
             .expect("clock")
             .as_secs();
         assert!(seen.iat <= now - 59 && seen.exp <= now + 600 && seen.exp > now);
+    }
+
+    #[test]
+    fn a_call_needs_the_installation_of_the_served_account_its_path_names() {
+        let app = AppCredentials {
+            installation_id: None,
+            ..app()
+        };
+        let repo = account_for(&app, &["repos", "Beta", "x", "actions", "runs"]).expect("an account");
+        assert_eq!(repo.owner, "Beta");
+        assert_eq!(repo.lookups, [["repos", "Beta", "x", "installation"]]);
+        let org = account_for(&app, &["orgs", "acme", "actions", "runners"]).expect("an account");
+        assert_eq!(org.lookups[0], ["orgs", "acme", "installation"]);
+        assert_eq!(org.lookups[1], ["users", "acme", "installation"]);
+        // About no served account: the first served owner's.
+        let elsewhere = account_for(&app, &["repos", "actions", "runner", "releases", "latest"]);
+        assert_eq!(elsewhere.map(|a| a.owner).as_deref(), Some("acme"));
+        assert_eq!(
+            account_for(&app, &["rate_limit"]).map(|a| a.owner).as_deref(),
+            Some("acme")
+        );
+    }
+
+    #[tokio::test]
+    async fn an_installation_id_override_serves_every_owner_without_looking_any_up() {
+        use fakes::github::{FakeApp, FakeGitHub, FakeGitHubConfig, Route};
+
+        use crate::domain::RepoName;
+        use crate::github::{GitHubConfig, RunnerHome, RunnerScope};
+        use crate::retry::Backoff;
+
+        let fake = FakeGitHub::start(FakeGitHubConfig {
+            app: Some(FakeApp::single(4242, 7, Duration::from_secs(3600))),
+            ..FakeGitHubConfig::default()
+        })
+        .await
+        .expect("fake GitHub");
+        fake.add_repo("acme/x");
+        fake.add_repo("beta/y");
+        let github = GitHub::new(
+            GitHubConfig {
+                api_url: fake.api_url(),
+                credentials: Credentials::App(app()),
+                timeout: Duration::from_secs(5),
+                retry: Backoff::new(1, Duration::from_millis(1), Duration::from_millis(1)),
+                scope: RunnerScope::Repo,
+            },
+            None,
+        )
+        .expect("client");
+        for repo in ["acme/x", "beta/y"] {
+            let home = RunnerHome::Repo(RepoName::parse(repo).expect("valid"));
+            github.list_runners(&home).await.expect("listed");
+        }
+        let calls = fake.calls();
+        assert!(calls.iter().all(|c| !matches!(
+            c.route,
+            Route::RepoInstallation | Route::OrgInstallation | Route::UserInstallation
+        )));
+        let listed: Vec<Option<u64>> = calls
+            .iter()
+            .filter(|c| c.route == Route::ListRunners)
+            .map(|c| c.installation)
+            .collect();
+        assert_eq!(listed, [Some(7), Some(7)]);
+        assert_eq!(fake.installation_tokens_issued(), 1, "one token for both owners");
+        fake.shutdown().await;
     }
 
     #[test]

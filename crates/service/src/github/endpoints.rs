@@ -11,21 +11,32 @@ use super::types::{
     Contents, DeleteOutcome, Hook, HookDelivery, JitConfig, JitRequest, JitResponse, JobList, RemoteJob,
     RemoteRun, RunList, RunnerDownload, RunnerInfo, RunnerList,
 };
-use super::{GitHub, GitHubError};
+use super::{GitHub, GitHubError, RunnerHome};
 use crate::domain::RepoName;
 
 /// Items per page of a paged list.
 pub(super) const PER_PAGE: usize = 100;
 
 impl GitHub {
-    /// `POST /repos/{o}/{r}/actions/runners/generate-jitconfig`, tried exactly once: the
+    /// Where the runner of a job of `repo` is registered (`RUNNER_SCOPE`).
+    pub fn home_of(&self, repo: &RepoName) -> RunnerHome {
+        self.inner.scope.home(repo)
+    }
+
+    /// Where the runners of `owner`'s repositories are registered, when one place holds
+    /// them all (organisation and enterprise runners).
+    pub fn owner_home(&self, owner: &str) -> Option<RunnerHome> {
+        self.inner.scope.owner_home(owner)
+    }
+
+    /// `POST …/actions/runners/generate-jitconfig` at `home`, tried exactly once: the
     /// endpoint is not idempotent, so the caller decides how to recover from a failure.
     pub async fn generate_jitconfig(
         &self,
-        repo: &RepoName,
+        home: &RunnerHome,
         request: &JitRequest,
     ) -> Result<JitConfig, GitHubError> {
-        let url = self.url(&repo_path(repo, &["actions", "runners", "generate-jitconfig"]));
+        let url = self.url(&home.path(&["actions", "runners", "generate-jitconfig"]));
         let body = serde_json::to_value(request).map_err(|e| GitHubError::Decode(e.to_string()))?;
         let reply = self.send_once(Method::POST, url, Some(&body)).await?;
         let resp: JitResponse = decode(&reply.body)?;
@@ -35,31 +46,31 @@ impl GitHub {
         })
     }
 
-    /// The runner registered under `name`, if any (`GET …/runners?name=`).
+    /// The runner registered at `home` under `name`, if any (`GET …/runners?name=`).
     pub async fn runner_by_name(
         &self,
-        repo: &RepoName,
+        home: &RunnerHome,
         name: &str,
     ) -> Result<Option<RunnerInfo>, GitHubError> {
-        let mut url = self.url(&repo_path(repo, &["actions", "runners"]));
+        let mut url = self.url(&home.path(&["actions", "runners"]));
         url.query_pairs_mut().append_pair("name", name);
         let list: RunnerList = self.get_json(url).await?;
         Ok(list.runners.into_iter().find(|r| r.name == name))
     }
 
-    /// Every runner registered at repository scope.
-    pub async fn list_runners(&self, repo: &RepoName) -> Result<Vec<RunnerInfo>, GitHubError> {
-        let url = self.url(&repo_path(repo, &["actions", "runners"]));
+    /// Every runner registered at `home`.
+    pub async fn list_runners(&self, home: &RunnerHome) -> Result<Vec<RunnerInfo>, GitHubError> {
+        let url = self.url(&home.path(&["actions", "runners"]));
         self.get_pages(url, |l: RunnerList| l.runners).await
     }
 
-    /// One registered runner, or `None` if GitHub no longer has it.
+    /// One runner registered at `home`, or `None` if GitHub no longer has it.
     pub async fn get_runner(
         &self,
-        repo: &RepoName,
+        home: &RunnerHome,
         runner_id: u64,
     ) -> Result<Option<RunnerInfo>, GitHubError> {
-        let url = self.url(&repo_path(repo, &["actions", "runners", &runner_id.to_string()]));
+        let url = self.url(&home.path(&["actions", "runners", &runner_id.to_string()]));
         match self.get_json(url).await {
             Ok(r) => Ok(Some(r)),
             Err(GitHubError::NotFound) => Ok(None),
@@ -67,9 +78,13 @@ impl GitHub {
         }
     }
 
-    /// `DELETE …/runners/{id}`; a busy runner (422) is reported, not an error.
-    pub async fn delete_runner(&self, repo: &RepoName, runner_id: u64) -> Result<DeleteOutcome, GitHubError> {
-        let url = self.url(&repo_path(repo, &["actions", "runners", &runner_id.to_string()]));
+    /// `DELETE …/runners/{id}` at `home`; a busy runner (422) is reported, not an error.
+    pub async fn delete_runner(
+        &self,
+        home: &RunnerHome,
+        runner_id: u64,
+    ) -> Result<DeleteOutcome, GitHubError> {
+        let url = self.url(&home.path(&["actions", "runners", &runner_id.to_string()]));
         let result = self
             .with_retries(|| self.send_once(Method::DELETE, url.clone(), None))
             .await;
@@ -104,9 +119,9 @@ impl GitHub {
         self.get_pages(url, |l: JobList| l.jobs).await
     }
 
-    /// The runner releases GitHub currently serves to this repository.
-    pub async fn runner_downloads(&self, repo: &RepoName) -> Result<Vec<RunnerDownload>, GitHubError> {
-        let url = self.url(&repo_path(repo, &["actions", "runners", "downloads"]));
+    /// The runner releases GitHub currently serves at `home`.
+    pub async fn runner_downloads(&self, home: &RunnerHome) -> Result<Vec<RunnerDownload>, GitHubError> {
+        let url = self.url(&home.path(&["actions", "runners", "downloads"]));
         self.get_json(url).await
     }
 

@@ -8,6 +8,8 @@
 //! retries blindly (see `provisioner`).
 //!
 //! - `endpoints`: one method per REST call the service makes;
+//! - `scope`: where runners are registered (repository, organisation, enterprise) and the
+//!   runner group they join;
 //! - `transport`: authenticated exchanges, retries of idempotent calls, decoding;
 //! - `auth`: tokens and GitHub App installation tokens;
 //! - `rate_limit`: the rate-limit headers seen, and waiting out a limit;
@@ -17,6 +19,7 @@ mod auth;
 mod endpoints;
 mod error;
 mod rate_limit;
+mod scope;
 mod transport;
 mod types;
 
@@ -28,9 +31,10 @@ use reqwest::Url;
 pub use auth::{AppCredentials, Credentials};
 pub use error::GitHubError;
 pub use rate_limit::RateSnapshot;
+pub use scope::{GroupError, RunnerGroups, RunnerHome, RunnerScope};
 pub use types::{
     DeleteOutcome, Hook, HookDelivery, JitConfig, JitRequest, RemoteJob, RemoteRun, RunRepository,
-    RunnerDownload, RunnerInfo,
+    RunnerDownload, RunnerInfo, RunnerLabel,
 };
 
 use self::auth::Auth;
@@ -48,6 +52,8 @@ pub struct GitHubConfig {
     pub timeout: Duration,
     /// Retries of idempotent calls.
     pub retry: Backoff,
+    /// `RUNNER_SCOPE`: where runners are registered, looked up and removed.
+    pub scope: RunnerScope,
 }
 
 /// A GitHub REST client; cheap to clone.
@@ -61,11 +67,18 @@ struct Inner {
     base: Url,
     auth: Auth,
     retry: Backoff,
+    scope: RunnerScope,
     rate: Mutex<RateState>,
     metrics: Option<Arc<Metrics>>,
 }
 
 impl GitHub {
+    /// Whether the API is a GitHub Enterprise Server's (`https://HOST/api/v3`), which
+    /// serves its own runner release and no actions/runner repository.
+    pub fn is_enterprise_server(&self) -> bool {
+        self.inner.base.path().trim_end_matches('/').ends_with("/api/v3")
+    }
+
     pub fn new(config: GitHubConfig, metrics: Option<Arc<Metrics>>) -> Result<GitHub, GitHubError> {
         crate::tls::install_crypto_provider();
         let base = Url::parse(config.api_url.trim_end_matches('/'))
@@ -82,6 +95,7 @@ impl GitHub {
                 base,
                 auth: Auth::new(config.credentials)?,
                 retry: config.retry,
+                scope: config.scope,
                 rate: Mutex::new(RateState::default()),
                 metrics,
             }),

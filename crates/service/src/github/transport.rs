@@ -79,20 +79,21 @@ impl GitHub {
         }
     }
 
-    /// One authenticated HTTP exchange. With App credentials, a 401 means the installation
-    /// token went bad: it is renewed and the request tried once more.
+    /// One authenticated HTTP exchange, with the token of the account `url` concerns. With
+    /// App credentials, a 401 means the installation token went bad: it is renewed and the
+    /// request tried once more.
     pub(super) async fn send_once(
         &self,
         method: Method,
         url: Url,
         body: Option<&serde_json::Value>,
     ) -> Result<Reply, GitHubError> {
-        let token = self.bearer().await?;
+        let token = self.bearer(&url).await?;
         let result = self.send_with(method.clone(), url.clone(), body, &token).await;
         match result {
             Err(GitHubError::Unauthorized) if matches!(self.inner.auth.credentials, Credentials::App(_)) => {
-                self.inner.auth.forget().await;
-                let token = self.bearer().await?;
+                self.forget_token(&url).await;
+                let token = self.bearer(&url).await?;
                 self.send_with(method, url, body, &token).await
             }
             other => other,
@@ -165,22 +166,27 @@ mod tests {
 
     use super::*;
     use crate::domain::RepoName;
-    use crate::github::GitHubConfig;
     use crate::github::endpoints::repo_path;
+    use crate::github::{GitHubConfig, RunnerScope};
     use crate::retry::Backoff;
 
-    #[test]
-    fn urls_are_built_from_escaped_segments_under_the_base_path() {
-        let gh = GitHub::new(
+    fn client(api_url: &str) -> GitHub {
+        GitHub::new(
             GitHubConfig {
-                api_url: "https://ghe.example.com/api/v3/".into(),
+                api_url: api_url.into(),
                 credentials: Credentials::Token(SecretString::from("t")),
                 timeout: Duration::from_secs(1),
                 retry: Backoff::new(1, Duration::from_millis(1), Duration::from_millis(1)),
+                scope: RunnerScope::Org,
             },
             None,
         )
-        .expect("client");
+        .expect("client")
+    }
+
+    #[test]
+    fn urls_are_built_from_escaped_segments_under_the_base_path() {
+        let gh = client("https://ghe.example.com/api/v3/");
         let repo = RepoName::parse("octo/repo").expect("valid");
         let url = gh.url(&repo_path(
             &repo,
@@ -190,5 +196,34 @@ mod tests {
             url.as_str(),
             "https://ghe.example.com/api/v3/repos/octo/repo/contents/.github/workflows/a%20b.yml"
         );
+    }
+
+    #[test]
+    fn a_base_without_a_path_puts_every_call_at_the_root_of_the_host() {
+        let repo = RepoName::parse("octo/repo").expect("valid");
+        for (base, expected) in [
+            (
+                "https://api.acme.ghe.com",
+                "https://api.acme.ghe.com/orgs/octo/actions/runners/generate-jitconfig",
+            ),
+            (
+                "https://api.acme.ghe.com/",
+                "https://api.acme.ghe.com/orgs/octo/actions/runners/generate-jitconfig",
+            ),
+            (
+                "https://ghes.example/api/v3",
+                "https://ghes.example/api/v3/orgs/octo/actions/runners/generate-jitconfig",
+            ),
+            (
+                "http://127.0.0.1:4567",
+                "http://127.0.0.1:4567/orgs/octo/actions/runners/generate-jitconfig",
+            ),
+        ] {
+            let gh = client(base);
+            let home = gh.home_of(&repo);
+            let url = gh.url(&home.path(&["actions", "runners", "generate-jitconfig"]));
+            assert_eq!(url.as_str(), expected, "base {base}");
+            assert_eq!(gh.relative_segments(&url)[..2], ["orgs", "octo"], "base {base}");
+        }
     }
 }

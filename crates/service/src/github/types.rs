@@ -42,6 +42,21 @@ pub struct RunnerInfo {
     pub status: String,
     #[serde(default)]
     pub busy: bool,
+    #[serde(default)]
+    pub labels: Vec<RunnerLabel>,
+}
+
+impl RunnerInfo {
+    /// Whether the runner carries `label` (compared without case, as GitHub does).
+    pub fn has_label(&self, label: &str) -> bool {
+        self.labels.iter().any(|l| l.name.eq_ignore_ascii_case(label))
+    }
+}
+
+/// One label of a registered runner.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+pub struct RunnerLabel {
+    pub name: String,
 }
 
 #[derive(Deserialize)]

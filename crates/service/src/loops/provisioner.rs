@@ -29,8 +29,8 @@ use tracing::Instrument;
 use crate::backend::{Backend, BackendError, SandboxSpec};
 use crate::clock::Clock;
 use crate::config::ProvisionerSettings;
-use crate::domain::{MachineSpec, RepoName, RunnerState};
-use crate::github::{GitHub, GitHubError, JitConfig, JitRequest};
+use crate::domain::{MachineSpec, RunnerState};
+use crate::github::{GitHub, GitHubError, JitConfig, JitRequest, RunnerHome};
 use crate::metrics::Metrics;
 use crate::pace::Window;
 use crate::retry::Backoff;
@@ -71,6 +71,8 @@ enum ProvisionError {
     GitHub(#[from] GitHubError),
     #[error("sandbox creation failed: {0}")]
     Backend(#[from] BackendError),
+    #[error("RUNNER_GROUP was not resolved for the {0}")]
+    NoGroup(String),
 }
 
 /// Provisions pending runners (and recovers half-provisioned ones) until `stop`; then lets
@@ -164,8 +166,8 @@ async fn start(
     {
         return Ok(());
     }
-    let repo = row.repo.clone();
-    let Some(jit) = register(ctx, row, &repo).await? else {
+    let home = ctx.github.home_of(&row.repo);
+    let Some(jit) = register(ctx, row, &home).await? else {
         return Ok(());
     };
     let runner_id = jit.runner_id;
@@ -189,7 +191,7 @@ async fn start(
     match create_sandbox(ctx, row, jit).await {
         Ok(id) => mark_running(ctx, row, id).await,
         Err(e) => {
-            deregister(ctx, &repo, runner_id).await;
+            deregister(ctx, &home, runner_id).await;
             Err(e.into())
         }
     }
@@ -202,22 +204,29 @@ async fn start(
 async fn register(
     ctx: &ProvisionerContext,
     row: &RunnerRow,
-    repo: &RepoName,
+    home: &RunnerHome,
 ) -> Result<Option<JitConfig>, ProvisionError> {
+    let runner_group_id = ctx
+        .settings
+        .runner_groups
+        .id_for(home)
+        .ok_or_else(|| ProvisionError::NoGroup(home.to_string()))?;
+    let mut labels = row.labels.labels().to_vec();
+    labels.push(ctx.settings.deployment.label());
     let request = JitRequest {
         name: row.name.to_string(),
-        runner_group_id: ctx.settings.runner_group_id,
-        labels: row.labels.labels().to_vec(),
+        runner_group_id,
+        labels,
         work_folder: "_work".into(),
     };
     let mut attempt = 0;
     loop {
         ctx.jit_window.wait().await;
         wait_out_pause(ctx).await;
-        match ctx.github.generate_jitconfig(repo, &request).await {
+        match ctx.github.generate_jitconfig(home, &request).await {
             Ok(jit) => return Ok(Some(jit)),
             Err(GitHubError::Conflict { .. }) => {
-                abandon_registration(ctx, row, repo, "an earlier try registered this name").await?;
+                abandon_registration(ctx, row, home, "an earlier try registered this name").await?;
                 return Ok(None);
             }
             Err(e) if e.is_transient() && attempt + 1 < ctx.retry.attempts => {
@@ -226,11 +235,11 @@ async fn register(
                 tokio::time::sleep(wait).await;
                 if ctx
                     .github
-                    .runner_by_name(repo, row.name.as_str())
+                    .runner_by_name(home, row.name.as_str())
                     .await?
                     .is_some()
                 {
-                    abandon_registration(ctx, row, repo, "a failed try registered this name").await?;
+                    abandon_registration(ctx, row, home, "a failed try registered this name").await?;
                     return Ok(None);
                 }
                 attempt += 1;
@@ -241,18 +250,24 @@ async fn register(
 }
 
 /// Deletes a registration whose JIT config we do not have and ends this attempt without
-/// backoff.
+/// backoff. A registration of that name without this deployment's label is another
+/// deployment's: it is left alone, and the next attempt's name differs anyway.
 async fn abandon_registration(
     ctx: &ProvisionerContext,
     row: &RunnerRow,
-    repo: &RepoName,
+    home: &RunnerHome,
     why: &str,
 ) -> Result<(), ProvisionError> {
-    if let Some(found) = ctx.github.runner_by_name(repo, row.name.as_str()).await? {
-        ctx.github.delete_runner(repo, found.id).await?;
+    let mut outcome = "registration deleted";
+    if let Some(found) = ctx.github.runner_by_name(home, row.name.as_str()).await? {
+        if found.has_label(&ctx.settings.deployment.label()) {
+            ctx.github.delete_runner(home, found.id).await?;
+        } else {
+            outcome = "the registration is another deployment's and was left alone";
+        }
     }
-    tracing::warn!("{why}; deleted it, the next attempt gets a new name");
-    let patch = RunnerPatch::failed(format!("{why}; registration deleted"), false);
+    tracing::warn!("{why}; {outcome}; the next attempt gets a new name");
+    let patch = RunnerPatch::failed(format!("{why}; {outcome}"), false);
     ctx.store
         .transition(&row.name, &[RunnerState::Registering], RunnerState::Failed, patch)
         .await?;
@@ -270,7 +285,7 @@ async fn create_sandbox(
         name: row.name.to_string(),
         jit_config: jit.encoded.clone(),
         tags: vec![
-            ("modal-github-runner".into(), ctx.settings.deployment.clone()),
+            ("modal-github-runner".into(), ctx.settings.deployment.to_string()),
             ("job".into(), row.job.to_string()),
             ("runner".into(), row.name.to_string()),
         ],
@@ -314,16 +329,17 @@ async fn mark_running(
 }
 
 /// A `registering` runner nobody works on: the process that started it died. If GitHub
-/// has the name, its JIT config is lost with that process; otherwise start over.
+/// has the name with this deployment's label, its JIT config is lost with that process;
+/// otherwise start over.
 async fn recover_registering(ctx: &ProvisionerContext, row: &RunnerRow) -> Result<(), ProvisionError> {
-    let repo = row.repo.clone();
+    let home = ctx.github.home_of(&row.repo);
     if ctx
         .github
-        .runner_by_name(&repo, row.name.as_str())
+        .runner_by_name(&home, row.name.as_str())
         .await?
-        .is_some()
+        .is_some_and(|found| found.has_label(&ctx.settings.deployment.label()))
     {
-        return abandon_registration(ctx, row, &repo, "registered before a restart").await;
+        return abandon_registration(ctx, row, &home, "registered before a restart").await;
     }
     if ctx
         .store
@@ -349,9 +365,8 @@ async fn recover_registered(ctx: &ProvisionerContext, row: &RunnerRow) -> Result
         tracing::info!("sandbox created before a restart found");
         return mark_running(ctx, row, sb.id).await;
     }
-    let repo = row.repo.clone();
     if let Some(id) = row.github_id {
-        deregister(ctx, &repo, id).await;
+        deregister(ctx, &ctx.github.home_of(&row.repo), id).await;
     }
     let patch = RunnerPatch::failed(
         "JIT config lost in a restart before the sandbox was created; registration deleted",
@@ -369,8 +384,8 @@ async fn recover_registered(ctx: &ProvisionerContext, row: &RunnerRow) -> Result
 }
 
 /// Best-effort removal of a registration that will never get a runner.
-async fn deregister(ctx: &ProvisionerContext, repo: &RepoName, runner_id: u64) {
-    if let Err(e) = ctx.github.delete_runner(repo, runner_id).await {
+async fn deregister(ctx: &ProvisionerContext, home: &RunnerHome, runner_id: u64) {
+    if let Err(e) = ctx.github.delete_runner(home, runner_id).await {
         tracing::warn!(error = %e, github.runner_id = runner_id, "could not delete the registration; the reaper will retry");
     }
 }
@@ -381,6 +396,7 @@ async fn fail(ctx: &ProvisionerContext, row: &RunnerRow, e: &ProvisionError) {
         ProvisionError::Store(_) => "store",
         ProvisionError::GitHub(g) => g.kind(),
         ProvisionError::Backend(b) => b.kind(),
+        ProvisionError::NoGroup(_) => "runner_group",
     };
     ctx.metrics.runner_failed(kind);
     tracing::error!(error = %e, kind, "runner failed");
@@ -412,7 +428,9 @@ fn pause(ctx: &ProvisionerContext, e: &ProvisionError) {
         error = %e,
         pause_secs = ctx.settings.auth_pause.as_secs(),
         "GitHub refused the token or a permission: provisioning paused. Check that GITHUB_TOKEN is valid and may \
-         administer the repository's runners (fine-grained: Administration read/write; classic: repo)"
+         administer the runners (repository: fine-grained Administration read/write, classic repo; organisation: \
+         Self-hosted runners read/write, classic admin:org; enterprise: classic manage_runners:enterprise), or that \
+         the GitHub App is installed on the account"
     );
 }
 

@@ -71,6 +71,7 @@ pub async fn run(ctx: Arc<ReaperContext>, stop: CancellationToken) {
                 &ctx.store,
                 &ctx.github,
                 &ctx.settings.prefix,
+                &ctx.settings.deployment,
                 &ctx.settings.allow,
             );
             if let Err(e) = swept.await {
@@ -153,7 +154,11 @@ async fn remove(
     patch: RunnerPatch,
 ) -> Result<bool, ReapError> {
     if let Some(id) = r.row.github_id
-        && ctx.github.delete_runner(&r.row.repo, id).await? == DeleteOutcome::Busy
+        && ctx
+            .github
+            .delete_runner(&ctx.github.home_of(&r.row.repo), id)
+            .await?
+            == DeleteOutcome::Busy
     {
         tracing::info!("GitHub gave the runner a job meanwhile; keeping it");
         if from != RunnerState::Running {
@@ -184,7 +189,11 @@ async fn sandbox_gone(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapErr
         return Ok(());
     }
     if let Some(id) = r.row.github_id {
-        match ctx.github.delete_runner(&r.row.repo, id).await? {
+        match ctx
+            .github
+            .delete_runner(&ctx.github.home_of(&r.row.repo), id)
+            .await?
+        {
             // GitHub says it runs a job: its in_progress event is on the way.
             DeleteOutcome::Busy => return Ok(()),
             // A JIT runner's registration disappears after its one job: it ran one, and
@@ -282,7 +291,7 @@ async fn online(ctx: &ReaperContext, r: &LiveRunner) -> Result<bool, ReapError> 
     };
     let up = ctx
         .github
-        .get_runner(&r.row.repo, id)
+        .get_runner(&ctx.github.home_of(&r.row.repo), id)
         .await?
         .is_some_and(|info| info.status == "online" || info.busy);
     if up {

@@ -107,12 +107,11 @@ pub async fn pass(ctx: &ReconcilerContext, state: &mut PassState) -> Result<Pass
     Ok(report)
 }
 
-/// The allowlist, or every repository the service has seen a job from.
+/// The repositories `ALLOWED_REPOS` names, and those the service has seen a job from that
+/// it allows (every one of them without an allowlist; with `owner/*`, the owner's
+/// repositories seen so far).
 async fn repos(ctx: &ReconcilerContext) -> Result<Vec<RepoName>, StoreError> {
-    if let Some(listed) = ctx.settings.allow.listed() {
-        return Ok(listed.to_vec());
-    }
-    ctx.store.known_repos().await
+    Ok(ctx.settings.allow.poll_targets(ctx.store.known_repos().await?))
 }
 
 /// Stops the pass when fewer than a tenth of the hourly budget (and under 100 calls) is

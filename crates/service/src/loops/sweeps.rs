@@ -2,9 +2,11 @@
 //! owns:
 //!
 //! - sandboxes tagged as this deployment's that no live runner owns (left by a crash, or
-//!   by a runner whose removal failed);
-//! - offline GitHub registrations with our name prefix that no live runner owns (runners
-//!   whose sandbox died with the process that made them, or whose removal failed).
+//!   by a runner whose removal failed); the backend lists only this deployment's;
+//! - offline GitHub registrations with our name prefix and our deployment's label that no
+//!   live runner owns (runners
+//!   whose sandbox died with the process that made them, or whose removal failed), listed
+//!   once per place runners are registered (a repository, an organisation, the enterprise).
 //!
 //! Unlike the reaper's per-runner rules, a sweep never changes a runner's state: it only
 //! cleans up what the store does not account for. The reaper's loop schedules them: the
@@ -14,8 +16,8 @@
 use std::collections::HashSet;
 
 use crate::backend::{Backend, SandboxInfo};
-use crate::domain::{NamePrefix, RepoAllowList, RepoName, RunnerName};
-use crate::github::{DeleteOutcome, GitHub};
+use crate::domain::{DeploymentId, NamePrefix, RepoAllowList, RunnerName};
+use crate::github::{DeleteOutcome, GitHub, RunnerHome};
 use crate::store::{Store, StoreError};
 
 /// Stops the listed sandboxes whose name is not in `live`, unless the store says the
@@ -43,23 +45,41 @@ pub async fn stop_orphan_sandboxes(
     Ok(())
 }
 
-/// Deletes offline registrations named with `prefix` that no live runner owns, in every
-/// allowed repository (or, without an allowlist, every repository the store has seen).
+/// Where this deployment's runners may be registered: each polled repository (repository
+/// runners), each served organisation, or the enterprise; each place once, so that
+/// organisation runners are listed once per organisation, not once per repository.
+async fn homes(store: &Store, github: &GitHub, allow: &RepoAllowList) -> Result<Vec<RunnerHome>, StoreError> {
+    let mut homes: Vec<RunnerHome> = Vec::new();
+    let mut push = |home: RunnerHome| {
+        if !homes.iter().any(|h| h.key() == home.key()) {
+            homes.push(home);
+        }
+    };
+    for repo in allow.poll_targets(store.known_repos().await?) {
+        push(github.home_of(&repo));
+    }
+    for home in allow.owners().iter().filter_map(|o| github.owner_home(o)) {
+        push(home);
+    }
+    Ok(homes)
+}
+
+/// Deletes offline registrations named with `prefix` and labelled as `deployment`'s that
+/// no live runner owns, wherever this deployment registers runners. Another deployment's
+/// registrations, even named with the same prefix, are never touched.
 pub async fn delete_offline_registrations(
     store: &Store,
     github: &GitHub,
     prefix: &NamePrefix,
+    deployment: &DeploymentId,
     allow: &RepoAllowList,
 ) -> Result<(), StoreError> {
-    let repos: Vec<RepoName> = match allow.listed() {
-        Some(listed) => listed.to_vec(),
-        None => store.known_repos().await?,
-    };
-    for repo in repos {
-        let registered = match github.list_runners(&repo).await {
+    let label = deployment.label();
+    for home in homes(store, github, allow).await? {
+        let registered = match github.list_runners(&home).await {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(repo = %repo, error = %e, "could not list registered runners");
+                tracing::warn!(home = %home, error = %e, "could not list registered runners");
                 continue;
             }
         };
@@ -70,20 +90,65 @@ pub async fn delete_offline_registrations(
             .map(|r| r.row.name.to_string())
             .collect();
         for runner in registered {
-            let ours = RunnerName::parse_ours(prefix, &runner.name).is_some();
+            let ours = RunnerName::parse_ours(prefix, &runner.name).is_some() && runner.has_label(&label);
             if !ours || live.contains(&runner.name) || runner.status == "online" || runner.busy {
                 continue;
             }
-            match github.delete_runner(&repo, runner.id).await {
+            match github.delete_runner(&home, runner.id).await {
                 Ok(DeleteOutcome::Deleted) => {
-                    tracing::info!(repo = %repo, runner.name = %runner.name, "orphan registration deleted")
+                    tracing::info!(home = %home, runner.name = %runner.name, "orphan registration deleted")
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(repo = %repo, runner.name = %runner.name, error = %e, "could not delete an orphan registration")
+                    tracing::warn!(home = %home, runner.name = %runner.name, error = %e, "could not delete an orphan registration")
                 }
             }
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::RunnerState;
+    use crate::fixture::{Fixture, deployment, prefix};
+    use crate::store::RunnerPatch;
+
+    #[tokio::test]
+    async fn only_this_deployments_offline_orphans_are_deleted() {
+        let f = Fixture::start().await;
+        // Ours, failed (not live): an orphan to delete.
+        let orphan = f.plan(1).await;
+        f.register(&orphan).await;
+        f.advance(
+            &orphan,
+            &[RunnerState::Failed],
+            RunnerPatch::failed("gone", false),
+        )
+        .await;
+        // Ours and live: kept.
+        let live = f.plan(2).await;
+        f.register(&live).await;
+        // Another deployment's, named with the same prefix and unknown to our store.
+        let theirs = RunnerName::for_job(&prefix(), crate::domain::JobId(3), 1);
+        f.register_as(&theirs, &DeploymentId::parse("other").expect("valid id"))
+            .await;
+        let allow = RepoAllowList::parse(crate::fixture::REPO).expect("allowlist");
+
+        delete_offline_registrations(&f.store, &f.github, &prefix(), &deployment(), &allow)
+            .await
+            .expect("swept");
+
+        assert!(f.registration(&orphan).is_none(), "our orphan is deleted");
+        assert!(
+            f.registration(&live).is_some(),
+            "a live runner's registration is kept"
+        );
+        assert!(
+            f.registration(&theirs).is_some(),
+            "another deployment's registration is never touched"
+        );
+        f.finish().await;
+    }
 }

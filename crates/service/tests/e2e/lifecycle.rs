@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use fakes::github::{DeliveryMode, JobSpec, RunSpec, RunnerBehavior};
-use modal_github_runner::domain::JobId;
+use modal_github_runner::domain::{DeploymentId, JobId};
 
 use crate::helpers::{Kind, Options, REPO, World, as_process, reqwest_client, wait};
 use testkit::both_backends;
@@ -41,7 +41,12 @@ async fn a_queued_job_runs_on_a_fresh_jit_runner_and_leaves_nothing_behind(kind:
     );
     let body = jit[0].body.clone().expect("a JSON body");
     assert_eq!(body["name"], expected_name);
-    assert_eq!(body["labels"], serde_json::json!(LABELS));
+    // The job's labels, and the label that marks the registration as this deployment's.
+    let deployment = DeploymentId::derive("modal-github-runner", "modal", &[]);
+    assert_eq!(
+        body["labels"],
+        serde_json::json!([LABELS[0], LABELS[1], deployment.label()])
+    );
     assert_eq!(body["runner_group_id"], 1);
     assert_eq!(body["work_folder"], "_work");
     // The runner that took the job is the one made for it, and the job succeeded.

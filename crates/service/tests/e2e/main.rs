@@ -10,5 +10,6 @@ mod modal;
 mod reaping;
 mod reliability;
 mod scale;
+mod scopes;
 mod status_page;
 mod upstream;

@@ -7,7 +7,8 @@ use fakes::github::{FakeGitHub, FakeGitHubConfig, JobSpec, RunSpec};
 use fakes::modal::{FakeModal, FakeModalConfig, FaultKind, ModalFault};
 use modal_github_runner::backend::modal::{ModalBackend, Releases};
 use modal_github_runner::backend::{BackendError, SandboxSpec};
-use modal_github_runner::domain::RepoName;
+use modal_github_runner::domain::{DeploymentId, RepoName};
+use modal_github_runner::github::RunnerHome;
 use modal_github_runner::runner_release::{self, ReleasePublisher, ReleaseSource};
 use modal_github_runner::runner_version::{RunnerRelease, RunnerVersion};
 use secrecy::SecretString;
@@ -51,7 +52,9 @@ async fn sandboxes_carry_the_runner_name_tags_resources_and_no_credential_in_the
     let sb = &sandboxes[0];
     let name = format!("modal-{}-1", run.job_ids[0]);
     assert_eq!(sb.name.as_deref(), Some(name.as_str()));
-    assert_eq!(sb.tag("modal-github-runner"), Some("modal"));
+    // The deployment's id, derived from the app, the prefix and (no) owners.
+    let deployment = DeploymentId::derive("modal-github-runner", "modal", &[]);
+    assert_eq!(sb.tag("modal-github-runner"), Some(deployment.as_str()));
     assert_eq!(sb.tag("job"), Some(run.job_ids[0].to_string().as_str()));
     assert_eq!(sb.tag("runner"), Some(name.as_str()));
     assert_eq!(
@@ -204,7 +207,7 @@ fn pinned() -> Releases {
 fn served(github: &FakeGitHub, interval: Duration) -> (ReleasePublisher, Releases) {
     let source = ReleaseSource::Served {
         github: github_client(github.api_url()),
-        repo: Some(RepoName::parse(REPO).expect("repo")),
+        home: Some(RunnerHome::Repo(RepoName::parse(REPO).expect("repo"))),
     };
     let (publisher, releases) = runner_release::channel(source, interval);
     (publisher.expect("served releases have a publisher"), releases)

@@ -226,6 +226,7 @@ async fn orphan_sandboxes_and_offline_registrations_from_a_crash_are_cleaned_up(
     let env = World::start(
         Options::backend(Kind::Modal)
             .with("ALLOWED_REPOS", REPO)
+            .with("DEPLOYMENT_ID", "crashed")
             .with("RECONCILE_INTERVAL_SECS", "1"),
     )
     .await;
@@ -238,11 +239,11 @@ async fn orphan_sandboxes_and_offline_registrations_from_a_crash_are_cleaned_up(
         }
     });
     let github = github_client(env.github.api_url());
-    let repo = RepoName::parse(REPO).expect("repo");
+    let repo = github.home_of(&RepoName::parse(REPO).expect("repo"));
     let register = |name: &str| JitRequest {
         name: name.into(),
         runner_group_id: 1,
-        labels: vec!["modal".into()],
+        labels: vec!["modal".into(), "deployment-crashed".into()],
         work_folder: "_work".into(),
     };
     let orphan_config = github
@@ -254,7 +255,7 @@ async fn orphan_sandboxes_and_offline_registrations_from_a_crash_are_cleaned_up(
         .await
         .expect("orphan registration");
     let leftover = ModalBackend::new(
-        modal_settings(modal, None, "modal-github-runner", "modal"),
+        modal_settings(modal, None, "modal-github-runner", "crashed"),
         Releases::fixed(RunnerRelease::from_version(
             RunnerVersion::parse("2.336.0").expect("version"),
         )),
@@ -265,7 +266,7 @@ async fn orphan_sandboxes_and_offline_registrations_from_a_crash_are_cleaned_up(
         .create(SandboxSpec {
             name: "modal-999-1".into(),
             jit_config: orphan_config.encoded,
-            tags: vec![("modal-github-runner".into(), "modal".into())],
+            tags: vec![("modal-github-runner".into(), "crashed".into())],
             timeout: Duration::from_secs(600),
             machine: Default::default(),
         })

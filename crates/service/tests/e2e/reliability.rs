@@ -305,7 +305,7 @@ async fn a_409_for_a_name_already_registered_is_recovered_without_a_duplicate() 
         work_folder: "_work".into(),
     };
     github
-        .generate_jitconfig(&RepoName::parse(REPO).expect("repo"), &request)
+        .generate_jitconfig(&github.home_of(&RepoName::parse(REPO).expect("repo")), &request)
         .await
         .expect("registered");
 

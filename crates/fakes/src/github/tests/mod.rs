@@ -3,6 +3,7 @@
 
 mod flow;
 mod rest;
+mod scopes;
 mod webhooks;
 
 use std::path::PathBuf;
@@ -28,6 +29,8 @@ struct Received {
     event: String,
     guid: String,
     signature_ok: bool,
+    /// `X-GitHub-Hook-Installation-Target-Type`.
+    target_type: String,
     body: Value,
 }
 
@@ -80,6 +83,7 @@ async fn receive(State(seen): State<Arc<Mutex<Vec<Received>>>>, headers: HeaderM
         event: header("x-github-event"),
         guid: header("x-github-delivery"),
         signature_ok: header("x-hub-signature-256") == sign_sha256(SECRET.as_bytes(), &body),
+        target_type: header("x-github-hook-installation-target-type"),
         body: parse_body(&header("content-type"), &body),
     };
     seen.lock().unwrap_or_else(PoisonError::into_inner).push(received);

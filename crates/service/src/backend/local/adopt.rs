@@ -32,6 +32,17 @@ pub(super) struct Meta {
     pub start_ticks: Option<u64>,
     pub created_at: i64,
     pub deadline: i64,
+    /// The deployment that made it; absent in metadata written before deployments had
+    /// ids (such a sandbox is adopted by whoever starts).
+    #[serde(default)]
+    pub deployment: Option<String>,
+}
+
+impl Meta {
+    /// Whether the sandbox belongs to `deployment`.
+    pub fn belongs_to(&self, deployment: &str) -> bool {
+        self.deployment.as_deref().is_none_or(|d| d == deployment)
+    }
 }
 
 fn write_name<S: Serializer>(name: &RunnerName, s: S) -> Result<S::Ok, S::Error> {
@@ -50,8 +61,9 @@ const PASSABLE_BY_GROUP: u32 = 0o710;
 
 impl LocalBackend {
     /// Checks the runner directory and the work directory, looks up `LOCAL_RUN_AS`, then
-    /// adopts sandboxes left by an earlier process and cleans up those that ended while no
-    /// one watched.
+    /// adopts this deployment's sandboxes left by an earlier process and cleans up those
+    /// that ended while no one watched. Another deployment's sandboxes (their metadata says
+    /// whose) are left alone.
     pub async fn prepare(&self) -> Result<(), BackendError> {
         let run_sh = self.config.runner_dir.join("run.sh");
         if !run_sh.is_file() {
@@ -104,6 +116,10 @@ impl LocalBackend {
                 return;
             }
         };
+        if !meta.belongs_to(&self.config.deployment) {
+            tracing::debug!(runner.name = %meta.name, deployment = ?meta.deployment, "another deployment's local sandbox; left alone");
+            return;
+        }
         if is_ours(meta.pid, meta.start_ticks) {
             tracing::info!(runner.name = %meta.name, pid = meta.pid, "adopted a running local sandbox");
             self.watch(meta, None);

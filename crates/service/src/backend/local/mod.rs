@@ -46,6 +46,10 @@ pub struct LocalConfig {
     pub work_dir: PathBuf,
     /// `LOCAL_RUN_AS`: the user runners run as, instead of the service's own.
     pub run_as: Option<String>,
+    /// `DEPLOYMENT_ID`, written in each sandbox's metadata: a service adopts only its own
+    /// deployment's sandboxes, so deployments sharing a work directory never touch each
+    /// other's.
+    pub deployment: String,
 }
 
 pub struct LocalBackend {

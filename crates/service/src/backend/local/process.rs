@@ -37,6 +37,7 @@ impl LocalBackend {
             start_ticks: None,
             created_at,
             deadline: created_at.saturating_add(timeout_ms),
+            deployment: Some(self.config.deployment.clone()),
         };
         // Written before the copy is made: it marks the copy as the service's, so a
         // start-up after a crash removes it (and nothing it did not make).

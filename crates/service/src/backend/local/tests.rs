@@ -56,6 +56,7 @@ async fn a_runner_gets_the_jit_config_in_its_environment_and_its_directory_is_re
         runner_dir: rd.path().into(),
         work_dir: work.path().into(),
         run_as: None,
+        deployment: "test".into(),
     });
     b.prepare().await.expect("prepare");
 
@@ -81,6 +82,7 @@ async fn create_is_idempotent_on_the_name_and_terminate_kills_the_process_group(
         runner_dir: rd.path().into(),
         work_dir: work.path().into(),
         run_as: None,
+        deployment: "test".into(),
     });
     b.prepare().await.expect("prepare");
     let first = b
@@ -117,6 +119,7 @@ async fn a_sandbox_is_stopped_at_its_timeout() {
         runner_dir: rd.path().into(),
         work_dir: work.path().into(),
         run_as: None,
+        deployment: "test".into(),
     });
     b.prepare().await.expect("prepare");
     b.create(spec("r-3-1", Duration::from_millis(300)))
@@ -134,6 +137,7 @@ async fn a_new_backend_adopts_running_sandboxes_and_clears_dead_ones() {
         runner_dir: rd.path().into(),
         work_dir: work.path().into(),
         run_as: None,
+        deployment: "test".into(),
     };
     let first = LocalBackend::new(config.clone());
     first.prepare().await.expect("prepare");
@@ -176,6 +180,41 @@ async fn a_new_backend_adopts_running_sandboxes_and_clears_dead_ones() {
 }
 
 #[tokio::test]
+async fn a_backend_adopts_only_its_own_deployments_sandboxes_from_a_shared_work_directory() {
+    let rd = runner_dir("exec sleep 30");
+    let work = tempfile::tempdir().expect("tempdir");
+    let config = |deployment: &str| LocalConfig {
+        runner_dir: rd.path().into(),
+        work_dir: work.path().into(),
+        run_as: None,
+        deployment: deployment.into(),
+    };
+    let theirs = LocalBackend::new(config("a"));
+    theirs.prepare().await.expect("prepare");
+    theirs
+        .create(spec("a-1-1", Duration::from_secs(30)))
+        .await
+        .expect("create");
+    let meta: Meta = serde_json::from_slice(&std::fs::read(work.path().join("a-1-1.json")).expect("meta"))
+        .expect("parses");
+    assert_eq!(meta.deployment.as_deref(), Some("a"));
+
+    // Act: another deployment starts over the same directory.
+    let ours = LocalBackend::new(config("b"));
+    ours.prepare().await.expect("prepare");
+
+    // Assert: it neither lists, stops nor removes the other's sandbox.
+    assert!(ours.list().await.expect("list").is_empty());
+    assert!(work.path().join("a-1-1").exists() && work.path().join("a-1-1.json").exists());
+    assert_eq!(
+        theirs.list().await.expect("list").len(),
+        1,
+        "still running for its own deployment"
+    );
+    theirs.terminate("a-1-1").await.expect("terminate");
+}
+
+#[tokio::test]
 async fn a_runner_directory_without_run_sh_is_a_permanent_error() {
     let empty = tempfile::tempdir().expect("tempdir");
     let work = tempfile::tempdir().expect("tempdir");
@@ -183,6 +222,7 @@ async fn a_runner_directory_without_run_sh_is_a_permanent_error() {
         runner_dir: empty.path().into(),
         work_dir: work.path().into(),
         run_as: None,
+        deployment: "test".into(),
     });
     let err = b.prepare().await.expect_err("no run.sh");
     assert!(!err.is_transient());
@@ -194,6 +234,7 @@ fn config(runner_dir: &Path, work_dir: &Path) -> LocalConfig {
         runner_dir: runner_dir.into(),
         work_dir: work_dir.into(),
         run_as: None,
+        deployment: "test".into(),
     }
 }
 
@@ -338,6 +379,7 @@ async fn prepare_over(pid: u32, ticks: Option<u64>) -> (bool, usize) {
         start_ticks: ticks,
         created_at: 0,
         deadline: i64::MAX,
+        deployment: None,
     };
     std::fs::write(
         work.path().join("r-8-1.json"),

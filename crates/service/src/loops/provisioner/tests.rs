@@ -5,6 +5,7 @@
 use fakes::github::{FakeGitHubConfig, Fault, FaultRule, Route};
 
 use super::*;
+use crate::domain::DeploymentId;
 use crate::fixture::{AUTH_PAUSE, Fixture, assert_state_and_reason};
 use crate::loops::reaper;
 
@@ -156,6 +157,50 @@ async fn a_name_github_already_has_409_is_deleted_and_the_attempt_ends_without_b
         "the 409 made no second registration"
     );
     assert!(f.sandboxes().await.is_empty());
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn a_name_another_deployment_registered_is_left_alone_and_the_attempt_ends_without_backoff() {
+    let f = Fixture::start().await;
+    let name = f.plan(1).await;
+    let other = DeploymentId::parse("other").expect("valid id");
+    f.register_as(&name, &other).await;
+
+    pass(&f.provisioner()).await;
+    let row = f.row(&name).await;
+    assert_state_and_reason(
+        &row,
+        RunnerState::Failed,
+        "another deployment's and was left alone",
+    );
+    assert_eq!(f.backs_off(&name).await, Some(false));
+    assert!(
+        f.registration(&name).is_some(),
+        "the other deployment's registration is not deleted"
+    );
+    assert!(f.fake.calls().iter().all(|c| c.method != "DELETE"));
+    f.finish().await;
+}
+
+#[tokio::test]
+async fn a_registration_carries_the_deployment_label_besides_the_jobs_labels() {
+    let f = Fixture::start().await;
+    let name = f.plan(1).await;
+
+    pass(&f.provisioner()).await;
+    assert_eq!(f.row(&name).await.state, RunnerState::Running);
+    let jit = f
+        .fake
+        .calls()
+        .into_iter()
+        .find(|c| c.path.ends_with("/generate-jitconfig"))
+        .and_then(|c| c.body)
+        .expect("a JIT request");
+    assert_eq!(
+        jit["labels"],
+        serde_json::json!(["self-hosted", "modal", "deployment-test"])
+    );
     f.finish().await;
 }
 
