@@ -14,8 +14,8 @@ use super::github::{self, GitHubSettings};
 use super::security::{self, ConfigWarning};
 use super::{ConfigError, err};
 use crate::domain::{DeploymentId, Gpu, MachinePolicy, NamePrefix, RepoAllowList};
-use crate::github::{Hook, RunnerGroups};
-use crate::loops::planner::Limits;
+use crate::github::{Hook, RunnerGroups, RunnerScope};
+use crate::loops::planner::{Limits, PoolScope};
 use crate::store::Durability;
 
 /// How long a job waits for its run's max-parallel lookup before it is planned as unlimited
@@ -176,6 +176,11 @@ impl Settings {
         security::check_webhook_secret(&secret, args.allow_weak_webhook_secret)?;
         let allow = args.allowed_repos.clone().unwrap_or_default();
         let github = github::settings(&args, &env, &allow)?;
+        let pools = match github.scope {
+            RunnerScope::Repo => PoolScope::Repository,
+            RunnerScope::Org => PoolScope::Owner,
+            RunnerScope::Enterprise(_) => PoolScope::Everything,
+        };
         let runner_groups = github::runner_groups(&args)?;
         let deployment = deployment_id(&args, &allow)?;
         let backend = backend::settings(&args, &env, &deployment)?;
@@ -211,6 +216,7 @@ impl Settings {
                 strategy_grace: STRATEGY_GRACE,
                 machine,
                 max_attempts: args.max_attempts_per_job,
+                pools,
             },
             provisioner: ProvisionerSettings {
                 runner_groups,

@@ -40,6 +40,29 @@ pub struct Limits {
     /// `MAX_ATTEMPTS_PER_JOB`: runners with a sandbox that failed or ended idle before a
     /// job is abandoned.
     pub max_attempts: u32,
+    /// Which jobs a runner can take besides its own: those of its repository, of its
+    /// owner (organisation runners) or of any (enterprise runners) that ask for its labels.
+    pub pools: PoolScope,
+}
+
+/// How far a runner's reach goes (`RUNNER_SCOPE`): runners within one pool are
+/// interchangeable, so the planner counts them together before it makes a replacement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PoolScope {
+    #[default]
+    Repository,
+    Owner,
+    Everything,
+}
+
+impl PoolScope {
+    fn key(self, repo: &RepoName) -> String {
+        match self {
+            PoolScope::Repository => repo.key(),
+            PoolScope::Owner => repo.owner().to_ascii_lowercase(),
+            PoolScope::Everything => String::new(),
+        }
+    }
 }
 
 /// The store as the planner sees it at one instant.
@@ -74,15 +97,16 @@ pub enum Intent {
     },
 }
 
-/// Repository (lower-cased) and label-set key: runners in one pool are interchangeable.
+/// Reach (repository, owner or everything, lower-cased) and label-set key: runners in one
+/// pool are interchangeable.
 type Pool = (String, String);
 
-fn pool_of_job(j: &JobRow) -> Pool {
-    (j.repo.key(), j.labels.key().to_string())
+fn pool_of_job(j: &JobRow, scope: PoolScope) -> Pool {
+    (scope.key(&j.repo), j.labels.key().to_string())
 }
 
-fn pool_of_runner(r: &LiveRunner) -> Pool {
-    (r.row.repo.key(), r.row.labels.key().to_string())
+fn pool_of_runner(r: &LiveRunner, scope: PoolScope) -> Pool {
+    (scope.key(&r.row.repo), r.row.labels.key().to_string())
 }
 
 /// A runner that can still take a job: live, not retiring, and not known to have taken one.
@@ -101,11 +125,14 @@ pub fn plan(s: &Snapshot, limits: &Limits) -> Vec<Intent> {
 
     let mut demand: BTreeMap<Pool, Vec<&JobRow>> = BTreeMap::new();
     for job in &eligible {
-        demand.entry(pool_of_job(job)).or_default().push(job);
+        demand
+            .entry(pool_of_job(job, limits.pools))
+            .or_default()
+            .push(job);
     }
     let mut supply: BTreeMap<Pool, Vec<&LiveRunner>> = BTreeMap::new();
     for r in s.runners.iter().filter(|r| is_available(r)) {
-        supply.entry(pool_of_runner(r)).or_default().push(r);
+        supply.entry(pool_of_runner(r, limits.pools)).or_default().push(r);
     }
 
     let mut creates = Vec::new();

@@ -292,16 +292,17 @@ async fn a_rejected_token_pauses_registrations_says_why_and_provisioning_resumes
 
 #[tokio::test]
 async fn a_409_for_a_name_already_registered_is_recovered_without_a_duplicate() {
-    // A registration under the name the service will choose exists already (left by a try
-    // whose answer was lost): the POST gets 409 Already exists.
-    let env = World::start(Options::default()).await;
+    // A registration under the name the service will choose exists already (left by one of
+    // its own tries whose answer was lost: it carries this deployment's label): the POST
+    // gets 409 Already exists.
+    let env = World::start(Options::default().with("DEPLOYMENT_ID", "e2e")).await;
     let github = github_client(env.github.api_url());
     let next_job = fakes::github::JOB_ID_BASE;
     let taken = format!("modal-{next_job}-1");
     let request = JitRequest {
         name: taken.clone(),
         runner_group_id: 1,
-        labels: vec!["modal".into()],
+        labels: vec!["modal".into(), "deployment-e2e".into()],
         work_folder: "_work".into(),
     };
     github

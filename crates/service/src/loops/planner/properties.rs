@@ -19,6 +19,7 @@ fn limits(max_runners: usize) -> Limits {
         strategy_grace: GRACE,
         machine: MachinePolicy::default(),
         max_attempts: 3,
+        pools: PoolScope::Repository,
     }
 }
 

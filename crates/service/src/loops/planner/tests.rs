@@ -14,6 +14,7 @@ fn limits(max: usize) -> Limits {
             ..MachinePolicy::default()
         },
         max_attempts: 3,
+        pools: PoolScope::Repository,
     }
 }
 
@@ -406,6 +407,37 @@ fn a_job_whose_runners_all_ended_without_running_it_is_abandoned_at_the_limit() 
         ..limits(50)
     };
     assert_eq!(created(&plan(&s, &unlimited)), ["modal-1-3", "modal-2-4"]);
+}
+
+#[test]
+fn organisation_runners_of_sibling_repositories_are_counted_together_before_a_replacement() {
+    // Job 1 (acme/a) and job 2 (acme/b) each got a runner; job 1's runner took job 2.
+    let mut a = job(1, JobStatus::Queued);
+    a.repo = repo("acme/a");
+    let mut b = job(2, JobStatus::InProgress);
+    b.repo = repo("acme/b");
+    let mut runner_a = took(runner(1, 1, RunnerState::Running), 2, JobStatus::InProgress, None);
+    runner_a.row.repo = repo("acme/a");
+    let mut runner_b = runner(2, 1, RunnerState::Running);
+    runner_b.row.repo = repo("acme/b");
+    let mut s = snapshot(vec![a, b], vec![runner_a, runner_b]);
+    s.attempts.insert(
+        JobId(1),
+        AttemptStats {
+            wasted: 0,
+            max_attempt: 1,
+            failures: 0,
+            last_failure_at: None,
+        },
+    );
+    // At the organisation, job 2's idle runner can take job 1: nothing to make.
+    let org = Limits {
+        pools: PoolScope::Owner,
+        ..limits(50)
+    };
+    assert!(plan(&s, &org).is_empty(), "{:?}", plan(&s, &org));
+    // Repository runners cannot cross repositories: job 1 needs a replacement.
+    assert_eq!(created(&plan(&s, &limits(50))), ["modal-1-2"]);
 }
 
 /// A planned runner for job 2, which went away, in another pool than job 1's.
