@@ -70,6 +70,7 @@ impl Application {
                 credentials: settings.github.credentials.clone(),
                 timeout: settings.github.timeout,
                 retry: Backoff::new(5, Duration::from_millis(500), Duration::from_secs(30)),
+                rate_reserve: settings.github.rate_reserve,
             },
             Some(metrics.clone()),
         )

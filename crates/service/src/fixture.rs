@@ -74,6 +74,7 @@ impl Fixture {
                 credentials: Credentials::Token(SecretString::from(config.token)),
                 timeout: Duration::from_secs(5),
                 retry: Backoff::new(2, Duration::from_millis(1), Duration::from_millis(1)),
+                rate_reserve: None,
             },
             None,
         )

@@ -24,6 +24,7 @@ pub struct Metrics {
     runners: Family<OwnedLabels1, Gauge>,
     startup_seconds: Histogram,
     rate_limit_remaining: Gauge,
+    github_requests: Family<Labels1, Counter>,
     upstream_errors: Family<Labels1, Counter>,
 }
 
@@ -46,6 +47,7 @@ impl Metrics {
             runners: Family::default(),
             startup_seconds: Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0]),
             rate_limit_remaining: Gauge::default(),
+            github_requests: Family::default(),
             upstream_errors: Family::default(),
         };
         registry.register("webhooks", "Webhook deliveries by outcome", m.webhooks.clone());
@@ -77,6 +79,13 @@ impl Metrics {
             m.rate_limit_remaining.clone(),
         );
         registry.register(
+            "github_requests",
+            "GitHub calls by outcome: answered (counted against the rate limit), not_modified \
+             (a 304 to a conditional GET, not counted), deferred (a background call not sent \
+             to keep the budget's reserve)",
+            m.github_requests.clone(),
+        );
+        registry.register(
             "upstream_errors",
             "Failed GitHub and backend calls, by kind",
             m.upstream_errors.clone(),
@@ -105,6 +114,10 @@ impl Metrics {
 
     pub fn upstream_error(&self, kind: &'static str) {
         self.upstream_errors.get_or_create(&[("kind", kind)]).inc();
+    }
+
+    pub fn github_request(&self, outcome: &'static str) {
+        self.github_requests.get_or_create(&[("outcome", outcome)]).inc();
     }
 
     pub fn job_started_after(&self, seconds: f64) {

@@ -91,6 +91,7 @@ pub fn github_client(api_url: String) -> GitHub {
             credentials: Credentials::Token(SecretString::from(FakeGitHubConfig::default().token)),
             timeout: Duration::from_secs(5),
             retry: Backoff::new(2, Duration::from_millis(10), Duration::from_millis(50)),
+            rate_reserve: None,
         },
         None,
     )

@@ -19,6 +19,9 @@ pub struct CallRecord {
     pub status: u16,
     /// Which endpoint it hit ([`Route::NotFound`] for unknown paths).
     pub route: Route,
+    /// Whether it counted against the primary (core) budget, as GitHub counts: not a
+    /// `304 Not Modified`, not a refused or unauthenticated request, not `/rate_limit`.
+    pub counted: bool,
     /// When the request arrived.
     pub at: SystemTime,
     /// Time spent answering (including injected latency).

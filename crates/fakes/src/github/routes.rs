@@ -11,10 +11,11 @@ use std::time::{Instant, SystemTime};
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{CONTENT_TYPE, IF_NONE_MATCH};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::Response;
 use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
 
 use super::faults::{Fault, RateSnapshot, Refusal, Route, epoch_secs, take_fault};
 use super::records::CallRecord;
@@ -310,10 +311,13 @@ pub(super) async fn handle(
     let started = Instant::now();
     let endpoint = Endpoint::parse(&method, path);
     let route = endpoint.as_ref().map_or(Route::NotFound, Endpoint::route);
-    let reply = match &endpoint {
-        None => Reply::not_found(),
+    let (reply, charged) = match &endpoint {
+        None => (Reply::not_found(), false),
         Some(endpoint) => process(&shared, &method, &headers, endpoint, uri.query(), &body).await,
     };
+    let reply = conditional(&method, &headers, reply);
+    // A 304 does not count against the primary budget, as on GitHub (docs/github.md §2.6).
+    let refund = charged && reply.status == 304;
     let record = CallRecord {
         method: method.to_string(),
         path: path.to_owned(),
@@ -321,17 +325,59 @@ pub(super) async fn handle(
         body: serde_json::from_slice(&body).ok(),
         status: reply.status,
         route,
+        counted: charged && !refund,
         at,
         duration: started.elapsed(),
     };
     let rate = {
         let mut state = shared.lock();
+        if refund {
+            state.rates.refund_core();
+        }
         state.calls.push(record);
         state.rates.snapshot()
     };
     reply.into_response(rate)
 }
 
+/// Gives a GET's 200 answer its `ETag` (a digest of the body and the `Link` header), and
+/// answers `304 Not Modified` without a body when the request's `If-None-Match` names it.
+fn conditional(method: &Method, headers: &HeaderMap, reply: Reply) -> Reply {
+    if method != Method::GET || reply.status != 200 {
+        return reply;
+    }
+    let mut digest = Sha256::new();
+    if let Some(body) = &reply.body {
+        digest.update(serde_json::to_vec(body).unwrap_or_default());
+    }
+    for (name, value) in &reply.headers {
+        if name.eq_ignore_ascii_case("link") {
+            digest.update(value.as_bytes());
+        }
+    }
+    let etag = format!("W/\"{}\"", hex::encode(&digest.finalize()[..16]));
+    let matches = headers
+        .get_all(IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        // Weak comparison, as for every GET: `W/"x"` and `"x"` match.
+        .any(|tag| {
+            let tag = tag.trim();
+            tag == "*" || tag.trim_start_matches("W/") == etag.trim_start_matches("W/")
+        });
+    if matches {
+        return Reply {
+            status: 304,
+            body: None,
+            headers: vec![("etag".to_owned(), etag)],
+        };
+    }
+    reply.with_header("etag", etag)
+}
+
+/// Runs one recognised request through auth, limits, faults and latency; says whether it
+/// was charged to the primary budget.
 async fn process(
     shared: &Arc<Shared>,
     method: &Method,
@@ -339,7 +385,29 @@ async fn process(
     endpoint: &Endpoint,
     query: Option<&str>,
     body: &[u8],
-) -> Reply {
+) -> (Reply, bool) {
+    let charged = endpoint.route() != Route::RateLimit;
+    let reply = process_admitted(shared, method, headers, endpoint, query, body).await;
+    match reply {
+        Admitted::Yes(reply) => (reply, charged),
+        Admitted::No(reply) => (reply, false),
+    }
+}
+
+/// An answer, and whether the request got past auth and the limits.
+enum Admitted {
+    Yes(Reply),
+    No(Reply),
+}
+
+async fn process_admitted(
+    shared: &Arc<Shared>,
+    method: &Method,
+    headers: &HeaderMap,
+    endpoint: &Endpoint,
+    query: Option<&str>,
+    body: &[u8],
+) -> Admitted {
     let app_endpoint = matches!(
         endpoint,
         Endpoint::CreateInstallationToken { .. } | Endpoint::RepoInstallation { .. }
@@ -350,7 +418,7 @@ async fn process(
         authorized(shared, headers)
     };
     if !allowed {
-        return Reply::error(401, "Bad credentials");
+        return Admitted::No(Reply::error(401, "Bad credentials"));
     }
     let in_flight = InFlight::enter(&shared.in_flight);
     let route = endpoint.route();
@@ -358,7 +426,7 @@ async fn process(
         let mut state = shared.lock();
         if let Err(refusal) = state.rates.admit(route, method, in_flight.count) {
             state.rates.count_error();
-            return refusal_reply(refusal);
+            return Admitted::No(refusal_reply(refusal));
         }
         (
             take_fault(&mut state.faults, route, method),
@@ -369,7 +437,7 @@ async fn process(
         shared.sleep(latency).await;
     }
     let run = || shared.with_state(|state| endpoints::dispatch(state, endpoint, query, body));
-    match fault {
+    Admitted::Yes(match fault {
         None => run(),
         Some(Fault::Hang(duration)) => {
             shared.sleep(duration).await;
@@ -386,7 +454,7 @@ async fn process(
             }
         }
         Some(other) => immediate_fault_reply(shared, &other).unwrap_or_else(run),
-    }
+    })
 }
 
 /// The answer of a fault that replaces the real one (`None` for the others).

@@ -22,6 +22,9 @@ pub struct GitHubSettings {
     pub credentials: Credentials,
     /// `GITHUB_TIMEOUT_SECS`: per-request timeout.
     pub timeout: Duration,
+    /// `GITHUB_RATE_RESERVE`: calls of each budget kept for registrations and deletions;
+    /// `None` = a tenth of the limit, at least 100.
+    pub rate_reserve: Option<u32>,
 }
 
 pub(super) fn settings(
@@ -36,6 +39,7 @@ pub(super) fn settings(
             args.github_enterprise_domain.as_deref(),
         )?,
         timeout: args.github_timeout_secs,
+        rate_reserve: args.github_rate_reserve,
     })
 }
 

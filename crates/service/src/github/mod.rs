@@ -9,11 +9,14 @@
 //!
 //! - `endpoints`: one method per REST call the service makes;
 //! - `transport`: authenticated exchanges, retries of idempotent calls, decoding;
+//! - `conditional`: the ETags of polled URLs, so an unchanged answer costs no budget;
 //! - `auth`: tokens and GitHub App installation tokens;
-//! - `rate_limit`: the rate-limit headers seen, and waiting out a limit;
+//! - `rate_limit`: one budget per credential: the rate-limit headers seen, blocks, and
+//!   background calls giving way to registrations as the budget drains;
 //! - `error`: what a failed call means for the caller.
 
 mod auth;
+mod conditional;
 mod endpoints;
 mod error;
 mod rate_limit;
@@ -27,14 +30,15 @@ use reqwest::Url;
 
 pub use auth::{AppCredentials, Credentials};
 pub use error::GitHubError;
-pub use rate_limit::RateSnapshot;
+pub use rate_limit::{BudgetKey, Priority, RateSnapshot};
 pub use types::{
     DeleteOutcome, Hook, HookDelivery, JitConfig, JitRequest, RemoteJob, RemoteRun, RunnerDownload,
     RunnerInfo,
 };
 
 use self::auth::Auth;
-use self::rate_limit::RateState;
+use self::conditional::EtagCache;
+use self::rate_limit::Budgets;
 use crate::metrics::Metrics;
 use crate::retry::Backoff;
 
@@ -48,6 +52,9 @@ pub struct GitHubConfig {
     pub timeout: Duration,
     /// Retries of idempotent calls.
     pub retry: Backoff,
+    /// `GITHUB_RATE_RESERVE`: calls of each budget kept for registrations and deletions;
+    /// `None` = a tenth of the limit, at least 100.
+    pub rate_reserve: Option<u32>,
 }
 
 /// A GitHub REST client; cheap to clone.
@@ -61,7 +68,8 @@ struct Inner {
     base: Url,
     auth: Auth,
     retry: Backoff,
-    rate: Mutex<RateState>,
+    budgets: Mutex<Budgets>,
+    etags: Mutex<EtagCache>,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -82,9 +90,13 @@ impl GitHub {
                 base,
                 auth: Auth::new(config.credentials)?,
                 retry: config.retry,
-                rate: Mutex::new(RateState::default()),
+                budgets: Mutex::new(Budgets::with_reserve(config.rate_reserve)),
+                etags: Mutex::new(EtagCache::default()),
                 metrics,
             }),
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

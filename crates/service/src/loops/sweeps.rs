@@ -45,6 +45,8 @@ pub async fn stop_orphan_sandboxes(
 
 /// Deletes offline registrations named with `prefix` that no live runner owns, in every
 /// allowed repository (or, without an allowlist, every repository the store has seen).
+/// The listings are conditional, so an idle repository's costs no API budget; when the
+/// budget is down to its reserve the sweep stops until the next round.
 pub async fn delete_offline_registrations(
     store: &Store,
     github: &GitHub,
@@ -58,6 +60,10 @@ pub async fn delete_offline_registrations(
     for repo in repos {
         let registered = match github.list_runners(&repo).await {
             Ok(r) => r,
+            Err(e) if e.is_deferred() => {
+                tracing::debug!(error = %e, "runner-list sweep deferred to keep the API budget");
+                return Ok(());
+            }
             Err(e) => {
                 tracing::warn!(repo = %repo, error = %e, "could not list registered runners");
                 continue;
