@@ -140,7 +140,16 @@ pub(super) struct Budget {
 
 impl Budget {
     /// Decides a call of `priority` at `now` (`epoch` = the same instant in Unix seconds).
-    pub fn admit(&mut self, priority: Priority, now: Instant, epoch: i64, reserve: Option<u32>) -> Admission {
+    /// `slot_held`: a background call that already waited for its slot is not paced again,
+    /// only checked against the reserve and blocks, which may have come meanwhile.
+    pub fn admit(
+        &mut self,
+        priority: Priority,
+        now: Instant,
+        epoch: i64,
+        reserve: Option<u32>,
+        slot_held: bool,
+    ) -> Admission {
         let (limit, remaining, reset) = match self.seen {
             RateSnapshot {
                 limit: Some(l),
@@ -167,7 +176,7 @@ impl Budget {
         if remaining <= reserve {
             return Admission::Defer { remaining };
         }
-        if remaining as f64 >= limit as f64 * PACE_BELOW {
+        if slot_held || remaining as f64 >= limit as f64 * PACE_BELOW {
             return Admission::Go;
         }
         let left = Duration::from_secs((reset - epoch) as u64);
@@ -205,12 +214,19 @@ impl Budgets {
         }
     }
 
-    pub fn admit(&mut self, key: &BudgetKey, priority: Priority, now: Instant, epoch: i64) -> Admission {
+    pub fn admit(
+        &mut self,
+        key: &BudgetKey,
+        priority: Priority,
+        now: Instant,
+        epoch: i64,
+        slot_held: bool,
+    ) -> Admission {
         let reserve = self.reserve;
         self.by_key
             .entry(key.clone())
             .or_default()
-            .admit(priority, now, epoch, reserve)
+            .admit(priority, now, epoch, reserve, slot_held)
     }
 
     pub fn note(&mut self, key: &BudgetKey, seen: RateSnapshot) {
@@ -249,13 +265,14 @@ impl GitHub {
     /// Waits until the call may go, or says it must not (a background call at the reserve
     /// or during a block).
     pub(super) async fn admit(&self, key: &BudgetKey, priority: Priority) -> Result<(), i64> {
+        let mut slot_held = false;
         loop {
             let epoch = crate::domain::now_millis() / 1000;
-            match self.budgets(|b| b.admit(key, priority, Instant::now(), epoch)) {
+            match self.budgets(|b| b.admit(key, priority, Instant::now(), epoch, slot_held)) {
                 Admission::Go => return Ok(()),
                 Admission::GoAt(at) => {
                     tokio::time::sleep_until(at.into()).await;
-                    return Ok(());
+                    slot_held = true;
                 }
                 Admission::WaitUntil(at) => tokio::time::sleep_until(at.into()).await,
                 Admission::Defer { remaining } => return Err(remaining),
@@ -316,23 +333,29 @@ mod tests {
     fn background_calls_go_freely_above_half_the_budget_and_stop_at_the_reserve() {
         let now = Instant::now();
         let mut b = budget(5000, 2600, 1800);
-        assert_eq!(b.admit(Priority::Background, now, EPOCH, None), Admission::Go);
+        assert_eq!(
+            b.admit(Priority::Background, now, EPOCH, None, false),
+            Admission::Go
+        );
         let mut b = budget(5000, 500, 1800);
         assert_eq!(
-            b.admit(Priority::Background, now, EPOCH, None),
+            b.admit(Priority::Background, now, EPOCH, None, false),
             Admission::Defer { remaining: 500 },
             "the default reserve is a tenth of the limit"
         );
-        assert_eq!(b.admit(Priority::Essential, now, EPOCH, None), Admission::Go);
+        assert_eq!(
+            b.admit(Priority::Essential, now, EPOCH, None, false),
+            Admission::Go
+        );
         let mut b = budget(1000, 100, 1800);
         assert_eq!(
-            b.admit(Priority::Background, now, EPOCH, None),
+            b.admit(Priority::Background, now, EPOCH, None, false),
             Admission::Defer { remaining: 100 },
             "at least a hundred calls are kept"
         );
         let mut b = budget(5000, 500, 1800);
         assert_eq!(
-            b.admit(Priority::Background, now, EPOCH, Some(50)),
+            b.admit(Priority::Background, now, EPOCH, Some(50), false),
             Admission::Go,
             "a configured reserve replaces the default"
         );
@@ -343,25 +366,39 @@ mod tests {
         let now = Instant::now();
         // 1,500 above a reserve of 500, 1,500 s to the reset: one call a second.
         let mut b = budget(5000, 2000, 1500);
-        assert_eq!(b.admit(Priority::Background, now, EPOCH, None), Admission::Go);
         assert_eq!(
-            b.admit(Priority::Background, now, EPOCH, None),
+            b.admit(Priority::Background, now, EPOCH, None, false),
+            Admission::Go
+        );
+        assert_eq!(
+            b.admit(Priority::Background, now, EPOCH, None, false),
             Admission::GoAt(now + Duration::from_secs(1))
         );
         assert_eq!(
-            b.admit(Priority::Background, now, EPOCH, None),
+            b.admit(Priority::Background, now, EPOCH, None, false),
             Admission::GoAt(now + Duration::from_secs(2))
         );
         assert_eq!(
-            b.admit(Priority::Essential, now, EPOCH, None),
+            b.admit(Priority::Essential, now, EPOCH, None, false),
             Admission::Go,
             "essential calls are never paced"
         );
+        // A call that waited for its slot is not paced again, but still stops at the reserve
+        // if the budget drained meanwhile.
+        assert_eq!(
+            b.admit(Priority::Background, now, EPOCH, None, true),
+            Admission::Go
+        );
+        b.seen.remaining = Some(400);
+        assert_eq!(
+            b.admit(Priority::Background, now, EPOCH, None, true),
+            Admission::Defer { remaining: 400 }
+        );
         // Nearly at the reserve the gap is capped, so a pass still moves.
         let mut b = budget(5000, 501, 3000);
-        b.admit(Priority::Background, now, EPOCH, None);
+        b.admit(Priority::Background, now, EPOCH, None, false);
         assert_eq!(
-            b.admit(Priority::Background, now, EPOCH, None),
+            b.admit(Priority::Background, now, EPOCH, None, false),
             Admission::GoAt(now + MAX_SPACING)
         );
     }
@@ -370,7 +407,10 @@ mod tests {
     fn a_window_that_has_reset_counts_as_a_whole_budget() {
         let now = Instant::now();
         let mut b = budget(5000, 3, -1);
-        assert_eq!(b.admit(Priority::Background, now, EPOCH, None), Admission::Go);
+        assert_eq!(
+            b.admit(Priority::Background, now, EPOCH, None, false),
+            Admission::Go
+        );
     }
 
     #[test]
@@ -378,25 +418,31 @@ mod tests {
         let now = Instant::now();
         let mut b = budget(5000, 0, 60);
         assert_eq!(
-            b.admit(Priority::Essential, now, EPOCH, None),
+            b.admit(Priority::Essential, now, EPOCH, None, false),
             Admission::WaitUntil(now + Duration::from_secs(60))
         );
         assert_eq!(
-            b.admit(Priority::Background, now, EPOCH, None),
+            b.admit(Priority::Background, now, EPOCH, None, false),
             Admission::Defer { remaining: 0 }
         );
         let mut b = Budget::default();
         b.block_until(now + Duration::from_secs(7));
         assert_eq!(
-            b.admit(Priority::Essential, now, EPOCH, None),
+            b.admit(Priority::Essential, now, EPOCH, None, false),
             Admission::WaitUntil(now + Duration::from_secs(7))
         );
         assert!(matches!(
-            b.admit(Priority::Background, now, EPOCH, None),
+            b.admit(Priority::Background, now, EPOCH, None, false),
             Admission::Defer { .. }
         ));
         assert_eq!(
-            b.admit(Priority::Essential, now + Duration::from_secs(8), EPOCH, None),
+            b.admit(
+                Priority::Essential,
+                now + Duration::from_secs(8),
+                EPOCH,
+                None,
+                false
+            ),
             Admission::Go,
             "the block ends"
         );
@@ -420,10 +466,16 @@ mod tests {
             },
         );
         assert!(matches!(
-            budgets.admit(&a, Priority::Essential, now, EPOCH),
+            budgets.admit(&a, Priority::Essential, now, EPOCH, false),
             Admission::WaitUntil(_)
         ));
-        assert_eq!(budgets.admit(&b, Priority::Essential, now, EPOCH), Admission::Go);
-        assert_eq!(budgets.admit(&b, Priority::Background, now, EPOCH), Admission::Go);
+        assert_eq!(
+            budgets.admit(&b, Priority::Essential, now, EPOCH, false),
+            Admission::Go
+        );
+        assert_eq!(
+            budgets.admit(&b, Priority::Background, now, EPOCH, false),
+            Admission::Go
+        );
     }
 }

@@ -45,8 +45,13 @@ pub async fn stop_orphan_sandboxes(
 
 /// Deletes offline registrations named with `prefix` that no live runner owns, in every
 /// allowed repository (or, without an allowlist, every repository the store has seen).
-/// The listings are conditional, so an idle repository's costs no API budget; when the
-/// budget is down to its reserve the sweep stops until the next round.
+///
+/// What it costs: the listings are conditional, so an idle repository's costs no API
+/// budget; a repository with live runners is left for a later round, because its listing
+/// changes with every runner of ours (each change a counted call) while what the sweep looks
+/// for there can wait until it has none (an unused JIT registration does no harm, and
+/// GitHub removes it after a day: docs/github.md §2.2). When the budget is down to its
+/// reserve the sweep stops until the next round.
 pub async fn delete_offline_registrations(
     store: &Store,
     github: &GitHub,
@@ -57,7 +62,13 @@ pub async fn delete_offline_registrations(
         Some(listed) => listed.to_vec(),
         None => store.known_repos().await?,
     };
-    for repo in repos {
+    let busy: HashSet<String> = store
+        .live_runners()
+        .await?
+        .into_iter()
+        .map(|r| r.row.repo.key())
+        .collect();
+    for repo in repos.into_iter().filter(|r| !busy.contains(&r.key())) {
         let registered = match github.list_runners(&repo).await {
             Ok(r) => r,
             Err(e) if e.is_deferred() => {
