@@ -58,17 +58,16 @@ async fn an_idle_service_with_a_hundred_repositories_makes_almost_no_counted_cal
         requests >= 2.0,
         "polling went on: {requests:.2} requests per repository per pass"
     );
-    assert!(calls.iter().any(|c| c.status == 304));
     assert!(
         counted <= 0.2,
         "{counted:.3} counted calls per repository per pass"
     );
+    assert!(calls.iter().any(|c| c.status == 304));
 }
 
-#[tokio::test]
-async fn a_draining_budget_keeps_registrations_flowing_while_polling_backs_off() {
-    // Arrange: three repositories polled every second against a budget of 1,000 an hour
-    // (the reserve is then 100 calls; pacing starts below 500).
+/// Three repositories polled every second against a budget of 1,000 calls an hour (the
+/// reserve is then 100 calls; pacing starts below 500), polling under way.
+async fn polled_world_on_a_small_budget() -> (World, Vec<String>) {
     let repos: Vec<String> = ["octo/a", "octo/b", "octo/c"].map(String::from).to_vec();
     let options = Options {
         github_limits: Some(Limits {
@@ -87,15 +86,24 @@ async fn a_draining_budget_keeps_registrations_flowing_while_polling_backs_off()
         .filter(|c| is_background(c))
         .count();
     assert!(before >= 9, "polling runs: {before} background calls in 3 s");
+    (env, repos)
+}
 
-    // Act 1: other clients leave 300 calls: between half the budget and the reserve.
+#[tokio::test]
+async fn a_draining_budget_spaces_polling_out() {
+    // Arrange
+    let (env, _) = polled_world_on_a_small_budget().await;
+
+    // Act: other clients of the token leave 300 calls, between half the budget and the
+    // reserve.
     env.github
         .spend_budget(env.github.budget_remaining().saturating_sub(300));
     tokio::time::sleep(Duration::from_secs(2)).await;
     let from = SystemTime::now();
     tokio::time::sleep(Duration::from_secs(8)).await;
 
-    // Assert 1: polling slowed from about nine calls a second to a few in 8 s.
+    // Assert: from about nine calls a second to a few in 8 s (200 calls above the reserve
+    // for the rest of the hour: one call every 18 s).
     let paced = calls_since(&env.github, from)
         .iter()
         .filter(|c| is_background(c))
@@ -104,8 +112,14 @@ async fn a_draining_budget_keeps_registrations_flowing_while_polling_backs_off()
         paced <= 3,
         "{paced} background calls in 8 s while the budget drains"
     );
+}
 
-    // Act 2: 60 calls left, under the reserve; three jobs arrive.
+#[tokio::test]
+async fn at_the_reserve_registrations_keep_flowing_while_polling_stops() {
+    // Arrange
+    let (env, repos) = polled_world_on_a_small_budget().await;
+
+    // Act: 60 calls left, under the reserve; three jobs arrive.
     env.github
         .spend_budget(env.github.budget_remaining().saturating_sub(60));
     let jobs = (0..3)
@@ -115,7 +129,8 @@ async fn a_draining_budget_keeps_registrations_flowing_while_polling_backs_off()
         .collect();
     env.github.queue_run(RunSpec::new(&repos[0], jobs));
 
-    // Assert 2: every job got its registration and ran, while polling stopped.
+    // Assert: every job got its registration and ran (its max-parallel lookup, a
+    // background call, waited; the planner went on without it), while polling stopped.
     let registered = env
         .github
         .wait_until(Duration::from_secs(60), |gh| {
@@ -132,6 +147,8 @@ async fn a_draining_budget_keeps_registrations_flowing_while_polling_backs_off()
         env.tail_logs(30)
     );
     env.wait_all_completed(Duration::from_secs(60)).await;
+    // Four more passes' worth of time to watch polling in.
+    tokio::time::sleep(Duration::from_secs(4)).await;
     let first_registration = env
         .github
         .calls()
