@@ -245,7 +245,7 @@ fn breakdown(counted: &[&CallRecord], jobs: usize) -> String {
         *by_kind.entry(kind(c.route)).or_default() += 1;
     }
     let mut kinds: Vec<(&str, usize)> = by_kind.into_iter().collect();
-    kinds.sort_by(|a, b| b.1.cmp(&a.1));
+    kinds.sort_by_key(|k| std::cmp::Reverse(k.1));
     kinds
         .iter()
         .map(|(k, n)| format!("{k} {:.2}", *n as f64 / jobs as f64))

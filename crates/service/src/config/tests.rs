@@ -386,11 +386,18 @@ fn blank_optional_values_are_unset() {
 #[test]
 fn the_rate_reserve_defaults_to_a_share_of_the_limit_and_takes_a_count_of_calls() {
     let s = parse(&[], SECRETS).expect("valid");
-    assert_eq!(s.github.rate_reserve, None, "unset: a tenth of the limit, at least 100");
+    assert_eq!(
+        s.github.rate_reserve, None,
+        "unset: a tenth of the limit, at least 100"
+    );
     let s = parse(&["--github-rate-reserve", "250"], SECRETS).expect("valid");
     assert_eq!(s.github.rate_reserve, Some(250));
     let s = parse(&["--github-rate-reserve", "0"], SECRETS).expect("valid");
-    assert_eq!(s.github.rate_reserve, Some(0), "no reserve: polling runs until the budget is spent");
+    assert_eq!(
+        s.github.rate_reserve,
+        Some(0),
+        "no reserve: polling runs until the budget is spent"
+    );
     for bad in ["-1", "10%", "lots"] {
         let flag = format!("--github-rate-reserve={bad}");
         let e = parse(&[flag.as_str()], SECRETS).expect_err("invalid");
