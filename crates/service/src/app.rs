@@ -73,6 +73,7 @@ impl Application {
                 timeout: settings.github.timeout,
                 retry: Backoff::new(5, Duration::from_millis(500), Duration::from_secs(30)),
                 scope: settings.github.scope.clone(),
+                rate_reserve: settings.github.rate_reserve,
             },
             Some(metrics.clone()),
         )
@@ -156,26 +157,35 @@ impl Application {
             BackendSettings::Local(_) => None,
         };
         let since = self.clock.now_millis();
+        // One budget for a token; one per owner's installation for an App.
+        let budgets: Vec<String> = match &self.settings.github.credentials {
+            crate::github::Credentials::Token(_) => vec!["token".into()],
+            crate::github::Credentials::App(_) => self.settings.webhook.allow.owners().to_vec(),
+        };
         StatusPage {
             store: self.store.clone(),
             token: self.settings.server.status_token.clone().map(Arc::new),
-            live: Arc::new(move || {
-                let rate = github.rate();
-                Live {
-                    leader: Some(Leader {
-                        replica: "this replica (one replica per store)".into(),
-                        since,
-                    }),
-                    github: Some(GitHubHeadroom {
-                        remaining: rate.remaining,
-                        limit: rate.limit,
-                        reset: rate.reset,
-                    }),
-                    modal: Some(ModalPacing {
-                        create_rate_per_sec: create_rate,
-                        created_since_start: metrics.runners_created(),
-                    }),
-                }
+            live: Arc::new(move || Live {
+                leader: Some(Leader {
+                    replica: "this replica (one replica per store)".into(),
+                    since,
+                }),
+                github: budgets
+                    .iter()
+                    .map(|budget| {
+                        let rate = github.rate(budget);
+                        GitHubHeadroom {
+                            budget: budget.clone(),
+                            remaining: rate.remaining,
+                            limit: rate.limit,
+                            reset: rate.reset,
+                        }
+                    })
+                    .collect(),
+                modal: Some(ModalPacing {
+                    create_rate_per_sec: create_rate,
+                    created_since_start: metrics.runners_created(),
+                }),
             }),
         }
     }

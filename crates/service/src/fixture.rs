@@ -83,6 +83,7 @@ impl Fixture {
                 timeout: Duration::from_secs(5),
                 retry: Backoff::new(2, Duration::from_millis(1), Duration::from_millis(1)),
                 scope: RunnerScope::Repo,
+                rate_reserve: None,
             },
             None,
         )

@@ -24,6 +24,7 @@ pub struct Metrics {
     runners: Family<OwnedLabels1, Gauge>,
     startup_seconds: Histogram,
     rate_limit_remaining: Gauge,
+    github_requests: Family<Labels1, Counter>,
     upstream_errors: Family<Labels1, Counter>,
     jobs_abandoned: Family<Labels1, Counter>,
     connections_open: Gauge,
@@ -50,6 +51,7 @@ impl Metrics {
             runners: Family::default(),
             startup_seconds: Histogram::new([1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0]),
             rate_limit_remaining: Gauge::default(),
+            github_requests: Family::default(),
             upstream_errors: Family::default(),
             jobs_abandoned: Family::default(),
             connections_open: Gauge::default(),
@@ -83,6 +85,13 @@ impl Metrics {
             "github_rate_limit_remaining",
             "x-ratelimit-remaining of the last GitHub answer",
             m.rate_limit_remaining.clone(),
+        );
+        registry.register(
+            "github_requests",
+            "GitHub calls by outcome: answered (counted against the rate limit), not_modified \
+             (a 304 to a conditional GET, not counted), deferred (a background call not sent \
+             to keep the budget's reserve)",
+            m.github_requests.clone(),
         );
         registry.register(
             "upstream_errors",
@@ -158,6 +167,10 @@ impl Metrics {
 
     pub fn connection_error(&self, kind: &'static str) {
         self.connection_errors.get_or_create(&[("kind", kind)]).inc();
+    }
+
+    pub fn github_request(&self, outcome: &'static str) {
+        self.github_requests.get_or_create(&[("outcome", outcome)]).inc();
     }
 
     pub fn job_started_after(&self, seconds: f64) {

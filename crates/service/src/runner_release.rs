@@ -195,6 +195,7 @@ mod tests {
                 timeout: Duration::from_secs(5),
                 retry: Backoff::new(1, Duration::from_millis(1), Duration::from_millis(1)),
                 scope: RunnerScope::Org,
+                rate_reserve: None,
             },
             None,
         )

@@ -1,4 +1,4 @@
-//! `sim bench`: four scenarios, one table each (BENCHMARKS.md explains the
+//! `sim bench`: five scenarios, one table each (BENCHMARKS.md explains the
 //! method and keeps the latest figures).
 //!
 //! 1. ingress: signed ~8 KB `workflow_job` deliveries, closed-loop at concurrency 64 and
@@ -7,7 +7,9 @@
 //!    the bound for 32 provisioning slots (ceil(500 / 32) rounds of registration + create);
 //! 3. burst, limit-bound: the same against GitHub's and Modal's limits; achieved rate over
 //!    the binding limit, and rate-limit errors;
-//! 4. footprint: the idle service with 10,000 completed jobs stored; start-to-ready time.
+//! 4. footprint: the idle service with 10,000 completed jobs stored; start-to-ready time;
+//! 5. API budget: counted GitHub calls of 100 idle repositories per pass, per job end to
+//!    end, and an organisation's share of a token's hourly budget (`budget`).
 //!
 //! Every figure with a target is printed with it and PASS or FAIL; the command fails when
 //! a target is missed.
@@ -32,6 +34,7 @@ pub enum Scenario {
     BurstLatency,
     BurstLimits,
     Footprint,
+    ApiBudget,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -64,6 +67,9 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     }
     if all || args.scenario == Scenario::Footprint {
         misses.extend(footprint(args.quick).await?.print());
+    }
+    if all || args.scenario == Scenario::ApiBudget {
+        misses.extend(crate::budget::run(args.quick).await?.print());
     }
     if misses.is_empty() {
         println!("every target met");

@@ -8,6 +8,7 @@
 //! `modal-github-runner` and `fake-runner` binaries.
 
 mod bench;
+mod budget;
 mod report;
 mod simulate;
 mod world;

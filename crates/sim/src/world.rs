@@ -44,6 +44,14 @@ impl Default for WorldConfig {
 
 /// Starts the fakes and the service (`sim serve`) between them.
 pub async fn start(config: WorldConfig) -> Result<World, String> {
+    let mut world = prepare(config).await?;
+    world.start_service().await;
+    Ok(world)
+}
+
+/// The fakes, without the service yet (`World::start_service` starts it): for a world the
+/// benchmark sets up first.
+pub async fn prepare(config: WorldConfig) -> Result<World, String> {
     let exe = std::env::current_exe()
         .map_err(|e| format!("cannot find this binary: {e}"))?
         .to_string_lossy()
@@ -89,5 +97,5 @@ pub async fn start(config: WorldConfig) -> Result<World, String> {
         options = options.with(k, v);
     }
     options.env.extend(config.service_env);
-    Ok(World::start(options).await)
+    Ok(World::prepare(options).await)
 }

@@ -92,6 +92,7 @@ pub fn github_client(api_url: String) -> GitHub {
             timeout: Duration::from_secs(5),
             retry: Backoff::new(2, Duration::from_millis(10), Duration::from_millis(50)),
             scope: RunnerScope::Repo,
+            rate_reserve: None,
         },
         None,
     )

@@ -282,6 +282,17 @@ impl RateBook {
         }
     }
 
+    /// Gives back the core call charged to a request answered `304 Not Modified`.
+    pub fn refund_core(&mut self) {
+        self.core_used = self.core_used.saturating_sub(1);
+    }
+
+    /// Spends `n` core calls, as other clients of the same token would.
+    pub fn spend_core(&mut self, n: u32) {
+        self.roll_core_window();
+        self.core_used = self.core_used.saturating_add(n).min(self.limits.core_per_hour);
+    }
+
     pub fn snapshot(&mut self) -> RateSnapshot {
         self.roll_core_window();
         RateSnapshot {

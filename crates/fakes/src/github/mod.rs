@@ -410,6 +410,23 @@ impl FakeGitHub {
         self.with_state(|s| s.tokens_by_installation.get(&id).copied().unwrap_or(0))
     }
 
+    /// The REST calls that counted against the primary budget: not the 304s answered to
+    /// conditional requests, as on GitHub.
+    pub fn counted_calls(&self) -> Vec<CallRecord> {
+        self.with_state(|s| s.calls.iter().filter(|c| c.counted).cloned().collect())
+    }
+
+    /// Spends `n` calls of the primary budget, as other clients of the same token would
+    /// (a test of a draining budget).
+    pub fn spend_budget(&self, n: u32) {
+        self.with_state(|s| s.rates.spend_core(n));
+    }
+
+    /// Calls left in the primary budget's current window.
+    pub fn budget_remaining(&self) -> u32 {
+        self.with_state(|s| s.rates.snapshot().remaining)
+    }
+
     /// How many rate-limit answers (403/429) the fake gave.
     pub fn rate_limit_errors(&self) -> u64 {
         self.with_state(|s| s.rates.errors())

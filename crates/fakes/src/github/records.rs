@@ -26,6 +26,9 @@ pub struct CallRecord {
     /// The installation whose token made the call (`None` for the personal token and
     /// the App's JWT).
     pub installation: Option<u64>,
+    /// Whether it counted against the primary (core) budget, as GitHub counts: not a
+    /// `304 Not Modified`, not a refused or unauthenticated request, not `/rate_limit`.
+    pub counted: bool,
     /// When the request arrived.
     pub at: SystemTime,
     /// Time spent answering (including injected latency).

@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime};
 
 use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{CONTENT_TYPE, IF_NONE_MATCH};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::Response;
 use serde_json::{Value, json};
@@ -21,6 +21,7 @@ use super::paths::Endpoint;
 use super::records::CallRecord;
 use super::views::Scope;
 use super::{ACTIONS_PATH, DOCS_URL, Shared, actions, app, endpoints};
+use sha2::{Digest, Sha256};
 
 /// An answer before GitHub's common headers are added.
 #[derive(Debug, Clone, PartialEq)]
@@ -163,13 +164,16 @@ pub(super) async fn handle(
         .and_then(|rest| Endpoint::parse(&method, rest));
     let route = endpoint.as_ref().map_or(Route::NotFound, Endpoint::route);
     let caller = endpoint.as_ref().and_then(|e| identify(&shared, &headers, e));
-    let reply = match (&endpoint, &caller) {
-        (None, _) => Reply::not_found(),
-        (Some(_), None) => Reply::error(401, "Bad credentials"),
+    let (reply, charged) = match (&endpoint, &caller) {
+        (None, _) => (Reply::not_found(), false),
+        (Some(_), None) => (Reply::error(401, "Bad credentials"), false),
         (Some(endpoint), Some(caller)) => {
             process(&shared, &method, caller, endpoint, uri.query(), &body).await
         }
     };
+    let reply = conditional(&method, &headers, reply);
+    // A 304 does not count against the primary budget, as on GitHub (docs/github.md §2.6).
+    let refund = charged && reply.status == 304;
     let record = CallRecord {
         method: method.to_string(),
         path: path.to_owned(),
@@ -182,11 +186,15 @@ pub(super) async fn handle(
             Some(Caller::Installation(id)) => Some(id),
             _ => None,
         },
+        counted: charged && !refund,
         at,
         duration: started.elapsed(),
     };
     let rate = {
         let mut state = shared.lock();
+        if refund {
+            state.rates.refund_core();
+        }
         state.calls.push(record);
         state.rates.snapshot()
     };
@@ -204,6 +212,44 @@ enum Caller {
     App,
 }
 
+/// Gives a GET's 200 answer its `ETag` (a digest of the body and the `Link` header), and
+/// answers `304 Not Modified` without a body when the request's `If-None-Match` names it.
+fn conditional(method: &Method, headers: &HeaderMap, reply: Reply) -> Reply {
+    if method != Method::GET || reply.status != 200 {
+        return reply;
+    }
+    let mut digest = Sha256::new();
+    if let Some(body) = &reply.body {
+        digest.update(serde_json::to_vec(body).unwrap_or_default());
+    }
+    for (name, value) in &reply.headers {
+        if name.eq_ignore_ascii_case("link") {
+            digest.update(value.as_bytes());
+        }
+    }
+    let etag = format!("W/\"{}\"", hex::encode(&digest.finalize()[..16]));
+    let matches = headers
+        .get_all(IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        // Weak comparison, as for every GET: `W/"x"` and `"x"` match.
+        .any(|tag| {
+            let tag = tag.trim();
+            tag == "*" || tag.trim_start_matches("W/") == etag.trim_start_matches("W/")
+        });
+    if matches {
+        return Reply {
+            status: 304,
+            body: None,
+            headers: vec![("etag".to_owned(), etag)],
+        };
+    }
+    reply.with_header("etag", etag)
+}
+
+/// Runs one recognised request through the installation's reach, the limits, faults and
+/// latency; says whether it was charged to the primary budget (refusals are not).
 async fn process(
     shared: &Arc<Shared>,
     method: &Method,
@@ -211,19 +257,20 @@ async fn process(
     endpoint: &Endpoint,
     query: Option<&str>,
     body: &[u8],
-) -> Reply {
+) -> (Reply, bool) {
     if let Caller::Installation(id) = caller
         && let Some(refusal) = installation_refusal(&shared.lock(), endpoint, *id)
     {
-        return refusal;
+        return (refusal, false);
     }
+    let charged = endpoint.route() != Route::RateLimit;
     let in_flight = InFlight::enter(&shared.in_flight);
     let route = endpoint.route();
     let (fault, latency) = {
         let mut state = shared.lock();
         if let Err(refusal) = state.rates.admit(route, method, in_flight.count) {
             state.rates.count_error();
-            return refusal_reply(refusal);
+            return (refusal_reply(refusal), false);
         }
         (
             take_fault(&mut state.faults, route, method),
@@ -234,7 +281,7 @@ async fn process(
         shared.sleep(latency).await;
     }
     let run = || shared.with_state(|state| endpoints::dispatch(state, endpoint, query, body));
-    match fault {
+    let reply = match fault {
         None => run(),
         Some(Fault::Hang(duration)) => {
             shared.sleep(duration).await;
@@ -251,7 +298,8 @@ async fn process(
             }
         }
         Some(other) => immediate_fault_reply(shared, &other).unwrap_or_else(run),
-    }
+    };
+    (reply, charged)
 }
 
 /// The answer of a fault that replaces the real one (`None` for the others).

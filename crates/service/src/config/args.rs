@@ -315,6 +315,16 @@ pub struct ServeArgs {
         value_parser = parse::rate("GITHUB_JIT_LIMIT_PER_MIN")
     )]
     pub github_jit_limit_per_min: f64,
+    /// Calls of each GitHub rate-limit budget kept for registrations and deletions: polling,
+    /// max-parallel lookups and sweeps stop when only this many are left (and slow down from
+    /// half the budget). Default: a tenth of the limit, at least 100.
+    #[arg(
+        long,
+        env = "GITHUB_RATE_RESERVE",
+        value_name = "CALLS",
+        value_parser = parse::number::<u32>("GITHUB_RATE_RESERVE")
+    )]
+    pub github_rate_reserve: Option<u32>,
     /// How long provisioning pauses after GitHub refuses the token or a permission.
     #[arg(
         long,

@@ -25,6 +25,9 @@ pub struct GitHubSettings {
     pub timeout: Duration,
     /// `RUNNER_SCOPE` (and `GITHUB_ENTERPRISE`): where runners are registered.
     pub scope: RunnerScope,
+    /// `GITHUB_RATE_RESERVE`: calls of each budget kept for registrations and deletions;
+    /// `None` = a tenth of the limit, at least 100.
+    pub rate_reserve: Option<u32>,
 }
 
 pub(super) fn settings(
@@ -41,6 +44,7 @@ pub(super) fn settings(
             args.github_enterprise_domain.as_deref(),
         )?,
         timeout: args.github_timeout_secs,
+        rate_reserve: args.github_rate_reserve,
     })
 }
 

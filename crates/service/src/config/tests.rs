@@ -709,3 +709,25 @@ fn deployment_id_is_given_or_derived_and_reaches_every_part_that_marks_or_sweeps
     let e = parse(&["--deployment-id", "no spaces"], SECRETS).expect_err("invalid");
     assert_eq!(e.var, "DEPLOYMENT_ID");
 }
+
+#[test]
+fn the_rate_reserve_defaults_to_a_share_of_the_limit_and_takes_a_count_of_calls() {
+    let s = parse(&[], SECRETS).expect("valid");
+    assert_eq!(
+        s.github.rate_reserve, None,
+        "unset: a tenth of the limit, at least 100"
+    );
+    let s = parse(&["--github-rate-reserve", "250"], SECRETS).expect("valid");
+    assert_eq!(s.github.rate_reserve, Some(250));
+    let s = parse(&["--github-rate-reserve", "0"], SECRETS).expect("valid");
+    assert_eq!(
+        s.github.rate_reserve,
+        Some(0),
+        "no reserve: polling runs until the budget is spent"
+    );
+    for bad in ["-1", "10%", "lots"] {
+        let flag = format!("--github-rate-reserve={bad}");
+        let e = parse(&[flag.as_str()], SECRETS).expect_err("invalid");
+        assert_eq!(e.var, "GITHUB_RATE_RESERVE", "{bad}");
+    }
+}

@@ -1,11 +1,17 @@
 //! The REST calls the service makes, one method each. Reads retry transient failures
 //! (`transport`); `generate_jitconfig` and `redeliver` are sent exactly once.
+//!
+//! Each call says what it is for its budget (`rate_limit`): registrations, deletions and
+//! the runner lookups of provisioning and reaping are essential; polling, lookups and
+//! sweeps are background. The reads that are repeated pass after pass are conditional
+//! (`conditional`): an unchanged answer is a 304, which costs no budget.
 
 use base64::Engine;
 use reqwest::header::HeaderMap;
 use reqwest::{Method, Url};
 use secrecy::SecretString;
 
+use super::rate_limit::Call;
 use super::transport::decode;
 use super::types::{
     Contents, DeleteOutcome, Hook, HookDelivery, JitConfig, JitRequest, JitResponse, JobList, RemoteJob,
@@ -38,7 +44,9 @@ impl GitHub {
     ) -> Result<JitConfig, GitHubError> {
         let url = self.url(&home.path(&["actions", "runners", "generate-jitconfig"]));
         let body = serde_json::to_value(request).map_err(|e| GitHubError::Decode(e.to_string()))?;
-        let reply = self.send_once(Method::POST, url, Some(&body)).await?;
+        let reply = self
+            .send_once(Call::essential(home.owner()), Method::POST, url, Some(&body))
+            .await?;
         let resp: JitResponse = decode(&reply.body)?;
         Ok(JitConfig {
             runner_id: resp.runner.id,
@@ -54,24 +62,30 @@ impl GitHub {
     ) -> Result<Option<RunnerInfo>, GitHubError> {
         let mut url = self.url(&home.path(&["actions", "runners"]));
         url.query_pairs_mut().append_pair("name", name);
-        let list: RunnerList = self.get_json(url).await?;
+        let list: RunnerList = self.get_json(Call::essential(home.owner()), url).await?;
         Ok(list.runners.into_iter().find(|r| r.name == name))
     }
 
-    /// Every runner registered at `home`.
+    /// Every runner registered at `home` (the orphan sweep's listing: background,
+    /// conditional).
     pub async fn list_runners(&self, home: &RunnerHome) -> Result<Vec<RunnerInfo>, GitHubError> {
         let url = self.url(&home.path(&["actions", "runners"]));
-        self.get_pages(url, |l: RunnerList| l.runners).await
+        let call = Call::background(home.owner()).conditional();
+        self.get_pages(call, url, |l: RunnerList| l.runners).await
     }
 
-    /// One runner registered at `home`, or `None` if GitHub no longer has it.
+    /// One runner registered at `home`, or `None` if GitHub no longer has it (asked again
+    /// every reaping pass until the runner comes online: conditional).
     pub async fn get_runner(
         &self,
         home: &RunnerHome,
         runner_id: u64,
     ) -> Result<Option<RunnerInfo>, GitHubError> {
         let url = self.url(&home.path(&["actions", "runners", &runner_id.to_string()]));
-        match self.get_json(url).await {
+        match self
+            .get_json(Call::essential(home.owner()).conditional(), url)
+            .await
+        {
             Ok(r) => Ok(Some(r)),
             Err(GitHubError::NotFound) => Ok(None),
             Err(e) => Err(e),
@@ -85,8 +99,9 @@ impl GitHub {
         runner_id: u64,
     ) -> Result<DeleteOutcome, GitHubError> {
         let url = self.url(&home.path(&["actions", "runners", &runner_id.to_string()]));
+        let call = Call::essential(home.owner());
         let result = self
-            .with_retries(|| self.send_once(Method::DELETE, url.clone(), None))
+            .with_retries(|| self.send_once(call, Method::DELETE, url.clone(), None))
             .await;
         match result {
             Ok(_) => Ok(DeleteOutcome::Deleted),
@@ -96,39 +111,46 @@ impl GitHub {
         }
     }
 
-    /// One workflow run.
+    /// One workflow run (a max-parallel lookup: background).
     pub async fn get_run(&self, repo: &RepoName, run_id: u64) -> Result<RemoteRun, GitHubError> {
         let url = self.url(&repo_path(repo, &["actions", "runs", &run_id.to_string()]));
-        self.get_json(url).await
+        self.get_json(Call::background(repo.owner()), url).await
     }
 
-    /// Runs of a repository in `status` (queued, in_progress, …).
+    /// Runs of a repository in `status` (queued, in_progress, …): polled every pass, so
+    /// background and conditional.
     pub async fn list_runs(&self, repo: &RepoName, status: &str) -> Result<Vec<RemoteRun>, GitHubError> {
         let mut url = self.url(&repo_path(repo, &["actions", "runs"]));
         url.query_pairs_mut().append_pair("status", status);
-        self.get_pages(url, |l: RunList| l.workflow_runs).await
+        let call = Call::background(repo.owner()).conditional();
+        self.get_pages(call, url, |l: RunList| l.workflow_runs).await
     }
 
-    /// The latest attempt's jobs of a run.
+    /// The latest attempt's jobs of a run (polled while the run is listed: background,
+    /// conditional).
     pub async fn run_jobs(&self, repo: &RepoName, run_id: u64) -> Result<Vec<RemoteJob>, GitHubError> {
         let mut url = self.url(&repo_path(
             repo,
             &["actions", "runs", &run_id.to_string(), "jobs"],
         ));
         url.query_pairs_mut().append_pair("filter", "latest");
-        self.get_pages(url, |l: JobList| l.jobs).await
+        let call = Call::background(repo.owner()).conditional();
+        self.get_pages(call, url, |l: JobList| l.jobs).await
     }
 
-    /// The runner releases GitHub currently serves at `home`.
+    /// The runner releases GitHub currently serves at `home` (needed before any runner can
+    /// start: essential).
     pub async fn runner_downloads(&self, home: &RunnerHome) -> Result<Vec<RunnerDownload>, GitHubError> {
         let url = self.url(&home.path(&["actions", "runners", "downloads"]));
-        self.get_json(url).await
+        self.get_json(Call::essential(home.owner()), url).await
     }
 
-    /// One job, by id (reconciling a job whose webhooks were lost).
+    /// One job, by id (reconciling a job whose webhooks were lost: background, and
+    /// conditional, since a stuck job is looked up pass after pass).
     pub async fn get_job(&self, repo: &RepoName, job_id: u64) -> Result<RemoteJob, GitHubError> {
         let url = self.url(&repo_path(repo, &["actions", "jobs", &job_id.to_string()]));
-        self.get_json(url).await
+        self.get_json(Call::background(repo.owner()).conditional(), url)
+            .await
     }
 
     /// One page of a webhook's recent deliveries, newest first, and the cursor of the next.
@@ -143,9 +165,8 @@ impl GitHub {
         if let Some(c) = cursor {
             url.query_pairs_mut().append_pair("cursor", c);
         }
-        let reply = self
-            .with_retries(|| self.send_once(Method::GET, url.clone(), None))
-            .await?;
+        let call = Call::background(hook.owner()).conditional();
+        let reply = self.with_retries(|| self.get(call, url.clone())).await?;
         let items: Vec<HookDelivery> = decode(&reply.body)?;
         Ok((items, next_cursor(&reply.headers)))
     }
@@ -153,7 +174,9 @@ impl GitHub {
     /// Asks GitHub to deliver a past delivery again (same GUID).
     pub async fn redeliver(&self, hook: &Hook, delivery_id: u64) -> Result<(), GitHubError> {
         let url = self.url(&hook.path(&["deliveries", &delivery_id.to_string(), "attempts"]));
-        self.send_once(Method::POST, url, None).await.map(|_| ())
+        self.send_once(Call::background(hook.owner()), Method::POST, url, None)
+            .await
+            .map(|_| ())
     }
 
     /// The tag of actions/runner's latest release (e.g. `v2.336.0`).
@@ -163,7 +186,7 @@ impl GitHub {
             tag_name: String,
         }
         let url = self.url(&["repos", "actions", "runner", "releases", "latest"].map(String::from));
-        let release: Release = self.get_json(url).await?;
+        let release: Release = self.get_json(Call::unowned(), url).await?;
         Ok(release.tag_name)
     }
 
@@ -180,7 +203,7 @@ impl GitHub {
         if let Some(r) = git_ref {
             url.query_pairs_mut().append_pair("ref", r);
         }
-        let contents: Contents = match self.get_json(url).await {
+        let contents: Contents = match self.get_json(Call::background(repo.owner()), url).await {
             Ok(c) => c,
             Err(GitHubError::NotFound) => return Ok(None),
             Err(e) => return Err(e),

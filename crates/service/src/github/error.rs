@@ -31,11 +31,16 @@ pub enum GitHubError {
     Transport(String),
     #[error("unexpected answer from GitHub: {0}")]
     Decode(String),
+    /// A background call (polling, lookups, sweeps) not sent: the API budget is down to the
+    /// reserve kept for registrations and deletions, or a rate limit is being waited out.
+    #[error("GitHub API budget kept for registrations ({remaining} calls left); background call deferred")]
+    Deferred { remaining: i64 },
 }
 
 impl GitHubError {
     /// Whether trying again later may succeed (5xx, timeouts, connection errors, rate
-    /// limits). Permanent errors (bad token, missing permission, validation) stop at once.
+    /// limits, a deferred background call). Permanent errors (bad token, missing
+    /// permission, validation) stop at once.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
@@ -43,7 +48,14 @@ impl GitHubError {
                 | GitHubError::Server { .. }
                 | GitHubError::Timeout
                 | GitHubError::Transport(_)
+                | GitHubError::Deferred { .. }
         )
+    }
+
+    /// Whether the call was never sent because the budget is kept for registrations: the
+    /// caller ends its pass quietly and tries again next time, rather than retrying now.
+    pub fn is_deferred(&self) -> bool {
+        matches!(self, GitHubError::Deferred { .. })
     }
 
     /// A fixed label for metrics and logs.
@@ -59,6 +71,7 @@ impl GitHubError {
             GitHubError::Timeout => "github_timeout",
             GitHubError::Transport(_) => "github_transport",
             GitHubError::Decode(_) => "github_decode",
+            GitHubError::Deferred { .. } => "github_deferred",
         }
     }
 

@@ -11,11 +11,14 @@
 //! - `scope`: where runners are registered (repository, organisation, enterprise) and the
 //!   runner group they join;
 //! - `transport`: authenticated exchanges, retries of idempotent calls, decoding;
+//! - `conditional`: the ETags of polled URLs, so an unchanged answer costs no budget;
 //! - `auth`: tokens and GitHub App installation tokens;
-//! - `rate_limit`: the rate-limit headers seen, and waiting out a limit;
+//! - `rate_limit`: one budget per credential: the rate-limit headers seen, blocks, and
+//!   background calls giving way to registrations as the budget drains;
 //! - `error`: what a failed call means for the caller.
 
 mod auth;
+mod conditional;
 mod endpoints;
 mod error;
 mod rate_limit;
@@ -30,7 +33,7 @@ use reqwest::Url;
 
 pub use auth::{AppCredentials, Credentials};
 pub use error::GitHubError;
-pub use rate_limit::RateSnapshot;
+pub use rate_limit::{BudgetKey, Priority, RateSnapshot};
 pub use scope::{GroupError, RunnerGroups, RunnerHome, RunnerScope};
 pub use types::{
     DeleteOutcome, Hook, HookDelivery, JitConfig, JitRequest, RemoteJob, RemoteRun, RunRepository,
@@ -38,7 +41,8 @@ pub use types::{
 };
 
 use self::auth::Auth;
-use self::rate_limit::RateState;
+use self::conditional::EtagCache;
+use self::rate_limit::Budgets;
 use crate::metrics::Metrics;
 use crate::retry::Backoff;
 
@@ -54,6 +58,9 @@ pub struct GitHubConfig {
     pub retry: Backoff,
     /// `RUNNER_SCOPE`: where runners are registered, looked up and removed.
     pub scope: RunnerScope,
+    /// `GITHUB_RATE_RESERVE`: calls of each budget kept for registrations and deletions;
+    /// `None` = a tenth of the limit, at least 100.
+    pub rate_reserve: Option<u32>,
 }
 
 /// A GitHub REST client; cheap to clone.
@@ -68,7 +75,8 @@ struct Inner {
     auth: Auth,
     retry: Backoff,
     scope: RunnerScope,
-    rate: Mutex<RateState>,
+    budgets: Mutex<Budgets>,
+    etags: Mutex<EtagCache>,
     metrics: Option<Arc<Metrics>>,
 }
 
@@ -96,9 +104,13 @@ impl GitHub {
                 auth: Auth::new(config.credentials)?,
                 retry: config.retry,
                 scope: config.scope,
-                rate: Mutex::new(RateState::default()),
+                budgets: Mutex::new(Budgets::with_reserve(config.rate_reserve)),
+                etags: Mutex::new(EtagCache::default()),
                 metrics,
             }),
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

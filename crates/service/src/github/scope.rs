@@ -74,6 +74,16 @@ impl RunnerHome {
         v
     }
 
+    /// The account whose token (and rate-limit budget) calls about this place use: the
+    /// repository's owner, the organisation, or the enterprise's slug.
+    pub fn owner(&self) -> &str {
+        match self {
+            RunnerHome::Repo(repo) => repo.owner(),
+            RunnerHome::Org(org) => org,
+            RunnerHome::Enterprise(slug) => slug,
+        }
+    }
+
     /// A case-insensitive key: two homes are the same place when their keys are equal.
     pub fn key(&self) -> String {
         match self {
@@ -178,7 +188,8 @@ impl GitHub {
     /// paged).
     async fn runner_groups(&self, home: &RunnerHome) -> Result<Vec<GroupItem>, GitHubError> {
         let url = self.url(&home.path(&["actions", "runner-groups"]));
-        self.get_pages(url, |l: GroupList| l.runner_groups).await
+        let call = super::rate_limit::Call::essential(home.owner());
+        self.get_pages(call, url, |l: GroupList| l.runner_groups).await
     }
 }
 

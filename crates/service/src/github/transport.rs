@@ -1,15 +1,19 @@
 //! One authenticated exchange with GitHub, and the retries of idempotent calls around it.
-//! Every answer's rate-limit headers are recorded (`rate_limit`) and every failure
-//! classified (`error`) before a caller sees it.
+//! Every call is first admitted by its budget (`rate_limit`); every answer's rate-limit
+//! headers are recorded and every failure classified (`error`) before a caller sees it.
+//! Conditional GETs (`conditional`) carry the last answer's ETag, and a 304 hands back
+//! that answer.
 
-use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue};
-use reqwest::{Method, Url};
+use reqwest::header::{ACCEPT, AUTHORIZATION, HeaderMap, HeaderValue, IF_NONE_MATCH, LINK};
+use reqwest::{Method, StatusCode, Url};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 
 use super::auth::Credentials;
+use super::conditional::{Cached, etag_of};
 use super::endpoints::PER_PAGE;
 use super::error::{classify, transport_error};
+use super::rate_limit::{BudgetKey, Call};
 use super::{GitHub, GitHubError};
 
 /// Most pages read of one paged list.
@@ -26,16 +30,20 @@ impl GitHub {
     }
 
     /// A GET, retried while it fails transiently, decoded from JSON.
-    pub(super) async fn get_json<T: DeserializeOwned>(&self, url: Url) -> Result<T, GitHubError> {
-        let reply = self
-            .with_retries(|| self.send_once(Method::GET, url.clone(), None))
-            .await?;
+    pub(super) async fn get_json<T: DeserializeOwned>(
+        &self,
+        call: Call<'_>,
+        url: Url,
+    ) -> Result<T, GitHubError> {
+        let reply = self.with_retries(|| self.get(call, url.clone())).await?;
         decode(&reply.body)
     }
 
-    /// Every page of a paged list (at most `MAX_PAGES` of `PER_PAGE`).
+    /// Every page of a paged list (at most `MAX_PAGES` of `PER_PAGE`); each page is its own
+    /// URL, so a conditional list of one unchanged page costs one 304.
     pub(super) async fn get_pages<L: DeserializeOwned, T>(
         &self,
+        call: Call<'_>,
         url: Url,
         items: impl Fn(L) -> Vec<T>,
     ) -> Result<Vec<T>, GitHubError> {
@@ -46,7 +54,7 @@ impl GitHub {
                 .query_pairs_mut()
                 .append_pair("per_page", &PER_PAGE.to_string())
                 .append_pair("page", &page.to_string());
-            let batch = items(self.get_json(paged).await?);
+            let batch = items(self.get_json(call, paged).await?);
             let last = batch.len() < PER_PAGE;
             all.extend(batch);
             if last {
@@ -56,8 +64,51 @@ impl GitHub {
         Ok(all)
     }
 
-    /// Retries transient failures of an idempotent call with capped, jittered backoff,
-    /// waiting at least as long as GitHub asked.
+    /// One GET. A conditional one sends the ETag of the last answer to the same URL and
+    /// turns a 304 into that answer; a new answer replaces it.
+    pub(super) async fn get(&self, call: Call<'_>, url: Url) -> Result<Reply, GitHubError> {
+        if !call.conditional {
+            return self.send_once(call, Method::GET, url, None).await;
+        }
+        let key = url.as_str().to_string();
+        let cached = self.etags(|c| c.get(&key));
+        let etag = cached.as_ref().map(|c| c.etag.clone());
+        let result = self.send_conditional(call, url, etag).await;
+        match (result, cached) {
+            (Ok(reply), Some(cached)) if reply.not_modified => Ok(Reply::from_cache(cached)),
+            (Ok(reply), None) if reply.not_modified => Err(GitHubError::Decode(
+                "304 Not Modified to an unconditional request".into(),
+            )),
+            (Ok(reply), _) => {
+                match etag_of(&reply.headers) {
+                    Some(etag) => self.etags(|c| {
+                        c.put(
+                            &key,
+                            Cached {
+                                etag,
+                                body: reply.body.clone(),
+                                link: reply.headers.get(LINK).cloned(),
+                            },
+                        )
+                    }),
+                    None => self.etags(|c| c.remove(&key)),
+                }
+                Ok(reply)
+            }
+            (Err(e), _) => {
+                if matches!(e, GitHubError::NotFound) {
+                    self.etags(|c| c.remove(&key));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Retries transient failures of an idempotent call with capped, jittered backoff. A
+    /// rate limit has blocked its budget for as long as GitHub asked: the next attempt of an
+    /// essential call waits for the block, a background one is deferred. A deferred call is
+    /// not retried: its budget is kept for essential calls, and the caller tries again on
+    /// its next pass.
     pub(super) async fn with_retries<T, F, Fut>(&self, mut call: F) -> Result<T, GitHubError>
     where
         F: FnMut() -> Fut,
@@ -68,8 +119,8 @@ impl GitHub {
         loop {
             match call().await {
                 Ok(v) => return Ok(v),
-                Err(e) if e.is_transient() && attempt + 1 < policy.attempts => {
-                    let wait = policy.delay(attempt).max(e.retry_after().unwrap_or_default());
+                Err(e) if e.is_transient() && !e.is_deferred() && attempt + 1 < policy.attempts => {
+                    let wait = policy.delay(attempt);
                     tracing::debug!(error = %e, attempt, wait_ms = wait.as_millis() as u64, "retrying GitHub call");
                     tokio::time::sleep(wait).await;
                     attempt += 1;
@@ -84,24 +135,49 @@ impl GitHub {
     /// request tried once more.
     pub(super) async fn send_once(
         &self,
+        call: Call<'_>,
         method: Method,
         url: Url,
         body: Option<&serde_json::Value>,
     ) -> Result<Reply, GitHubError> {
-        let token = self.bearer(&url).await?;
-        let result = self.send_with(method.clone(), url.clone(), body, &token).await;
+        let request = Request {
+            method,
+            url,
+            body,
+            etag: None,
+        };
+        self.send_request(call, request).await
+    }
+
+    async fn send_conditional(
+        &self,
+        call: Call<'_>,
+        url: Url,
+        etag: Option<HeaderValue>,
+    ) -> Result<Reply, GitHubError> {
+        let request = Request {
+            method: Method::GET,
+            url,
+            body: None,
+            etag,
+        };
+        self.send_request(call, request).await
+    }
+
+    async fn send_request(&self, call: Call<'_>, request: Request<'_>) -> Result<Reply, GitHubError> {
+        let token = self.bearer(&request.url).await?;
+        let result = self.send_as(call, request.clone(), &token).await;
         match result {
             Err(GitHubError::Unauthorized) if matches!(self.inner.auth.credentials, Credentials::App(_)) => {
-                self.forget_token(&url).await;
-                let token = self.bearer(&url).await?;
-                self.send_with(method, url, body, &token).await
+                self.forget_token(&request.url).await;
+                let token = self.bearer(&request.url).await?;
+                self.send_as(call, request, &token).await
             }
             other => other,
         }
     }
 
-    /// One HTTP exchange with the given bearer: waits out a rate-limit block, sends, records
-    /// rate headers and classifies the answer.
+    /// One JWT exchange with the App endpoints (its own budget, essential).
     pub(super) async fn send_with(
         &self,
         method: Method,
@@ -109,50 +185,121 @@ impl GitHub {
         body: Option<&serde_json::Value>,
         bearer: &SecretString,
     ) -> Result<Reply, GitHubError> {
-        self.wait_for_rate_block().await;
+        let request = Request {
+            method,
+            url,
+            body,
+            etag: None,
+        };
+        self.send_as(Call::app(), request, bearer).await
+    }
+
+    /// One HTTP exchange with the given bearer: waits until the call's budget admits it
+    /// (or defers a background call), sends, records the rate headers and classifies the
+    /// answer.
+    async fn send_as(
+        &self,
+        call: Call<'_>,
+        request: Request<'_>,
+        bearer: &SecretString,
+    ) -> Result<Reply, GitHubError> {
+        let key = self.budget_key(&call);
+        if let Err(remaining) = self.admit(&key, call.priority).await {
+            if let Some(m) = &self.inner.metrics {
+                m.github_request("deferred");
+            }
+            return Err(GitHubError::Deferred { remaining });
+        }
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", bearer.expose_secret()))
             .map_err(|_| GitHubError::Unauthorized)?;
         auth.set_sensitive(true);
         let mut req = self
             .inner
             .http
-            .request(method, url)
+            .request(request.method, request.url)
             .header(AUTHORIZATION, auth)
             .header(ACCEPT, "application/vnd.github+json")
             .header("X-GitHub-Api-Version", "2022-11-28");
-        if let Some(body) = body {
+        if let Some(etag) = request.etag {
+            req = req.header(IF_NONE_MATCH, etag);
+        }
+        if let Some(body) = request.body {
             req = req.json(body);
         }
-        let result = self.exchange(req).await;
-        if let (Err(e), Some(m)) = (&result, &self.inner.metrics) {
-            m.upstream_error(e.kind());
+        let result = self.exchange(&key, req).await;
+        if let Some(m) = &self.inner.metrics {
+            match &result {
+                Ok(r) => m.github_request(if r.not_modified {
+                    "not_modified"
+                } else {
+                    "answered"
+                }),
+                Err(e) => m.upstream_error(e.kind()),
+            }
         }
         result
     }
 
     /// Sends, records the rate headers, and classifies a non-2xx answer (a rate limit
-    /// also blocks every call until it is over).
-    async fn exchange(&self, req: reqwest::RequestBuilder) -> Result<Reply, GitHubError> {
+    /// also blocks every call of this budget until it is over). A 304 is not a failure:
+    /// the caller's conditional GET found its last answer unchanged.
+    async fn exchange(&self, key: &BudgetKey, req: reqwest::RequestBuilder) -> Result<Reply, GitHubError> {
         let resp = req.send().await.map_err(transport_error)?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        self.note_rate(&headers);
+        self.note_rate(key, &headers);
         let bytes = resp.bytes().await.map_err(transport_error)?;
-        if status.is_success() {
-            return Ok(Reply { headers, body: bytes });
+        if status.is_success() || status == StatusCode::NOT_MODIFIED {
+            return Ok(Reply {
+                not_modified: status == StatusCode::NOT_MODIFIED,
+                headers,
+                body: bytes,
+            });
         }
         let err = classify(status, &headers, &bytes);
         if let GitHubError::RateLimited { retry_after } = &err {
-            self.block_for(*retry_after);
+            self.block_for(key, *retry_after);
         }
         Err(err)
     }
+
+    fn etags<T>(&self, f: impl FnOnce(&mut super::conditional::EtagCache) -> T) -> T {
+        let mut guard = self.inner.etags.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard)
+    }
+}
+
+/// What to send.
+#[derive(Clone)]
+struct Request<'a> {
+    method: Method,
+    url: Url,
+    body: Option<&'a serde_json::Value>,
+    /// `If-None-Match`.
+    etag: Option<HeaderValue>,
 }
 
 /// A successful answer.
 pub(super) struct Reply {
     pub headers: HeaderMap,
     pub body: bytes::Bytes,
+    /// GitHub answered 304: the last answer (this one, when it comes from the cache) stands.
+    pub not_modified: bool,
+}
+
+impl Reply {
+    /// The remembered answer a 304 stands for.
+    fn from_cache(cached: Cached) -> Reply {
+        let mut headers = HeaderMap::new();
+        if let Some(link) = cached.link {
+            headers.insert(LINK, link);
+        }
+        Reply {
+            headers,
+            body: cached.body,
+            not_modified: true,
+        }
+    }
 }
 
 /// Decodes a JSON answer.
@@ -178,6 +325,7 @@ mod tests {
                 timeout: Duration::from_secs(1),
                 retry: Backoff::new(1, Duration::from_millis(1), Duration::from_millis(1)),
                 scope: RunnerScope::Org,
+                rate_reserve: None,
             },
             None,
         )

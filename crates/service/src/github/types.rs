@@ -198,6 +198,16 @@ impl Hook {
     }
 }
 
+impl Hook {
+    /// The account the hook belongs to (whose budget its calls spend).
+    pub(super) fn owner(&self) -> &str {
+        match self {
+            Hook::Repo { repo, .. } => repo.owner(),
+            Hook::Org { org, .. } => org,
+        }
+    }
+}
+
 impl std::fmt::Display for Hook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -140,11 +140,12 @@ mod tests {
                     replica: "this replica".into(),
                     since: 0,
                 }),
-                github: Some(GitHubHeadroom {
+                github: vec![GitHubHeadroom {
+                    budget: "token".into(),
                     remaining: Some(4321),
                     limit: Some(5000),
                     reset: None,
-                }),
+                }],
                 modal: None,
             }),
         }
@@ -200,7 +201,7 @@ mod tests {
             .await;
             assert_eq!(status, StatusCode::OK, "{auth}: {body}");
             let json: serde_json::Value = serde_json::from_str(&body).expect("json");
-            assert_eq!(json["github"]["remaining"], 4321);
+            assert_eq!(json["github"][0]["remaining"], 4321);
         }
         for auth in [None, Some("Bearer wrong"), Some("Basic !!!"), Some(token)] {
             let (status, body) = get(page(Some(token)).await, "/status", Some("127.0.0.1:1"), auth).await;

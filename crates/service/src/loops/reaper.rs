@@ -74,7 +74,13 @@ pub async fn run(ctx: Arc<ReaperContext>, stop: CancellationToken) {
                 &ctx.settings.deployment,
                 &ctx.settings.allow,
             );
-            if let Err(e) = swept.await {
+            // Paced by a draining API budget, a sweep can take minutes: stopping must not
+            // wait for it.
+            let result = tokio::select! {
+                () = stop.cancelled() => return,
+                r = swept => r,
+            };
+            if let Err(e) = result {
                 tracing::warn!(error = %e, "could not sweep GitHub's runner list");
             }
         }

@@ -8,8 +8,10 @@
 //!   cancelled or finished during an outage does not wait forever;
 //! - with `WEBHOOK_HOOK_ID`, asks GitHub to redeliver recent failed deliveries.
 //!
-//! It watches `x-ratelimit-remaining` and stops a pass early when headroom runs low, so
-//! polling never starves provisioning of API calls.
+//! Every call it makes is a background call of the GitHub client: conditional where it is
+//! repeated (an unchanged listing is a 304, which costs no budget), spaced out as the budget
+//! drains and refused at the reserve (`github::rate_limit`), so polling never starves
+//! provisioning of API calls. A refused call ends the pass; the next pass starts over.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -41,8 +43,14 @@ pub enum ReconcileError {
     Store(#[from] StoreError),
     #[error(transparent)]
     GitHub(#[from] GitHubError),
-    #[error("GitHub rate limit low ({remaining} left); continuing next pass")]
-    LowRateLimit { remaining: i64 },
+}
+
+impl ReconcileError {
+    /// The pass stopped because the API budget is kept for registrations: expected while
+    /// the budget is low, not a failure.
+    fn is_deferred(&self) -> bool {
+        matches!(self, ReconcileError::GitHub(e) if e.is_deferred())
+    }
 }
 
 /// What one pass found, for logs and tests.
@@ -65,7 +73,12 @@ pub struct PassState {
 pub async fn run(ctx: Arc<ReconcilerContext>, stop: CancellationToken) {
     let mut state = PassState::default();
     loop {
-        match pass(&ctx, &mut state).await {
+        // A pass paced by a draining budget can take minutes: stopping must not wait for it.
+        let result = tokio::select! {
+            () = stop.cancelled() => return,
+            r = pass(&ctx, &mut state) => r,
+        };
+        match result {
             Ok(r) if r != PassReport::default() => tracing::info!(
                 jobs = r.jobs_seen,
                 stale = r.stale_refreshed,
@@ -74,6 +87,7 @@ pub async fn run(ctx: Arc<ReconcilerContext>, stop: CancellationToken) {
                 "reconciled with GitHub"
             ),
             Ok(_) => {}
+            Err(e) if e.is_deferred() => tracing::debug!(error = %e, "reconciliation pass deferred"),
             Err(e) => tracing::warn!(error = %e, "reconciliation pass incomplete"),
         }
         tokio::select! {
@@ -91,12 +105,10 @@ pub async fn pass(ctx: &ReconcilerContext, state: &mut PassState) -> Result<Pass
     };
     let mut seen = HashSet::new();
     for repo in repos(ctx).await? {
-        check_headroom(&ctx.github)?;
         report.jobs_seen += poll_repo(ctx, &repo, &mut seen).await?;
     }
     report.stale_refreshed = refresh_unseen(ctx, &seen, &mut state.refreshed_up_to).await?;
     for hook in &ctx.settings.hooks {
-        check_headroom(&ctx.github)?;
         report.redelivered += redeliver_failed(ctx, hook).await?;
     }
     if report.jobs_seen + report.stale_refreshed + report.abandoned > 0 {
@@ -112,18 +124,6 @@ pub async fn pass(ctx: &ReconcilerContext, state: &mut PassState) -> Result<Pass
 /// repositories seen so far).
 async fn repos(ctx: &ReconcilerContext) -> Result<Vec<RepoName>, StoreError> {
     Ok(ctx.settings.allow.poll_targets(ctx.store.known_repos().await?))
-}
-
-/// Stops the pass when fewer than a tenth of the hourly budget (and under 100 calls) is
-/// left: provisioning needs those calls more.
-fn check_headroom(github: &GitHub) -> Result<(), ReconcileError> {
-    let rate = github.rate();
-    if let (Some(remaining), Some(limit)) = (rate.remaining, rate.limit)
-        && remaining < (limit / 10).min(100)
-    {
-        return Err(ReconcileError::LowRateLimit { remaining });
-    }
-    Ok(())
 }
 
 /// Records the labelled jobs of the repository's queued and in-progress runs; a public
@@ -147,7 +147,6 @@ async fn poll_repo(
                 );
                 return Ok(count);
             }
-            check_headroom(&ctx.github)?;
             for job in ctx.github.run_jobs(repo, run.id).await? {
                 if let Some(event) = to_event(repo, job, &ctx.settings.label) {
                     seen.insert(event.job_id);
@@ -220,7 +219,6 @@ async fn refresh_unseen(
         .collect();
     let mut refreshed = 0;
     for (id, repo) in in_turn(stale, *up_to, REFRESH_PER_PASS) {
-        check_headroom(&ctx.github)?;
         *up_to = Some(id);
         match ctx.github.get_job(&repo, id.0).await {
             Ok(remote) => {

@@ -85,10 +85,16 @@ fn facts(s: &Status) -> Markup {
             span { "Jobs: " (count(&s.jobs_by_status)) }
             span { "Runners: " (count(&s.runners_by_state)) }
             span { "Leader: " @match &s.leader { Some(l) => { (l.replica) }, None => { "unknown" } } }
-            span { "GitHub headroom: " @match &s.github {
-                Some(g) => { (g.remaining.map_or("unknown".into(), |r| r.to_string())) " of " (g.limit.map_or("?".into(), |l| l.to_string())) " calls left" },
-                None => { "unknown" },
-            } }
+            @if s.github.is_empty() {
+                span { "GitHub headroom: unknown" }
+            }
+            @for g in &s.github {
+                span {
+                    "GitHub headroom (" (g.budget) "): "
+                    (g.remaining.map_or("unknown".into(), |r| r.to_string())) " of "
+                    (g.limit.map_or("?".into(), |l| l.to_string())) " calls left"
+                }
+            }
             span { "Modal creations: " @match &s.modal {
                 Some(m) => { (m.created_since_start) " since start, " (m.create_rate_per_sec.map_or("not paced".into(), |r| format!("paced at {r}/s"))) },
                 None => { "unknown" },

@@ -36,8 +36,9 @@ pub struct Status {
     pub live_runners: Vec<LiveRunnerView>,
     pub recent_failures: Vec<Failure>,
     pub recent_jobs: Vec<RecentJob>,
-    /// `None` outside the service (the `status` command reads only the store).
-    pub github: Option<GitHubHeadroom>,
+    /// One entry per rate-limit budget (the token, or each owner's App installation); empty
+    /// outside the service (the `status` command reads only the store).
+    pub github: Vec<GitHubHeadroom>,
     pub modal: Option<ModalPacing>,
     /// Spend today in US dollars, where known. The service does not know Modal's prices yet,
     /// so this is `None`, and the page says "unknown" rather than a guess.
@@ -90,9 +91,11 @@ pub struct RecentJob {
     pub closed_reason: Option<String>,
 }
 
-/// The GitHub rate-limit headroom the last answers reported.
+/// The GitHub rate-limit headroom the last answers reported for one budget.
 #[derive(Debug, Clone, Serialize)]
 pub struct GitHubHeadroom {
+    /// `token`, or the owner whose App installation it is.
+    pub budget: String,
     pub remaining: Option<i64>,
     pub limit: Option<i64>,
     /// Unix seconds.
@@ -112,7 +115,7 @@ pub struct ModalPacing {
 #[derive(Debug, Clone, Default)]
 pub struct Live {
     pub leader: Option<Leader>,
-    pub github: Option<GitHubHeadroom>,
+    pub github: Vec<GitHubHeadroom>,
     pub modal: Option<ModalPacing>,
 }
 

@@ -228,3 +228,83 @@ async fn latency_is_added_and_runners_can_be_filtered_by_exact_name() {
     );
     fake.shutdown().await;
 }
+
+/// A GET with `If-None-Match`.
+async fn get_if_none_match(fake: &FakeGitHub, path: &str, etag: &str) -> HttpResponse {
+    let client = HttpClient::one_shot(std::time::Duration::from_secs(10));
+    let auth = format!("Bearer {}", FakeGitHubConfig::default().token);
+    let url = format!("{}{path}", fake.api_url());
+    client
+        .send(
+            "GET",
+            &url,
+            &[("authorization", &auth), ("if-none-match", etag)],
+            &[],
+        )
+        .await
+        .expect("fake answers")
+}
+
+#[tokio::test]
+async fn a_get_sent_with_its_etag_answers_304_which_costs_no_budget_until_the_answer_changes() {
+    let fake = start_fake().await;
+    let path = format!("/repos/{REPO}/actions/runs?status=queued&per_page=100&page=1");
+    let first = api(&fake, "GET", &path, None).await;
+    let etag = first.header("etag").expect("an ETag").to_owned();
+    let remaining = first
+        .header("x-ratelimit-remaining")
+        .expect("remaining")
+        .to_owned();
+
+    let same = get_if_none_match(&fake, &path, &etag).await;
+    assert_eq!(same.status, 304);
+    assert!(same.body.is_empty());
+    assert_eq!(same.header("etag"), Some(etag.as_str()));
+    assert_eq!(
+        same.header("x-ratelimit-remaining"),
+        Some(remaining.as_str()),
+        "a 304 is not charged"
+    );
+    let strong = etag.trim_start_matches("W/");
+    assert_eq!(
+        get_if_none_match(&fake, &path, strong).await.status,
+        304,
+        "weak comparison"
+    );
+
+    fake.queue_run(RunSpec::new(REPO, vec![JobSpec::new("build", ["self-hosted"])]));
+    let changed = get_if_none_match(&fake, &path, &etag).await;
+    assert_eq!(changed.status, 200);
+    assert_ne!(changed.header("etag"), Some(etag.as_str()));
+    let after: u32 = changed
+        .header("x-ratelimit-remaining")
+        .and_then(|r| r.parse().ok())
+        .expect("remaining");
+    assert_eq!(after + 1, remaining.parse::<u32>().expect("number"));
+
+    let calls = fake.calls();
+    let statuses: Vec<(u16, bool)> = calls.iter().map(|c| (c.status, c.counted)).collect();
+    assert_eq!(statuses, [(200, true), (304, false), (304, false), (200, true)]);
+    assert_eq!(fake.counted_calls().len(), 2);
+    fake.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_spent_budget_refuses_even_a_conditional_get() {
+    let fake = start_fake().await;
+    let path = format!("/repos/{REPO}/actions/runners");
+    let etag = api(&fake, "GET", &path, None)
+        .await
+        .header("etag")
+        .expect("an ETag")
+        .to_owned();
+    fake.spend_budget(10_000);
+    assert_eq!(fake.budget_remaining(), 0);
+    let refused = get_if_none_match(&fake, &path, &etag).await;
+    assert_eq!(
+        (refused.status, refused.header("x-ratelimit-remaining")),
+        (403, Some("0"))
+    );
+    assert!(!fake.calls().last().expect("recorded").counted);
+    fake.shutdown().await;
+}

@@ -53,7 +53,13 @@ pub struct StrategyContext {
 /// Looks up runs as their jobs arrive, until `stop`.
 pub async fn run(ctx: Arc<StrategyContext>, stop: CancellationToken) {
     loop {
-        if let Err(e) = pass(&ctx).await {
+        // Lookups are background calls, paced as the API budget drains: stopping must not
+        // wait for them.
+        let result = tokio::select! {
+            () = stop.cancelled() => return,
+            r = pass(&ctx) => r,
+        };
+        if let Err(e) = result {
             tracing::warn!(error = %e, "max-parallel lookup pass failed");
         }
         if !next_round(&ctx.wake.strategy, ctx.interval, &stop).await {

@@ -206,3 +206,50 @@ async fn a_sandbox_still_up_after_its_job_completed_is_stopped_after_the_exit_gr
     assert!(f.sandboxes().await.is_empty());
     f.finish().await;
 }
+
+#[tokio::test]
+async fn the_sweep_leaves_a_repository_with_live_runners_for_later_then_deletes_its_orphans() {
+    // Arrange: a registration of ours no runner owns, and a live runner in the same
+    // repository.
+    let f = Fixture::start().await;
+    let ctx = f.reaper();
+    let orphan = f
+        .register(&RunnerName::for_job(
+            &crate::fixture::prefix(),
+            crate::domain::JobId(900),
+            1,
+        ))
+        .await;
+    let live = f.plan(901).await;
+    let sweep = || {
+        sweeps::delete_offline_registrations(
+            &f.store,
+            &f.github,
+            &ctx.settings.prefix,
+            &ctx.settings.deployment,
+            &ctx.settings.allow,
+        )
+    };
+    let listings = || {
+        f.fake
+            .calls()
+            .iter()
+            .filter(|c| c.route == fakes::github::Route::ListRunners)
+            .count()
+    };
+
+    // Act and assert: while a runner is live the repository's listing is not read.
+    sweep().await.expect("swept");
+    assert_eq!(listings(), 0, "a repository with live runners is not listed");
+    assert!(f.fake.runners().iter().any(|r| r.id == orphan.runner_id));
+
+    // Once it has none, the orphan goes.
+    f.advance(&live, &[RunnerState::Done], RunnerPatch::default())
+        .await;
+    sweep().await.expect("swept");
+    assert_eq!(listings(), 1);
+    assert!(
+        f.fake.runners().iter().all(|r| r.id != orphan.runner_id),
+        "the orphan is deleted"
+    );
+}
