@@ -163,13 +163,19 @@ pub(super) async fn handle(
         .and_then(|rest| Endpoint::parse(&method, rest));
     let route = endpoint.as_ref().map_or(Route::NotFound, Endpoint::route);
     let caller = endpoint.as_ref().and_then(|e| identify(&shared, &headers, e));
-    let reply = match (&endpoint, &caller) {
+    let mut reply = match (&endpoint, &caller) {
         (None, _) => Reply::not_found(),
         (Some(_), None) => Reply::error(401, "Bad credentials"),
         (Some(endpoint), Some(caller)) => {
             process(&shared, &method, caller, endpoint, uri.query(), &body).await
         }
     };
+    // A classic token's scopes come with every answer to it (docs/github.md §2.1).
+    if caller == Some(Caller::Token)
+        && let Some(scopes) = shared.lock().token_scopes.clone()
+    {
+        reply = reply.with_header("x-oauth-scopes", scopes);
+    }
     let record = CallRecord {
         method: method.to_string(),
         path: path.to_owned(),

@@ -13,11 +13,13 @@
 //! - `transport`: authenticated exchanges, retries of idempotent calls, decoding;
 //! - `auth`: tokens and GitHub App installation tokens;
 //! - `rate_limit`: the rate-limit headers seen, and waiting out a limit;
-//! - `error`: what a failed call means for the caller.
+//! - `error`: what a failed call means for the caller;
+//! - `probe`: the read-only calls of `modal-github-runner check`.
 
 mod auth;
 mod endpoints;
 mod error;
+mod probe;
 mod rate_limit;
 mod scope;
 mod transport;
@@ -30,6 +32,7 @@ use reqwest::Url;
 
 pub use auth::{AppCredentials, Credentials};
 pub use error::GitHubError;
+pub use probe::{HookConfig, HookSetup};
 pub use rate_limit::RateSnapshot;
 pub use scope::{GroupError, RunnerGroups, RunnerHome, RunnerScope};
 pub use types::{

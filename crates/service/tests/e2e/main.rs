@@ -2,6 +2,7 @@
 //! Modal. It runs in this process (through `Application::build`) unless a test must kill or
 //! restart its process.
 
+mod check;
 mod hardening;
 mod helpers;
 mod job_ends;
