@@ -84,7 +84,7 @@ async fn a_well_configured_deployment_passes_every_check_and_nothing_changes() {
         );
     }
     assert!(!out.contains("FAIL"), "{out}");
-    let (modal_id, modal_secret) = world.fake_modal().credentials();
+    let (_, modal_secret) = world.fake_modal().credentials();
     for secret in [
         FakeGitHubConfig::default().token,
         SECRET.to_string(),
@@ -93,7 +93,6 @@ async fn a_well_configured_deployment_passes_every_check_and_nothing_changes() {
         assert!(!out.contains(&secret), "a secret was printed:\n{out}");
     }
     assert!(out.contains("does not exist yet"), "{out}");
-    let _ = modal_id;
 
     assert_only_reads(&world.github);
     assert!(world.fake_modal().apps().is_empty(), "check created a Modal app");
@@ -183,9 +182,11 @@ async fn a_classic_token_without_the_scope_of_its_runner_scope_fails() {
 
 #[tokio::test]
 async fn an_app_not_installed_on_an_allowed_owner_fails_for_that_owner() {
-    let mut options = Options::default();
-    options.github_app = Some(Duration::from_secs(3600));
-    options.app_installations = vec![("octo".into(), 77)];
+    let options = Options {
+        github_app: Some(Duration::from_secs(3600)),
+        app_installations: vec![("octo".into(), 77)],
+        ..Options::default()
+    };
     let world = World::prepare(options.with("ALLOWED_REPOS", "octo/app,beta/tool")).await;
     let results = run_checks(&world).await;
 
