@@ -1,4 +1,5 @@
-//! The command line: `serve` runs the service and `status` shows the store. (The simulator,
+//! The command line: `serve` runs the service, `check` validates a deployment against the
+//! real services without changing anything, and `status` shows the store. (The simulator,
 //! the benchmarks and the fake runner have binaries of their own, in other crates.)
 
 use std::process::ExitCode;
@@ -26,6 +27,9 @@ pub struct Cli {
 pub enum Command {
     /// Run the service: webhook endpoint, planner, provisioner and reaper.
     Serve(Box<ServeArgs>),
+    /// Check a deployment against GitHub, Modal and the store without changing anything:
+    /// one line per check, exit code 1 if any failed. Reads the same options as `serve`.
+    Check(Box<ServeArgs>),
     /// Print jobs and runners by state from the store, and why open jobs wait.
     Status(StatusArgs),
 }
@@ -71,6 +75,31 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
             tracing::error!(error = format!("{e:#}"), "stopped with an error");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `check`: validates the configuration, then runs every check and prints one line each.
+/// Exit codes: 0 when nothing failed (warnings allowed), 1 when a check failed, 2 for a
+/// configuration error.
+pub async fn check(args: ServeArgs) -> ExitCode {
+    let settings = match Settings::from_args(args, |var| std::env::var(var).ok()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    for warning in settings.warnings() {
+        println!("WARN configuration: {warning}");
+    }
+    let results = crate::check::run(&settings).await;
+    for result in &results {
+        println!("{result}");
+    }
+    if results.iter().any(|r| r.outcome == crate::check::Outcome::Fail) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }
 

@@ -21,6 +21,7 @@
 
 pub mod app;
 pub mod backend;
+pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;

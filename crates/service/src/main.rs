@@ -15,6 +15,7 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => cli::serve(*args).await,
+            Command::Check(args) => cli::check(*args).await,
             Command::Status(args) => cli::status(&args.database_url, args.limit, args.json).await,
         }
     })

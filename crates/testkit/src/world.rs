@@ -206,6 +206,17 @@ impl World {
         self.start_time = started.elapsed();
     }
 
+    /// The settings the service would start with now (what `check` reads).
+    pub fn settings(&self) -> Result<modal_github_runner::config::Settings, String> {
+        settings_from_vars(&self.service_env())
+    }
+
+    /// The service's whole environment, for running its binary (`check`) as `serve` would
+    /// be run.
+    pub fn env_vars(&self) -> Vec<(String, String)> {
+        self.service_env()
+    }
+
     /// Builds the service as `start_service` would, without running it: for what must fail
     /// at start-up (a configuration or a lookup refused).
     pub async fn build_service(&self) -> anyhow::Result<Application> {

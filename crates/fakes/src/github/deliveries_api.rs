@@ -1,13 +1,13 @@
-//! The webhook deliveries API of repository and organisation hooks (docs/github.md §1):
-//! list past deliveries (cursor pagination, `status` filter) and redeliver
-//! one. A redelivery keeps the original GUID and payload; GitHub never
+//! The webhook API of repository and organisation hooks (docs/github.md §1): read a hook
+//! (its events and configuration, the secret masked), list past deliveries (cursor
+//! pagination, `status` filter) and redeliver one. A redelivery keeps the original GUID and payload; GitHub never
 //! redelivers on its own, so this is how a service recovers lost events.
 
 use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
-use super::config::HookKind;
+use super::config::{ContentType, HookKind};
 use super::endpoints::{Params, with_link};
 use super::routes::Reply;
 use super::state::{Outgoing, State, StoredDelivery};
@@ -27,6 +27,53 @@ fn hook_filter(state: &State, at: &Scope, hook_id: u64) -> Option<impl Fn(&Store
     Some(move |d: &StoredDelivery| {
         d.record.hook_id == hook_id && repo_id.is_none_or(|r| d.repository_id.is_none_or(|id| id == r))
     })
+}
+
+/// `GET /repos/{o}/{r}/hooks/{hook_id}` (or the organisation's): GitHub's `hook` shape.
+/// A secret is never shown: `config.secret` is `********` when one is set and absent
+/// otherwise.
+pub(super) fn get_hook(state: &State, at: &Scope, hook_id: u64) -> Reply {
+    if hook_filter(state, at, hook_id).is_none() {
+        return Reply::not_found();
+    }
+    let Some((_, target)) = state.webhooks.iter().find(|(id, _)| *id == hook_id) else {
+        return Reply::not_found();
+    };
+    let settings = state.hook_settings.get(&hook_id).cloned().unwrap_or_default();
+    let mut config = json!({
+        "content_type": match target.content_type {
+            ContentType::Json => "json",
+            ContentType::Form => "form",
+        },
+        "insecure_ssl": "0",
+        "url": target.url,
+    });
+    if !target.secret.is_empty() {
+        config["secret"] = json!("********");
+    }
+    let url = format!("{}{}/hooks/{hook_id}", state.api_url, at.path());
+    let kind = match at {
+        Scope::Organization(_) => "Organization",
+        _ => "Repository",
+    };
+    Reply::json(
+        200,
+        json!({
+            "type": kind,
+            "id": hook_id,
+            "name": "web",
+            "active": settings.active,
+            "events": settings.events,
+            "config": config,
+            "updated_at": "2024-01-01T00:00:00Z",
+            "created_at": "2024-01-01T00:00:00Z",
+            "url": url,
+            "test_url": format!("{url}/test"),
+            "ping_url": format!("{url}/pings"),
+            "deliveries_url": format!("{url}/deliveries"),
+            "last_response": { "code": null, "status": "unused", "message": null },
+        }),
+    )
 }
 
 /// `GET /repos/{o}/{r}/hooks/{hook_id}/deliveries` (or the organisation's), newest first.

@@ -40,6 +40,7 @@ pub(super) fn dispatch(state: &mut State, endpoint: &Endpoint, query: Option<&st
         Endpoint::DeleteRunner { id, .. } => delete_runner(state, &at, *id),
         Endpoint::RunnerDownloads { .. } => downloads(state),
         Endpoint::ListRunnerGroups { .. } => super::accounts::list_groups(state, &at, &params),
+        Endpoint::GetHook { hook_id, .. } => deliveries_api::get_hook(state, &at, *hook_id),
         Endpoint::ListDeliveries { hook_id, .. } => deliveries_api::list(state, &at, *hook_id, &params),
         Endpoint::Redeliver {
             hook_id, delivery_id, ..

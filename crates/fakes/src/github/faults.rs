@@ -31,6 +31,8 @@ pub enum Route {
     GetContents,
     ListHookDeliveries,
     RedeliverHookDelivery,
+    /// `GET /repos/{o}/{r}/hooks/{id}`, `GET /orgs/{org}/hooks/{id}`.
+    GetHook,
     RateLimit,
     CreateInstallationToken,
     RepoInstallation,

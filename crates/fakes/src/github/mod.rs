@@ -199,6 +199,27 @@ impl FakeGitHub {
         })
     }
 
+    /// Subscribes hook `hook_id` to exactly `events` (`*` for all); it then delivers
+    /// only those (and `ping`). Hooks start subscribed to `workflow_job`.
+    pub fn set_hook_events(&self, hook_id: u64, events: &[&str]) {
+        self.with_state(|s| {
+            s.hook_settings.entry(hook_id).or_default().events =
+                events.iter().map(|e| (*e).to_owned()).collect();
+        });
+    }
+
+    /// Turns hook `hook_id` off (no deliveries) or on.
+    pub fn set_hook_active(&self, hook_id: u64, active: bool) {
+        self.with_state(|s| s.hook_settings.entry(hook_id).or_default().active = active);
+    }
+
+    /// Makes every answer to the token carry `X-OAuth-Scopes: scopes`, as GitHub does for
+    /// a classic token (e.g. `"repo, admin:org"`); `None` (the default) sends no such
+    /// header, as for a fine-grained token.
+    pub fn set_token_scopes(&self, scopes: Option<&str>) {
+        self.with_state(|s| s.token_scopes = scopes.map(str::to_owned));
+    }
+
     /// Stops sending webhooks (removes every hook).
     pub fn clear_webhook(&self) {
         self.with_state(|s| s.webhooks.clear());

@@ -50,6 +50,11 @@ pub(super) enum Endpoint {
         repo: String,
         path: String,
     },
+    /// A repository's or an organisation's hook: its events and configuration.
+    GetHook {
+        at: Scope,
+        hook_id: u64,
+    },
     /// A repository's or an organisation's hook deliveries.
     ListDeliveries {
         at: Scope,
@@ -114,6 +119,10 @@ impl Endpoint {
     fn parse_hooks(method: &str, at: Scope, rest: &[&str]) -> Option<Self> {
         let num = |s: &str| s.parse::<u64>().ok();
         Some(match (method, rest) {
+            ("GET", ["hooks", hook]) => Endpoint::GetHook {
+                at,
+                hook_id: num(hook)?,
+            },
             ("GET", ["hooks", hook, "deliveries"]) => Endpoint::ListDeliveries {
                 at,
                 hook_id: num(hook)?,
@@ -183,6 +192,7 @@ impl Endpoint {
             Endpoint::ListRunJobs { .. } => Route::ListRunJobs,
             Endpoint::GetJob { .. } => Route::GetJob,
             Endpoint::GetContents { .. } => Route::GetContents,
+            Endpoint::GetHook { .. } => Route::GetHook,
             Endpoint::ListDeliveries { .. } => Route::ListHookDeliveries,
             Endpoint::Redeliver { .. } => Route::RedeliverHookDelivery,
             Endpoint::RateLimit => Route::RateLimit,
@@ -205,6 +215,7 @@ impl Endpoint {
             | Endpoint::DeleteRunner { at, .. }
             | Endpoint::RunnerDownloads { at }
             | Endpoint::ListRunnerGroups { at }
+            | Endpoint::GetHook { at, .. }
             | Endpoint::ListDeliveries { at, .. }
             | Endpoint::Redeliver { at, .. }
             | Endpoint::Installation { at } => Some(at.clone()),
@@ -306,6 +317,13 @@ mod tests {
         assert_eq!(
             parse(Method::GET, "/orgs/acme/installation"),
             Some(Endpoint::Installation { at: org.clone() })
+        );
+        assert_eq!(
+            parse(Method::GET, "/orgs/acme/hooks/2"),
+            Some(Endpoint::GetHook {
+                at: org.clone(),
+                hook_id: 2
+            })
         );
         assert_eq!(
             parse(Method::GET, "/orgs/acme/hooks/2/deliveries"),

@@ -171,6 +171,11 @@ pub(super) async fn handle(
             process(&shared, &method, caller, endpoint, uri.query(), &body).await
         }
     };
+    // A classic token's scopes come with every answer to it (docs/github.md §2.1).
+    let reply = match shared.lock().token_scopes.clone() {
+        Some(scopes) if caller == Some(Caller::Token) => reply.with_header("x-oauth-scopes", scopes),
+        _ => reply,
+    };
     let reply = conditional(&method, &headers, reply);
     // A 304 does not count against the primary budget, as on GitHub (docs/github.md §2.6).
     let refund = charged && reply.status == 304;

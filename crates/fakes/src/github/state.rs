@@ -28,6 +28,30 @@ pub(super) type DeliveryFilter = dyn Fn(&DeliveryInfo) -> DeliveryMode + Send + 
 /// A user-supplied runner behaviour chooser.
 pub(super) type BehaviorFn = dyn Fn(&str) -> RunnerBehavior + Send + Sync;
 
+/// What a hook is subscribed to, and whether it is on (`GET …/hooks/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct HookSettings {
+    pub events: Vec<String>,
+    pub active: bool,
+}
+
+impl Default for HookSettings {
+    fn default() -> Self {
+        Self {
+            events: vec!["workflow_job".to_owned()],
+            active: true,
+        }
+    }
+}
+
+impl HookSettings {
+    /// Whether the hook delivers `event` (`*` subscribes to every event; `ping` is always
+    /// sent, as when GitHub creates a hook).
+    pub fn wants(&self, event: &str) -> bool {
+        self.active && (event == "ping" || self.events.iter().any(|e| e == "*" || e == event))
+    }
+}
+
 /// A workflow run.
 #[derive(Debug, Clone)]
 pub(super) struct RunRecord {
@@ -111,6 +135,12 @@ pub(super) struct State {
     pub calls: Vec<CallRecord>,
     /// The hooks deliveries go to, by hook id.
     pub webhooks: Vec<(u64, WebhookTarget)>,
+    /// The events and `active` flag of hooks set with `set_hook_events`/`set_hook_active`;
+    /// a hook not here is active and subscribed to `workflow_job`.
+    pub hook_settings: HashMap<u64, HookSettings>,
+    /// The `X-OAuth-Scopes` header answers to the token carry (a classic token's scopes);
+    /// `None`: no such header, as for a fine-grained token.
+    pub token_scopes: Option<String>,
     pub webhook_timeout: Duration,
     pub delivery_filter: Option<Arc<DeliveryFilter>>,
     pub runner_behavior: Option<Arc<BehaviorFn>>,
@@ -164,6 +194,8 @@ impl State {
             deliveries: Vec::new(),
             calls: Vec::new(),
             webhooks: Vec::new(),
+            hook_settings: HashMap::new(),
+            token_scopes: None,
             webhook_timeout: Duration::from_secs(10),
             delivery_filter: None,
             runner_behavior: None,

@@ -95,6 +95,10 @@ fn for_hook(
         .payload
         .pointer("/repository/owner/login")
         .and_then(Value::as_str);
+    let subscribed = state.hook_settings.get(&hook_id).cloned().unwrap_or_default();
+    if !subscribed.wants(&outgoing.event) {
+        return None;
+    }
     let mut outgoing = outgoing.clone();
     let (target_type, target_id) = match &target.kind {
         HookKind::Repository => ("repository", outgoing.repository_id.unwrap_or(0)),

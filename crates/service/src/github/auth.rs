@@ -271,7 +271,7 @@ impl GitHub {
     }
 
     /// Asks GitHub (with the App's JWT) for the installation on `account`.
-    async fn look_up_installation(&self, account: &Account) -> Result<u64, GitHubError> {
+    pub(super) async fn look_up_installation(&self, account: &Account) -> Result<u64, GitHubError> {
         for path in &account.lookups {
             let url = self.url(path);
             match self

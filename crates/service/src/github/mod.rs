@@ -15,12 +15,14 @@
 //! - `auth`: tokens and GitHub App installation tokens;
 //! - `rate_limit`: one budget per credential: the rate-limit headers seen, blocks, and
 //!   background calls giving way to registrations as the budget drains;
-//! - `error`: what a failed call means for the caller.
+//! - `error`: what a failed call means for the caller;
+//! - `probe`: the read-only calls of `modal-github-runner check`.
 
 mod auth;
 mod conditional;
 mod endpoints;
 mod error;
+mod probe;
 mod rate_limit;
 mod scope;
 mod transport;
@@ -33,6 +35,7 @@ use reqwest::Url;
 
 pub use auth::{AppCredentials, Credentials};
 pub use error::GitHubError;
+pub use probe::{HookConfig, HookSetup};
 pub use rate_limit::{BudgetKey, Priority, RateSnapshot};
 pub use scope::{GroupError, RunnerGroups, RunnerHome, RunnerScope};
 pub use types::{

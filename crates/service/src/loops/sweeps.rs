@@ -69,7 +69,7 @@ async fn homes(store: &Store, github: &GitHub, allow: &RepoAllowList) -> Result<
 /// registrations, even named with the same prefix, are never touched.
 ///
 /// What it costs: the listings are conditional, so an idle place's costs no API budget; a
-/// place with live runners is left for a later round, because its listing changes with
+/// repository with live runners is left for a later round, because its listing changes with
 /// every runner of ours (each change a counted call) while what the sweep looks for there
 /// can wait until it has none (an unused JIT registration does no harm, and GitHub removes
 /// it after a day: docs/github.md §2.2). When the budget is down to its reserve the sweep
@@ -88,10 +88,13 @@ pub async fn delete_offline_registrations(
         .into_iter()
         .map(|r| github.home_of(&r.row.repo).key())
         .collect();
+    // Only a repository's listing is skipped while it has live runners: an organisation's
+    // or enterprise's is one call per sweep however many repositories it serves.
+    let skip = |h: &RunnerHome| matches!(h, RunnerHome::Repo(_)) && busy.contains(&h.key());
     for home in homes(store, github, allow)
         .await?
         .into_iter()
-        .filter(|h| !busy.contains(&h.key()))
+        .filter(|h| !skip(h))
     {
         let registered = match github.list_runners(&home).await {
             Ok(r) => r,

@@ -76,16 +76,19 @@ pub(super) async fn apply(pool: &SqlitePool, path: &Path) -> Result<(), StoreErr
 
 /// The newest migration recorded in the database; `None` for a new database or one written
 /// before versioned migrations.
-async fn applied_version(pool: &SqlitePool) -> Result<Option<i64>, StoreError> {
+pub(super) async fn applied_version(
+    db: impl sqlx::Acquire<'_, Database = sqlx::Sqlite>,
+) -> Result<Option<i64>, StoreError> {
+    let mut conn = db.acquire().await?;
     let has_table: Option<String> = sqlx::query_scalar(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
     )
-    .fetch_optional(pool)
+    .fetch_optional(&mut *conn)
     .await?;
     if has_table.is_none() {
         return Ok(None);
     }
     Ok(sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations")
-        .fetch_one(pool)
+        .fetch_one(&mut *conn)
         .await?)
 }

@@ -4,6 +4,7 @@
 //! answered only after its group is on disk.
 
 mod ingest;
+pub mod inspect;
 mod jobs;
 pub mod maintenance;
 mod migrations;

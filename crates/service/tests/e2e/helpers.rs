@@ -45,7 +45,7 @@ pub async fn recorded_deliveries(world: &World) -> std::collections::HashSet<Str
         .collect()
 }
 
-async fn connect(world: &World) -> sqlx::SqliteConnection {
+pub async fn connect(world: &World) -> sqlx::SqliteConnection {
     use sqlx::ConnectOptions as _;
     use std::str::FromStr as _;
     sqlx::sqlite::SqliteConnectOptions::from_str(&world.database_url())

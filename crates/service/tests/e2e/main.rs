@@ -3,6 +3,7 @@
 //! restart its process.
 
 mod budget;
+mod check;
 mod hardening;
 mod helpers;
 mod job_ends;
