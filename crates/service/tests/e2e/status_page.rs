@@ -81,7 +81,7 @@ async fn the_status_page_shows_running_waiting_refused_and_finished_jobs_in_a_re
     assert!(text.contains("Recent jobs"), "{text}");
     assert!(line_of(done.job_ids[0]).contains("success"), "{text}");
     assert!(
-        text.contains("GitHub headroom:") && text.contains("calls left"),
+        text.contains("GitHub headroom (token): ") && text.contains("calls left"),
         "{text}"
     );
     assert!(text.contains("Leader: this replica"), "{text}");
