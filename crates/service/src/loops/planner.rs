@@ -24,7 +24,7 @@ use crate::domain::{
 use crate::metrics::Metrics;
 use crate::retry::job_retry_delay;
 use crate::store::{AttemptStats, JobRow, LiveRunner, NewRunner, RunnerPatch, Store, StoreError};
-use crate::wake::{Wake, next_round};
+use crate::wake::{Rounds, Wake};
 
 /// What the planner may do.
 #[derive(Debug, Clone)]
@@ -300,11 +300,12 @@ pub struct PlannerContext {
 
 /// Plans on every wake-up and at least every `interval`, until `stop`.
 pub async fn run(ctx: PlannerContext, stop: CancellationToken) {
+    let mut rounds = Rounds::default();
     loop {
         if let Err(e) = pass(&ctx).await {
             tracing::error!(error = %e, "planning pass failed");
         }
-        if !next_round(&ctx.wake.planner, ctx.interval, &stop).await {
+        if !rounds.next(&ctx.wake.planner, ctx.interval, &stop).await {
             return;
         }
     }

@@ -35,7 +35,7 @@ use crate::metrics::Metrics;
 use crate::pace::Window;
 use crate::retry::Backoff;
 use crate::store::{RunnerPatch, RunnerRow, Store, StoreError};
-use crate::wake::{Wake, next_round};
+use crate::wake::{Rounds, Wake};
 
 /// What provisioning needs.
 pub struct ProvisionerContext {
@@ -80,12 +80,13 @@ enum ProvisionError {
 pub async fn run(ctx: Arc<ProvisionerContext>, stop: CancellationToken, drain: Duration) {
     let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut tasks = JoinSet::new();
+    let mut rounds = Rounds::default();
     loop {
         while tasks.try_join_next().is_some() {}
         if let Err(e) = dispatch(&ctx, &in_flight, &mut tasks).await {
             tracing::error!(error = %e, "provisioning pass failed");
         }
-        if !next_round(&ctx.wake.provisioner, ctx.interval, &stop).await {
+        if !rounds.next(&ctx.wake.provisioner, ctx.interval, &stop).await {
             break;
         }
     }

@@ -30,7 +30,7 @@ use crate::github::{DeleteOutcome, GitHub, GitHubError};
 use crate::loops::sweeps;
 use crate::metrics::Metrics;
 use crate::store::{LiveRunner, RunnerPatch, Store, StoreError};
-use crate::wake::{Wake, next_round};
+use crate::wake::{Rounds, Wake};
 
 /// What the reaper needs.
 pub struct ReaperContext {
@@ -61,6 +61,7 @@ enum ReapError {
 pub async fn run(ctx: Arc<ReaperContext>, stop: CancellationToken) {
     let mut last_sweep: Option<Instant> = None;
     let since = |t: Instant| ctx.clock.instant().saturating_duration_since(t);
+    let mut rounds = Rounds::default();
     loop {
         if let Err(e) = pass(&ctx).await {
             tracing::warn!(error = %e, "reaping pass failed");
@@ -84,7 +85,7 @@ pub async fn run(ctx: Arc<ReaperContext>, stop: CancellationToken) {
                 tracing::warn!(error = %e, "could not sweep GitHub's runner list");
             }
         }
-        if !next_round(&ctx.wake.reaper, ctx.settings.interval, &stop).await {
+        if !rounds.next(&ctx.wake.reaper, ctx.settings.interval, &stop).await {
             return;
         }
     }

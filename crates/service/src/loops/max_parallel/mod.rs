@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::github::{GitHub, GitHubError};
 use crate::store::{RunStrategy, Store, StoreError, StrategyUpdate, UnresolvedRun};
-use crate::wake::{Wake, next_round};
+use crate::wake::{Rounds, Wake};
 
 #[cfg(test)]
 mod fuzz;
@@ -52,6 +52,7 @@ pub struct StrategyContext {
 
 /// Looks up runs as their jobs arrive, until `stop`.
 pub async fn run(ctx: Arc<StrategyContext>, stop: CancellationToken) {
+    let mut rounds = Rounds::default();
     loop {
         // Lookups are background calls, paced as the API budget drains: stopping must not
         // wait for them.
@@ -62,7 +63,7 @@ pub async fn run(ctx: Arc<StrategyContext>, stop: CancellationToken) {
         if let Err(e) = result {
             tracing::warn!(error = %e, "max-parallel lookup pass failed");
         }
-        if !next_round(&ctx.wake.strategy, ctx.interval, &stop).await {
+        if !rounds.next(&ctx.wake.strategy, ctx.interval, &stop).await {
             return;
         }
     }
