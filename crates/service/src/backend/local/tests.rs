@@ -52,12 +52,7 @@ async fn a_runner_gets_the_jit_config_in_its_environment_and_its_directory_is_re
         seen.display()
     ));
     let work = tempfile::tempdir().expect("tempdir");
-    let b = LocalBackend::new(LocalConfig {
-        runner_dir: rd.path().into(),
-        work_dir: work.path().into(),
-        run_as: None,
-        deployment: "test".into(),
-    });
+    let b = LocalBackend::new(config(rd.path(), work.path()));
     b.prepare().await.expect("prepare");
 
     // Act
@@ -78,12 +73,7 @@ async fn a_runner_gets_the_jit_config_in_its_environment_and_its_directory_is_re
 async fn create_is_idempotent_on_the_name_and_terminate_kills_the_process_group() {
     let rd = runner_dir("sleep 30 & sleep 30");
     let work = tempfile::tempdir().expect("tempdir");
-    let b = LocalBackend::new(LocalConfig {
-        runner_dir: rd.path().into(),
-        work_dir: work.path().into(),
-        run_as: None,
-        deployment: "test".into(),
-    });
+    let b = LocalBackend::new(config(rd.path(), work.path()));
     b.prepare().await.expect("prepare");
     let first = b
         .create(spec("r-2-1", Duration::from_secs(30)))
@@ -115,12 +105,7 @@ async fn create_is_idempotent_on_the_name_and_terminate_kills_the_process_group(
 async fn a_sandbox_is_stopped_at_its_timeout() {
     let rd = runner_dir("exec sleep 30");
     let work = tempfile::tempdir().expect("tempdir");
-    let b = LocalBackend::new(LocalConfig {
-        runner_dir: rd.path().into(),
-        work_dir: work.path().into(),
-        run_as: None,
-        deployment: "test".into(),
-    });
+    let b = LocalBackend::new(config(rd.path(), work.path()));
     b.prepare().await.expect("prepare");
     b.create(spec("r-3-1", Duration::from_millis(300)))
         .await
@@ -133,12 +118,7 @@ async fn a_sandbox_is_stopped_at_its_timeout() {
 async fn a_new_backend_adopts_running_sandboxes_and_clears_dead_ones() {
     let rd = runner_dir("exec sleep 30");
     let work = tempfile::tempdir().expect("tempdir");
-    let config = LocalConfig {
-        runner_dir: rd.path().into(),
-        work_dir: work.path().into(),
-        run_as: None,
-        deployment: "test".into(),
-    };
+    let config = config(rd.path(), work.path());
     let first = LocalBackend::new(config.clone());
     first.prepare().await.expect("prepare");
     first
@@ -218,12 +198,7 @@ async fn a_backend_adopts_only_its_own_deployments_sandboxes_from_a_shared_work_
 async fn a_runner_directory_without_run_sh_is_a_permanent_error() {
     let empty = tempfile::tempdir().expect("tempdir");
     let work = tempfile::tempdir().expect("tempdir");
-    let b = LocalBackend::new(LocalConfig {
-        runner_dir: empty.path().into(),
-        work_dir: work.path().into(),
-        run_as: None,
-        deployment: "test".into(),
-    });
+    let b = LocalBackend::new(config(empty.path(), work.path()));
     let err = b.prepare().await.expect_err("no run.sh");
     assert!(!err.is_transient());
     assert!(err.to_string().contains("run.sh"));

@@ -154,10 +154,8 @@ fn a_runner_stolen_by_a_foreign_job_gets_exactly_one_replacement() {
     s.attempts.insert(
         JobId(1),
         AttemptStats {
-            wasted: 0,
             max_attempt: 1,
-            failures: 0,
-            last_failure_at: None,
+            ..AttemptStats::default()
         },
     );
     let intents = plan(&s, &limits(50));
@@ -424,10 +422,8 @@ fn organisation_runners_of_sibling_repositories_are_counted_together_before_a_re
     s.attempts.insert(
         JobId(1),
         AttemptStats {
-            wasted: 0,
             max_attempt: 1,
-            failures: 0,
-            last_failure_at: None,
+            ..AttemptStats::default()
         },
     );
     // At the organisation, job 2's idle runner can take job 1: nothing to make.
