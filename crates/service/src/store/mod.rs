@@ -30,6 +30,11 @@ pub use runs::{RunStrategy, UnresolvedRun};
 pub use snapshot::PlanInputs;
 
 /// A failed store operation. The text never holds row contents beyond ids and names.
+/// How many more times opening the store is tried after SQLite says it is busy.
+const OPEN_TRIES: u32 = 5;
+/// The first wait before trying again; each further try waits one more of it.
+const OPEN_RETRY_DELAY: Duration = Duration::from_millis(200);
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
@@ -53,6 +58,19 @@ pub enum StoreError {
     NewerSchema { path: String, found: i64, known: i64 },
     #[error("the database schema could not be brought up to date: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+impl StoreError {
+    /// SQLite's "database is locked" (SQLITE_BUSY and its extended codes).
+    fn is_busy(&self) -> bool {
+        match self {
+            StoreError::Db(sqlx::Error::Database(db)) => db
+                .code()
+                .and_then(|c| c.parse::<i32>().ok())
+                .is_some_and(|c| c & 0xff == 5),
+            _ => false,
+        }
+    }
 }
 
 /// Handle to the store; cheap to clone.
@@ -91,11 +109,29 @@ impl Store {
     }
 
     /// Opens the store stamping rows with `clock`'s time (tests move it by hand).
+    ///
+    /// Right after a crash (a SIGKILL) the first connections recover the write-ahead log, and
+    /// SQLite can answer another connection "database is locked" at once, without waiting
+    /// out the busy timeout. That is transient, so opening is tried again a few times.
     pub async fn open_with_clock(
         url: &str,
         durability: Durability,
         clock: Clock,
     ) -> Result<Store, StoreError> {
+        let mut tries = 0;
+        loop {
+            match Store::connect(url, durability, clock.clone()).await {
+                Err(e) if e.is_busy() && tries < OPEN_TRIES => {
+                    tries += 1;
+                    tracing::warn!(error = %e, "the store is busy at start-up; trying again");
+                    tokio::time::sleep(OPEN_RETRY_DELAY * tries).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn connect(url: &str, durability: Durability, clock: Clock) -> Result<Store, StoreError> {
         let sync = match durability {
             Durability::Normal => SqliteSynchronous::Normal,
             Durability::Full => SqliteSynchronous::Full,

@@ -456,3 +456,38 @@ fn released_migrations_are_never_edited() {
         assert_eq!(sha256, *checksum, "migration {version} was edited");
     }
 }
+
+#[tokio::test]
+async fn a_locked_database_is_told_apart_from_other_errors_so_opening_can_try_again() {
+    use sqlx::ConnectOptions;
+    use sqlx::sqlite::SqliteConnectOptions;
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("s.db");
+    let options = || {
+        SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true)
+            .busy_timeout(std::time::Duration::ZERO)
+    };
+    let mut holder = options().connect().await.expect("connect");
+    sqlx::query("CREATE TABLE t (x)")
+        .execute(&mut holder)
+        .await
+        .expect("create");
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut holder)
+        .await
+        .expect("lock");
+    let mut other = options().connect().await.expect("connect");
+    let locked = sqlx::query("INSERT INTO t VALUES (1)")
+        .execute(&mut other)
+        .await
+        .expect_err("locked");
+    assert!(StoreError::from(locked).is_busy());
+    let missing = sqlx::query("SELECT * FROM nowhere")
+        .execute(&mut holder)
+        .await
+        .expect_err("no such table");
+    assert!(!StoreError::from(missing).is_busy());
+    assert!(!StoreError::Closed.is_busy());
+}
