@@ -2,7 +2,9 @@
 //! method and keeps the latest figures).
 //!
 //! 1. ingress: signed ~8 KB `workflow_job` deliveries, closed-loop at concurrency 64 and
-//!    open-loop at 500/s; every accepted delivery checked in the store after a SIGKILL;
+//!    open-loop at 500/s, against the service and against a bare server (the same HTTP
+//!    stack and HMAC check, no store: `bare.rs`) whose figures are the yardstick; every
+//!    accepted delivery checked in the store after a SIGKILL;
 //! 2. burst, latency-bound: 500 jobs at once with limits off; time to the last sandbox against
 //!    the bound of a two-stage pipeline (32 registration slots, 256 creation slots), and a
 //!    50-job burst's time to its last sandbox and queued-to-registration latencies;
@@ -156,41 +158,40 @@ async fn send(client: &reqwest::Client, url: &str, d: &Delivery) -> Option<u16> 
         .map(|r| r.status().as_u16())
 }
 
-async fn ingress(quick: bool, sync: &str) -> Result<Table, String> {
-    let total = if quick { 4_000 } else { 20_000 };
-    let config = WorldConfig {
-        service_env: vec![("STORE_SYNC".into(), sync.into())],
-        run_runners: false,
-        jit_latency: Duration::ZERO,
-        create_latency: Duration::ZERO,
-        github_limits: false,
-        modal_rate: None,
-        ..WorldConfig::default()
-    };
-    let mut world = world::start(config).await?;
-    let port = world.port;
-    let url = format!("http://127.0.0.1:{port}/webhook");
-    let batch = deliveries(total, &world.github.api_url());
-    let size = batch.iter().map(|d| d.body.len()).sum::<usize>() / batch.len().max(1);
-    fakes::install_crypto_provider();
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(128)
-        .build()
-        .map_err(|e| e.to_string())?;
+/// What one load pattern measured against one server.
+struct Load {
+    /// Deliveries answered 202.
+    accepted: usize,
+    /// Closed loop: accepted deliveries per second.
+    throughput: f64,
+    /// Open loop: each delivery's latency from its due time, sorted.
+    latencies: Vec<Duration>,
+}
 
-    // Closed loop, 64 at a time.
-    let batch = Arc::new(batch);
+impl Load {
+    fn p(&self, q: f64) -> f64 {
+        ms(quantile(&self.latencies, q))
+    }
+}
+
+/// Sends the whole batch, `concurrency` requests at a time; returns (accepted, elapsed).
+async fn closed_loop(
+    client: &reqwest::Client,
+    url: &str,
+    batch: Arc<Vec<Delivery>>,
+    concurrency: usize,
+) -> (usize, Duration) {
     let next = Arc::new(AtomicUsize::new(0));
     let accepted = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..64 {
+    for _ in 0..concurrency {
         let (batch, next, accepted, client, url) = (
             batch.clone(),
             next.clone(),
             accepted.clone(),
             client.clone(),
-            url.clone(),
+            url.to_string(),
         );
         tasks.push(tokio::spawn(async move {
             loop {
@@ -205,10 +206,87 @@ async fn ingress(quick: bool, sync: &str) -> Result<Table, String> {
     for t in tasks {
         let _ = t.await;
     }
-    let elapsed = started.elapsed();
-    let accepted = accepted.load(Ordering::Relaxed);
+    (accepted.load(Ordering::Relaxed), started.elapsed())
+}
 
-    // Crash right after the last answer, then count what is on disk.
+/// Sends the batch at `rate` per second whatever the answers; returns each delivery's
+/// latency from its due time (sorted) and how many were accepted.
+async fn open_loop(
+    client: &reqwest::Client,
+    url: &str,
+    batch: Arc<Vec<Delivery>>,
+    rate: f64,
+) -> (Vec<Duration>, usize) {
+    let origin = tokio::time::Instant::now();
+    let mut handles = Vec::with_capacity(batch.len());
+    for i in 0..batch.len() {
+        let due = origin + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due).await;
+        let (client, url, b) = (client.clone(), url.to_string(), batch.clone());
+        handles.push(tokio::spawn(async move {
+            let ok = send(&client, &url, &b[i]).await == Some(202);
+            (due.elapsed(), ok)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(batch.len());
+    let mut ok = 0;
+    for h in handles {
+        if let Ok((lat, accepted)) = h.await {
+            latencies.push(lat);
+            ok += usize::from(accepted);
+        }
+    }
+    latencies.sort();
+    (latencies, ok)
+}
+
+/// The ingress patterns against the bare server (same HTTP stack and HMAC check, no store).
+async fn bare_ingress(
+    client: &reqwest::Client,
+    closed: Arc<Vec<Delivery>>,
+    open: Arc<Vec<Delivery>>,
+) -> Result<Load, String> {
+    let bare = crate::bare::start(SECRET).await?;
+    let url = format!("http://127.0.0.1:{}/webhook", bare.port);
+    let (accepted, elapsed) = closed_loop(client, &url, closed, 64).await;
+    let (latencies, _) = open_loop(client, &url, open, OPEN_RATE).await;
+    Ok(Load {
+        accepted,
+        throughput: accepted as f64 / elapsed.as_secs_f64(),
+        latencies,
+    })
+}
+
+/// The open loop's arrival rate, deliveries per second.
+const OPEN_RATE: f64 = 500.0;
+
+async fn ingress(quick: bool, sync: &str) -> Result<Table, String> {
+    let total = if quick { 4_000 } else { 20_000 };
+    let open_n = if quick { 1_000 } else { 5_000 };
+    let config = WorldConfig {
+        service_env: vec![("STORE_SYNC".into(), sync.into())],
+        run_runners: false,
+        jit_latency: Duration::ZERO,
+        create_latency: Duration::ZERO,
+        github_limits: false,
+        modal_rate: None,
+        ..WorldConfig::default()
+    };
+    let mut world = world::start(config).await?;
+    let url = format!("http://127.0.0.1:{}/webhook", world.port);
+    let batch = Arc::new(deliveries(total, &world.github.api_url()));
+    let open_batch = Arc::new(deliveries(open_n, &world.github.api_url()));
+    let size = batch.iter().map(|d| d.body.len()).sum::<usize>() / batch.len().max(1);
+    fakes::install_crypto_provider();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(128)
+        .build()
+        .map_err(|e| e.to_string())?;
+
+    let bare = bare_ingress(&client, batch.clone(), open_batch.clone()).await?;
+
+    // Closed loop, then a crash right after the last answer, then count what is on disk.
+    let (accepted, elapsed) = closed_loop(&client, &url, batch, 64).await;
     let (_, peak_closed) = world.process().map(|s| s.memory_kib()).unwrap_or_default();
     if let Some(s) = world.take_process() {
         s.kill();
@@ -222,42 +300,35 @@ async fn ingress(quick: bool, sync: &str) -> Result<Table, String> {
     let durable = store.delivery_count().await.map_err(|e| e.to_string())?;
     store.close().await;
 
-    // Open loop at 500/s on a fresh service.
+    // Open loop on a fresh service.
     world.start_service().await;
-    let open_n = if quick { 1_000 } else { 5_000 };
-    let open_batch = Arc::new(deliveries(open_n, &world.github.api_url()));
-    let rate = 500.0;
-    let origin = tokio::time::Instant::now();
-    let mut handles = Vec::with_capacity(open_n);
-    for i in 0..open_n {
-        let due = origin + Duration::from_secs_f64(i as f64 / rate);
-        tokio::time::sleep_until(due).await;
-        let (client, url, b) = (client.clone(), url.clone(), open_batch.clone());
-        handles.push(tokio::spawn(async move {
-            let ok = send(&client, &url, &b[i]).await == Some(202);
-            (due.elapsed(), ok)
-        }));
-    }
-    let mut latencies = Vec::with_capacity(open_n);
-    let mut open_ok = 0;
-    for h in handles {
-        if let Ok((lat, ok)) = h.await {
-            latencies.push(lat);
-            open_ok += usize::from(ok);
-        }
-    }
-    latencies.sort();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 - 1.0) * p).round() as usize)
-            .copied()
-            .unwrap_or_default()
-    };
+    let url = format!("http://127.0.0.1:{}/webhook", world.port);
+    let (latencies, open_ok) = open_loop(&client, &url, open_batch, OPEN_RATE).await;
     let (_, peak_open) = world.process().map(|s| s.memory_kib()).unwrap_or_default();
     world.shutdown().await;
 
-    let throughput = accepted as f64 / elapsed.as_secs_f64();
-    let p99 = ms(pct(0.99));
+    let service = Load {
+        accepted,
+        throughput: accepted as f64 / elapsed.as_secs_f64(),
+        latencies,
+    };
+    Ok(ingress_table(sync, size, total, open_n, open_ok, durable, &service, &bare, (peak_closed, peak_open)))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn ingress_table(
+    sync: &str,
+    size: usize,
+    total: usize,
+    open_n: usize,
+    open_ok: usize,
+    durable: i64,
+    service: &Load,
+    bare: &Load,
+    (peak_closed, peak_open): (u64, u64),
+) -> Table {
+    let share = service.throughput / bare.throughput.max(f64::MIN_POSITIVE);
+    let p99 = service.p(0.99);
     let mut t = Table::new(format!(
         "1. ingress: signed workflow_job deliveries, SQLite store, STORE_SYNC={sync}"
     ));
@@ -265,40 +336,48 @@ async fn ingress(quick: bool, sync: &str) -> Result<Table, String> {
         .row("closed loop: deliveries, concurrency", format!("{total}, 64"))
         .judged(
             "closed loop: accepted (202)",
-            accepted.to_string(),
+            service.accepted.to_string(),
             "all",
-            accepted == total,
+            service.accepted == total,
+        )
+        .row(
+            "closed loop: bare server (HTTP + HMAC, no store)",
+            format!("{:.0} deliveries/s ({} accepted)", bare.throughput, bare.accepted),
         )
         .judged(
-            "closed loop: throughput",
-            format!("{throughput:.0} deliveries/s"),
-            ">= 5,000/s",
-            throughput >= 5000.0,
+            "closed loop: service throughput, share of bare",
+            format!("{:.0} deliveries/s, {share:.2}", service.throughput),
+            ">= 0.50",
+            share >= 0.5,
         )
         .judged(
             "after SIGKILL: accepted deliveries on disk",
-            format!("{durable} of {accepted}"),
+            format!("{durable} of {}", service.accepted),
             "all",
-            durable as usize >= accepted,
+            durable as usize >= service.accepted,
         )
         .judged(
             "open loop: rate, deliveries",
-            format!("{rate:.0}/s, {open_n} ({open_ok} accepted)"),
+            format!("{OPEN_RATE:.0}/s, {open_n} ({open_ok} accepted)"),
             "all accepted",
             open_ok == open_n,
         )
         .row(
-            "open loop: latency p50 / p90 / max",
+            "open loop: bare server p50 / p99 / max",
+            format!("{:.2} / {:.2} / {:.2} ms", bare.p(0.5), bare.p(0.99), bare.p(1.0)),
+        )
+        .row(
+            "open loop: service p50 / p90 / max",
             format!(
                 "{:.2} / {:.2} / {:.2} ms",
-                ms(pct(0.5)),
-                ms(pct(0.9)),
-                ms(pct(1.0))
+                service.p(0.5),
+                service.p(0.9),
+                service.p(1.0)
             ),
         )
         .judged(
-            "open loop: latency p99",
-            format!("{p99:.2} ms"),
+            "open loop: service p99 (bare's p99 beside)",
+            format!("{p99:.2} ms ({:.2} ms)", bare.p(0.99)),
             "<= 5 ms",
             p99 <= 5.0,
         )
@@ -310,7 +389,7 @@ async fn ingress(quick: bool, sync: &str) -> Result<Table, String> {
                 peak_open as f64 / 1024.0
             ),
         );
-    Ok(t)
+    t
 }
 
 fn ms(d: Duration) -> f64 {

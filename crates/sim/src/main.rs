@@ -7,6 +7,7 @@
 //! the fake runner (`sim fake-runner`, hidden). Both are the same code as the
 //! `modal-github-runner` and `fake-runner` binaries.
 
+mod bare;
 mod bench;
 mod budget;
 mod report;
@@ -36,6 +37,9 @@ enum Command {
     /// The service, as `modal-github-runner serve` (the world's child process).
     #[command(hide = true)]
     Serve(Box<modal_github_runner::config::ServeArgs>),
+    /// The ingress benchmark's baseline: the same HTTP stack and HMAC check, no store.
+    #[command(hide = true)]
+    BareServer,
     /// Play the GitHub Actions runner against the fake GitHub (the sandboxes' entrypoint).
     #[command(hide = true)]
     FakeRunner {
@@ -58,6 +62,7 @@ fn main() -> ExitCode {
             Command::Simulate(args) => report("simulation", simulate::run(args).await),
             Command::Bench(args) => report("benchmark", bench::run(args).await),
             Command::Serve(args) => modal_github_runner::cli::serve(*args).await,
+            Command::BareServer => bare::serve().await,
             Command::FakeRunner { jitconfig } => match fakes::runner::run(jitconfig).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -1,6 +1,8 @@
 //! Recording job events, from webhooks and from polling, with group commit.
 
-use sqlx::{SqliteConnection, SqlitePool};
+use std::collections::HashSet;
+
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
@@ -91,39 +93,69 @@ async fn write_loop(pool: SqlitePool, clock: Clock, mut rx: mpsc::Receiver<Reque
     }
 }
 
+/// One transaction per group, and a fixed number of statements per transaction whatever the
+/// group's size: each statement is a round trip to sqlx's SQLite thread (a channel send and
+/// a thread wake-up each way), which costs more than the statement itself. With one insert
+/// and one upsert per event, that hand-off was most of the ingress's time under load.
 async fn write_group(pool: &SqlitePool, group: &[Request], now: i64) -> Result<Vec<Recorded>, StoreError> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let mut results = Vec::with_capacity(group.len());
-    for req in group {
-        results.push(apply(&mut tx, req, now).await?);
-    }
+    let news = insert_deliveries(&mut tx, group, now).await?;
+    let applied: Vec<&Request> = group
+        .iter()
+        .zip(&news)
+        .filter_map(|(req, new)| new.then_some(req))
+        .collect();
+    upsert_jobs(&mut tx, &applied, now).await?;
     tx.commit().await?;
-    Ok(results)
+    Ok(news
+        .into_iter()
+        .map(|new| if new { Recorded::Applied } else { Recorded::Duplicate })
+        .collect())
 }
 
-async fn apply(conn: &mut SqliteConnection, req: &Request, now: i64) -> Result<Recorded, StoreError> {
-    if let Some(guid) = &req.delivery {
-        let inserted = sqlx::query("INSERT OR IGNORE INTO deliveries (guid, received_at) VALUES (?1, ?2)")
-            .bind(guid)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
-        if inserted.rows_affected() == 0 {
-            return Ok(Recorded::Duplicate);
-        }
-    }
-    upsert_job(conn, &req.event, req.source, now).await?;
-    Ok(Recorded::Applied)
+/// Records the group's delivery GUIDs in one statement and says, per request, whether it is
+/// news: it has no GUID, or its GUID was not recorded before (by an earlier group, or by an
+/// earlier request of this one).
+async fn insert_deliveries(
+    conn: &mut SqliteConnection,
+    group: &[Request],
+    now: i64,
+) -> Result<Vec<bool>, StoreError> {
+    let mut distinct = HashSet::new();
+    let guids: Vec<&str> = group
+        .iter()
+        .filter_map(|r| r.delivery.as_deref())
+        .filter(|g| distinct.insert(*g))
+        .collect();
+    let inserted: HashSet<String> = if guids.is_empty() {
+        HashSet::new()
+    } else {
+        let mut q = QueryBuilder::<Sqlite>::new("INSERT OR IGNORE INTO deliveries (guid, received_at) ");
+        q.push_values(&guids, |mut row, guid| {
+            row.push_bind(guid.to_string()).push_bind(now);
+        });
+        q.push(" RETURNING guid");
+        q.build_query_scalar::<String>()
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .collect()
+    };
+    let mut claimed = HashSet::new();
+    Ok(group
+        .iter()
+        .map(|r| match r.delivery.as_deref() {
+            None => true,
+            Some(guid) => inserted.contains(guid) && claimed.insert(guid),
+        })
+        .collect())
 }
 
-/// Merges one event into the job's row so that the final state is right whatever order
+/// Merges each event into its job's row so that the final state is right whatever order
 /// events arrive in: the status only moves forward (waiting and queued may swap), the
-/// runner name and times are kept once known, and the first labels stay.
-const UPSERT_JOB: &str = "
-INSERT INTO jobs (id, repo, run_id, run_attempt, name, workflow_name, head_sha, labels, label_key,
-                  status, rank, conclusion, runner_name, source, first_seen_at, updated_at,
-                  started_at, completed_at)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15, ?16, ?17)
+/// runner name and times are kept once known, and the first labels stay. Several events of
+/// one job in one statement are merged in order, as if sent one by one.
+const ON_CONFLICT_MERGE: &str = "
 ON CONFLICT(id) DO UPDATE SET
     status = CASE WHEN excluded.rank > jobs.rank OR (excluded.rank = 1 AND jobs.rank = 1)
                   THEN excluded.status ELSE jobs.status END,
@@ -141,35 +173,44 @@ ON CONFLICT(id) DO UPDATE SET
 WHERE excluded.rank > jobs.rank OR (excluded.rank = 1 AND jobs.rank = 1 AND excluded.status <> jobs.status)
    OR (jobs.runner_name IS NULL AND excluded.runner_name IS NOT NULL)";
 
-async fn upsert_job(
-    conn: &mut SqliteConnection,
-    e: &JobEvent,
-    source: EventSource,
-    now: i64,
-) -> Result<(), StoreError> {
-    let rank = e.status.rank();
-    let started = (rank >= 2).then_some(now);
-    let completed = (rank >= 3).then_some(now);
-    sqlx::query(UPSERT_JOB)
-        .bind(to_i64(e.job_id.0))
-        .bind(e.repo.as_str())
-        .bind(to_i64(e.run_id))
-        .bind(i64::from(e.run_attempt))
-        .bind(&e.name)
-        .bind(e.workflow_name.as_deref())
-        .bind(e.head_sha.as_deref())
-        .bind(e.labels.to_json())
-        .bind(e.labels.key())
-        .bind(e.status.as_str())
-        .bind(rank)
-        .bind(e.conclusion.as_deref())
-        .bind(e.runner_name.as_deref())
-        .bind(source.as_str())
-        .bind(now)
-        .bind(started)
-        .bind(completed)
-        .execute(&mut *conn)
-        .await?;
+/// Bound values per job row; `MAX_GROUP` rows stay far below SQLite's 32,766 variables.
+const JOB_COLUMNS: usize = 17;
+const _: () = assert!(MAX_GROUP * JOB_COLUMNS < 32_766);
+
+/// Upserts the jobs of `events` in one statement (none when there are none).
+async fn upsert_jobs(conn: &mut SqliteConnection, events: &[&Request], now: i64) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut q = QueryBuilder::<Sqlite>::new(
+        "INSERT INTO jobs (id, repo, run_id, run_attempt, name, workflow_name, head_sha, labels, label_key,
+                  status, rank, conclusion, runner_name, source, first_seen_at, updated_at,
+                  started_at, completed_at) ",
+    );
+    q.push_values(events, |mut row, req| {
+        let e = &req.event;
+        let rank = e.status.rank();
+        row.push_bind(to_i64(e.job_id.0))
+            .push_bind(e.repo.as_str().to_string())
+            .push_bind(to_i64(e.run_id))
+            .push_bind(i64::from(e.run_attempt))
+            .push_bind(e.name.clone())
+            .push_bind(e.workflow_name.clone())
+            .push_bind(e.head_sha.clone())
+            .push_bind(e.labels.to_json())
+            .push_bind(e.labels.key().to_string())
+            .push_bind(e.status.as_str())
+            .push_bind(rank)
+            .push_bind(e.conclusion.clone())
+            .push_bind(e.runner_name.clone())
+            .push_bind(req.source.as_str())
+            .push_bind(now)
+            .push_bind(now)
+            .push_bind((rank >= 2).then_some(now))
+            .push_bind((rank >= 3).then_some(now));
+    });
+    q.push(ON_CONFLICT_MERGE);
+    q.build().execute(&mut *conn).await?;
     Ok(())
 }
 

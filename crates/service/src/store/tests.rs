@@ -128,6 +128,42 @@ async fn many_concurrent_events_are_all_recorded() {
     assert_eq!(s.open_jobs().await.expect("jobs").len(), 300);
 }
 
+/// Events sent at once share one transaction and one statement: a job's whole life and a
+/// repeated GUID in one group come out as if recorded one by one.
+#[tokio::test]
+async fn events_of_one_job_in_one_group_merge_in_order_and_a_repeated_guid_counts_once() {
+    let s = store().await;
+    let (queued, started, repeat, completed, other) = tokio::join!(
+        record(&s, "g1", event("queued", JobStatus::Queued, None)),
+        record(
+            &s,
+            "g2",
+            event("in_progress", JobStatus::InProgress, Some("modal-1-1"))
+        ),
+        record(&s, "g1", event("queued", JobStatus::Queued, None)),
+        record(
+            &s,
+            "g3",
+            event("completed", JobStatus::Completed, Some("modal-1-1"))
+        ),
+        s.record(None, event("queued", JobStatus::Queued, None), EventSource::Poll),
+    );
+    assert_eq!(
+        [queued, started, repeat, completed],
+        [
+            Recorded::Applied,
+            Recorded::Applied,
+            Recorded::Duplicate,
+            Recorded::Applied
+        ]
+    );
+    assert_eq!(other.expect("recorded"), Recorded::Applied);
+    let job = s.job(JobId(12_877_621_891)).await.expect("read").expect("exists");
+    assert_eq!(job.status, JobStatus::Completed);
+    assert_eq!(job.runner_name.as_deref(), Some("modal-1-1"));
+    assert_eq!(s.delivery_count().await.expect("count"), 3);
+}
+
 #[tokio::test]
 async fn runner_transitions_are_compare_and_set() {
     let s = store().await;
