@@ -60,9 +60,7 @@ async fn webhook(State(secret): State<Arc<String>>, headers: HeaderMap, body: Bo
     let Ok(raw) = axum::body::to_bytes(body, MAX_BODY).await else {
         return StatusCode::PAYLOAD_TOO_LARGE.into_response();
     };
-    let header = headers
-        .get("x-hub-signature-256")
-        .and_then(|v| v.to_str().ok());
+    let header = headers.get("x-hub-signature-256").and_then(|v| v.to_str().ok());
     match signature::verify(secret.as_bytes(), &raw, header) {
         Ok(()) => (
             StatusCode::ACCEPTED,
@@ -104,8 +102,5 @@ pub async fn start(secret: &str) -> Result<BareServer, String> {
         .strip_prefix("listening on ")
         .and_then(|p| p.parse().ok())
         .ok_or_else(|| format!("unexpected first line from the bare server: {line:?}"))?;
-    Ok(BareServer {
-        _child: child,
-        port,
-    })
+    Ok(BareServer { _child: child, port })
 }

@@ -312,7 +312,17 @@ async fn ingress(quick: bool, sync: &str) -> Result<Table, String> {
         throughput: accepted as f64 / elapsed.as_secs_f64(),
         latencies,
     };
-    Ok(ingress_table(sync, size, total, open_n, open_ok, durable, &service, &bare, (peak_closed, peak_open)))
+    Ok(ingress_table(
+        sync,
+        size,
+        total,
+        open_n,
+        open_ok,
+        durable,
+        &service,
+        &bare,
+        (peak_closed, peak_open),
+    ))
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -109,7 +109,13 @@ async fn write_group(pool: &SqlitePool, group: &[Request], now: i64) -> Result<V
     tx.commit().await?;
     Ok(news
         .into_iter()
-        .map(|new| if new { Recorded::Applied } else { Recorded::Duplicate })
+        .map(|new| {
+            if new {
+                Recorded::Applied
+            } else {
+                Recorded::Duplicate
+            }
+        })
         .collect())
 }
 

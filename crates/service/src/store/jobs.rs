@@ -158,7 +158,7 @@ impl Store {
         .bind(why.to_string())
         .bind(now)
         .bind(to_i64(job.0))
-        .execute(self.pool())
+        .execute(self.writer())
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -181,14 +181,14 @@ impl Store {
         )
         .bind(guid)
         .bind(self.clock().now_millis())
-        .execute(self.pool())
+        .execute(self.writer())
         .await?;
         Ok(())
     }
 
     /// Records the max-parallel settings found for jobs of one run.
     pub async fn set_strategies(&self, updates: &[StrategyUpdate]) -> Result<(), StoreError> {
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
         for u in updates {
             sqlx::query("UPDATE jobs SET mp_group = ?1, max_parallel = ?2 WHERE id = ?3")
                 .bind(&u.group)

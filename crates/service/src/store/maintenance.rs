@@ -37,7 +37,7 @@ impl Store {
     /// to, ended runners, delivery GUIDs, redelivery requests and looked-up runs. Open jobs and live runners are
     /// never touched. Returns how many rows went.
     pub async fn prune(&self, cutoff: i64) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let mut deleted = 0;
         for sql in [
             "DELETE FROM deliveries WHERE received_at < ?1",

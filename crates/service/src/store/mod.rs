@@ -2,7 +2,18 @@
 //! webhook events are written by one task that commits them in groups, so a burst of
 //! deliveries costs one fsync per group instead of one per delivery, and a delivery is
 //! answered only after its group is on disk.
+//!
+//! Every write goes through one connection (`writer`), reads through a pool of others.
+//! SQLite admits one writer at a time, and a connection that finds the lock taken sleeps in
+//! SQLite's busy handler (1, 2, 5, 10… ms) before trying again: with writers on several
+//! connections, a webhook's commit that met the planner's or the reaper's transaction paid
+//! those sleeps. On one connection, writers queue in the pool instead and each starts the
+//! moment the previous one ends. The writer never checkpoints the log either: a commit that
+//! crossed SQLite's automatic checkpoint threshold copied the log into the database (and
+//! synced it) before its webhook was answered. A background task checkpoints instead
+//! (`checkpoint.rs`), without blocking the writer.
 
+mod checkpoint;
 mod ingest;
 pub mod inspect;
 mod jobs;
@@ -76,7 +87,10 @@ impl StoreError {
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
+    /// Readers (and, for an in-memory database, the writer too: it is one connection).
     pool: SqlitePool,
+    /// The one connection every write goes through.
+    writer: SqlitePool,
     ingest: mpsc::Sender<ingest::Request>,
     /// Stamps every row; the loops compare those stamps with the same clock.
     clock: Clock,
@@ -152,8 +166,26 @@ impl Store {
             .connect_with(options.clone())
             .await?;
         migrations::apply(&pool, options.get_filename()).await?;
-        let ingest = ingest::spawn_writer(pool.clone(), clock.clone());
-        Ok(Store { pool, ingest, clock })
+        let writer = if in_memory {
+            pool.clone()
+        } else {
+            let writer = SqlitePoolOptions::new()
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None)
+                .connect_with(options.pragma("wal_autocheckpoint", "0"))
+                .await?;
+            checkpoint::spawn(pool.clone());
+            writer
+        };
+        let ingest = ingest::spawn_writer(writer.clone(), clock.clone());
+        Ok(Store {
+            pool,
+            writer,
+            ingest,
+            clock,
+        })
     }
 
     /// The clock rows are stamped with.
@@ -161,9 +193,14 @@ impl Store {
         &self.clock
     }
 
-    /// The pool, for modules in this crate that run their own queries in tests.
+    /// The readers' pool, for modules in this crate that run their own queries in tests.
     pub(crate) fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// The writer's connection: every statement that changes rows runs on it.
+    pub(crate) fn writer(&self) -> &SqlitePool {
+        &self.writer
     }
 
     /// A cheap query proving the database answers, for `/readyz`.
@@ -174,6 +211,7 @@ impl Store {
 
     /// Flushes pending writes and closes every connection.
     pub async fn close(&self) {
+        self.writer.close().await;
         self.pool.close().await;
     }
 }

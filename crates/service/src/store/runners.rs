@@ -175,7 +175,7 @@ impl Store {
     /// (the planner computed it from stale data); returns how many were inserted.
     pub async fn insert_runners(&self, runners: &[NewRunner]) -> Result<u64, StoreError> {
         let now = self.clock.now_millis();
-        let mut tx = self.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
         let mut inserted = 0;
         for r in runners {
             let done = sqlx::query(
@@ -231,7 +231,7 @@ impl Store {
         .bind(now)
         .bind(name.as_str())
         .bind(from_list)
-        .execute(self.pool())
+        .execute(self.writer())
         .await?;
         Ok(done.rows_affected() == 1)
     }

@@ -89,7 +89,7 @@ impl Store {
         .bind(state)
         .bind(json)
         .bind(self.clock.now_millis())
-        .execute(self.pool())
+        .execute(self.writer())
         .await?;
         Ok(())
     }
