@@ -191,17 +191,23 @@ pub fn exit_meaning(exitcode: i32) -> Option<String> {
 /// (name, runner release), each found or built once (concurrent creates wait for it).
 #[derive(Default)]
 pub(super) struct FeatureCache {
-    volumes: Mutex<HashMap<String, Arc<OnceCell<String>>>>,
-    images: Mutex<HashMap<(String, String), Arc<OnceCell<String>>>>,
+    /// Volume name → id.
+    volumes: Mutex<HashMap<String, Once>>,
+    /// (image name, runner version) → image id.
+    images: Mutex<HashMap<(String, String), Once>>,
 }
 
+/// A value found or made once; concurrent askers wait for the first, a failure lets the
+/// next one try again.
+type Once = Arc<OnceCell<String>>;
+
 impl FeatureCache {
-    fn volume(&self, name: &str) -> Arc<OnceCell<String>> {
+    fn volume(&self, name: &str) -> Once {
         let mut map = self.volumes.lock().unwrap_or_else(PoisonError::into_inner);
         Arc::clone(map.entry(name.to_string()).or_default())
     }
 
-    fn image(&self, name: &str, release: &RunnerRelease) -> Arc<OnceCell<String>> {
+    fn image(&self, name: &str, release: &RunnerRelease) -> Once {
         let mut map = self.images.lock().unwrap_or_else(PoisonError::into_inner);
         let key = (name.to_string(), release.version.to_string());
         Arc::clone(map.entry(key).or_default())
