@@ -6,11 +6,16 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use fakes::github::{JobSpec, RunSpec};
-use fakes::modal::{FakeModal, SandboxView};
+use fakes::modal::{FakeModal, FakeModalConfig, SandboxView};
+use modal_github_runner::backend::SandboxSpec;
 use modal_github_runner::backend::modal::features::{CacheScope, CacheVolume, volume_name};
 use modal_github_runner::backend::modal::proto::VolumeFsVersion;
+use modal_github_runner::backend::modal::{ModalBackend, Releases};
+use modal_github_runner::domain::MachineSpec;
+use modal_github_runner::runner_version::{RunnerRelease, RunnerVersion};
+use secrecy::SecretString;
 
-use crate::helpers::{Kind, Options, REPO, World, wait};
+use crate::helpers::{Kind, Options, REPO, World, modal_settings, wait};
 
 const OTHER: &str = "octo/other";
 
@@ -280,4 +285,51 @@ async fn image_labels_build_the_runner_image_on_the_chosen_base_once_and_unknown
 
     env.github.cancel_job(refused);
     env.assert_nothing_left(Duration::from_secs(20)).await;
+}
+
+#[tokio::test]
+async fn a_sandbox_whose_dockerd_never_became_ready_ends_with_that_reason() {
+    // The fake runs this in place of the entrypoint: what the real one does when
+    // `docker info` never answers.
+    let fake = FakeModal::start(FakeModalConfig {
+        runner_command: vec!["/bin/sh".into(), "-c".into(), "exit 97".into()],
+        create_rate_per_sec: None,
+        ..FakeModalConfig::default()
+    })
+    .await
+    .expect("fake Modal");
+    let mut settings = modal_settings(&fake, None, "mgr-test", "test");
+    settings.features.docker = true;
+    let release = RunnerRelease::from_version(RunnerVersion::parse("2.336.0").expect("version"));
+    let backend = ModalBackend::new(settings, Releases::fixed(release)).expect("backend");
+    backend.prepare().await.expect("prepare");
+    let spec = SandboxSpec {
+        name: "docker-1".into(),
+        repo: REPO.into(),
+        jit_config: SecretString::from("eyJmYWtlIjoiaml0In0="),
+        tags: vec![("modal-github-runner".into(), "test".into())],
+        timeout: Duration::from_secs(60),
+        machine: MachineSpec {
+            docker: true,
+            ..MachineSpec::default()
+        },
+    };
+
+    let id = backend.create(spec).await.expect("created");
+    let ended = wait(Duration::from_secs(10), || {
+        fake.sandbox(&id).is_some_and(|s| !s.is_running())
+    })
+    .await;
+    assert!(ended);
+
+    let reason = backend.exit_status(&id).await.expect("a result");
+    assert!(
+        reason.contains("exit 97") && reason.contains("dockerd did not become ready within 120 s"),
+        "{reason}"
+    );
+    assert_eq!(
+        fake.sandbox(&id).expect("sandbox").definition.runtime.as_deref(),
+        Some("vm")
+    );
+    fake.shutdown().await;
 }
