@@ -239,6 +239,7 @@ impl Fixture {
     pub async fn start_sandbox(&self, name: &RunnerName, jit: &JitConfig) -> String {
         let spec = SandboxSpec {
             name: name.to_string(),
+            repo: "octo/fixture".into(),
             jit_config: jit.encoded.clone(),
             tags: Vec::new(),
             timeout: SANDBOX_TIMEOUT,

@@ -122,5 +122,6 @@ pub fn modal_settings(fake: &FakeModal, rate: Option<f64>, app: &str, deployment
         build_timeout: Duration::from_secs(30),
         build_stream_retry: Backoff::new(4, Duration::from_millis(20), Duration::from_millis(80)),
         refresh_interval: Duration::from_secs(3600),
+        features: Default::default(),
     }
 }

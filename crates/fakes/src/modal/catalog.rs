@@ -17,7 +17,7 @@ use super::state::{
 pub const IMAGE_BUILDER_VERSION: &str = "2025.06";
 
 /// What a get-or-create call found or made.
-enum Lookup {
+pub(crate) enum Lookup {
     Existing(String),
     Created(String),
 }
@@ -31,14 +31,14 @@ impl Lookup {
 }
 
 /// Decodes the `object_creation_type` field, refusing numbers the enum lacks.
-fn creation_type(value: i32) -> Result<ObjectCreationType, RpcError> {
+pub(crate) fn creation_type(value: i32) -> Result<ObjectCreationType, RpcError> {
     ObjectCreationType::try_from(value)
         .map_err(|_| RpcError::InvalidArgument(format!("unknown object_creation_type {value}")))
 }
 
 /// Get-or-create by name with the semantics every named object shares: UNSPECIFIED looks
 /// up, CREATE_IF_MISSING creates when absent, CREATE_FAIL_IF_EXISTS refuses an existing one.
-fn get_or_create_named(
+pub(crate) fn get_or_create_named(
     names: &HashMap<(String, String), String>,
     key: &(String, String),
     kind: ObjectCreationType,

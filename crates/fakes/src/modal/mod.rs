@@ -24,6 +24,7 @@ mod sandboxes;
 mod service;
 mod state;
 mod types;
+mod volumes;
 
 #[cfg(test)]
 mod tests;
@@ -44,6 +45,7 @@ pub use catalog::IMAGE_BUILDER_VERSION;
 pub use error::RpcError;
 pub use faults::{FaultKind, ModalFault, RETRY_POLICY_TYPE_URL};
 pub use types::{AppView, FakeModalConfig, RecordedCall, SandboxFinish, SandboxResources, SandboxView};
+pub use volumes::VolumeView;
 
 use service::FakeModalService;
 use state::Shared;
@@ -184,6 +186,16 @@ impl FakeModal {
     /// When each accepted `SandboxCreate` took its rate token, in order.
     pub fn create_times(&self) -> Vec<Instant> {
         self.shared.with_state(|state| state.create_times.clone())
+    }
+
+    /// Every volume (issue 13), sorted by environment and name.
+    pub fn volumes(&self) -> Vec<VolumeView> {
+        self.shared.with_state(|state| volumes::views(state))
+    }
+
+    /// Volumes created, lookups of existing ones excluded (issue 13).
+    pub fn volume_creations(&self) -> usize {
+        self.shared.with_state(|state| state.volumes.created)
     }
 
     /// RESOURCE_EXHAUSTED answers given because of the creation rate (not injected ones).

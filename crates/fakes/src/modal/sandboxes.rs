@@ -169,6 +169,7 @@ fn validate_definition(definition: &Sandbox) -> Result<(), RpcError> {
     if let Some(name) = &definition.name {
         validate_name("Sandbox", name)?;
     }
+    super::volumes::check_runtime(definition)?;
     if let Some(workdir) = &definition.workdir
         && !workdir.starts_with('/')
     {
@@ -188,6 +189,7 @@ fn admit(
 ) -> Result<Admission, RpcError> {
     state.require_app(&app_id)?;
     check_image(state, &definition.image_id)?;
+    super::volumes::check_mounts(state, &definition)?;
     let env = merged_env(state, &definition.secret_ids)?;
     let reserved_name = check_name_free(state, &app_id, definition.name.as_deref())?;
     let now = Instant::now();

@@ -16,7 +16,7 @@ use modal_proto::{
     ImageJoinStreamingRequest, SandboxCreateRequest, SandboxCreateResponse, SandboxGetFromNameRequest,
     SandboxGetFromNameResponse, SandboxListRequest, SandboxListResponse, SandboxTerminateRequest,
     SandboxTerminateResponse, SandboxWaitRequest, SandboxWaitResponse, SecretGetOrCreateRequest,
-    SecretGetOrCreateResponse,
+    SecretGetOrCreateResponse, VolumeGetOrCreateRequest, VolumeGetOrCreateResponse,
 };
 
 use super::error::RpcError;
@@ -24,7 +24,7 @@ use super::faults::{self, FaultKind};
 use super::images::{self, JoinStream};
 use super::state::{Settings, Shared};
 use super::types::RecordedCall;
-use super::{catalog, sandboxes};
+use super::{catalog, sandboxes, volumes};
 
 const TOKEN_ID: &str = "x-modal-token-id";
 const TOKEN_SECRET: &str = "x-modal-token-secret";
@@ -130,6 +130,7 @@ impl Answer for SandboxGetFromNameResponse {}
 impl Answer for SandboxListResponse {}
 impl Answer for SandboxTerminateResponse {}
 impl Answer for SandboxWaitResponse {}
+impl Answer for VolumeGetOrCreateResponse {}
 
 impl Answer for JoinStream {
     fn cut_short(
@@ -325,6 +326,17 @@ impl ModalClient for FakeModalService {
     ) -> Result<Response<SandboxWaitResponse>, Status> {
         self.handle("SandboxWait", request, |shared, req| async move {
             sandboxes::wait(&shared, req).await
+        })
+        .await
+    }
+
+    // ---- issue 13: volumes ----
+    async fn volume_get_or_create(
+        &self,
+        request: Request<VolumeGetOrCreateRequest>,
+    ) -> Result<Response<VolumeGetOrCreateResponse>, Status> {
+        self.handle("VolumeGetOrCreate", request, |shared, req| async move {
+            volumes::get_or_create(&shared, req)
         })
         .await
     }

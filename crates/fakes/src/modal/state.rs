@@ -132,6 +132,8 @@ pub(crate) struct State {
     pub(crate) create_times: Vec<Instant>,
     pub(crate) rate_limit_errors: u64,
     pub(crate) faults: FaultTable,
+    /// Volumes (issue 13).
+    pub(crate) volumes: super::volumes::Volumes,
 }
 
 impl State {
@@ -158,6 +160,7 @@ impl State {
             create_times: Vec::new(),
             rate_limit_errors: 0,
             faults: FaultTable::default(),
+            volumes: Default::default(),
         }
     }
 

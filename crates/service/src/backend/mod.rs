@@ -25,6 +25,8 @@ pub use modal::{ModalBackend, ModalSettings};
 pub struct SandboxSpec {
     /// The runner name; also the sandbox name, which makes `create` idempotent.
     pub name: String,
+    /// The job's repository (`owner/name`): a repository-scoped cache volume is its own.
+    pub repo: String,
     /// The encoded JIT config (a credential).
     pub jit_config: SecretString,
     /// Tags that mark the sandbox as ours: deployment, job, runner.

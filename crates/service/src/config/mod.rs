@@ -18,6 +18,7 @@
 
 mod args;
 mod backend;
+mod features;
 mod github;
 mod modal;
 mod parse;

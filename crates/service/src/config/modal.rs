@@ -86,6 +86,9 @@ pub struct ModalArgs {
     /// Extra Dockerfile commands for the runner image: one per line, or a JSON array.
     #[arg(long, env = "SANDBOX_IMAGE_COMMANDS", value_name = "COMMANDS")]
     pub sandbox_image_commands: Option<String>,
+    /// Docker, the cache volume, `image=` (issue 13).
+    #[command(flatten)]
+    pub features: super::features::FeatureArgs,
 }
 
 /// One table of `~/.modal.toml`.
@@ -169,6 +172,7 @@ pub fn settings(
         build_timeout: Duration::from_secs(30 * 60),
         build_stream_retry: BUILD_STREAM_RETRY,
         refresh_interval: Duration::from_secs(24 * 3600),
+        features: super::features::settings(&args.features),
     })
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 
-use super::args::{LogFormat, ServeArgs};
+use super::args::{BackendKind, LogFormat, ServeArgs};
 use super::backend::{self, BackendSettings};
 use super::github::{self, GitHubSettings};
 use super::security::{self, ConfigWarning};
@@ -310,10 +310,20 @@ fn machine_policy(args: &ServeArgs) -> Result<MachinePolicy, ConfigError> {
         let gpu = Gpu::parse(t).map_err(|m| err("SANDBOX_GPU_TYPES", m))?;
         gpu_types.push(gpu.kind);
     }
+    // Issue 13: `docker` and `image=` are Modal sandbox features; the local backend runs
+    // on the host as it is and ignores those labels, as it ignores the machine labels.
+    let default_gpu = args
+        .modal
+        .sandbox_gpu
+        .as_deref()
+        .is_some_and(|g| !g.trim().is_empty());
+    let features = (args.backend == BackendKind::Modal)
+        .then(|| super::features::policy(&args.modal.features, default_gpu));
     Ok(MachinePolicy {
         max_cpu: args.sandbox_max_cpu,
         max_memory_mib: args.sandbox_max_memory_mib,
         gpu_types,
         max_gpus: args.sandbox_max_gpus,
+        features,
     })
 }

@@ -731,3 +731,96 @@ fn the_rate_reserve_defaults_to_a_share_of_the_limit_and_takes_a_count_of_calls(
         assert_eq!(e.var, "GITHUB_RATE_RESERVE", "{bad}");
     }
 }
+
+// ---- issue 13: Docker, cache volume, image= ----
+
+/// Settings of the Modal backend with `extra` flags.
+fn modal_with(extra: &[&str]) -> Result<Settings, ConfigError> {
+    let env = [
+        ("GITHUB_TOKEN", "t"),
+        ("WEBHOOK_SECRET", WEBHOOK),
+        ("MODAL_TOKEN_SECRET", "as-x"),
+    ];
+    let mut argv = vec!["--backend", "modal", "--modal-token-id", "ak-x"];
+    argv.extend_from_slice(extra);
+    parse(&argv, &env)
+}
+
+fn features_of(s: &Settings) -> crate::backend::modal::features::SandboxFeatures {
+    match &s.backend {
+        BackendSettings::Modal { settings, .. } => settings.features.clone(),
+        BackendSettings::Local(_) => panic!("not the modal backend"),
+    }
+}
+
+#[test]
+fn sandbox_features_are_off_by_default_and_the_cache_is_per_repository() {
+    use crate::backend::modal::features::CacheScope;
+    let s = modal_with(&[]).expect("valid");
+    let f = features_of(&s);
+    assert!(!f.docker && f.cache.is_none() && f.images.is_empty());
+    assert_eq!(f.docker_memory_mib, 8192);
+    let policy = s
+        .limits
+        .machine
+        .features
+        .expect("the modal backend has a feature policy");
+    assert!(!policy.docker && policy.images.is_empty() && !policy.default_gpu);
+
+    let s = modal_with(&["--cache-volume", "ci-cache", "--sandbox-docker", "true"]).expect("valid");
+    let cache = features_of(&s).cache.expect("cache");
+    assert_eq!((cache.name.as_str(), cache.scope), ("ci-cache", CacheScope::Repo));
+    assert!(s.limits.machine.features.expect("policy").docker);
+    let s = modal_with(&["--cache-volume", "c", "--cache-volume-scope", "deployment"]).expect("valid");
+    assert_eq!(
+        features_of(&s).cache.expect("cache").scope,
+        CacheScope::Deployment
+    );
+    let local = parse(&[], SECRETS).expect("valid");
+    assert!(
+        local.limits.machine.features.is_none(),
+        "the local backend ignores the labels"
+    );
+}
+
+#[test]
+fn bad_feature_options_name_their_variable() {
+    for (flags, var) in [
+        (vec!["--cache-volume-scope", "org"], "CACHE_VOLUME_SCOPE"),
+        (vec!["--cache-volume", "a/b"], "CACHE_VOLUME"),
+        (vec!["--cache-volume", &"x".repeat(33)], "CACHE_VOLUME"),
+        (vec!["--sandbox-docker", "maybe"], "SANDBOX_DOCKER"),
+        (
+            vec!["--sandbox-docker-memory-mib", "0"],
+            "SANDBOX_DOCKER_MEMORY_MIB",
+        ),
+        (vec!["--sandbox-images", "node"], "SANDBOX_IMAGES"),
+    ] {
+        let e = modal_with(&flags).expect_err(var);
+        assert_eq!(e.var, var, "{flags:?}: {e}");
+    }
+}
+
+#[test]
+fn sandbox_images_parse_into_names_and_tags_and_feed_the_policy() {
+    use super::features::parse_images;
+    assert_eq!(
+        parse_images("node=node:22-bookworm, CUDA = nvidia/cuda:12.4.1-runtime-ubuntu22.04,"),
+        Ok(vec![
+            ("node".into(), "node:22-bookworm".into()),
+            ("cuda".into(), "nvidia/cuda:12.4.1-runtime-ubuntu22.04".into()),
+        ])
+    );
+    assert_eq!(parse_images(""), Ok(vec![]));
+    for bad in ["node", "=node:22", "node=", "node=a b", "a/b=x", "n=a,N=b"] {
+        assert!(parse_images(bad).is_err(), "{bad}");
+    }
+    let s = modal_with(&["--sandbox-images", "node=node:22-bookworm", "--sandbox-gpu", "T4"]).expect("valid");
+    assert_eq!(
+        features_of(&s).images,
+        [("node".to_string(), "node:22-bookworm".to_string())]
+    );
+    let policy = s.limits.machine.features.expect("policy");
+    assert_eq!(policy.images, ["node"]);
+    assert!(policy.default_gpu, "SANDBOX_GPU is known to the docker check");
+}

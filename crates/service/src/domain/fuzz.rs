@@ -46,6 +46,7 @@ proptest! {
             max_memory_mib: 32 * 1024,
             gpu_types: vec!["A10G".into(), "H100".into()],
             max_gpus: 2,
+            features: None,
         };
         if let Ok(spec) = policy.check(&set) {
             prop_assert!(spec.cpu.is_none_or(|c| c <= 8.0));

@@ -54,6 +54,11 @@ pub struct MachineSpec {
     pub cpu: Option<f64>,
     pub memory_mib: Option<u32>,
     pub gpu: Option<Gpu>,
+    // ---- issue 13: sandbox features chosen by label ----
+    /// The `docker` label: a sandbox in Modal's VM runtime with `dockerd` running.
+    pub docker: bool,
+    /// The `image=NAME` label (lower-cased): a base image from `SANDBOX_IMAGES`.
+    pub image: Option<String>,
 }
 
 impl MachineSpec {
@@ -79,10 +84,30 @@ impl MachineSpec {
                     spec.memory_mib = Some(memory(value).map_err(|m| format!("label `{label}`: {m}"))?)
                 }
                 "gpu" => spec.gpu = Some(Gpu::parse(value).map_err(|m| format!("label `{label}`: {m}"))?),
+                "image" => spec.image = Some(image_name(value).map_err(|m| format!("label `{label}`: {m}"))?),
                 _ => {}
             }
         }
+        spec.docker = labels.contains(DOCKER_LABEL);
         Ok(spec)
+    }
+}
+
+/// The label that asks for Docker (issue 13).
+pub const DOCKER_LABEL: &str = "docker";
+
+/// The name in an `image=NAME` label: what `SANDBOX_IMAGES` may define, lower-cased.
+pub fn image_name(value: &str) -> Result<String, String> {
+    let name = value.trim().to_ascii_lowercase();
+    let valid = !name.is_empty()
+        && name.len() <= 32
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if valid {
+        Ok(name)
+    } else {
+        Err("an image name is 1 to 32 letters, digits, `-`, `_` or `.`".into())
     }
 }
 
@@ -121,6 +146,9 @@ pub struct MachinePolicy {
     /// GPU types (upper case) a label may ask for; empty: none.
     pub gpu_types: Vec<String>,
     pub max_gpus: u32,
+    /// What the `docker` and `image=` labels may ask for; `None` where the backend has no
+    /// such features (the local backend runs on the host as it is and ignores them).
+    pub features: Option<FeaturePolicy>,
 }
 
 impl Default for MachinePolicy {
@@ -130,9 +158,65 @@ impl Default for MachinePolicy {
             max_memory_mib: 65_536,
             gpu_types: Vec::new(),
             max_gpus: 1,
+            features: None,
         }
     }
 }
+
+// ---- issue 13: what the `docker` and `image=` labels may ask for ----
+
+/// The Modal backend's label-chosen features, as the operator enabled them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FeaturePolicy {
+    /// `SANDBOX_DOCKER`: the runner image holds Docker, so `docker` jobs can be served.
+    pub docker: bool,
+    /// `SANDBOX_GPU` is set: every sandbox gets a GPU, which a VM sandbox cannot have.
+    pub default_gpu: bool,
+    /// The names `SANDBOX_IMAGES` defines (lower case).
+    pub images: Vec<String>,
+}
+
+impl FeaturePolicy {
+    /// Refuses what a sandbox cannot be made with: Docker without `SANDBOX_DOCKER`, Docker
+    /// with a GPU (Docker runs in Modal's VM runtime, which has none), an image name the
+    /// operator did not list.
+    fn check(&self, spec: &MachineSpec) -> Result<(), String> {
+        if spec.docker {
+            if !self.docker {
+                return Err(
+                    "label docker: Docker is not enabled in this deployment's runner image; \
+                            the operator enables it with SANDBOX_DOCKER=true"
+                        .into(),
+                );
+            }
+            if let Some(gpu) = &spec.gpu {
+                return Err(format!(
+                    "labels docker and gpu={gpu} together: Docker runs in Modal's VM runtime, which has no GPU"
+                ));
+            }
+            if self.default_gpu {
+                return Err(
+                    "label docker: Docker runs in Modal's VM runtime, which has no GPU, \
+                            and SANDBOX_GPU gives every sandbox one"
+                        .into(),
+                );
+            }
+        }
+        if let Some(image) = &spec.image
+            && !self.images.iter().any(|i| i == image)
+        {
+            let known = if self.images.is_empty() {
+                "none are defined".to_string()
+            } else {
+                self.images.join(",")
+            };
+            return Err(format!("image={image} is not in SANDBOX_IMAGES ({known})"));
+        }
+        Ok(())
+    }
+}
+
+// ---- end of issue 13 ----
 
 impl MachinePolicy {
     /// Whether a job's labels can be registered and ask for something this deployment
@@ -162,6 +246,9 @@ impl MachinePolicy {
                     self.max_gpus
                 ));
             }
+        }
+        if let Some(features) = &self.features {
+            features.check(&spec)?;
         }
         Ok(spec)
     }
@@ -236,6 +323,65 @@ mod tests {
             let err = MachineSpec::from_labels(&LabelSet::new([bad])).expect_err(bad);
             assert!(err.contains(bad), "{err}");
         }
+    }
+
+    fn feature_policy() -> MachinePolicy {
+        MachinePolicy {
+            gpu_types: vec!["T4".into()],
+            features: Some(FeaturePolicy {
+                docker: true,
+                default_gpu: false,
+                images: vec!["node".into(), "cuda".into()],
+            }),
+            ..MachinePolicy::default()
+        }
+    }
+
+    #[test]
+    fn docker_and_image_labels_are_read() {
+        let spec =
+            MachineSpec::from_labels(&LabelSet::new(["modal", "Docker", "image=Node"])).expect("valid");
+        assert!(spec.docker);
+        assert_eq!(spec.image.as_deref(), Some("node"));
+        let plain = MachineSpec::from_labels(&LabelSet::new(["modal", "dockerish"])).expect("valid");
+        assert!(!plain.docker && plain.image.is_none());
+        let err = MachineSpec::from_labels(&LabelSet::new(["image=a/b"])).expect_err("slash");
+        assert!(err.contains("image=a/b"), "{err}");
+    }
+
+    #[test]
+    fn docker_is_refused_with_a_gpu_or_when_not_enabled() {
+        let policy = feature_policy();
+        assert!(policy.check(&LabelSet::new(["docker", "cpu=4"])).is_ok());
+        let err = policy
+            .check(&LabelSet::new(["docker", "gpu=T4"]))
+            .expect_err("gpu");
+        assert!(err.contains("VM runtime") && err.contains("no GPU"), "{err}");
+        let mut default_gpu = feature_policy();
+        default_gpu.features.as_mut().expect("set").default_gpu = true;
+        let err = default_gpu
+            .check(&LabelSet::new(["docker"]))
+            .expect_err("default gpu");
+        assert!(err.contains("SANDBOX_GPU"), "{err}");
+        let mut off = feature_policy();
+        off.features.as_mut().expect("set").docker = false;
+        let err = off.check(&LabelSet::new(["docker"])).expect_err("off");
+        assert!(err.contains("SANDBOX_DOCKER=true"), "{err}");
+        assert!(
+            MachinePolicy::default().check(&LabelSet::new(["docker"])).is_ok(),
+            "a backend without features ignores the label"
+        );
+    }
+
+    #[test]
+    fn only_listed_images_may_be_chosen() {
+        let policy = feature_policy();
+        assert!(policy.check(&LabelSet::new(["image=cuda"])).is_ok());
+        let err = policy.check(&LabelSet::new(["image=rust"])).expect_err("unknown");
+        assert!(
+            err.contains("image=rust is not in SANDBOX_IMAGES (node,cuda)"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ pub use deployment::DeploymentId;
 pub use event::JobEvent;
 pub use job::{Abandoned, JobId, JobStatus};
 pub use labels::LabelSet;
-pub use machine::{Gpu, MachinePolicy, MachineSpec};
+pub use machine::{DOCKER_LABEL, FeaturePolicy, Gpu, MachinePolicy, MachineSpec, image_name};
 pub use repo::{RepoAllowList, RepoName, RepoNameError};
 pub use runner::{InvalidRunnerName, NamePrefix, RunnerName, RunnerState};
 pub use visibility::Visibility;

@@ -284,6 +284,7 @@ async fn create_sandbox(
     let machine = MachineSpec::from_labels(&row.labels).unwrap_or_default();
     let spec = || SandboxSpec {
         name: row.name.to_string(),
+        repo: row.repo.to_string(),
         jit_config: jit.encoded.clone(),
         tags: vec![
             ("modal-github-runner".into(), ctx.settings.deployment.to_string()),

@@ -225,6 +225,7 @@ fn image_requests(fake: &FakeModal) -> Vec<String> {
 fn spec(name: &str) -> SandboxSpec {
     SandboxSpec {
         name: name.into(),
+        repo: "octo/direct".into(),
         jit_config: SecretString::from("eyJmYWtlIjoiaml0In0="),
         tags: vec![
             ("modal-github-runner".into(), "test".into()),

@@ -265,6 +265,7 @@ async fn orphan_sandboxes_and_offline_registrations_from_a_crash_are_cleaned_up(
     let orphan = leftover
         .create(SandboxSpec {
             name: "modal-999-1".into(),
+            repo: "octo/crashed".into(),
             jit_config: orphan_config.encoded,
             tags: vec![("modal-github-runner".into(), "crashed".into())],
             timeout: Duration::from_secs(600),

@@ -25,6 +25,7 @@ fn runner_dir(script: &str) -> tempfile::TempDir {
 fn spec(name: &str, timeout: Duration) -> SandboxSpec {
     SandboxSpec {
         name: name.into(),
+        repo: "octo/local".into(),
         jit_config: SecretString::from("c2VjcmV0"),
         tags: vec![],
         timeout,

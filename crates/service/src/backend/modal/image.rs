@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tonic::Code;
 
 use super::client::{ModalApi, ModalError};
+use super::features::with_docker;
 use super::proto::generic_result::GenericStatus;
 use super::proto::{
     EnvironmentGetOrCreateRequest, GenericResult, Image, ImageGetOrCreateRequest, ImageJoinStreamingRequest,
@@ -45,6 +46,8 @@ pub(super) struct RunnerImage {
     environment: String,
     builder_version: Option<String>,
     recipe: ImageSettings,
+    /// `SANDBOX_DOCKER`: the image installs Docker (issue 13).
+    docker: bool,
     timeout: Duration,
     stream_retry: Backoff,
     current: Arc<RwLock<Option<(RunnerVersion, String)>>>,
@@ -57,6 +60,7 @@ impl RunnerImage {
             environment: settings.environment.clone(),
             builder_version: settings.builder_version.clone(),
             recipe: settings.image.clone(),
+            docker: settings.features.docker,
             timeout: settings.build_timeout,
             stream_retry: settings.build_stream_retry,
             current: Arc::default(),
@@ -69,7 +73,7 @@ impl RunnerImage {
             .await
             .map_err(|e| classify(&e))?;
         tracing::info!(runner.version = %release.version, builder = %builder, "building the runner image");
-        let commands = dockerfile_commands(&self.recipe, release);
+        let commands = with_docker(dockerfile_commands(&self.recipe, release), self.docker);
         let id = build(
             &self.api,
             app_id,
@@ -79,15 +83,7 @@ impl RunnerImage {
             self.stream_retry,
         )
         .await
-        .map_err(|e| match &e {
-            BuildError::Modal(m) => classify(m),
-            // A stream that kept breaking may be followed again later (the build goes on
-            // at Modal's); the error keeps the end of the log.
-            BuildError::StreamFailed { error, .. } if error.is_transient() => {
-                BackendError::Transient(e.to_string())
-            }
-            _ => BackendError::Permanent(e.to_string()),
-        })?;
+        .map_err(backend_error)?;
         if let Ok(mut slot) = self.current.write() {
             *slot = Some((release.version.clone(), id.clone()));
         }
@@ -109,6 +105,19 @@ impl RunnerImage {
             .ok()
             .and_then(|i| i.as_ref().map(|(_, id)| id.clone()))
             .ok_or_else(|| BackendError::Transient("the runner image is not built yet".into()))
+    }
+}
+
+/// A failed build as the backend reports it.
+pub(super) fn backend_error(e: BuildError) -> BackendError {
+    match &e {
+        BuildError::Modal(m) => classify(m),
+        // A stream that kept breaking may be followed again later (the build goes on
+        // at Modal's); the error keeps the end of the log.
+        BuildError::StreamFailed { error, .. } if error.is_transient() => {
+            BackendError::Transient(e.to_string())
+        }
+        _ => BackendError::Permanent(e.to_string()),
     }
 }
 

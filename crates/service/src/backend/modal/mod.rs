@@ -13,6 +13,7 @@
 //! - `sandbox`: create, find, terminate, list.
 
 pub mod client;
+pub mod features;
 pub mod image;
 mod release;
 mod sandbox;
@@ -24,6 +25,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use self::client::{ModalApi, ModalConnection, ModalError};
+use self::features::{FeatureCache, SandboxFeatures};
 use self::image::{ImageSettings, RunnerImage};
 use self::proto::{AppGetOrCreateRequest, ObjectCreationType};
 use super::{BackendError, SandboxInfo, SandboxSpec};
@@ -56,6 +58,8 @@ pub struct ModalSettings {
     /// How often the app checks which runner release GitHub serves (the backend itself
     /// only reacts to what the app publishes).
     pub refresh_interval: Duration,
+    /// Docker, the cache volume and `image=` bases (issue 13, `features`).
+    pub features: SandboxFeatures,
 }
 
 /// The tag every sandbox of this deployment carries.
@@ -77,6 +81,8 @@ pub struct ModalBackend {
     app_id: OnceLock<String>,
     image: RunnerImage,
     pacer: Pacer,
+    /// Volume ids and `image=` images, found or built once (issue 13).
+    features: FeatureCache,
 }
 
 impl ModalBackend {
@@ -91,6 +97,7 @@ impl ModalBackend {
             pacer: Pacer::under_limit(settings.create_rate, PACE_SHARE, PACE_SLACK),
             settings,
             app_id: OnceLock::new(),
+            features: FeatureCache::default(),
         })
     }
 

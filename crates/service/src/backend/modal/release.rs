@@ -43,6 +43,12 @@ impl Releases {
         }
     }
 
+    /// The release the app published last, if any (issue 13: `image=` images are built
+    /// for it on first use).
+    pub(super) fn current(&self) -> Option<RunnerRelease> {
+        self.0.borrow().clone()
+    }
+
     /// The next release the app publishes; `None` once it stops publishing (a pin, or the
     /// service shutting down).
     async fn next(&mut self) -> Option<RunnerRelease> {

@@ -25,11 +25,15 @@ impl ModalBackend {
     /// Creates the runner's sandbox, or finds it if a previous try already did.
     pub async fn create(&self, spec: SandboxSpec) -> Result<String, BackendError> {
         let app_id = self.app_id()?.to_string();
-        let image_id = self.image.id()?;
+        self.check_features(&spec)?;
+        let image_id = self.image_for(&spec).await?;
+        let mount = self.cache_mount(&spec).await?;
         let secret_id = self.jit_secret(&spec).await?;
+        let mut definition = self.definition(&spec, image_id, secret_id);
+        self.apply_features(&spec, &mut definition, mount);
         let request = SandboxCreateRequest {
             app_id,
-            definition: Some(self.definition(&spec, image_id, secret_id)),
+            definition: Some(definition),
             tags: spec
                 .tags
                 .iter()
@@ -190,10 +194,15 @@ impl ModalBackend {
             .map(|s| s.as_str_name())
             .unwrap_or("UNKNOWN");
         let status = status.trim_start_matches("GENERIC_STATUS_");
-        Some(if result.exception.is_empty() {
+        let exception = match super::features::exit_meaning(result.exitcode) {
+            Some(meaning) if result.exception.is_empty() => meaning,
+            Some(meaning) => format!("{meaning}; {}", result.exception),
+            None => result.exception,
+        };
+        Some(if exception.is_empty() {
             format!("{status}, exit {}", result.exitcode)
         } else {
-            format!("{status}, exit {}: {}", result.exitcode, result.exception)
+            format!("{status}, exit {}: {exception}", result.exitcode)
         })
     }
 
