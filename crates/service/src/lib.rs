@@ -25,7 +25,9 @@ pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod costs;
 pub mod domain;
+pub mod failure_log;
 #[cfg(test)]
 mod fixture;
 pub mod github;

@@ -33,6 +33,7 @@ pub use github::GitHubSettings;
 pub use modal::ModalArgs;
 pub use security::{ConfigWarning, MIN_WEBHOOK_SECRET_BYTES};
 pub use settings::{
+    CostSettings,
     ProvisionerSettings, ReaperSettings, ReconcilerSettings, ServerSettings, Settings, StoreSettings,
     WebhookSettings,
 };

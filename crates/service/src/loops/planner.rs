@@ -296,6 +296,8 @@ pub struct PlannerContext {
     pub interval: Duration,
     /// Refused jobs already reported, so each is logged once.
     pub refused: Mutex<HashSet<JobId>>,
+    /// `MAX_SPEND_PER_DAY`: holds new runners back once today's spend reaches it.
+    pub spend: SpendCap,
 }
 
 /// Plans on every wake-up and at least every `interval`, until `stop`.
@@ -322,6 +324,7 @@ pub async fn pass(ctx: &PlannerContext) -> Result<(), StoreError> {
         attempts: inputs.attempts,
     };
     let intents = plan(&snapshot, &ctx.limits);
+    let intents = ctx.spend.apply(&ctx.store, snapshot.now, intents).await?;
     apply(ctx, &snapshot, intents).await
 }
 
@@ -397,6 +400,10 @@ fn log_runner(s: &Snapshot, name: &RunnerName, message: &str) {
         tracing::info!(repo = %r.row.repo, job.id = %r.row.job, runner.name = %name, "{message}");
     }
 }
+
+// The daily spend cap (issue 13 item 4).
+mod spend;
+pub use spend::SpendCap;
 
 #[cfg(test)]
 mod properties;

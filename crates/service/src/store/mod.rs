@@ -3,6 +3,7 @@
 //! deliveries costs one fsync per group instead of one per delivery, and a delivery is
 //! answered only after its group is on disk.
 
+mod costs;
 mod ingest;
 pub mod inspect;
 mod jobs;
@@ -23,6 +24,7 @@ use tokio::sync::mpsc;
 use crate::clock::Clock;
 use crate::domain::{RepoName, RepoNameError};
 
+pub use costs::{CostRow, FailureLog, SPEND_PAUSE, UnpricedRunner, utc_day_start};
 pub use ingest::{EventSource, Recorded};
 pub use jobs::{JobRow, StrategyUpdate};
 pub use runners::{AttemptStats, LiveRunner, NewRunner, RunnerPatch, RunnerRow, TookJob};

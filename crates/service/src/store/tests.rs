@@ -448,6 +448,10 @@ fn released_migrations_are_never_edited() {
             2,
             "992cd4677093a0266fc4a3b28cc2364ac58fcf4176113dc51f2667f5d6ad9814",
         ),
+        (
+            3,
+            "fcbe092f3a39013483f2e459d3b2752cbd9b3957fb823a19219a807813102901",
+        ),
     ];
     assert_eq!(pinned.len(), all_versions().len(), "every migration is pinned");
     for (version, checksum) in pinned {

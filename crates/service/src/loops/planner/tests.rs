@@ -463,6 +463,7 @@ async fn a_cancellation_that_lost_the_race_with_the_provisioner_frees_no_capacit
         clock: Clock::System,
         interval: Duration::from_secs(2),
         refused: Mutex::default(),
+        spend: Default::default(),
     };
     let planned = planned_elsewhere();
     let new = NewRunner {
