@@ -50,7 +50,10 @@ impl Default for CostRates {
         CostRates {
             cpu_per_core_second: CPU_PER_CORE_SECOND,
             memory_per_gib_second: MEMORY_PER_GIB_SECOND,
-            gpu_per_second: GPU_PER_SECOND.iter().map(|(k, v)| ((*k).to_string(), *v)).collect(),
+            gpu_per_second: GPU_PER_SECOND
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), *v))
+                .collect(),
             factor: 1.0,
         }
     }
@@ -122,8 +125,9 @@ impl CostRates {
                 .unwrap_or_else(|| self.gpu_per_second.values().copied().fold(0.0, f64::max));
             rate * f64::from(*count)
         });
-        let per_second =
-            resources.cpu * self.cpu_per_core_second + resources.memory_gib * self.memory_per_gib_second + gpu;
+        let per_second = resources.cpu * self.cpu_per_core_second
+            + resources.memory_gib * self.memory_per_gib_second
+            + gpu;
         per_second * seconds * self.factor
     }
 }

@@ -152,7 +152,9 @@ impl Metrics {
     /// repositories bounds it.
     pub fn cost(&self, repo: &str, dollars: f64) {
         if dollars.is_finite() && dollars > 0.0 {
-            self.cost_dollars.get_or_create(&[("repo", repo.to_string())]).inc_by(dollars);
+            self.cost_dollars
+                .get_or_create(&[("repo", repo.to_string())])
+                .inc_by(dollars);
         }
     }
 

@@ -50,7 +50,10 @@ pub(crate) struct UsageInput {
 }
 
 /// `SandboxGetStats`: the sandbox's cost so far, as far as the delayed samples reach.
-pub(crate) fn stats(shared: &Arc<Shared>, request: SandboxGetStatsRequest) -> Result<SandboxGetStatsResponse, RpcError> {
+pub(crate) fn stats(
+    shared: &Arc<Shared>,
+    request: SandboxGetStatsRequest,
+) -> Result<SandboxGetStatsResponse, RpcError> {
     let usage = shared.with_state(|state| state.sandbox(&request.sandbox_id).map(|s| s.usage()))?;
     let delay = shared.stats_delay();
     let now = unix_now();
@@ -63,8 +66,16 @@ pub(crate) fn stats(shared: &Arc<Shared>, request: SandboxGetStatsRequest) -> Re
         });
     }
     let r = &usage.resources;
-    let cores = f64::from(if r.milli_cpu == 0 { DEFAULT_MILLI_CPU } else { r.milli_cpu }) / 1000.0;
-    let gib = f64::from(if r.memory_mb == 0 { DEFAULT_MEMORY_MB } else { r.memory_mb }) / 1024.0;
+    let cores = f64::from(if r.milli_cpu == 0 {
+        DEFAULT_MILLI_CPU
+    } else {
+        r.milli_cpu
+    }) / 1000.0;
+    let gib = f64::from(if r.memory_mb == 0 {
+        DEFAULT_MEMORY_MB
+    } else {
+        r.memory_mb
+    }) / 1024.0;
     let cpu_cost = cores * seconds * CPU_PER_CORE_SECOND;
     let memory_cost = gib * seconds * MEMORY_PER_GIB_SECOND;
     Ok(SandboxGetStatsResponse {
@@ -85,7 +96,10 @@ pub(crate) fn stats(shared: &Arc<Shared>, request: SandboxGetStatsRequest) -> Re
 /// `SandboxGetLogs`: the recorded output after `last_entry_id`, then `eof`. A sandbox still
 /// running (or still stopping) is waited for up to the request's `timeout`; the stream then
 /// ends without `eof`, and the client reopens it.
-pub(crate) async fn logs(shared: &Arc<Shared>, request: SandboxGetLogsRequest) -> Result<LogStream, RpcError> {
+pub(crate) async fn logs(
+    shared: &Arc<Shared>,
+    request: SandboxGetLogsRequest,
+) -> Result<LogStream, RpcError> {
     let usage = shared.with_state(|state| state.sandbox(&request.sandbox_id).map(|s| s.usage()))?;
     let wait = clamp_secs(request.timeout, 0.0, MAX_LOG_WAIT_SECS);
     let stopped = async {

@@ -267,9 +267,17 @@ async fn keep_output(ctx: &ReaperContext, r: &LiveRunner, reason: &str) -> Resul
     let Some(output) = ctx.backend.output(id).await else {
         return Ok(());
     };
-    let secrets: Vec<&str> = ctx.secrets.iter().map(|s| secrecy::ExposeSecret::expose_secret(s)).collect();
+    let secrets: Vec<&str> = ctx
+        .secrets
+        .iter()
+        .map(|s| secrecy::ExposeSecret::expose_secret(s))
+        .collect();
     let tail = failure_log::tail(&output, &secrets);
-    if ctx.store.record_failure_log(r.row.name.as_str(), reason, &tail).await? {
+    if ctx
+        .store
+        .record_failure_log(r.row.name.as_str(), reason, &tail)
+        .await?
+    {
         tracing::warn!(output.tail = %tail, "the failed sandbox's last output (secrets masked)");
     }
     Ok(())

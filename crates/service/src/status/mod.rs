@@ -163,7 +163,9 @@ pub async fn gather(store: &Store, recent: i64, live: Live) -> Result<Status, St
                     |e| format!("refused: {e}"),
                     |()| match paused.first() {
                         // A pause holds back every job still without a live runner.
-                        Some(p) if j.status == JobStatus::Queued && !tries.iter().any(|r| r.state.is_live()) => {
+                        Some(p)
+                            if j.status == JobStatus::Queued && !tries.iter().any(|r| r.state.is_live()) =>
+                        {
                             p.clone()
                         }
                         _ => why(j.status, j.max_parallel, tries, j.runner_name.as_deref()),

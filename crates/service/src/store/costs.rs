@@ -143,7 +143,12 @@ impl Store {
     }
 
     /// Keeps the (masked) output tail of a failed runner's sandbox; the first one wins.
-    pub async fn record_failure_log(&self, runner: &str, reason: &str, tail: &str) -> Result<bool, StoreError> {
+    pub async fn record_failure_log(
+        &self,
+        runner: &str,
+        reason: &str,
+        tail: &str,
+    ) -> Result<bool, StoreError> {
         let done = sqlx::query(
             "INSERT OR IGNORE INTO failure_logs (runner_name, reason, tail, recorded_at) VALUES (?, ?, ?, ?)",
         )

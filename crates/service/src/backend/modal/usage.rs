@@ -143,17 +143,32 @@ mod tests {
         SandboxGetStatsResponse {
             cost: cost.map(str::to_string),
             num_datapoints: points,
-            until: Some(StatsTimestamp { seconds: until, nanos: 0 }),
+            until: Some(StatsTimestamp {
+                seconds: until,
+                nanos: 0,
+            }),
             ..Default::default()
         }
     }
 
     #[test]
     fn stats_count_only_once_they_reach_the_sandboxs_end() {
-        assert_eq!(read_stats(&answer(Some("0.0123"), 10, 1000), 1000.0), StatsCost::Dollars(0.0123));
-        assert_eq!(read_stats(&answer(Some("0.01"), 10, 500), 1000.0), StatsCost::NotYet);
+        assert_eq!(
+            read_stats(&answer(Some("0.0123"), 10, 1000), 1000.0),
+            StatsCost::Dollars(0.0123)
+        );
+        assert_eq!(
+            read_stats(&answer(Some("0.01"), 10, 500), 1000.0),
+            StatsCost::NotYet
+        );
         assert_eq!(read_stats(&answer(None, 0, 1000), 1000.0), StatsCost::NotYet);
-        assert_eq!(read_stats(&answer(Some("0.01"), 0, 1000), 1000.0), StatsCost::NotYet);
-        assert_eq!(read_stats(&answer(Some("n/a"), 3, 1000), 1000.0), StatsCost::NotYet);
+        assert_eq!(
+            read_stats(&answer(Some("0.01"), 0, 1000), 1000.0),
+            StatsCost::NotYet
+        );
+        assert_eq!(
+            read_stats(&answer(Some("n/a"), 3, 1000), 1000.0),
+            StatsCost::NotYet
+        );
     }
 }
