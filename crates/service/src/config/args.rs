@@ -423,6 +423,19 @@ pub struct ServeArgs {
     )]
     pub cost_poll_secs: Duration,
     // ---- end costs ----
+    // ---- warm pool (issue 13 item 3) ----
+    /// Idle runners kept registered and ready per label set: `;`-separated
+    /// `LABEL+LABEL…=N`, e.g. `self-hosted+modal=2; self-hosted+modal+cpu=8=1`.
+    #[arg(
+        long,
+        env = "WARM_POOL",
+        default_value = "",
+        value_name = "POOLS",
+        value_parser = parse::checked("WARM_POOL", |raw| {
+            crate::loops::planner::warm::parse(raw).map_err(|e| e.to_string())
+        })
+    )]
+    pub warm_pool: crate::loops::planner::warm::WarmPools,
     #[command(flatten)]
     pub modal: ModalArgs,
 }

@@ -249,6 +249,7 @@ impl Settings {
                 machine,
                 max_attempts: args.max_attempts_per_job,
                 pools,
+                warm: args.warm_pool.0.clone(),
             },
             provisioner: ProvisionerSettings {
                 runner_groups,

@@ -270,7 +270,7 @@ async fn keep_output(ctx: &ReaperContext, r: &LiveRunner, reason: &str) -> Resul
     let secrets: Vec<&str> = ctx
         .secrets
         .iter()
-        .map(|s| secrecy::ExposeSecret::expose_secret(s))
+        .map(secrecy::ExposeSecret::expose_secret)
         .collect();
     let tail = failure_log::tail(&output, &secrets);
     if ctx
@@ -317,7 +317,9 @@ async fn check_idle(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapError
         }
         return Ok(());
     }
-    if age > millis(ctx.settings.idle_timeout) {
+    // A warm runner waits for a job by design: the planner retires it beyond its pool's
+    // size, the idle rule does not.
+    if age > millis(ctx.settings.idle_timeout) && r.row.job != crate::loops::planner::WARM_JOB {
         // Its job is still queued (a surplus runner is retired by the planner long before),
         // so an idle end is a failed attempt: it backs off and counts toward
         // MAX_ATTEMPTS_PER_JOB.
