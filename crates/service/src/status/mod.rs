@@ -47,6 +47,20 @@ pub struct Status {
     pub spend_by_repo: Vec<RepoSpend>,
     /// Why provisioning is paused, if it is (e.g. MAX_SPEND_PER_DAY reached).
     pub paused: Vec<String>,
+    /// The warm pool (`WARM_POOL`) and what its idling costs.
+    pub warm: WarmView,
+}
+
+/// Warm runners (made for no job) and their idle cost.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct WarmView {
+    /// Live warm runners (idle, or just given a job).
+    pub live: usize,
+    /// Seconds the live warm runners have existed, summed: what they are idling.
+    pub live_secs: i64,
+    /// Recorded cost of warm runners that ended without a job (a warm runner that ran a job
+    /// bills that job instead).
+    pub idle_spend_usd: f64,
 }
 
 /// What one repository's runners cost.
@@ -222,6 +236,19 @@ pub async fn gather(store: &Store, recent: i64, live: Live) -> Result<Status, St
     } else {
         Some(store.spend_since(crate::store::utc_day_start(now)).await?)
     };
+    let warm_live: Vec<&RunnerRow> = all_runners
+        .iter()
+        .filter(|r| r.state.is_live() && r.job == crate::loops::planner::WARM_JOB)
+        .collect();
+    let warm = WarmView {
+        live: warm_live.len(),
+        live_secs: warm_live.iter().map(|r| (now - r.created_at) / 1000).sum(),
+        idle_spend_usd: store
+            .job_costs(&[crate::loops::planner::WARM_JOB.0])
+            .await?
+            .first()
+            .map_or(0.0, |c| c.1),
+    };
     let tails: HashMap<String, String> = store
         .failure_logs(RECENT_FAILURES as i64 * 4)
         .await?
@@ -243,6 +270,7 @@ pub async fn gather(store: &Store, recent: i64, live: Live) -> Result<Status, St
         spend_today_usd,
         spend_by_repo,
         paused,
+        warm,
     })
 }
 

@@ -20,6 +20,13 @@ pub fn render(s: &Status) -> String {
     for p in &s.paused {
         let _ = writeln!(out, "paused:  {p}");
     }
+    if s.warm.live > 0 || s.warm.idle_spend_usd > 0.0 {
+        let _ = writeln!(
+            out,
+            "warm:    {} runners, {}s idle so far; idle spend of unused warm runners ${:.6}",
+            s.warm.live, s.warm.live_secs, s.warm.idle_spend_usd
+        );
+    }
     let _ = writeln!(out, "\nopen jobs ({}):", s.open_jobs.len());
     for j in &s.open_jobs {
         let _ = writeln!(

@@ -198,3 +198,90 @@ async fn a_failed_sandboxs_last_output_is_in_status_with_secrets_masked() {
         .count();
     assert_eq!(logged, 1, "the tail is logged once");
 }
+
+// ---- warm pool (issue 13 item 3) ----
+
+/// Live warm runners (made for no job) in the store.
+async fn warm_live(env: &World) -> Vec<modal_github_runner::store::RunnerRow> {
+    env.runners()
+        .await
+        .into_iter()
+        .filter(|r| r.job.0 == 0 && r.state.is_live())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_warm_pool_is_refilled_after_a_job_takes_a_runner_and_never_exceeds_max_runners() {
+    let env = World::start(
+        options()
+            .with("WARM_POOL", "self-hosted+modal=3")
+            .with("MAX_RUNNERS", "3"),
+    )
+    .await;
+    // The first job opens the pool's reach (this repository).
+    env.github.queue_run(jobs(1, 200));
+    env.wait_all_completed(Duration::from_secs(30)).await;
+    let mut ready = false;
+    for _ in 0..150 {
+        let online = env
+            .github
+            .runners()
+            .into_iter()
+            .filter(|r| r.name.starts_with("modal-0-") && r.connected && !r.busy)
+            .count();
+        if warm_live(&env).await.len() == 3 && online == 3 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ready, "three warm runners registered and idle");
+    let before: Vec<String> = warm_live(&env)
+        .await
+        .into_iter()
+        .map(|r| r.name.to_string())
+        .collect();
+
+    // The next job is taken by a warm runner, which is then replaced.
+    // The next two jobs are taken by warm runners. While they run the pool is two short,
+    // but MAX_RUNNERS is reached: no fourth sandbox until they end.
+    let run = env.github.queue_run(jobs(2, 3000));
+    env.wait_all_completed(Duration::from_secs(30)).await;
+    let taken: Vec<String> = run
+        .job_ids
+        .iter()
+        .map(|id| {
+            env.github
+                .job(*id)
+                .and_then(|j| j.runner_name)
+                .expect("the job ran")
+        })
+        .collect();
+    for name in &taken {
+        assert!(before.contains(name), "{name} is one of {before:?}");
+    }
+    let mut refilled = false;
+    for _ in 0..150 {
+        let all_live = env
+            .runners()
+            .await
+            .into_iter()
+            .filter(|r| r.state.is_live())
+            .count();
+        assert!(all_live <= 3, "{all_live} runners live, above MAX_RUNNERS");
+        let live = warm_live(&env).await;
+        if live.len() == 3 && live.iter().all(|r| !taken.contains(&r.name.to_string())) {
+            refilled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(refilled, "the pool was refilled to three");
+    assert!(
+        modal(&env).peak_running() <= 3,
+        "never above MAX_RUNNERS: {}",
+        modal(&env).peak_running()
+    );
+    let text = status::report(&env.store().await, 10).await.expect("status");
+    assert!(text.contains("warm:    3 runners"), "{text}");
+}
