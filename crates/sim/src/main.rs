@@ -11,6 +11,7 @@ mod bench;
 mod budget;
 mod report;
 mod simulate;
+mod warm;
 mod world;
 
 use std::process::ExitCode;
