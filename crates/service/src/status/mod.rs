@@ -4,8 +4,9 @@
 //! creation pacing, the leader and the version. Gathered once into [`Status`], then
 //! rendered as text (`status`), JSON (`/status.json`, `status --json`) or HTML (`/status`).
 //!
-//! Only what the store and the counters hold is shown: names, states, reasons and counts.
-//! Secrets and JIT configurations are never in the store, so they cannot appear here.
+//! Only what the store and the counters hold is shown: names, states, reasons, counts, costs,
+//! and the output tails of failed sandboxes. Secrets and JIT configurations are never in the
+//! store (a tail is masked before it is stored, `failure_log`), so they cannot appear here.
 
 mod html;
 mod text;
