@@ -4,6 +4,7 @@ mod catalog;
 mod faults;
 mod images;
 mod sandboxes;
+mod usage;
 
 use std::path::Path;
 use std::time::Duration;
