@@ -58,7 +58,7 @@ async fn stats_arrive_after_the_configured_delay_and_then_cover_the_sandboxs_lif
     let late = stats(&mut client, &id).await;
     let view = fake.sandbox(&id).expect("sandbox");
     let secs = late.duration_hours * 3600.0;
-    assert!(secs >= 0.3 && secs < 5.0, "{late:?}");
+    assert!((0.3..5.0).contains(&secs), "{late:?}");
     assert!((late.billed_cpu_core_seconds - secs).abs() < 1e-6);
     assert!((late.billed_memory_gib_seconds - 2.0 * secs).abs() < 1e-6);
     let cost: f64 = late.cost.as_deref().expect("cost").parse().expect("decimal");
