@@ -263,6 +263,7 @@ mod tests {
         m.job_abandoned("gone_at_github");
         m.connection_error("header_timeout");
         m.set_counts(&[("queued".into(), 1)], &[("running".into(), 1)]);
+        m.cost("octo/repo", 0.5);
         let text = m.render();
         let dashboard = include_str!("../../../dashboards/grafana.json");
         let mut charted: Vec<&str> = dashboard
