@@ -8,7 +8,7 @@
 //!                                 ▼
 //!                               store ◀─ max_parallel (workflow files)
 //!                                 │
-//!                              planner      runners needed per pool = eligible queued jobs − available runners
+//!                              planner      runners needed per pool = eligible queued jobs + warm pool − available runners
 //!                                 │
 //!                            provisioner ─▶ GitHub generate-jitconfig ─▶ backend.create
 //!                                 │
