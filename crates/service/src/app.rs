@@ -17,8 +17,9 @@ use crate::clock::Clock;
 use crate::config::{BackendSettings, Settings};
 use crate::github::{GitHub, GitHubConfig};
 use crate::ingress::{self, Ingress, ServerContext, ServerLimits, StatusPage, WarnThrottle};
+use crate::loops::costs::{self, CostContext};
 use crate::loops::max_parallel::{self, StrategyContext};
-use crate::loops::planner::{self, PlannerContext};
+use crate::loops::planner::{self, PlannerContext, SpendCap};
 use crate::loops::provisioner::{self, ProvisionerContext};
 use crate::loops::reaper::{self, ReaperContext};
 use crate::loops::reconciler::{self, ReconcilerContext};
@@ -244,6 +245,7 @@ impl Application {
             clock: self.clock.clone(),
             interval: PLAN_INTERVAL,
             refused: Mutex::default(),
+            spend: SpendCap::new(s.costs.max_per_day),
         };
         let strategy = Arc::new(StrategyContext {
             store: self.store.clone(),
@@ -282,6 +284,16 @@ impl Application {
             settings: s.reaper.clone(),
             clock: self.clock.clone(),
             seen_online: Mutex::default(),
+            secrets: s.secret_values(),
+        });
+        // Costs (issue 13 item 4): the local backend reports none, so only Modal's are sought.
+        let costs = (self.backend.name() == "modal").then(|| CostContext {
+            store: self.store.clone(),
+            backend: self.backend.clone(),
+            metrics: self.metrics.clone(),
+            settings: s.costs.clone(),
+            clock: self.clock.clone(),
+            wake: self.wake.clone(),
         });
         let reconciler = Arc::new(ReconcilerContext {
             store: self.store.clone(),
@@ -325,8 +337,12 @@ impl Application {
             ready.store(true, Ordering::Release);
             tracing::info!("backend ready");
             let reap = tokio::spawn(reaper::run(reaper, stop.clone()));
+            let priced = costs.map(|c| tokio::spawn(costs::run(c, stop.clone())));
             provisioner::run(provisioner, stop, grace).await;
             let _ = reap.await;
+            if let Some(priced) = priced {
+                let _ = priced.await;
+            }
             ("provisioner", Ok(()))
         });
     }

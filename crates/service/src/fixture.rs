@@ -145,6 +145,7 @@ impl Fixture {
             wake: self.wake.clone(),
             metrics: Arc::new(Metrics::new()),
             clock: self.clock.clone().into(),
+            secrets: Vec::new(),
             settings: ReaperSettings {
                 prefix: prefix(),
                 deployment: deployment(),

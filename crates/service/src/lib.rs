@@ -8,7 +8,7 @@
 //!                                 ▼
 //!                               store ◀─ max_parallel (workflow files)
 //!                                 │
-//!                              planner      runners needed per pool = eligible queued jobs − available runners
+//!                              planner      runners needed per pool = eligible queued jobs + warm pool − available runners
 //!                                 │
 //!                            provisioner ─▶ GitHub generate-jitconfig ─▶ backend.create
 //!                                 │
@@ -25,7 +25,9 @@ pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod costs;
 pub mod domain;
+pub mod failure_log;
 #[cfg(test)]
 mod fixture;
 pub mod github;

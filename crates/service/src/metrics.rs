@@ -3,6 +3,7 @@
 //! runners by state, and GitHub rate-limit headroom. Labels are fixed strings, never data.
 
 use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -30,6 +31,8 @@ pub struct Metrics {
     connections_open: Gauge,
     connection_limit_waits: Counter,
     connection_errors: Family<Labels1, Counter>,
+    // ---- costs (issue 13 item 4) ----
+    cost_dollars: Family<OwnedLabels1, Counter<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -57,6 +60,7 @@ impl Metrics {
             connections_open: Gauge::default(),
             connection_limit_waits: Counter::default(),
             connection_errors: Family::default(),
+            cost_dollars: Family::default(),
         };
         registry.register("webhooks", "Webhook deliveries by outcome", m.webhooks.clone());
         registry.register(
@@ -118,6 +122,12 @@ impl Metrics {
             "HTTP connections closed by an error, by kind (header timeout, idle timeout, malformed request, aborted)",
             m.connection_errors.clone(),
         );
+        registry.register(
+            "cost_dollars",
+            "US dollars runners cost, by repository (Modal's statistics where given, else \
+             resources x seconds at COST_RATES), counted when each runner's cost is recorded",
+            m.cost_dollars.clone(),
+        );
         if let Ok(mut slot) = m.registry.lock() {
             *slot = registry;
         }
@@ -135,6 +145,17 @@ impl Metrics {
     /// Sandboxes created since the service started (for the status page).
     pub fn runners_created(&self) -> u64 {
         self.runners_created.get()
+    }
+
+    /// Adds a runner's recorded cost to its repository's total. The repository is the one
+    /// label made of data: operators ask for spend per repository, and the set of allowed
+    /// repositories bounds it.
+    pub fn cost(&self, repo: &str, dollars: f64) {
+        if dollars.is_finite() && dollars > 0.0 {
+            self.cost_dollars
+                .get_or_create(&[("repo", repo.to_string())])
+                .inc_by(dollars);
+        }
     }
 
     pub fn runner_failed(&self, kind: &'static str) {
@@ -242,6 +263,7 @@ mod tests {
         m.job_abandoned("gone_at_github");
         m.connection_error("header_timeout");
         m.set_counts(&[("queued".into(), 1)], &[("running".into(), 1)]);
+        m.cost("octo/repo", 0.5);
         let text = m.render();
         let dashboard = include_str!("../../../dashboards/grafana.json");
         let mut charted: Vec<&str> = dashboard

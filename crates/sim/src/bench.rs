@@ -1,4 +1,4 @@
-//! `sim bench`: five scenarios, one table each (BENCHMARKS.md explains the
+//! `sim bench`: six scenarios, one table each (BENCHMARKS.md explains the
 //! method and keeps the latest figures).
 //!
 //! 1. ingress: signed ~8 KB `workflow_job` deliveries, closed-loop at concurrency 64 and
@@ -13,6 +13,9 @@
 //! 4. footprint: the idle service with 10,000 completed jobs stored; start-to-ready time;
 //! 5. API budget: counted GitHub calls of 100 idle repositories per pass, per job end to
 //!    end, and an organisation's share of a token's hourly budget (`budget`).
+//!
+//! 6. warm pool: queued → running p50 of jobs one at a time, without and with
+//!    `WARM_POOL` (`warm`).
 //!
 //! Every figure with a target is printed with it and PASS or FAIL; the command fails when
 //! a target is missed.
@@ -38,6 +41,7 @@ pub enum Scenario {
     BurstLimits,
     Footprint,
     ApiBudget,
+    WarmPool,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -75,6 +79,9 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     }
     if all || args.scenario == Scenario::ApiBudget {
         misses.extend(crate::budget::run(args.quick).await?.print());
+    }
+    if all || args.scenario == Scenario::WarmPool {
+        misses.extend(crate::warm::run(args.quick).await?.print());
     }
     if misses.is_empty() {
         println!("every target met");

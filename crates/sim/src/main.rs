@@ -12,6 +12,7 @@ mod bench;
 mod budget;
 mod report;
 mod simulate;
+mod warm;
 mod world;
 
 use std::process::ExitCode;

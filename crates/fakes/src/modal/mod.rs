@@ -25,6 +25,8 @@ mod service;
 mod state;
 mod types;
 mod volumes;
+// Costs and failure logs (issue 13 items 4, 5).
+mod usage;
 
 #[cfg(test)]
 mod tests;
@@ -201,6 +203,12 @@ impl FakeModal {
     /// RESOURCE_EXHAUSTED answers given because of the creation rate (not injected ones).
     pub fn rate_limit_errors(&self) -> u64 {
         self.shared.with_state(|state| state.rate_limit_errors)
+    }
+
+    /// Makes `SandboxGetStats` data arrive `delay` late, as Modal's does (minutes); the
+    /// default is no delay.
+    pub fn set_stats_delay(&self, delay: Duration) {
+        self.shared.set_stats_delay(delay);
     }
 
     /// Stops the server, kills every sandbox's processes and waits (bounded) for the

@@ -388,3 +388,18 @@ pub(crate) async fn wait(
         result: finish.map(|f| f.result),
     })
 }
+
+// ---- costs and failure logs (issue 13 items 4, 5) ----
+
+impl SandboxRecord {
+    /// What `SandboxGetStats` and `SandboxGetLogs` read: when it lived, what it asked for,
+    /// and its lifecycle (for the output tail).
+    pub(crate) fn usage(&self) -> super::usage::UsageInput {
+        super::usage::UsageInput {
+            created_at: self.created_at,
+            finished_at: self.lifecycle.outcome().map(|f| f.unix),
+            resources: resources_view(&self.definition),
+            lifecycle: self.lifecycle.clone(),
+        }
+    }
+}

@@ -24,7 +24,7 @@ use super::faults::{self, FaultKind};
 use super::images::{self, JoinStream};
 use super::state::{Settings, Shared};
 use super::types::RecordedCall;
-use super::{catalog, sandboxes, volumes};
+use super::{catalog, sandboxes, usage, volumes};
 
 const TOKEN_ID: &str = "x-modal-token-id";
 const TOKEN_SECRET: &str = "x-modal-token-secret";
@@ -131,6 +131,9 @@ impl Answer for SandboxListResponse {}
 impl Answer for SandboxTerminateResponse {}
 impl Answer for SandboxWaitResponse {}
 impl Answer for VolumeGetOrCreateResponse {}
+// ---- costs and failure logs (issue 13 items 4, 5) ----
+impl Answer for modal_proto::SandboxGetStatsResponse {}
+impl Answer for usage::LogStream {}
 
 impl Answer for JoinStream {
     fn cut_short(
@@ -337,6 +340,30 @@ impl ModalClient for FakeModalService {
     ) -> Result<Response<VolumeGetOrCreateResponse>, Status> {
         self.handle("VolumeGetOrCreate", request, |shared, req| async move {
             volumes::get_or_create(&shared, req)
+        })
+        .await
+    }
+
+    // ---- costs and failure logs (issue 13 items 4, 5) ----
+
+    type SandboxGetLogsStream = usage::LogStream;
+
+    async fn sandbox_get_logs(
+        &self,
+        request: Request<modal_proto::SandboxGetLogsRequest>,
+    ) -> Result<Response<Self::SandboxGetLogsStream>, Status> {
+        self.handle("SandboxGetLogs", request, |shared, req| async move {
+            usage::logs(&shared, req).await
+        })
+        .await
+    }
+
+    async fn sandbox_get_stats(
+        &self,
+        request: Request<modal_proto::SandboxGetStatsRequest>,
+    ) -> Result<Response<modal_proto::SandboxGetStatsResponse>, Status> {
+        self.handle("SandboxGetStats", request, |shared, req| async move {
+            usage::stats(&shared, req)
         })
         .await
     }

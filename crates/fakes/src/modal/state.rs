@@ -41,6 +41,8 @@ pub(crate) struct Shared {
     pub(crate) shutdown: CancellationToken,
     /// Background work (builds, sandbox supervisors, log streams) to wait for on shutdown.
     pub(crate) tracker: TaskTracker,
+    /// How late `SandboxGetStats` data arrives (costs, issue 13 item 4).
+    stats_delay: Mutex<Duration>,
 }
 
 impl Shared {
@@ -59,7 +61,17 @@ impl Shared {
             groups: ProcessGroups::default(),
             shutdown: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            stats_delay: Mutex::new(Duration::ZERO),
         }
+    }
+
+    /// How late `SandboxGetStats` data arrives.
+    pub(crate) fn stats_delay(&self) -> Duration {
+        *lock(&self.stats_delay)
+    }
+
+    pub(crate) fn set_stats_delay(&self, delay: Duration) {
+        *lock(&self.stats_delay) = delay;
     }
 
     /// Runs `f` under the state lock. A panic elsewhere cannot leave the state half-updated

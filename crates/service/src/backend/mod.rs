@@ -128,3 +128,43 @@ impl Backend {
         }
     }
 }
+
+// ---- costs and failure logs (issue 13 items 4, 5) ----
+
+/// What Modal's statistics say a finished sandbox cost.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StatsCost {
+    /// US dollars at the workspace's rates, covering the sandbox's whole life.
+    Dollars(f64),
+    /// Not (all) there yet: statistics arrive a few minutes late.
+    NotYet,
+}
+
+impl Backend {
+    /// What a sandbox made for `machine` is given, in the units rates are quoted in; `None`
+    /// for the local backend, which runs on the operator's own host and reports no cost.
+    pub fn resources(&self, machine: &MachineSpec) -> Option<crate::costs::Resources> {
+        match self {
+            Backend::Local(_) => None,
+            Backend::Modal(b) => Some(b.resources(machine)),
+        }
+    }
+
+    /// The backend's own figure for a finished sandbox (`ended_at`: Unix milliseconds the
+    /// service saw it end); `NotYet` for a backend without one.
+    pub async fn stats_cost(&self, id: &str, ended_at: i64) -> Result<StatsCost, BackendError> {
+        match self {
+            Backend::Local(_) => Ok(StatsCost::NotYet),
+            Backend::Modal(b) => b.stats_cost(id, ended_at).await,
+        }
+    }
+
+    /// What a sandbox wrote (its end, bounded), unmasked: the caller masks it before it is
+    /// kept or logged. `None` if nothing could be read.
+    pub async fn output(&self, id: &str) -> Option<String> {
+        match self {
+            Backend::Local(b) => b.output(id),
+            Backend::Modal(b) => b.output(id).await,
+        }
+    }
+}

@@ -374,6 +374,68 @@ pub struct ServeArgs {
         value_parser = parse::number::<u32>("SANDBOX_MAX_GPUS")
     )]
     pub sandbox_max_gpus: u32,
+    // ---- costs (issue 13 item 4) ----
+    /// Rates for cost estimates, overriding the built-in table: comma-separated
+    /// `NAME=USD_PER_SECOND` with names `cpu` (per physical core), `memory` (per GiB),
+    /// `gpu:TYPE` (per GPU) and `factor` (multiplies the estimate).
+    #[arg(
+        long,
+        env = "COST_RATES",
+        default_value = "",
+        value_name = "RATES",
+        value_parser = parse::checked("COST_RATES", |raw| {
+            crate::costs::CostRates::parse(raw).map_err(|e| e.to_string())
+        })
+    )]
+    pub cost_rates: crate::costs::CostRates,
+    /// New runners stop for the rest of the UTC day once the spend recorded today reaches
+    /// this many US dollars (unset: no cap).
+    #[arg(
+        long,
+        env = "MAX_SPEND_PER_DAY",
+        value_name = "DOLLARS",
+        value_parser = parse::checked("MAX_SPEND_PER_DAY", |raw| {
+            raw.trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|d| d.is_finite() && *d >= 0.0)
+                .ok_or_else(|| "must be a non-negative number of dollars".to_string())
+        })
+    )]
+    pub max_spend_per_day: Option<f64>,
+    /// How long after a sandbox ended its cost waits for Modal's statistics (they arrive a
+    /// few minutes late) before it is estimated from the rates instead.
+    #[arg(
+        long,
+        env = "COST_STATS_WAIT_SECS",
+        default_value = "900",
+        value_name = "SECS",
+        value_parser = parse::seconds("COST_STATS_WAIT_SECS")
+    )]
+    pub cost_stats_wait_secs: Duration,
+    /// How often ended runners without a cost are looked at.
+    #[arg(
+        long,
+        env = "COST_POLL_SECS",
+        default_value = "60",
+        value_name = "SECS",
+        value_parser = parse::nonzero_seconds("COST_POLL_SECS")
+    )]
+    pub cost_poll_secs: Duration,
+    // ---- end costs ----
+    // ---- warm pool (issue 13 item 3) ----
+    /// Idle runners kept registered and ready per label set: `;`-separated
+    /// `LABEL+LABEL…=N`, e.g. `self-hosted+modal=2; self-hosted+modal+cpu=8=1`.
+    #[arg(
+        long,
+        env = "WARM_POOL",
+        default_value = "",
+        value_name = "POOLS",
+        value_parser = parse::checked("WARM_POOL", |raw| {
+            crate::loops::planner::warm::parse(raw).map_err(|e| e.to_string())
+        })
+    )]
+    pub warm_pool: crate::loops::planner::warm::WarmPools,
     #[command(flatten)]
     pub modal: ModalArgs,
 }

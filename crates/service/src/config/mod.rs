@@ -34,8 +34,8 @@ pub use github::GitHubSettings;
 pub use modal::ModalArgs;
 pub use security::{ConfigWarning, MIN_WEBHOOK_SECRET_BYTES};
 pub use settings::{
-    ProvisionerSettings, ReaperSettings, ReconcilerSettings, ServerSettings, Settings, StoreSettings,
-    WebhookSettings,
+    CostSettings, ProvisionerSettings, ReaperSettings, ReconcilerSettings, ServerSettings, Settings,
+    StoreSettings, WebhookSettings,
 };
 
 /// A configuration problem, naming the variable (and its flag).

@@ -36,6 +36,38 @@ pub struct Settings {
     pub reaper: ReaperSettings,
     pub reconciler: ReconcilerSettings,
     pub backend: BackendSettings,
+    /// Costs and the daily spend cap (issue 13 item 4).
+    pub costs: CostSettings,
+}
+
+impl Settings {
+    /// Every configured secret value, for masking a sandbox's output before it is kept
+    /// (issue 13 item 5). Only for that: never log or store what this returns.
+    pub fn secret_values(&self) -> Vec<SecretString> {
+        use crate::github::Credentials;
+        let mut out = vec![self.webhook.secret.clone()];
+        match &self.github.credentials {
+            Credentials::Token(t) => out.push(t.clone()),
+            Credentials::App(app) => out.push(app.private_key.clone()),
+        }
+        if let BackendSettings::Modal { settings, .. } = &self.backend {
+            out.push(settings.connection.token_secret.clone());
+        }
+        out
+    }
+}
+
+/// What runners cost and how much may be spent per day.
+#[derive(Debug, Clone)]
+pub struct CostSettings {
+    /// `COST_RATES` over the built-in table: what estimates use.
+    pub rates: crate::costs::CostRates,
+    /// `MAX_SPEND_PER_DAY` in US dollars; `None`: no cap.
+    pub max_per_day: Option<f64>,
+    /// `COST_STATS_WAIT_SECS`: how long a cost waits for Modal's statistics.
+    pub stats_wait: Duration,
+    /// `COST_POLL_SECS`: how often costs are looked for.
+    pub poll: Duration,
 }
 
 /// The process: where it listens, how it logs, how long it waits when stopped.
@@ -217,6 +249,7 @@ impl Settings {
                 machine,
                 max_attempts: args.max_attempts_per_job,
                 pools,
+                warm: args.warm_pool.0.clone(),
             },
             provisioner: ProvisionerSettings {
                 runner_groups,
@@ -250,6 +283,12 @@ impl Settings {
                 allow_public: args.allow_public_repos,
             },
             backend,
+            costs: CostSettings {
+                rates: args.cost_rates,
+                max_per_day: args.max_spend_per_day,
+                stats_wait: args.cost_stats_wait_secs,
+                poll: args.cost_poll_secs,
+            },
         })
     }
 }

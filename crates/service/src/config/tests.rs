@@ -824,3 +824,57 @@ fn sandbox_images_parse_into_names_and_tags_and_feed_the_policy() {
     assert_eq!(policy.images, ["node"]);
     assert!(policy.default_gpu, "SANDBOX_GPU is known to the docker check");
 }
+// ---- costs and warm pool (issue 13 items 3, 4) ----
+
+#[test]
+fn cost_rates_spend_cap_and_warm_pool_reach_their_settings() {
+    let s = parse(
+        &[
+            "--cost-rates",
+            "cpu=0.5,gpu:t4=1",
+            "--max-spend-per-day",
+            "12.5",
+            "--warm-pool",
+            "self-hosted+modal=2; self-hosted+modal+cpu=8=1",
+        ],
+        SECRETS,
+    )
+    .expect("valid");
+    assert_eq!(s.costs.rates.cpu_per_core_second, 0.5);
+    assert_eq!(s.costs.rates.gpu_per_second.get("T4"), Some(&1.0));
+    assert_eq!(s.costs.max_per_day, Some(12.5));
+    assert_eq!(s.costs.stats_wait, std::time::Duration::from_secs(900));
+    let warm: Vec<(String, usize)> = s
+        .limits
+        .warm
+        .iter()
+        .map(|w| (w.labels.key().to_string(), w.size))
+        .collect();
+    assert_eq!(
+        warm,
+        [
+            ("modal,self-hosted".to_string(), 2),
+            ("cpu=8,modal,self-hosted".to_string(), 1)
+        ]
+    );
+    let defaults = parse(&[], SECRETS).expect("valid");
+    assert_eq!(defaults.costs.max_per_day, None);
+    assert!(defaults.limits.warm.is_empty());
+}
+
+#[test]
+fn bad_cost_rates_spend_caps_and_warm_pools_name_their_variable() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["--cost-rates", "cpu"], "COST_RATES"),
+        (&["--cost-rates", "disk=1"], "COST_RATES"),
+        (&["--max-spend-per-day=-1"], "MAX_SPEND_PER_DAY"),
+        (&["--max-spend-per-day", "lots"], "MAX_SPEND_PER_DAY"),
+        (&["--warm-pool", "modal"], "WARM_POOL"),
+        (&["--warm-pool", "modal=x"], "WARM_POOL"),
+        (&["--cost-poll-secs", "0"], "COST_POLL_SECS"),
+    ];
+    for (flags, var) in cases {
+        let e = parse(flags, SECRETS).expect_err("invalid");
+        assert_eq!(&e.var, var, "{flags:?} gave {e}");
+    }
+}

@@ -3,6 +3,7 @@
 //! decides by counts, the provisioner registers runners and creates sandboxes, the reaper
 //! ends runners by their rules, and the sweeps clean up what no live runner owns.
 
+pub mod costs;
 pub mod max_parallel;
 pub mod planner;
 pub mod provisioner;

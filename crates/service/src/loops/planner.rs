@@ -43,6 +43,8 @@ pub struct Limits {
     /// Which jobs a runner can take besides its own: those of its repository, of its
     /// owner (organisation runners) or of any (enterprise runners) that ask for its labels.
     pub pools: PoolScope,
+    /// `WARM_POOL`: idle runners kept ready per label set.
+    pub warm: Vec<WarmPool>,
 }
 
 /// How far a runner's reach goes (`RUNNER_SCOPE`): runners within one pool are
@@ -136,15 +138,25 @@ pub fn plan(s: &Snapshot, limits: &Limits) -> Vec<Intent> {
     }
 
     let mut creates = Vec::new();
+    let mut warm_creates = Vec::new();
     let mut intents = Vec::new();
-    let pools: HashSet<&Pool> = demand.keys().chain(supply.keys()).collect();
+    let reaches = warm_reaches(s, limits);
+    let pools: HashSet<&Pool> = demand.keys().chain(supply.keys()).chain(reaches.keys()).collect();
     for pool in pools {
         let wanted = demand.get(pool).map(Vec::as_slice).unwrap_or_default();
         let have = supply.get(pool).map(Vec::as_slice).unwrap_or_default();
+        // A warm pool's runners are wanted beside its jobs' (warm::size_of is 0 without one).
+        let target = wanted.len() + warm::size_of(&limits.warm, &pool.1);
         if wanted.len() > have.len() {
             creates.extend(creations(s, wanted, have, wanted.len() - have.len(), limits));
-        } else if have.len() > wanted.len() {
-            intents.extend(retirements(have, &eligible_ids, have.len() - wanted.len()));
+        }
+        let short = target.saturating_sub(have.len().max(wanted.len()));
+        if short > 0
+            && let (Some(repo), Some(entry)) = (reaches.get(pool), warm::entry(&limits.warm, &pool.1))
+        {
+            warm_creates.extend(warm::runners(&limits.prefix, repo, &entry.labels, short, s.now));
+        } else if have.len() > target {
+            intents.extend(retirements(have, &eligible_ids, have.len() - target));
         }
     }
 
@@ -169,8 +181,24 @@ pub fn plan(s: &Snapshot, limits: &Limits) -> Vec<Intent> {
         .max_runners
         .saturating_sub(live(s).saturating_sub(cancelled));
     creates.sort_by_key(|(job, _)| (job.first_seen_at, job.id));
-    intents.extend(creates.into_iter().take(headroom).map(|(_, r)| Intent::Create(r)));
+    // Jobs' runners first; warm runners take what capacity is left.
+    let jobs_first = creates.into_iter().map(|(_, r)| r).chain(warm_creates);
+    intents.extend(jobs_first.take(headroom).map(Intent::Create));
     intents
+}
+
+/// The pools with a warm size and a repository of their reach to register warm runners in.
+fn warm_reaches(s: &Snapshot, limits: &Limits) -> BTreeMap<Pool, RepoName> {
+    if limits.warm.is_empty() {
+        return BTreeMap::new();
+    }
+    let jobs = s.jobs.iter().map(|j| (pool_of_job(j, limits.pools), &j.repo));
+    let runners = s
+        .runners
+        .iter()
+        .map(|r| (pool_of_runner(r, limits.pools), &r.row.repo));
+    let seen: Vec<(Pool, &RepoName)> = jobs.chain(runners).collect();
+    warm::reaches(&limits.warm, seen.iter().map(|(p, r)| (p, *r)))
 }
 
 /// Runners holding capacity.
@@ -296,6 +324,8 @@ pub struct PlannerContext {
     pub interval: Duration,
     /// Refused jobs already reported, so each is logged once.
     pub refused: Mutex<HashSet<JobId>>,
+    /// `MAX_SPEND_PER_DAY`: holds new runners back once today's spend reaches it.
+    pub spend: SpendCap,
 }
 
 /// Plans on every wake-up and at least every `interval`, until `stop`.
@@ -322,6 +352,7 @@ pub async fn pass(ctx: &PlannerContext) -> Result<(), StoreError> {
         attempts: inputs.attempts,
     };
     let intents = plan(&snapshot, &ctx.limits);
+    let intents = ctx.spend.apply(&ctx.store, snapshot.now, intents).await?;
     apply(ctx, &snapshot, intents).await
 }
 
@@ -397,6 +428,13 @@ fn log_runner(s: &Snapshot, name: &RunnerName, message: &str) {
         tracing::info!(repo = %r.row.repo, job.id = %r.row.job, runner.name = %name, "{message}");
     }
 }
+
+// The daily spend cap (issue 13 item 4).
+mod spend;
+pub use spend::SpendCap;
+// Warm runners (issue 13 item 3).
+pub mod warm;
+pub use warm::{WARM_JOB, WarmPool};
 
 #[cfg(test)]
 mod properties;

@@ -26,6 +26,7 @@ use crate::backend::{Backend, BackendError, SandboxInfo};
 use crate::clock::Clock;
 use crate::config::ReaperSettings;
 use crate::domain::{JobStatus, RunnerState};
+use crate::failure_log;
 use crate::github::{DeleteOutcome, GitHub, GitHubError};
 use crate::loops::sweeps;
 use crate::metrics::Metrics;
@@ -44,6 +45,8 @@ pub struct ReaperContext {
     pub clock: Clock,
     /// Runners seen online at GitHub: their registration timeout no longer applies.
     pub seen_online: Mutex<HashSet<String>>,
+    /// Configured secret values, masked in a failed sandbox's output before it is kept.
+    pub secrets: Vec<secrecy::SecretString>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -192,6 +195,19 @@ async fn sandbox_gone(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapErr
             .await?
         {
             tracing::info!(took.job = %took.id, "runner finished");
+            if took.status != JobStatus::Completed {
+                // It ended while its job still ran (as far as GitHub has told us). A
+                // sandbox that ended in success only beat the job's completed event; any
+                // other end is a crash, whose last output says why.
+                let how = match &r.row.sandbox_id {
+                    Some(id) => ctx.backend.exit_status(id).await,
+                    None => None,
+                };
+                if let Some(how) = how.filter(|h| !h.starts_with("SUCCESS")) {
+                    let reason = format!("the sandbox ended while its job was running ({how})");
+                    keep_output(ctx, r, &reason).await?;
+                }
+            }
         }
         return Ok(());
     }
@@ -235,6 +251,34 @@ async fn sandbox_gone(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapErr
         ctx.metrics.runner_failed("sandbox_ended_idle");
         tracing::warn!("{reason}");
         ctx.wake.planner.notify_one();
+        keep_output(ctx, r, &reason).await?;
+    }
+    Ok(())
+}
+
+// ---- failure logs (issue 13 item 5) ----
+
+/// Keeps the masked tail of a failed sandbox's output with `reason`, and logs it once
+/// (the store keeps the first; a later call for the same runner neither stores nor logs).
+async fn keep_output(ctx: &ReaperContext, r: &LiveRunner, reason: &str) -> Result<(), ReapError> {
+    let Some(id) = &r.row.sandbox_id else {
+        return Ok(());
+    };
+    let Some(output) = ctx.backend.output(id).await else {
+        return Ok(());
+    };
+    let secrets: Vec<&str> = ctx
+        .secrets
+        .iter()
+        .map(secrecy::ExposeSecret::expose_secret)
+        .collect();
+    let tail = failure_log::tail(&output, &secrets);
+    if ctx
+        .store
+        .record_failure_log(r.row.name.as_str(), reason, &tail)
+        .await?
+    {
+        tracing::warn!(output.tail = %tail, "the failed sandbox's last output (secrets masked)");
     }
     Ok(())
 }
@@ -273,7 +317,9 @@ async fn check_idle(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapError
         }
         return Ok(());
     }
-    if age > millis(ctx.settings.idle_timeout) {
+    // A warm runner waits for a job by design: the planner retires it beyond its pool's
+    // size, the idle rule does not.
+    if age > millis(ctx.settings.idle_timeout) && r.row.job != crate::loops::planner::WARM_JOB {
         // Its job is still queued (a surplus runner is retired by the planner long before),
         // so an idle end is a failed attempt: it backs off and counts toward
         // MAX_ATTEMPTS_PER_JOB.

@@ -48,7 +48,10 @@ pub fn page(s: &Status) -> Markup {
                 div.scroll { table {
                     tr { th { "runner" } th { "job" } th { "when" } th { "reason" } }
                     @for f in &s.recent_failures {
-                        tr { td { (f.runner) } td { (f.job) } td { (age(f.secs_ago)) " ago" } td { (f.reason) } }
+                        tr { td { (f.runner) } td { (f.job) } td { (age(f.secs_ago)) " ago" } td {
+                            (f.reason)
+                            @if let Some(tail) = &f.output_tail { details { summary { "last output (secrets masked)" } pre { (tail) } } }
+                        } }
                     }
                 } }
                 h2 { "Recent jobs" }
@@ -100,6 +103,15 @@ fn facts(s: &Status) -> Markup {
                 None => { "unknown" },
             } }
             span { "Spend today: " (s.spend_today_usd.map_or("unknown".into(), |d| format!("${d:.2}"))) }
+            @for r in &s.spend_by_repo {
+                span { "Spend (" (r.repo) "): " (format!("${:.4}", r.usd)) }
+            }
+            @for p in &s.paused {
+                span { "Paused: " (p) }
+            }
+            @if s.warm.live > 0 || s.warm.idle_spend_usd > 0.0 {
+                span { "Warm pool: " (s.warm.live) " runners, " (s.warm.live_secs) " s idle; unused warm runners cost " (format!("${:.4}", s.warm.idle_spend_usd)) }
+            }
         }
     }
 }

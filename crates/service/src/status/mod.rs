@@ -4,8 +4,9 @@
 //! creation pacing, the leader and the version. Gathered once into [`Status`], then
 //! rendered as text (`status`), JSON (`/status.json`, `status --json`) or HTML (`/status`).
 //!
-//! Only what the store and the counters hold is shown: names, states, reasons and counts.
-//! Secrets and JIT configurations are never in the store, so they cannot appear here.
+//! Only what the store and the counters hold is shown: names, states, reasons, counts, costs,
+//! and the output tails of failed sandboxes. Secrets and JIT configurations are never in the
+//! store (a tail is masked before it is stored, `failure_log`), so they cannot appear here.
 
 mod html;
 mod text;
@@ -40,9 +41,34 @@ pub struct Status {
     /// outside the service (the `status` command reads only the store).
     pub github: Vec<GitHubHeadroom>,
     pub modal: Option<ModalPacing>,
-    /// Spend today in US dollars, where known. The service does not know Modal's prices yet,
-    /// so this is `None`, and the page says "unknown" rather than a guess.
+    /// Spend recorded today (UTC) in US dollars; `None` while no cost was ever recorded
+    /// (the local backend records none), and the page says "unknown" rather than a guess.
     pub spend_today_usd: Option<f64>,
+    /// Spend per repository, all recorded time.
+    pub spend_by_repo: Vec<RepoSpend>,
+    /// Why provisioning is paused, if it is (e.g. MAX_SPEND_PER_DAY reached).
+    pub paused: Vec<String>,
+    /// The warm pool (`WARM_POOL`) and what its idling costs.
+    pub warm: WarmView,
+}
+
+/// Warm runners (made for no job) and their idle cost.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct WarmView {
+    /// Live warm runners (idle, or just given a job).
+    pub live: usize,
+    /// Seconds the live warm runners have existed, summed: what they are idling.
+    pub live_secs: i64,
+    /// Recorded cost of warm runners that ended without a job (a warm runner that ran a job
+    /// bills that job instead).
+    pub idle_spend_usd: f64,
+}
+
+/// What one repository's runners cost.
+#[derive(Debug, Clone, Serialize)]
+pub struct RepoSpend {
+    pub repo: String,
+    pub usd: f64,
 }
 
 /// Which replica acts on the store, and since when.
@@ -79,6 +105,8 @@ pub struct Failure {
     pub repo: String,
     pub reason: String,
     pub secs_ago: i64,
+    /// The end of the sandbox's output, secrets masked, when it was kept.
+    pub output_tail: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -89,6 +117,10 @@ pub struct RecentJob {
     pub conclusion: Option<String>,
     pub runner: Option<String>,
     pub closed_reason: Option<String>,
+    /// What the job's runners cost, once known.
+    pub cost_usd: Option<f64>,
+    /// `stats` (Modal's figure), `rates` (estimated) or `mixed`.
+    pub cost_source: Option<String>,
 }
 
 /// The GitHub rate-limit headroom the last answers reported for one budget.
@@ -129,6 +161,12 @@ pub async fn gather(store: &Store, recent: i64, live: Live) -> Result<Status, St
     for r in &all_runners {
         by_job.entry(r.job.0).or_default().push(r);
     }
+    let paused: Vec<String> = store
+        .active_pauses(now)
+        .await?
+        .into_iter()
+        .map(|(_, reason)| reason)
+        .collect();
     let open_jobs = store
         .open_jobs()
         .await?
@@ -138,7 +176,15 @@ pub async fn gather(store: &Store, recent: i64, live: Live) -> Result<Status, St
             OpenJob {
                 why: j.labels.registrable().map_or_else(
                     |e| format!("refused: {e}"),
-                    |()| why(j.status, j.max_parallel, tries, j.runner_name.as_deref()),
+                    |()| match paused.first() {
+                        // A pause holds back every job still without a live runner.
+                        Some(p)
+                            if j.status == JobStatus::Queued && !tries.iter().any(|r| r.state.is_live()) =>
+                        {
+                            p.clone()
+                        }
+                        _ => why(j.status, j.max_parallel, tries, j.runner_name.as_deref()),
+                    },
                 ),
                 repo: j.repo.to_string(),
                 id: j.id.0,
@@ -159,11 +205,19 @@ pub async fn gather(store: &Store, recent: i64, live: Live) -> Result<Status, St
             age_secs: (now - r.created_at) / 1000,
         })
         .collect();
-    let recent_jobs = store
-        .recent_jobs(recent)
+    let recent_rows = store.recent_jobs(recent).await?;
+    let ids: Vec<u64> = recent_rows.iter().map(|j| j.id.0).collect();
+    let costs: HashMap<u64, (f64, String)> = store
+        .job_costs(&ids)
         .await?
         .into_iter()
+        .map(|(id, d, src)| (id, (d, src)))
+        .collect();
+    let recent_jobs = recent_rows
+        .into_iter()
         .map(|j| RecentJob {
+            cost_usd: costs.get(&j.id.0).map(|c| c.0),
+            cost_source: costs.get(&j.id.0).map(|c| c.1.clone()),
             repo: j.repo.to_string(),
             id: j.id.0,
             status: j.status.as_str().to_string(),
@@ -171,6 +225,36 @@ pub async fn gather(store: &Store, recent: i64, live: Live) -> Result<Status, St
             runner: j.runner_name,
             closed_reason: j.closed_reason,
         })
+        .collect();
+    let spend_by_repo: Vec<RepoSpend> = store
+        .spend_by_repo()
+        .await?
+        .into_iter()
+        .map(|(repo, usd)| RepoSpend { repo, usd })
+        .collect();
+    let spend_today_usd = if spend_by_repo.is_empty() {
+        None
+    } else {
+        Some(store.spend_since(crate::store::utc_day_start(now)).await?)
+    };
+    let warm_live: Vec<&RunnerRow> = all_runners
+        .iter()
+        .filter(|r| r.state.is_live() && r.job == crate::loops::planner::WARM_JOB)
+        .collect();
+    let warm = WarmView {
+        live: warm_live.len(),
+        live_secs: warm_live.iter().map(|r| (now - r.created_at) / 1000).sum(),
+        idle_spend_usd: store
+            .job_costs(&[crate::loops::planner::WARM_JOB.0])
+            .await?
+            .first()
+            .map_or(0.0, |c| c.1),
+    };
+    let tails: HashMap<String, String> = store
+        .failure_logs(RECENT_FAILURES as i64 * 4)
+        .await?
+        .into_iter()
+        .map(|f| (f.runner, f.tail))
         .collect();
     Ok(Status {
         version: env!("CARGO_PKG_VERSION"),
@@ -180,16 +264,19 @@ pub async fn gather(store: &Store, recent: i64, live: Live) -> Result<Status, St
         runners_by_state,
         open_jobs,
         live_runners,
-        recent_failures: recent_failures(&all_runners, now),
+        recent_failures: recent_failures(&all_runners, now, &tails),
         recent_jobs,
         github: live.github,
         modal: live.modal,
-        spend_today_usd: None,
+        spend_today_usd,
+        spend_by_repo,
+        paused,
+        warm,
     })
 }
 
 /// The newest failed runners, with their reasons.
-fn recent_failures(runners: &[RunnerRow], now: i64) -> Vec<Failure> {
+fn recent_failures(runners: &[RunnerRow], now: i64, tails: &HashMap<String, String>) -> Vec<Failure> {
     let mut failed: Vec<&RunnerRow> = runners
         .iter()
         .filter(|r| r.state == RunnerState::Failed)
@@ -204,6 +291,7 @@ fn recent_failures(runners: &[RunnerRow], now: i64) -> Vec<Failure> {
             repo: r.repo.to_string(),
             reason: r.failure.clone().unwrap_or_else(|| "no reason recorded".into()),
             secs_ago: (now - r.updated_at) / 1000,
+            output_tail: tails.get(r.name.as_str()).cloned(),
         })
         .collect()
 }

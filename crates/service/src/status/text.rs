@@ -16,6 +16,17 @@ pub fn render(s: &Status) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "jobs:    {}", counts(&s.jobs_by_status));
     let _ = writeln!(out, "runners: {}", counts(&s.runners_by_state));
+    let _ = writeln!(out, "spend:   {}", spend(s));
+    for p in &s.paused {
+        let _ = writeln!(out, "paused:  {p}");
+    }
+    if s.warm.live > 0 || s.warm.idle_spend_usd > 0.0 {
+        let _ = writeln!(
+            out,
+            "warm:    {} runners, {}s idle so far; idle spend of unused warm runners ${:.6}",
+            s.warm.live, s.warm.live_secs, s.warm.idle_spend_usd
+        );
+    }
     let _ = writeln!(out, "\nopen jobs ({}):", s.open_jobs.len());
     for j in &s.open_jobs {
         let _ = writeln!(
@@ -36,6 +47,12 @@ pub fn render(s: &Status) -> String {
                 "  {} job {} {} {}s ago: {}",
                 f.runner, f.job, f.repo, f.secs_ago, f.reason
             );
+            if let Some(tail) = &f.output_tail {
+                let _ = writeln!(out, "    last output (secrets masked):");
+                for line in tail.lines() {
+                    let _ = writeln!(out, "    | {line}");
+                }
+            }
         }
     }
     let _ = writeln!(out, "\nrecent jobs ({}):", s.recent_jobs.len());
@@ -45,9 +62,13 @@ pub fn render(s: &Status) -> String {
             .as_deref()
             .map(|r| format!(" ({r})"))
             .unwrap_or_default();
+        let cost = match (j.cost_usd, &j.cost_source) {
+            (Some(d), Some(src)) => format!(" cost=${d:.6} ({src})"),
+            _ => String::new(),
+        };
         let _ = writeln!(
             out,
-            "  {} {} {:<11} {:<10} runner={}{closed}",
+            "  {} {} {:<11} {:<10} runner={}{closed}{cost}",
             j.repo,
             j.id,
             j.status,
@@ -56,6 +77,19 @@ pub fn render(s: &Status) -> String {
         );
     }
     out
+}
+
+/// Today's spend and the total per repository.
+fn spend(s: &Status) -> String {
+    let Some(today) = s.spend_today_usd else {
+        return "unknown (no cost recorded)".into();
+    };
+    let repos: Vec<String> = s
+        .spend_by_repo
+        .iter()
+        .map(|r| format!("{}=${:.6}", r.repo, r.usd))
+        .collect();
+    format!("today ${today:.6} (UTC); by repository: {}", repos.join(" "))
 }
 
 fn counts(rows: &BTreeMap<String, i64>) -> String {

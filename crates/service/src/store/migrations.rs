@@ -26,6 +26,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "job closures and redeliveries",
         include_str!("../../migrations/sqlite/0002_job_closures_and_redeliveries.sql"),
     ),
+    (
+        3,
+        "costs, failure logs and pauses",
+        include_str!("../../migrations/sqlite/0003_costs_and_failure_logs.sql"),
+    ),
 ];
 
 /// The newest schema version this binary knows.

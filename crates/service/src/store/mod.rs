@@ -14,6 +14,7 @@
 //! (`checkpoint.rs`), without blocking the writer.
 
 mod checkpoint;
+mod costs;
 mod ingest;
 pub mod inspect;
 mod jobs;
@@ -34,6 +35,7 @@ use tokio::sync::mpsc;
 use crate::clock::Clock;
 use crate::domain::{RepoName, RepoNameError};
 
+pub use costs::{CostRow, FailureLog, SPEND_PAUSE, UnpricedRunner, utc_day_start};
 pub use ingest::{EventSource, Recorded};
 pub use jobs::{JobRow, StrategyUpdate};
 pub use runners::{AttemptStats, LiveRunner, NewRunner, RunnerPatch, RunnerRow, TookJob};

@@ -484,6 +484,10 @@ fn released_migrations_are_never_edited() {
             2,
             "992cd4677093a0266fc4a3b28cc2364ac58fcf4176113dc51f2667f5d6ad9814",
         ),
+        (
+            3,
+            "fcbe092f3a39013483f2e459d3b2752cbd9b3957fb823a19219a807813102901",
+        ),
     ];
     assert_eq!(pinned.len(), all_versions().len(), "every migration is pinned");
     for (version, checksum) in pinned {
@@ -526,4 +530,70 @@ async fn a_locked_database_is_told_apart_from_other_errors_so_opening_can_try_ag
         .expect_err("no such table");
     assert!(!StoreError::from(missing).is_busy());
     assert!(!StoreError::Closed.is_busy());
+}
+
+// ---- costs and failure logs (issue 13 items 4, 5) ----
+
+#[tokio::test]
+async fn an_ended_runners_cost_is_recorded_once_summed_per_job_and_repository_and_pruned_with_the_history() {
+    let s = store().await;
+    let prefix = NamePrefix::parse("modal").expect("prefix");
+    s.insert_runners(&[new_runner(1, 1)]).await.expect("insert");
+    let name = RunnerName::for_job(&prefix, JobId(1), 1);
+    assert!(
+        s.unpriced_runners(10).await.expect("read").is_empty(),
+        "live: not priced"
+    );
+    let patch = RunnerPatch {
+        sandbox_id: Some("sb-1".into()),
+        started: true,
+        ..RunnerPatch::default()
+    };
+    s.transition(&name, &[RunnerState::Pending], RunnerState::Running, patch)
+        .await
+        .expect("run");
+    s.transition(
+        &name,
+        &[RunnerState::Running],
+        RunnerState::Done,
+        RunnerPatch::ended(),
+    )
+    .await
+    .expect("end");
+    let unpriced = s.unpriced_runners(10).await.expect("read");
+    assert_eq!(unpriced.len(), 1);
+    assert_eq!(
+        (unpriced[0].job, unpriced[0].sandbox_id.as_str()),
+        (JobId(1), "sb-1")
+    );
+
+    assert!(s.record_cost(&unpriced[0], 0.25, "stats").await.expect("record"));
+    assert!(
+        !s.record_cost(&unpriced[0], 9.0, "rates").await.expect("record"),
+        "once"
+    );
+    assert!(s.unpriced_runners(10).await.expect("read").is_empty());
+    assert_eq!(
+        s.job_costs(&[1, 2]).await.expect("costs"),
+        [(1, 0.25, "stats".to_string())]
+    );
+    assert_eq!(s.spend_by_repo().await.expect("repos").len(), 1);
+    assert_eq!(s.spend_since(0).await.expect("spend"), 0.25);
+
+    assert!(
+        s.record_failure_log(name.as_str(), "why", "tail ***")
+            .await
+            .expect("log")
+    );
+    assert!(
+        !s.record_failure_log(name.as_str(), "again", "x")
+            .await
+            .expect("log"),
+        "first wins"
+    );
+    assert_eq!(s.failure_logs(5).await.expect("logs")[0].tail, "tail ***");
+
+    s.prune(s.clock().now_millis() + 1).await.expect("prune");
+    assert_eq!(s.spend_since(0).await.expect("spend"), 0.0, "pruned");
+    assert!(s.failure_logs(5).await.expect("logs").is_empty(), "pruned");
 }

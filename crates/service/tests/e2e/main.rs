@@ -4,6 +4,7 @@
 
 mod budget;
 mod check;
+mod costs_and_pools;
 mod hardening;
 mod helpers;
 mod job_ends;

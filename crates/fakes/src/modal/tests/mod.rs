@@ -4,6 +4,7 @@ mod catalog;
 mod faults;
 mod images;
 mod sandboxes;
+mod usage;
 mod volumes;
 
 use std::path::Path;

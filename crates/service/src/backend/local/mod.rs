@@ -154,6 +154,13 @@ impl LocalBackend {
             .map(|(_, how)| how.clone())
     }
 
+    /// A finished runner's output for a failure tail. Not kept: the local backend removes a
+    /// runner's directory (and its log) when it ends, so failures show their exit status
+    /// only (README, "Why a runner failed").
+    pub fn output(&self, _id: &str) -> Option<String> {
+        None
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Sandboxes> {
         // A poisoned lock only means a panic elsewhere; the map itself stays consistent
         // because every update is a single insert or remove.

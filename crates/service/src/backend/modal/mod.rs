@@ -17,6 +17,8 @@ pub mod features;
 pub mod image;
 mod release;
 mod sandbox;
+// Costs and failure logs (issue 13 items 4, 5).
+mod usage;
 /// The generated Modal API (crate `modal-proto`), under the name the backend uses.
 pub use modal_proto as proto;
 pub use release::Releases;

@@ -20,6 +20,7 @@ fn limits(max_runners: usize) -> Limits {
         machine: MachinePolicy::default(),
         max_attempts: 3,
         pools: PoolScope::Repository,
+        warm: Vec::new(),
     }
 }
 

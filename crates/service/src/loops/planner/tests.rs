@@ -15,6 +15,7 @@ fn limits(max: usize) -> Limits {
         },
         max_attempts: 3,
         pools: PoolScope::Repository,
+        warm: Vec::new(),
     }
 }
 
@@ -463,6 +464,7 @@ async fn a_cancellation_that_lost_the_race_with_the_provisioner_frees_no_capacit
         clock: Clock::System,
         interval: Duration::from_secs(2),
         refused: Mutex::default(),
+        spend: Default::default(),
     };
     let planned = planned_elsewhere();
     let new = NewRunner {
@@ -491,4 +493,69 @@ async fn a_cancellation_that_lost_the_race_with_the_provisioner_frees_no_capacit
     apply(&ctx, &s, intents).await.expect("apply");
     let made = store.runner("modal-1-1").await.expect("read");
     assert!(made.is_none(), "MAX_RUNNERS holds: no runner for job 1 yet");
+}
+
+// ---- warm pool (issue 13 item 3) ----
+
+fn warm_limits(max: usize, size: usize) -> Limits {
+    Limits {
+        warm: vec![crate::loops::planner::WarmPool {
+            labels: LabelSet::new(["self-hosted", "modal"]),
+            size,
+        }],
+        ..limits(max)
+    }
+}
+
+fn warm_runner(seq: u32) -> LiveRunner {
+    let mut r = runner(0, seq, RunnerState::Running);
+    r.row.github_id = Some(1000 + u64::from(seq));
+    r
+}
+
+fn warm_created(intents: &[Intent]) -> usize {
+    intents
+        .iter()
+        .filter(|i| matches!(i, Intent::Create(r) if r.job == crate::loops::planner::WARM_JOB))
+        .count()
+}
+
+#[test]
+fn a_warm_pool_is_filled_beside_the_jobs_runners_in_a_reach_that_had_a_job() {
+    let s = snapshot(vec![job(1, JobStatus::Queued)], vec![]);
+    let intents = plan(&s, &warm_limits(50, 2));
+    assert_eq!(created(&intents).len(), 3, "{intents:?}");
+    assert_eq!(warm_created(&intents), 2);
+    assert!(created(&intents).contains(&"modal-1-1".to_string()));
+}
+
+#[test]
+fn a_warm_runner_that_takes_a_job_is_replaced_at_once() {
+    // Two warm runners; one took job 1 (now in progress).
+    let busy = took(warm_runner(1), 1, JobStatus::InProgress, None);
+    let s = snapshot(vec![job(1, JobStatus::InProgress)], vec![busy, warm_runner(2)]);
+    let intents = plan(&s, &warm_limits(50, 2));
+    assert_eq!(warm_created(&intents), 1, "{intents:?}");
+    assert_eq!(created(&intents).len(), 1);
+}
+
+#[test]
+fn warm_runners_count_toward_max_runners_and_jobs_come_first() {
+    let s = snapshot(vec![job(1, JobStatus::Queued), job(2, JobStatus::Queued)], vec![]);
+    let intents = plan(&s, &warm_limits(3, 5));
+    assert_eq!(created(&intents).len(), 3, "never above MAX_RUNNERS: {intents:?}");
+    assert_eq!(warm_created(&intents), 1, "jobs' runners first");
+    let full = snapshot(vec![], vec![warm_runner(1), warm_runner(2), warm_runner(3)]);
+    assert!(plan(&full, &warm_limits(3, 5)).is_empty());
+}
+
+#[test]
+fn warm_runners_are_retired_only_beyond_the_pools_size() {
+    let s = snapshot(vec![], vec![warm_runner(1), warm_runner(2), warm_runner(3)]);
+    assert!(plan(&s, &warm_limits(50, 3)).is_empty(), "at its size: kept");
+    let retired: Vec<Intent> = plan(&s, &warm_limits(50, 2));
+    assert_eq!(retired.len(), 1, "{retired:?}");
+    assert!(matches!(retired[0], Intent::Retire(_)));
+    // Without a pool, idle runners of no job are surplus, as before.
+    assert_eq!(plan(&s, &limits(50)).len(), 3);
 }

@@ -253,3 +253,25 @@ async fn the_sweep_leaves_a_repository_with_live_runners_for_later_then_deletes_
         "the orphan is deleted"
     );
 }
+
+// ---- warm pool (issue 13 item 3) ----
+
+#[tokio::test]
+async fn a_warm_runner_is_not_removed_by_the_idle_timeout() {
+    let f = Fixture::start().await;
+    // Made for no job: a warm runner.
+    let (name, jit) = f.seed_running(crate::loops::planner::WARM_JOB.0).await;
+    let runner = f.play_runner(&jit);
+    wait_for_runner(&f, &name, |r| r.status == fakes::github::RunnerStatus::Online).await;
+    f.clock.advance(Duration::from_secs(1));
+    f.clock.advance(IDLE_TIMEOUT * 3);
+    pass(&f.reaper()).await.expect("pass");
+    assert_eq!(
+        f.row(&name).await.state,
+        RunnerState::Running,
+        "the planner retires warm runners beyond the pool's size, not the idle rule"
+    );
+    assert!(f.registration(&name).is_some());
+    runner.abort();
+    f.finish().await;
+}
