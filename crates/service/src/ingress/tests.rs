@@ -134,7 +134,7 @@ async fn a_delivery_the_store_cannot_write_is_not_accepted() {
     sqlx::raw_sql(
         "CREATE TRIGGER refuse_jobs BEFORE INSERT ON jobs BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
     )
-    .execute(ing.store.pool())
+    .execute(ing.store.writer())
     .await
     .expect("trigger");
 

@@ -2,8 +2,8 @@
 //!
 //! The writer's connection has SQLite's automatic checkpoint off (see the module above):
 //! otherwise the commit that crosses 1,000 pages of log copies them into the database and
-//! syncs it while a webhook waits for its answer. Here a reader's connection runs a
-//! `PASSIVE` checkpoint every interval: it copies what no reader still needs and never
+//! syncs it while a webhook waits for its answer. Here a connection of its own runs
+//! a `PASSIVE` checkpoint every interval: it copies what no reader still needs and never
 //! waits for, nor blocks, the writer. Once the whole log is copied, the writer's next
 //! commit starts the log over, so it stays small.
 
@@ -81,7 +81,8 @@ mod tests {
                 .await
                 .expect("recorded");
         }
-        let (log, copied) = super::checkpoint(store.pool()).await.expect("checkpoint");
+        let other = sqlx::SqlitePool::connect(&url).await.expect("another connection");
+        let (log, copied) = super::checkpoint(&other).await.expect("checkpoint");
         assert!(log > 0, "200 commits left no log");
         assert_eq!(
             copied, log,

@@ -3,7 +3,8 @@
 //! deliveries costs one fsync per group instead of one per delivery, and a delivery is
 //! answered only after its group is on disk.
 //!
-//! Every write goes through one connection (`writer`), reads through a pool of others.
+//! Every write goes through one connection (`writer`), reads through a pool of read-only
+//! others.
 //! SQLite admits one writer at a time, and a connection that finds the lock taken sleeps in
 //! SQLite's busy handler (1, 2, 5, 10… ms) before trying again: with writers on several
 //! connections, a webhook's commit that met the planner's or the reaper's transaction paid
@@ -159,35 +160,28 @@ impl Store {
             .busy_timeout(Duration::from_secs(30))
             .foreign_keys(false);
         // An in-memory database exists per connection; keep exactly one then.
-        let in_memory = url.contains(":memory:");
-        let pool = SqlitePoolOptions::new()
-            .max_connections(if in_memory { 1 } else { 4 })
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(options.clone())
-            .await?;
-        migrations::apply(&pool, options.get_filename()).await?;
-        let writer = if in_memory {
-            pool.clone()
-        } else {
-            let writer = SqlitePoolOptions::new()
-                .max_connections(1)
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None)
-                .connect_with(options.pragma("wal_autocheckpoint", "0"))
-                .await?;
-            checkpoint::spawn(pool.clone());
-            writer
-        };
+        if url.contains(":memory:") {
+            let pool = connect_pool(options.clone(), 1).await?;
+            migrations::apply(&pool, options.get_filename()).await?;
+            return Ok(Store::assemble(pool.clone(), pool, clock));
+        }
+        let writer = connect_pool(options.clone().pragma("wal_autocheckpoint", "0"), 1).await?;
+        migrations::apply(&writer, options.get_filename()).await?;
+        // Read-only, so that a write put on the readers by mistake fails at once instead of
+        // contending with the writer.
+        let pool = connect_pool(options.clone().read_only(true), 4).await?;
+        checkpoint::spawn(connect_pool(options, 1).await?);
+        Ok(Store::assemble(pool, writer, clock))
+    }
+
+    fn assemble(pool: SqlitePool, writer: SqlitePool, clock: Clock) -> Store {
         let ingest = ingest::spawn_writer(writer.clone(), clock.clone());
-        Ok(Store {
+        Store {
             pool,
             writer,
             ingest,
             clock,
-        })
+        }
     }
 
     /// The clock rows are stamped with.
@@ -216,6 +210,17 @@ impl Store {
         self.writer.close().await;
         self.pool.close().await;
     }
+}
+
+/// A pool of `size` connections that stay open.
+async fn connect_pool(options: SqliteConnectOptions, size: u32) -> Result<SqlitePool, sqlx::Error> {
+    SqlitePoolOptions::new()
+        .max_connections(size)
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .connect_with(options)
+        .await
 }
 
 /// The error for a column whose text is not one of its enum's values (a `RunnerState`, a

@@ -328,7 +328,7 @@ async fn a_repository_name_damaged_in_the_database_is_a_typed_error() {
         "UPDATE jobs SET repo = '../etc'",
         "UPDATE runners SET repo = '../etc'",
     ] {
-        sqlx::query(damage).execute(s.pool()).await.expect("damage");
+        sqlx::query(damage).execute(s.writer()).await.expect("damage");
     }
 
     let bad = |r: Result<usize, StoreError>| matches!(r, Err(StoreError::BadRepo(e)) if e.input == "../etc");
@@ -453,7 +453,7 @@ async fn a_database_written_by_a_newer_version_is_refused_naming_both_versions()
          VALUES (?1, 'from the future', TRUE, x'00', 0)",
     )
     .bind(newer)
-    .execute(s.pool())
+    .execute(s.writer())
     .await
     .expect("a newer version's row");
     s.close().await;
