@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, BackendError, LocalBackend, ModalBackend};
 use crate::clock::Clock;
-use crate::config::{BackendSettings, Settings};
+use crate::config::{BackendSettings, JobSource, Settings};
 use crate::github::{GitHub, GitHubConfig};
 use crate::ingress::{self, Ingress, ServerContext, ServerLimits, StatusPage, WarnThrottle};
 use crate::loops::max_parallel::{self, StrategyContext};
@@ -22,10 +22,13 @@ use crate::loops::planner::{self, PlannerContext};
 use crate::loops::provisioner::{self, ProvisionerContext};
 use crate::loops::reaper::{self, ReaperContext};
 use crate::loops::reconciler::{self, ReconcilerContext};
+use crate::loops::registry::Registry;
+use crate::loops::scaleset_listener::{self, ListenerContext};
 use crate::metrics::Metrics;
 use crate::pace::Window;
 use crate::retry::Backoff;
 use crate::runner_release::{self, ReleasePublisher, ReleaseSource};
+use crate::scaleset::{ScaleSetClient, ScaleSetClientConfig};
 use crate::status::{GitHubHeadroom, Leader, Live, ModalPacing};
 use crate::store::{Store, maintenance};
 use crate::wake::Wake;
@@ -46,6 +49,10 @@ pub struct Application {
     ready: Arc<AtomicBool>,
     /// What the store and every loop read the time from.
     clock: Clock,
+    /// Where runners are registered: REST, or the scale set (`JOB_SOURCE`).
+    registry: Registry,
+    /// The scale-set listener's context (`JOB_SOURCE=scaleset`).
+    scale_set_listener: Option<Arc<ListenerContext>>,
 }
 
 /// How often the planner re-plans without a wake-up.
@@ -79,6 +86,8 @@ impl Application {
         )
         .context("could not build the GitHub client")?;
         resolve_runner_group(&mut settings, &github).await?;
+        let wake = Arc::new(Wake::default());
+        let (registry, scale_set_listener) = job_source(&settings, &github, &store, &wake).await?;
         let (backend, releases) = backend(&settings, &github)?;
         let addr = settings.server.bind;
         let listener = TcpListener::bind(addr)
@@ -96,10 +105,12 @@ impl Application {
             github,
             backend: Arc::new(backend),
             releases,
-            wake: Arc::new(Wake::default()),
+            wake,
             metrics,
             ready: Arc::new(AtomicBool::new(false)),
             clock,
+            registry,
+            scale_set_listener: scale_set_listener.map(Arc::new),
         })
     }
 
@@ -210,7 +221,11 @@ impl Application {
             retention: self.settings.store.retention,
             warnings: warnings.clone(),
         };
-        let router = ingress::router(state).merge(ingress::status_router(self.status_page()));
+        let routes = match self.settings.source {
+            JobSource::Webhook => ingress::router(state),
+            JobSource::ScaleSet(_) => ingress::router_without_webhooks(state),
+        };
+        let router = routes.merge(ingress::status_router(self.status_page()));
         let limits = ServerLimits {
             header_read_timeout: self.settings.server.header_read_timeout,
             max_connections: self.settings.server.max_connections,
@@ -255,6 +270,7 @@ impl Application {
         let provisioner = Arc::new(ProvisionerContext {
             store: self.store.clone(),
             github: self.github.clone(),
+            registry: self.registry.clone(),
             backend: self.backend.clone(),
             wake: self.wake.clone(),
             metrics: self.metrics.clone(),
@@ -276,6 +292,7 @@ impl Application {
         let reaper = Arc::new(ReaperContext {
             store: self.store.clone(),
             github: self.github.clone(),
+            registry: self.registry.clone(),
             backend: self.backend.clone(),
             wake: self.wake.clone(),
             metrics: self.metrics.clone(),
@@ -292,10 +309,22 @@ impl Application {
             metrics: self.metrics.clone(),
         });
         let st = stop.clone();
-        tasks.spawn(async move {
-            reconciler::run(reconciler, st).await;
-            ("reconciler", Ok(()))
-        });
+        match self.scale_set_listener.clone() {
+            // The reconciler polls GitHub's REST jobs by id, which scale-set jobs (keyed by
+            // the scale set's own ids) do not have; the message queue replaces it.
+            Some(listener) => {
+                tasks.spawn(async move {
+                    scaleset_listener::run(listener, st).await;
+                    ("scale set listener", Ok(()))
+                });
+            }
+            None => {
+                tasks.spawn(async move {
+                    reconciler::run(reconciler, st).await;
+                    ("reconciler", Ok(()))
+                });
+            }
+        }
         let (store, retention, st) = (self.store.clone(), s.store.retention, stop.clone());
         tasks.spawn(async move {
             maintenance::run(store, retention, st).await;
@@ -391,6 +420,60 @@ fn backend(settings: &Settings, github: &GitHub) -> anyhow::Result<(Backend, Opt
             (Backend::Modal(Box::new(backend)), publisher)
         }
     })
+}
+
+/// The registration path and, for `JOB_SOURCE=scaleset`, the listener: the scale set is
+/// got or created (and updated) here, so a wrong scope or missing permission stops the
+/// service at start-up with the reason.
+async fn job_source(
+    settings: &Settings,
+    github: &GitHub,
+    store: &Store,
+    wake: &Arc<Wake>,
+) -> anyhow::Result<(Registry, Option<ListenerContext>)> {
+    let JobSource::ScaleSet(set) = &settings.source else {
+        return Ok((Registry::Rest(github.clone()), None));
+    };
+    let owner = std::env::var("HOSTNAME").unwrap_or_else(|_| "modal-github-runner".into());
+    let client = ScaleSetClient::new(
+        github.clone(),
+        ScaleSetClientConfig {
+            home: set.home.clone(),
+            timeout: settings.github.timeout,
+            // Longer than the service's ~50 s hold (scaleset-contract §6: 5 minutes).
+            poll_timeout: Duration::from_secs(300),
+            owner,
+        },
+    )
+    .context("could not build the scale set client")?;
+    let group_id = settings.provisioner.runner_groups.id_for(&set.home).unwrap_or(1);
+    let scale_set = client
+        .ensure_scale_set(&set.name, group_id, &set.labels)
+        .await
+        .with_context(|| {
+            format!(
+                "could not get or create the scale set {} at {}",
+                set.name,
+                client.config_url()
+            )
+        })?;
+    tracing::info!(scale_set = %set.name, id = scale_set.id, url = client.config_url(), "runner scale set ready");
+    let registry = Registry::ScaleSet {
+        client: client.clone(),
+        scale_set_id: scale_set.id,
+        deployment_label: settings.provisioner.deployment.label(),
+    };
+    let listener = ListenerContext {
+        client,
+        scale_set_id: scale_set.id,
+        scale_set_name: set.name.clone(),
+        store: store.clone(),
+        wake: wake.clone(),
+        max_runners: settings.limits.max_runners,
+        allow: settings.webhook.allow.clone(),
+        backoff: Backoff::new(u32::MAX, Duration::from_secs(1), Duration::from_secs(30)),
+    };
+    Ok((registry, Some(listener)))
 }
 
 /// Resolves `RUNNER_GROUP` to its id at every organisation (or the enterprise) served, so

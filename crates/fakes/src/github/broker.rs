@@ -185,6 +185,12 @@ fn admin(
             num(id).map(|id| generate_jit(&mut state, &home, id, &body))
         }
         ("GET", ["_apis", "distributedtask", "pools", "0", "agents"]) => Some(find_agent(&state, query)),
+        ("GET", ["_apis", "distributedtask", "pools", "0", "agents", id]) => {
+            num(id).map(|id| match state.runners.get(&id) {
+                Some(record) => ok(agent_json(record)),
+                None => error(404, "AgentNotFoundException", "No agent found"),
+            })
+        }
         ("DELETE", ["_apis", "distributedtask", "pools", "0", "agents", id]) => {
             num(id).map(|id| remove_agent(&mut state, id))
         }
@@ -455,7 +461,7 @@ fn agent_json(record: &super::runners::RunnerRecord) -> Value {
     json!({
         "id": record.id, "name": record.name, "runnerScaleSetId": record.scale_set_id.unwrap_or(0),
         "busy": record.job.is_some(), "ephemeral": true,
-        "status": if record.connected { "online" } else { "offline" },
+        "status": record.status(Instant::now()).as_str(),
     })
 }
 

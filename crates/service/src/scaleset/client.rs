@@ -541,6 +541,17 @@ impl ScaleSetClient {
         Ok(list.value.into_iter().find(|a| a.name == name))
     }
 
+    /// Runner `id`, or `None` if it is gone.
+    pub async fn get_runner(&self, id: u64) -> Result<Option<Agent>, ScaleSetError> {
+        let path = format!("_apis/distributedtask/pools/0/agents/{id}");
+        let reply = self.admin_call(Method::GET, &path, &[], None).await?;
+        match reply.ok_or_classify() {
+            Ok(reply) => decode(&reply.body).map(Some),
+            Err(ScaleSetError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Removes runner `id`: `Ok(true)` removed, `Ok(false)` already gone, `RunnerBusy`
     /// while it runs a job.
     pub async fn remove_runner(&self, id: u64) -> Result<bool, ScaleSetError> {
