@@ -347,7 +347,13 @@ fn create_session(state: &mut State, home: &Scope, id: u64, body: &Value) -> Res
         return set_not_found();
     };
     let now = Instant::now();
-    let conflict = state.scale_sets.sessions.contains_key(&id) || state.scale_sets.held(&name, now);
+    let lapse = state.scale_sets.session_lapse;
+    let live = state
+        .scale_sets
+        .sessions
+        .get(&id)
+        .is_some_and(|s| s.alive(now, lapse));
+    let conflict = live || state.scale_sets.held(&name, now);
     let status = if conflict { 409 } else { 200 };
     state.scale_sets.session_creates.push(SessionCreate {
         scale_set_id: id,
@@ -369,6 +375,8 @@ fn create_session(state: &mut State, home: &Scope, id: u64, body: &Value) -> Res
     let session = SessionRecord {
         id: Uuid::new_v4(),
         owner,
+        last_seen: now,
+        polling: 0,
     };
     state.scale_sets.sessions.insert(id, session.clone());
     ok(session_json(state, id, &session))
@@ -383,7 +391,13 @@ fn refresh_session(state: &mut State, home: &Scope, id: u64, sid: &str) -> Respo
         .cloned();
     let on_home = state.scale_sets.sets.get(&id).is_some_and(|s| s.home == *home);
     match session {
-        Some(session) if on_home => ok(session_json(state, id, &session)),
+        Some(session) if on_home => {
+            state.scale_sets.refreshes += 1;
+            if let Some(live) = state.scale_sets.sessions.get_mut(&id) {
+                live.last_seen = Instant::now();
+            }
+            ok(session_json(state, id, &session))
+        }
         _ => error(
             404,
             "RunnerAdminException",
@@ -527,8 +541,43 @@ async fn poll(shared: &Arc<Shared>, set: u64, query: Option<&str>, headers: &Hea
             last_message_id: last,
             max_capacity,
         });
+        touch_session(&mut state, set, 1);
         (state.scale_sets.notify.clone(), state.scale_sets.poll_hold)
     };
+    // Counted out even when the client goes away mid-poll (the handler is then dropped).
+    let _polling = PollGuard { shared, set };
+    hold_poll(shared, set, last, headers, notify, hold).await
+}
+
+/// Counts a poll out of its session when dropped.
+struct PollGuard<'a> {
+    shared: &'a Arc<Shared>,
+    set: u64,
+}
+
+impl Drop for PollGuard<'_> {
+    fn drop(&mut self) {
+        touch_session(&mut self.shared.lock(), self.set, -1);
+    }
+}
+
+/// Counts a poll in (`+1`) or out (`-1`) of the set's session and marks it seen.
+fn touch_session(state: &mut State, set: u64, delta: i32) {
+    if let Some(session) = state.scale_sets.sessions.get_mut(&set) {
+        session.last_seen = Instant::now();
+        session.polling = session.polling.saturating_add_signed(delta);
+    }
+}
+
+/// Waits for a message until the hold ends.
+async fn hold_poll(
+    shared: &Arc<Shared>,
+    set: u64,
+    last: u64,
+    headers: &HeaderMap,
+    notify: Arc<tokio::sync::Notify>,
+    hold: std::time::Duration,
+) -> Response {
     let deadline = tokio::time::Instant::now() + hold;
     loop {
         let notified = notify.notified();

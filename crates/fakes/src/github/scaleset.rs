@@ -79,6 +79,18 @@ pub(super) struct ScaleSetRecord {
 pub(super) struct SessionRecord {
     pub id: Uuid,
     pub owner: String,
+    /// When its listener last polled (or the session was made or refreshed).
+    pub last_seen: Instant,
+    /// Polls of it in flight: a listener in a long poll is alive.
+    pub polling: u32,
+}
+
+impl SessionRecord {
+    /// Whether the session still holds its set: someone polls it, or did within `lapse`
+    /// (a crashed listener's session lapses; the real lapse time is unknown, contract §13).
+    pub fn alive(&self, now: Instant, lapse: Duration) -> bool {
+        self.polling > 0 || now.duration_since(self.last_seen) < lapse
+    }
 }
 
 /// A queue message, as first sent.
@@ -144,6 +156,10 @@ pub(super) struct ScaleSetBook {
     pub messages: BTreeMap<u64, MessageRecord>,
     pub next_message_id: u64,
     pub polls: Vec<PollRecord>,
+    /// Session refreshes answered 200.
+    pub refreshes: u64,
+    /// How long an unpolled session holds its set.
+    pub session_lapse: Duration,
     /// Admin tokens handed out by `runner-registration`.
     pub admin_tokens_issued: u64,
     pub session_creates: Vec<SessionCreate>,
@@ -173,6 +189,8 @@ impl Default for ScaleSetBook {
             messages: BTreeMap::new(),
             next_message_id: FIRST_MESSAGE_ID,
             polls: Vec::new(),
+            refreshes: 0,
+            session_lapse: Duration::from_secs(120),
             admin_tokens_issued: 0,
             session_creates: Vec::new(),
             admin_ttl: Duration::from_secs(3600),

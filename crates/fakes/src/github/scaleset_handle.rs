@@ -43,6 +43,17 @@ impl FakeGitHub {
         });
     }
 
+    /// How long a session nobody polls keeps holding its set (default 2 minutes; the real
+    /// lapse is unknown).
+    pub fn set_scale_set_session_lapse(&self, lapse: Duration) {
+        self.with_state(|s| s.scale_sets.session_lapse = lapse);
+    }
+
+    /// Session refreshes answered 200 so far.
+    pub fn scale_set_session_refreshes(&self) -> u64 {
+        self.with_state(|s| s.scale_sets.refreshes)
+    }
+
     /// Forgets every live session (their queue tokens stop working and a refresh answers
     /// 404), as when the service loses its session store.
     pub fn drop_scale_set_sessions(&self) {

@@ -12,6 +12,7 @@ mod modal;
 mod reaping;
 mod reliability;
 mod scale;
+mod scaleset;
 mod scopes;
 mod status_page;
 mod upstream;
