@@ -398,6 +398,18 @@ fn rate_limit(state: &mut State) -> Reply {
     )
 }
 
+/// `POST …/actions/runners/registration-token`: a one-hour token for `runner-registration`.
+fn registration_token(state: &mut State, at: &Scope) -> Reply {
+    let token = format!("AABF{}", uuid::Uuid::new_v4().simple()).to_ascii_uppercase();
+    let ttl = std::time::Duration::from_secs(3600);
+    state
+        .scale_sets
+        .registration_tokens
+        .insert(token.clone(), (at.clone(), Instant::now() + ttl));
+    let expires = super::time::rfc3339(std::time::SystemTime::now() + ttl);
+    Reply::json(201, json!({ "token": token, "expires_at": expires }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -425,16 +437,4 @@ mod tests {
         assert_eq!(page, [5]);
         assert!(!link.expect("prev/first").contains("rel=\"next\""));
     }
-}
-
-/// `POST …/actions/runners/registration-token`: a one-hour token for `runner-registration`.
-fn registration_token(state: &mut State, at: &Scope) -> Reply {
-    let token = format!("AABF{}", uuid::Uuid::new_v4().simple()).to_ascii_uppercase();
-    let ttl = std::time::Duration::from_secs(3600);
-    state
-        .scale_sets
-        .registration_tokens
-        .insert(token.clone(), (at.clone(), Instant::now() + ttl));
-    let expires = super::time::rfc3339(std::time::SystemTime::now() + ttl);
-    Reply::json(201, json!({ "token": token, "expires_at": expires }))
 }

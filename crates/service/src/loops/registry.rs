@@ -134,9 +134,9 @@ fn translate(e: ScaleSetError) -> GitHubError {
             message: "the runner is still running a job".into(),
         },
         ScaleSetError::Server {
-            status,
+            status: 429,
             retry_after: Some(after),
-        } if status == 429 => GitHubError::RateLimited { retry_after: after },
+        } => GitHubError::RateLimited { retry_after: after },
         ScaleSetError::Server { status, .. } => GitHubError::Server { status },
         ScaleSetError::SessionConflict { .. } => GitHubError::Server { status: 409 },
         ScaleSetError::Transport(m) => GitHubError::Transport(m),

@@ -64,18 +64,14 @@ pub(super) fn classify(status: u16, body: &[u8], retry_after: Option<Duration>) 
     let text = text.trim_start_matches('\u{feff}');
     let message = serde_json::from_str::<serde_json::Value>(text)
         .ok()
-        .and_then(|v| {
-            let kind = v
-                .get("typeName")
-                .and_then(|t| t.as_str())
-                .unwrap_or_default()
-                .to_owned();
-            let msg = v
-                .get("message")
-                .and_then(|m| m.as_str())
-                .unwrap_or_default()
-                .to_owned();
-            Some(format!("{kind}: {msg}"))
+        .map(|v| {
+            let field = |name: &str| {
+                v.get(name)
+                    .and_then(|t| t.as_str())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            format!("{}: {}", field("typeName"), field("message"))
         })
         .unwrap_or_else(|| text.chars().take(300).collect());
     let has = |name: &str| message.contains(name);
