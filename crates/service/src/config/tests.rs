@@ -731,3 +731,80 @@ fn the_rate_reserve_defaults_to_a_share_of_the_limit_and_takes_a_count_of_calls(
         assert_eq!(e.var, "GITHUB_RATE_RESERVE", "{bad}");
     }
 }
+
+#[test]
+fn the_job_source_defaults_to_webhooks_and_a_scale_set_needs_no_webhook_secret() {
+    let s = parse(&[], SECRETS).expect("valid");
+    assert_eq!(s.source, JobSource::Webhook);
+    let token = &[("GITHUB_TOKEN", "ghp_x")][..];
+    assert_eq!(
+        parse(&[], token).expect_err("webhooks need a secret").var,
+        "WEBHOOK_SECRET"
+    );
+    let s = parse(
+        &[
+            "--job-source",
+            "scaleset",
+            "--runner-scope",
+            "org",
+            "--allowed-repos",
+            "acme/*",
+            "--scale-set-labels",
+            " gpu, GPU,,linux ,modal",
+        ],
+        token,
+    )
+    .expect("a scale set needs no webhook secret");
+    let JobSource::ScaleSet(set) = s.source else {
+        panic!("scale set expected");
+    };
+    assert_eq!(set.name, "modal");
+    assert_eq!(
+        set.labels,
+        ["gpu", "linux"],
+        "trimmed, each once, without the name"
+    );
+    assert_eq!(set.home, crate::github::RunnerHome::Org("acme".into()));
+}
+
+#[test]
+fn a_scale_set_must_live_in_exactly_one_place() {
+    let token = &[("GITHUB_TOKEN", "ghp_x")][..];
+    let two_orgs = parse(
+        &[
+            "--job-source",
+            "scaleset",
+            "--runner-scope",
+            "org",
+            "--allowed-repos",
+            "acme/*,other/x",
+        ],
+        token,
+    );
+    assert_eq!(two_orgs.expect_err("two organisations").var, "ALLOWED_REPOS");
+    let no_repo = parse(&["--job-source", "scaleset"], token);
+    assert_eq!(
+        no_repo.expect_err("repository scope needs one repository").var,
+        "ALLOWED_REPOS"
+    );
+    let one = parse(
+        &["--job-source", "scaleset", "--allowed-repos", "acme/app"],
+        token,
+    )
+    .expect("one repository");
+    assert!(
+        matches!(one.source, JobSource::ScaleSet(s) if s.home == crate::github::RunnerHome::Repo(RepoName::parse("acme/app").expect("repo")))
+    );
+    let bad = parse(
+        &[
+            "--job-source",
+            "scaleset",
+            "--allowed-repos",
+            "acme/app",
+            "--scale-set-labels",
+            "a b",
+        ],
+        token,
+    );
+    assert_eq!(bad.expect_err("whitespace").var, "SCALE_SET_LABELS");
+}
