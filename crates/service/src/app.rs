@@ -52,7 +52,7 @@ pub struct Application {
     /// Where runners are registered: REST, or the scale set (`JOB_SOURCE`).
     registry: Registry,
     /// The scale-set listener's context (`JOB_SOURCE=scaleset`).
-    scale_set_listener: Option<Arc<ListenerContext>>,
+    scale_set_listeners: Vec<Arc<ListenerContext>>,
 }
 
 /// How often the planner re-plans without a wake-up.
@@ -87,7 +87,7 @@ impl Application {
         .context("could not build the GitHub client")?;
         resolve_runner_group(&mut settings, &github).await?;
         let wake = Arc::new(Wake::default());
-        let (registry, scale_set_listener) = job_source(&settings, &github, &store, &wake).await?;
+        let (registry, scale_set_listeners) = job_source(&settings, &github, &store, &wake).await?;
         let (backend, releases) = backend(&settings, &github)?;
         let addr = settings.server.bind;
         let listener = TcpListener::bind(addr)
@@ -110,7 +110,7 @@ impl Application {
             ready: Arc::new(AtomicBool::new(false)),
             clock,
             registry,
-            scale_set_listener: scale_set_listener.map(Arc::new),
+            scale_set_listeners: scale_set_listeners.into_iter().map(Arc::new).collect(),
         })
     }
 
@@ -309,21 +309,20 @@ impl Application {
             metrics: self.metrics.clone(),
         });
         let st = stop.clone();
-        match self.scale_set_listener.clone() {
-            // The reconciler polls GitHub's REST jobs by id, which scale-set jobs (keyed by
-            // the scale set's own ids) do not have; the message queue replaces it.
-            Some(listener) => {
-                tasks.spawn(async move {
-                    scaleset_listener::run(listener, st).await;
-                    ("scale set listener", Ok(()))
-                });
-            }
-            None => {
-                tasks.spawn(async move {
-                    reconciler::run(reconciler, st).await;
-                    ("reconciler", Ok(()))
-                });
-            }
+        if self.scale_set_listeners.is_empty() {
+            tasks.spawn(async move {
+                reconciler::run(reconciler, st).await;
+                ("reconciler", Ok(()))
+            });
+        }
+        // The reconciler polls GitHub's REST jobs by id, which scale-set jobs (keyed by the
+        // scale set's own ids) do not have; the message queues replace it.
+        for listener in self.scale_set_listeners.clone() {
+            let st = stop.clone();
+            tasks.spawn(async move {
+                scaleset_listener::run(listener, st).await;
+                ("scale set listener", Ok(()))
+            });
         }
         let (store, retention, st) = (self.store.clone(), s.store.retention, stop.clone());
         tasks.spawn(async move {
@@ -430,15 +429,18 @@ async fn job_source(
     github: &GitHub,
     store: &Store,
     wake: &Arc<Wake>,
-) -> anyhow::Result<(Registry, Option<ListenerContext>)> {
-    let JobSource::ScaleSet(set) = &settings.source else {
-        return Ok((Registry::Rest(github.clone()), None));
+) -> anyhow::Result<(Registry, Vec<ListenerContext>)> {
+    let JobSource::ScaleSet(sets) = &settings.source else {
+        return Ok((Registry::Rest(github.clone()), Vec::new()));
+    };
+    let Some(home) = sets.first().map(|s| s.home.clone()) else {
+        anyhow::bail!("JOB_SOURCE=scaleset names no scale set");
     };
     let owner = std::env::var("HOSTNAME").unwrap_or_else(|_| "modal-github-runner".into());
     let client = ScaleSetClient::new(
         github.clone(),
         ScaleSetClientConfig {
-            home: set.home.clone(),
+            home: home.clone(),
             timeout: settings.github.timeout,
             // Longer than the service's ~50 s hold (scaleset-contract §6: 5 minutes).
             poll_timeout: Duration::from_secs(300),
@@ -446,34 +448,40 @@ async fn job_source(
         },
     )
     .context("could not build the scale set client")?;
-    let group_id = settings.provisioner.runner_groups.id_for(&set.home).unwrap_or(1);
-    let scale_set = client
-        .ensure_scale_set(&set.name, group_id, &set.labels)
-        .await
-        .with_context(|| {
-            format!(
-                "could not get or create the scale set {} at {}",
-                set.name,
-                client.config_url()
-            )
-        })?;
-    tracing::info!(scale_set = %set.name, id = scale_set.id, url = client.config_url(), "runner scale set ready");
+    let group_id = settings.provisioner.runner_groups.id_for(&home).unwrap_or(1);
+    let mut named = Vec::new();
+    let mut listeners = Vec::new();
+    for set in sets {
+        let scale_set = client
+            .ensure_scale_set(&set.name, group_id, &set.labels)
+            .await
+            .with_context(|| {
+                format!(
+                    "could not get or create the scale set {} at {}",
+                    set.name,
+                    client.config_url()
+                )
+            })?;
+        tracing::info!(scale_set = %set.name, id = scale_set.id, url = client.config_url(), "runner scale set ready");
+        named.push((set.name.clone(), scale_set.id));
+        listeners.push(ListenerContext {
+            client: client.clone(),
+            scale_set_id: scale_set.id,
+            scale_set_name: set.name.clone(),
+            store: store.clone(),
+            wake: wake.clone(),
+            max_runners: settings.limits.max_runners,
+            allow: settings.webhook.allow.clone(),
+            machine: set.machine.clone(),
+            backoff: Backoff::new(u32::MAX, Duration::from_secs(1), Duration::from_secs(30)),
+        });
+    }
     let registry = Registry::ScaleSet {
-        client: client.clone(),
-        scale_set_id: scale_set.id,
+        client,
+        sets: named,
         deployment_label: settings.provisioner.deployment.label(),
     };
-    let listener = ListenerContext {
-        client,
-        scale_set_id: scale_set.id,
-        scale_set_name: set.name.clone(),
-        store: store.clone(),
-        wake: wake.clone(),
-        max_runners: settings.limits.max_runners,
-        allow: settings.webhook.allow.clone(),
-        backoff: Backoff::new(u32::MAX, Duration::from_secs(1), Duration::from_secs(30)),
-    };
-    Ok((registry, Some(listener)))
+    Ok((registry, listeners))
 }
 
 /// Resolves `RUNNER_GROUP` to its id at every organisation (or the enterprise) served, so

@@ -151,6 +151,10 @@ pub struct ServeArgs {
     /// Comma-separated extra labels of the scale set (JOB_SOURCE=scaleset).
     #[arg(long, env = "SCALE_SET_LABELS", value_name = "LIST")]
     pub scale_set_labels: Option<String>,
+    /// Several scale sets, each with its machine: `NAME[:LABEL;LABEL…],…`, e.g.
+    /// `modal,modal-big:cpu=8;memory=32768,modal-gpu:gpu=a10g` (replaces SCALE_SET_NAME).
+    #[arg(long, env = "SCALE_SETS", value_name = "LIST")]
+    pub scale_sets: Option<String>,
     /// Runners a job may have that never ran it (failed, or ended idle) before the job is
     /// abandoned with the reason; 0: no limit.
     #[arg(long, env = "MAX_ATTEMPTS_PER_JOB", default_value = "3", value_name = "N")]

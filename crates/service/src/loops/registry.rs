@@ -20,9 +20,11 @@ pub enum Registry {
     /// The scale set's `generatejitconfig` and its service's runner endpoints.
     ScaleSet {
         client: ScaleSetClient,
-        scale_set_id: u64,
-        /// The deployment's label: every runner of this deployment's own scale set is its
-        /// own, though a scale-set runner carries only the set's labels.
+        /// This deployment's scale sets: name and id. A runner joins the set its job named
+        /// in `runs-on` (the first when it named none of them).
+        sets: Vec<(String, u64)>,
+        /// The deployment's label: every runner of this deployment's own scale sets is its
+        /// own, though a scale-set runner carries only its set's labels.
         deployment_label: String,
     },
 }
@@ -36,11 +38,15 @@ impl Registry {
     ) -> Result<JitConfig, GitHubError> {
         match self {
             Registry::Rest(github) => github.generate_jitconfig(home, request).await,
-            Registry::ScaleSet {
-                client, scale_set_id, ..
-            } => {
+            Registry::ScaleSet { client, sets, .. } => {
+                let set = sets
+                    .iter()
+                    .find(|(name, _)| request.labels.iter().any(|l| l.eq_ignore_ascii_case(name)))
+                    .or(sets.first())
+                    .map(|(_, id)| *id)
+                    .ok_or(GitHubError::NotFound)?;
                 let jit = client
-                    .generate_jit_config(*scale_set_id, &request.name)
+                    .generate_jit_config(set, &request.name)
                     .await
                     .map_err(translate)?;
                 Ok(JitConfig {
@@ -95,10 +101,10 @@ impl Registry {
     fn info(&self, agent: Agent) -> RunnerInfo {
         let labels = match self {
             Registry::ScaleSet {
-                scale_set_id,
+                sets,
                 deployment_label,
                 ..
-            } if agent.runner_scale_set_id == *scale_set_id => vec![RunnerLabel {
+            } if sets.iter().any(|(_, id)| *id == agent.runner_scale_set_id) => vec![RunnerLabel {
                 name: deployment_label.clone(),
             }],
             _ => Vec::new(),

@@ -43,6 +43,8 @@ pub struct ListenerContext {
     pub max_runners: usize,
     /// `ALLOWED_REPOS`: a job of another repository is not recorded.
     pub allow: RepoAllowList,
+    /// The set's machine labels (`SCALE_SETS`), added to a job that asks for no such label.
+    pub machine: Vec<String>,
     /// Waits between failed attempts (session create, poll, store).
     pub backoff: Backoff,
 }
@@ -86,9 +88,22 @@ fn conclusion(result: &str) -> String {
     }
 }
 
+/// The job's labels, then each of the set's `machine` labels whose key (`cpu`, `memory`,
+/// `gpu`) the job does not set itself: a job's own request wins.
+fn labels_with_machine(requested: &[String], machine: &[String]) -> LabelSet {
+    let key = |l: &str| l.split_once('=').map(|(k, _)| k.trim().to_ascii_lowercase());
+    let mut labels: Vec<&str> = requested.iter().map(String::as_str).collect();
+    for label in machine {
+        if !requested.iter().any(|r| key(r).is_some() && key(r) == key(label)) {
+            labels.push(label);
+        }
+    }
+    LabelSet::new(labels)
+}
+
 /// The store event a job message means; `None` for messages that change nothing
 /// (an unknown type, a job without any id, a repository not allowed).
-pub fn job_event(message: &JobMessage, allow: &RepoAllowList) -> Option<JobEvent> {
+pub fn job_event(message: &JobMessage, allow: &RepoAllowList, machine: &[String]) -> Option<JobEvent> {
     let (action, status) = match message.message_type.as_str() {
         "JobAvailable" | "JobAssigned" => ("queued", JobStatus::Queued),
         "JobStarted" => ("in_progress", JobStatus::InProgress),
@@ -110,7 +125,7 @@ pub fn job_event(message: &JobMessage, allow: &RepoAllowList) -> Option<JobEvent
         workflow_name: None,
         head_sha: None,
         conclusion: (status == JobStatus::Completed).then(|| conclusion(&message.result)),
-        labels: LabelSet::new(message.request_labels.iter().map(String::as_str)),
+        labels: labels_with_machine(&message.request_labels, machine),
         runner_name: started.then(|| message.runner_name.clone()),
         repo,
         queued_for: None,
@@ -254,7 +269,7 @@ async fn handle(
         if job.message_type == "JobAvailable" && !acquired.contains(&job.runner_request_id) {
             continue;
         }
-        let Some(event) = job_event(job, &ctx.allow) else {
+        let Some(event) = job_event(job, &ctx.allow, &ctx.machine) else {
             tracing::debug!(message_type = %job.message_type, "scale set job message without effect");
             continue;
         };
@@ -338,27 +353,31 @@ mod tests {
     #[test]
     fn job_messages_become_the_events_webhooks_would_have_sent() {
         let allow = RepoAllowList::default();
-        let queued = job_event(&message("JobAvailable"), &allow).expect("event");
+        let queued = job_event(&message("JobAvailable"), &allow, &[]).expect("event");
         assert_eq!(
             (queued.status, queued.action.as_str()),
             (JobStatus::Queued, "queued")
         );
         assert!(queued.labels.contains("cpu=4"), "machine labels pass through");
+        let machine = ["cpu=8".to_owned(), "gpu=a10g".to_owned()];
+        let shaped = job_event(&message("JobAssigned"), &allow, &machine).expect("event");
+        assert!(shaped.labels.contains("gpu=a10g"), "the set's machine is added");
+        assert!(!shaped.labels.contains("cpu=8"), "the job's own cpu= wins");
         let mut started = message("JobStarted");
         started.runner_name = "modal-1-1".into();
-        let started = job_event(&started, &allow).expect("event");
+        let started = job_event(&started, &allow, &[]).expect("event");
         assert_eq!(started.runner_name.as_deref(), Some("modal-1-1"));
         let mut done = message("JobCompleted");
         done.result = "canceled".into();
-        let done = job_event(&done, &allow).expect("event");
+        let done = job_event(&done, &allow, &[]).expect("event");
         assert_eq!(
             (done.status, done.conclusion.as_deref()),
             (JobStatus::Completed, Some("cancelled"))
         );
-        assert!(job_event(&message("Whatever"), &allow).is_none());
+        assert!(job_event(&message("Whatever"), &allow, &[]).is_none());
         let other_only = RepoAllowList::parse("acme/other").expect("list");
         assert!(
-            job_event(&message("JobAssigned"), &other_only).is_none(),
+            job_event(&message("JobAssigned"), &other_only, &[]).is_none(),
             "repositories outside ALLOWED_REPOS are ignored"
         );
     }

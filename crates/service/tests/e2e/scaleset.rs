@@ -244,3 +244,46 @@ async fn the_service_killed_mid_burst_completes_every_job_and_loses_no_message()
         "every job ran"
     );
 }
+
+#[tokio::test]
+async fn several_scale_sets_each_give_their_jobs_their_machine_in_one_burst() {
+    let options = Options::backend(Kind::Modal).with("SCALE_SETS", "modal-small,modal-big:cpu=4;memory=8192");
+    let mut env = scaleset_world(options).await;
+    env.start_service().await;
+    let mut names: Vec<String> = env.github.scale_sets().into_iter().map(|s| s.name).collect();
+    names.sort();
+    assert_eq!(names, ["modal-big", "modal-small"]);
+
+    let spec =
+        |set: &str, i: usize| JobSpec::new(format!("{set} {i}"), [set]).duration(Duration::from_millis(300));
+    let specs = (0..4)
+        .flat_map(|i| [spec("modal-small", i), spec("modal-big", i)])
+        .collect();
+    env.github.queue_run(RunSpec::new(REPO, specs));
+
+    assert_clean_finish(&env).await;
+    let sandboxes = env.fake_modal().sandboxes();
+    for job in env.github.jobs() {
+        let runner = job.runner_name.clone().expect("a runner ran it");
+        let sandbox = sandboxes
+            .iter()
+            .find(|s| s.name.as_deref() == Some(runner.as_str()))
+            .expect("its sandbox");
+        let (cpu, memory) = (sandbox.resources.milli_cpu, sandbox.resources.memory_mb);
+        if job.labels.iter().any(|l| l == "modal-big") {
+            assert_eq!(
+                (cpu, memory),
+                (4000, 8192),
+                "{} runs on modal-big's machine",
+                job.name
+            );
+        } else {
+            assert_ne!(
+                (cpu, memory),
+                (4000, 8192),
+                "{} runs on the default machine",
+                job.name
+            );
+        }
+    }
+}
