@@ -95,6 +95,7 @@ pub(super) fn runner_registration(shared: &Arc<Shared>, headers: &HeaderMap, bod
     let ttl = state.scale_sets.admin_ttl;
     let admin = sign_token("admin", &scope_tag(&scope), "", ttl);
     state.scale_sets.admin_tokens_issued += 1;
+    state.scale_sets.tokens.push(admin.clone());
     ok(json!({ "url": format!("{}{BROKER_PATH}", state.root_url), "token": admin }))
 }
 
@@ -327,6 +328,7 @@ fn update_set(state: &mut State, home: &Scope, id: u64, body: &Value) -> Respons
 fn session_json(state: &mut State, id: u64, session: &SessionRecord) -> Value {
     let ttl = state.scale_sets.queue_ttl;
     let token = sign_token("queue", &id.to_string(), &session.id.to_string(), ttl);
+    state.scale_sets.tokens.push(token.clone());
     let set = state.scale_sets.sets.get(&id).map(|s| set_json(state, s));
     json!({
         "sessionId": session.id.to_string(), "ownerName": session.owner, "runnerScaleSet": set,

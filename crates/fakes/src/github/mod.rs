@@ -397,12 +397,13 @@ impl FakeGitHub {
         self.with_state(|s| s.registrations_ever.clone())
     }
 
-    /// Every secret the fake handed out, in order: the encoded JIT config of each
-    /// registration and each installation token. A client must never log any of them.
+    /// Every secret the fake handed out: the encoded JIT config of each registration, each
+    /// installation token, then each scale-set admin and queue token. A client must never log any of them.
     pub fn secrets_issued(&self) -> Vec<String> {
         self.with_state(|s| {
             let mut secrets = s.jit_configs_issued.clone();
             secrets.extend(s.installation_tokens_in_order.iter().cloned());
+            secrets.extend(s.scale_sets.tokens.iter().cloned());
             secrets
         })
     }

@@ -162,6 +162,8 @@ pub(super) struct ScaleSetBook {
     pub session_lapse: Duration,
     /// Admin tokens handed out by `runner-registration`.
     pub admin_tokens_issued: u64,
+    /// Every admin and queue token handed out (secrets a client must never log).
+    pub tokens: Vec<String>,
     pub session_creates: Vec<SessionCreate>,
     pub admin_ttl: Duration,
     pub queue_ttl: Duration,
@@ -192,6 +194,7 @@ impl Default for ScaleSetBook {
             refreshes: 0,
             session_lapse: Duration::from_secs(120),
             admin_tokens_issued: 0,
+            tokens: Vec::new(),
             session_creates: Vec::new(),
             admin_ttl: Duration::from_secs(3600),
             queue_ttl: Duration::from_secs(50 * 60),
