@@ -90,6 +90,7 @@ async fn a_jobs_whole_life_needs_no_webhook(kind: Kind) {
         404,
         "no webhook endpoint in scale-set mode"
     );
+    env.assert_no_secret_in_logs();
 }
 
 both_backends!(a_jobs_whole_life_needs_no_webhook);
@@ -197,6 +198,7 @@ async fn admin_and_queue_tokens_expiring_mid_poll_are_renewed() {
         env.github.scale_set_admin_tokens_issued() >= 2,
         "the admin token was renewed"
     );
+    env.assert_no_secret_in_logs();
 }
 
 #[tokio::test]
