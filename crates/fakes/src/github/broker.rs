@@ -118,6 +118,26 @@ pub(super) async fn handle(
             (Ok(set), Ok(id)) => delete_message(shared, set, id, headers),
             _ => reply(404, None),
         },
+        ("POST", ["_apis", "runtime", "runnerscalesets", _, "generatejitconfig"]) => {
+            // The REST endpoint's latency applies to its scale-set twin too, so the two
+            // registration paths compare fairly.
+            let latency = {
+                let mut state = shared.lock();
+                let name = serde_json::from_slice::<Value>(body)
+                    .ok()
+                    .and_then(|b| b.get("name").and_then(Value::as_str).map(str::to_owned))
+                    .unwrap_or_default();
+                state
+                    .scale_sets
+                    .jit_requests
+                    .push((name, std::time::SystemTime::now()));
+                state.latency_for(super::faults::Route::GenerateJitConfig)
+            };
+            if !latency.is_zero() {
+                shared.sleep(latency).await;
+            }
+            admin(shared, method, &segments, query, headers, body)
+        }
         ("POST", ["_apis", "runtime", "runnerscalesets", set, "acquirejobs"]) => match set.parse() {
             Ok(set) => acquire(shared, set, headers, body),
             Err(_) => reply(404, None),

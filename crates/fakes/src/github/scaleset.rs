@@ -162,6 +162,8 @@ pub(super) struct ScaleSetBook {
     pub session_lapse: Duration,
     /// Admin tokens handed out by `runner-registration`.
     pub admin_tokens_issued: u64,
+    /// Every `generatejitconfig` request: the runner name and when it arrived.
+    pub jit_requests: Vec<(String, SystemTime)>,
     /// Every admin and queue token handed out (secrets a client must never log).
     pub tokens: Vec<String>,
     pub session_creates: Vec<SessionCreate>,
@@ -195,6 +197,7 @@ impl Default for ScaleSetBook {
             session_lapse: Duration::from_secs(120),
             admin_tokens_issued: 0,
             tokens: Vec::new(),
+            jit_requests: Vec::new(),
             session_creates: Vec::new(),
             admin_ttl: Duration::from_secs(3600),
             queue_ttl: Duration::from_secs(50 * 60),

@@ -85,6 +85,11 @@ impl FakeGitHub {
         self.with_state(|s| s.scale_sets.session_creates.clone())
     }
 
+    /// Every scale-set `generatejitconfig` request: runner name and arrival time.
+    pub fn scale_set_jit_requests(&self) -> Vec<(String, std::time::SystemTime)> {
+        self.with_state(|s| s.scale_sets.jit_requests.clone())
+    }
+
     /// Admin tokens issued so far.
     pub fn scale_set_admin_tokens_issued(&self) -> u64 {
         self.with_state(|s| s.scale_sets.admin_tokens_issued)

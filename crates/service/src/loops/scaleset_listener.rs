@@ -278,7 +278,10 @@ async fn handle(
         recorded += 1;
     }
     if recorded > 0 {
+        // As a webhook would: demand changed, and new runs' max-parallel must be looked up
+        // (the planner holds a new run's jobs until then).
         ctx.wake.planner.notify_one();
+        ctx.wake.strategy.notify_one();
         ctx.wake.reaper.notify_one();
     }
     tracing::debug!(
