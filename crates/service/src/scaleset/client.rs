@@ -582,7 +582,7 @@ pub(super) fn desired_labels(name: &str, extra: &[String]) -> Vec<String> {
 
 /// A session answer, validated: the degraded answers of contract §5 (empty queue URL or
 /// token, no statistics) are errors the caller retries, not a half-working session.
-fn session_from(bytes: &[u8]) -> Result<Session, ScaleSetError> {
+pub(super) fn session_from(bytes: &[u8]) -> Result<Session, ScaleSetError> {
     let body: SessionBody = decode(bytes)?;
     if body.session_id.is_empty()
         || body.message_queue_url.is_empty()

@@ -7,7 +7,7 @@ use fakes::github::{FakeGitHub, FakeGitHubConfig, JobSpec, RunSpec};
 use reqwest::Url;
 use secrecy::SecretString;
 
-use super::client::{desired_labels, jwt_exp, parse_message};
+use super::client::{desired_labels, jwt_exp, parse_message, session_from};
 use super::*;
 use crate::github::{Credentials, GitHub, GitHubConfig, RunnerHome, RunnerScope};
 use crate::retry::Backoff;
@@ -69,6 +69,21 @@ fn a_message_body_may_start_with_a_bom_be_empty_or_be_of_an_unknown_type() {
     );
     let empty_body = parse_message(br#"{"messageId":9,"messageType":"RunnerScaleSetJobMessages","body":""}"#);
     assert!(empty_body.expect("parses").expect("message").jobs.is_empty());
+}
+
+#[test]
+fn a_degraded_session_answer_is_an_error_not_a_half_working_session() {
+    let good =
+        br#"{"sessionId":"s1","messageQueueUrl":"http://q/1","messageQueueAccessToken":"t","statistics":{}}"#;
+    assert_eq!(session_from(good).expect("valid").id, "s1");
+    let no_queue =
+        br#"{"sessionId":"s1","messageQueueUrl":"","messageQueueAccessToken":"t","statistics":{}}"#;
+    assert!(matches!(session_from(no_queue), Err(ScaleSetError::Decode(_))));
+    let no_statistics = br#"{"sessionId":"s1","messageQueueUrl":"http://q/1","messageQueueAccessToken":"t"}"#;
+    assert!(matches!(
+        session_from(no_statistics),
+        Err(ScaleSetError::Decode(_))
+    ));
 }
 
 #[test]
