@@ -145,7 +145,7 @@ pub struct ServeArgs {
         env = "SCALE_SET_NAME",
         default_value = "modal",
         value_name = "NAME",
-        value_parser = parse::label()
+        value_parser = parse::scale_set_name()
     )]
     pub scale_set_name: String,
     /// Comma-separated extra labels of the scale set (JOB_SOURCE=scaleset).
