@@ -344,24 +344,22 @@ impl ScaleSetClient {
             .map(|l| json!({ "name": l, "type": "System" }))
             .collect();
         let group = group_id.to_string();
-        let found: List<ScaleSet> = decode(
-            &self
-                .admin_call(
-                    Method::GET,
-                    "_apis/runtime/runnerscalesets",
-                    &[("runnerGroupId", &group), ("name", name)],
-                    None,
-                )
-                .await?
-                .ok_or_classify()?
-                .body,
-        )?;
-        if found.value.len() > 1 {
+        let mut found = self
+            .find_scale_sets(&[("runnerGroupId", &group), ("name", name)])
+            .await?;
+        if found.is_empty() {
+            // Moved to another group since it was made? Names are unique per group, so a
+            // lookup in the new group misses it; look by name alone (whether the service
+            // supports that is unconfirmed: a refusal just means "create").
+            found = self.find_scale_sets(&[("name", name)]).await.unwrap_or_default();
+        }
+        if found.len() > 1 {
             return Err(ScaleSetError::Decode(format!(
                 "{} scale sets are named {name}",
-                found.value.len()
+                found.len()
             )));
         }
+        let found = List { value: found };
         if let Some(existing) = found.value.into_iter().next() {
             let current = existing.label_names();
             let want: Vec<String> = wanted.iter().map(|l| l.to_ascii_lowercase()).collect();
@@ -381,6 +379,15 @@ impl ScaleSetClient {
             .admin_call(Method::POST, "_apis/runtime/runnerscalesets", &[], Some(&body))
             .await?;
         decode(&reply.ok_or_classify()?.body)
+    }
+
+    /// The scale sets a `GET runnerscalesets` with `query` lists.
+    async fn find_scale_sets(&self, query: &[(&str, &str)]) -> Result<Vec<ScaleSet>, ScaleSetError> {
+        let reply = self
+            .admin_call(Method::GET, "_apis/runtime/runnerscalesets", query, None)
+            .await?;
+        let list: List<ScaleSet> = decode(&reply.ok_or_classify()?.body)?;
+        Ok(list.value)
     }
 
     /// Opens the message session of scale set `id`: `SessionConflict` when another holds it.

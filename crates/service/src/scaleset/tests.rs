@@ -125,7 +125,7 @@ async fn fake_and_client() -> (FakeGitHub, ScaleSetClient) {
 }
 
 #[tokio::test]
-async fn the_scale_set_is_created_once_and_updated_when_its_labels_change() {
+async fn the_scale_set_is_created_once_and_updated_when_its_labels_or_group_change() {
     let (fake, client) = fake_and_client().await;
     let first = client
         .ensure_scale_set("modal", 1, &["linux".into()])
@@ -142,6 +142,15 @@ async fn the_scale_set_is_created_once_and_updated_when_its_labels_change() {
         .await
         .expect("updated");
     assert_eq!(fake.scale_sets()[0].labels, ["modal", "gpu"]);
+    let group = fake
+        .add_runner_group(&fakes::github::Scope::Organization("acme".into()), "runners")
+        .expect("group");
+    let moved = client
+        .ensure_scale_set("modal", group, &["gpu".into()])
+        .await
+        .expect("moved");
+    assert_eq!(moved.id, first.id, "the same set, moved");
+    assert_eq!(fake.scale_sets()[0].runner_group_id, group);
     fake.shutdown().await;
 }
 
