@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, BackendError, LocalBackend, ModalBackend};
 use crate::clock::Clock;
-use crate::config::{BackendSettings, Settings};
+use crate::config::{BackendSettings, JobSource, Settings};
 use crate::github::{GitHub, GitHubConfig};
 use crate::ingress::{self, Ingress, ServerContext, ServerLimits, StatusPage, WarnThrottle};
 use crate::loops::costs::{self, CostContext};
@@ -23,10 +23,13 @@ use crate::loops::planner::{self, PlannerContext, SpendCap};
 use crate::loops::provisioner::{self, ProvisionerContext};
 use crate::loops::reaper::{self, ReaperContext};
 use crate::loops::reconciler::{self, ReconcilerContext};
+use crate::loops::registry::Registry;
+use crate::loops::scaleset_listener::{self, ListenerContext};
 use crate::metrics::Metrics;
 use crate::pace::Window;
 use crate::retry::Backoff;
 use crate::runner_release::{self, ReleasePublisher, ReleaseSource};
+use crate::scaleset::{ScaleSetClient, ScaleSetClientConfig};
 use crate::status::{GitHubHeadroom, Leader, Live, ModalPacing};
 use crate::store::{Store, maintenance};
 use crate::wake::Wake;
@@ -47,6 +50,10 @@ pub struct Application {
     ready: Arc<AtomicBool>,
     /// What the store and every loop read the time from.
     clock: Clock,
+    /// Where runners are registered: REST, or the scale set (`JOB_SOURCE`).
+    registry: Registry,
+    /// The scale-set listener's context (`JOB_SOURCE=scaleset`).
+    scale_set_listeners: Vec<Arc<ListenerContext>>,
 }
 
 /// How often the planner re-plans without a wake-up.
@@ -80,6 +87,8 @@ impl Application {
         )
         .context("could not build the GitHub client")?;
         resolve_runner_group(&mut settings, &github).await?;
+        let wake = Arc::new(Wake::default());
+        let (registry, scale_set_listeners) = job_source(&settings, &github, &store, &wake).await?;
         let (backend, releases) = backend(&settings, &github)?;
         let addr = settings.server.bind;
         let listener = TcpListener::bind(addr)
@@ -97,10 +106,12 @@ impl Application {
             github,
             backend: Arc::new(backend),
             releases,
-            wake: Arc::new(Wake::default()),
+            wake,
             metrics,
             ready: Arc::new(AtomicBool::new(false)),
             clock,
+            registry,
+            scale_set_listeners: scale_set_listeners.into_iter().map(Arc::new).collect(),
         })
     }
 
@@ -211,7 +222,11 @@ impl Application {
             retention: self.settings.store.retention,
             warnings: warnings.clone(),
         };
-        let router = ingress::router(state).merge(ingress::status_router(self.status_page()));
+        let routes = match self.settings.source {
+            JobSource::Webhook => ingress::router(state),
+            JobSource::ScaleSet(_) => ingress::router_without_webhooks(state),
+        };
+        let router = routes.merge(ingress::status_router(self.status_page()));
         let limits = ServerLimits {
             header_read_timeout: self.settings.server.header_read_timeout,
             max_connections: self.settings.server.max_connections,
@@ -257,6 +272,7 @@ impl Application {
         let provisioner = Arc::new(ProvisionerContext {
             store: self.store.clone(),
             github: self.github.clone(),
+            registry: self.registry.clone(),
             backend: self.backend.clone(),
             wake: self.wake.clone(),
             metrics: self.metrics.clone(),
@@ -278,6 +294,7 @@ impl Application {
         let reaper = Arc::new(ReaperContext {
             store: self.store.clone(),
             github: self.github.clone(),
+            registry: self.registry.clone(),
             backend: self.backend.clone(),
             wake: self.wake.clone(),
             metrics: self.metrics.clone(),
@@ -304,10 +321,21 @@ impl Application {
             metrics: self.metrics.clone(),
         });
         let st = stop.clone();
-        tasks.spawn(async move {
-            reconciler::run(reconciler, st).await;
-            ("reconciler", Ok(()))
-        });
+        if self.scale_set_listeners.is_empty() {
+            tasks.spawn(async move {
+                reconciler::run(reconciler, st).await;
+                ("reconciler", Ok(()))
+            });
+        }
+        // The reconciler polls GitHub's REST jobs by id, which scale-set jobs (keyed by the
+        // scale set's own ids) do not have; the message queues replace it.
+        for listener in self.scale_set_listeners.clone() {
+            let st = stop.clone();
+            tasks.spawn(async move {
+                scaleset_listener::run(listener, st).await;
+                ("scale set listener", Ok(()))
+            });
+        }
         let (store, retention, st) = (self.store.clone(), s.store.retention, stop.clone());
         tasks.spawn(async move {
             maintenance::run(store, retention, st).await;
@@ -407,6 +435,69 @@ fn backend(settings: &Settings, github: &GitHub) -> anyhow::Result<(Backend, Opt
             (Backend::Modal(Box::new(backend)), publisher)
         }
     })
+}
+
+/// The registration path and, for `JOB_SOURCE=scaleset`, the listener: the scale set is
+/// got or created (and updated) here, so a wrong scope or missing permission stops the
+/// service at start-up with the reason.
+async fn job_source(
+    settings: &Settings,
+    github: &GitHub,
+    store: &Store,
+    wake: &Arc<Wake>,
+) -> anyhow::Result<(Registry, Vec<ListenerContext>)> {
+    let JobSource::ScaleSet(sets) = &settings.source else {
+        return Ok((Registry::Rest(github.clone()), Vec::new()));
+    };
+    let Some(home) = sets.first().map(|s| s.home.clone()) else {
+        anyhow::bail!("JOB_SOURCE=scaleset names no scale set");
+    };
+    let owner = std::env::var("HOSTNAME").unwrap_or_else(|_| "modal-github-runner".into());
+    let client = ScaleSetClient::new(
+        github.clone(),
+        ScaleSetClientConfig {
+            home: home.clone(),
+            timeout: settings.github.timeout,
+            // Longer than the service's ~50 s hold (scaleset-contract §6: 5 minutes).
+            poll_timeout: Duration::from_secs(300),
+            owner,
+        },
+    )
+    .context("could not build the scale set client")?;
+    let group_id = settings.provisioner.runner_groups.id_for(&home).unwrap_or(1);
+    let mut named = Vec::new();
+    let mut listeners = Vec::new();
+    for set in sets {
+        let scale_set = client
+            .ensure_scale_set(&set.name, group_id, &set.labels)
+            .await
+            .with_context(|| {
+                format!(
+                    "could not get or create the scale set {} at {}",
+                    set.name,
+                    client.config_url()
+                )
+            })?;
+        tracing::info!(scale_set = %set.name, id = scale_set.id, url = client.config_url(), "runner scale set ready");
+        named.push((set.name.clone(), scale_set.id));
+        listeners.push(ListenerContext {
+            client: client.clone(),
+            scale_set_id: scale_set.id,
+            scale_set_name: set.name.clone(),
+            store: store.clone(),
+            wake: wake.clone(),
+            max_runners: settings.limits.max_runners,
+            allow: settings.webhook.allow.clone(),
+            machine: set.machine.clone(),
+            backoff: Backoff::new(u32::MAX, Duration::from_secs(1), Duration::from_secs(30)),
+        });
+    }
+    let registry = Registry::ScaleSet {
+        client,
+        sets: named,
+        deployment_label: settings.provisioner.deployment.label(),
+    };
+    Ok((registry, listeners))
 }
 
 /// Resolves `RUNNER_GROUP` to its id at every organisation (or the enterprise) served, so

@@ -114,6 +114,7 @@ impl Fixture {
         Arc::new(ProvisionerContext {
             store: self.store.clone(),
             github: self.github.clone(),
+            registry: crate::loops::registry::Registry::Rest(self.github.clone()),
             backend: self.backend.clone(),
             wake: self.wake.clone(),
             metrics: Arc::new(Metrics::new()),
@@ -141,6 +142,7 @@ impl Fixture {
         ReaperContext {
             store: self.store.clone(),
             github: self.github.clone(),
+            registry: crate::loops::registry::Registry::Rest(self.github.clone()),
             backend: self.backend.clone(),
             wake: self.wake.clone(),
             metrics: Arc::new(Metrics::new()),

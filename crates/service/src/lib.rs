@@ -38,6 +38,7 @@ pub mod pace;
 pub mod retry;
 pub mod runner_release;
 pub mod runner_version;
+pub mod scaleset;
 pub mod status;
 pub mod store;
 pub mod telemetry;

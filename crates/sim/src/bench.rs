@@ -12,7 +12,9 @@
 //!    the binding limit, and rate-limit errors;
 //! 4. footprint: the idle service with 10,000 completed jobs stored; start-to-ready time;
 //! 5. API budget: counted GitHub calls of 100 idle repositories per pass, per job end to
-//!    end, and an organisation's share of a token's hourly budget (`budget`).
+//!    end, and an organisation's share of a token's hourly budget (`budget`);
+//! 6. job sources: a 100-job burst's queued → registration request (p50/p99) with webhooks
+//!    and with a runner scale set (`JOB_SOURCE=scaleset`), in the same latency-bound world.
 //!
 //! 6. warm pool: queued → running p50 of jobs one at a time, without and with
 //!    `WARM_POOL` (`warm`).
@@ -42,6 +44,7 @@ pub enum Scenario {
     Footprint,
     ApiBudget,
     WarmPool,
+    JobSources,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -82,6 +85,9 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     }
     if all || args.scenario == Scenario::WarmPool {
         misses.extend(crate::warm::run(args.quick).await?.print());
+    }
+    if all || args.scenario == Scenario::JobSources {
+        misses.extend(job_sources().await?.print());
     }
     if misses.is_empty() {
         println!("every target met");
@@ -538,6 +544,7 @@ fn latency_bound_world(jobs: usize) -> WorldConfig {
             ),
         ],
         echo_logs: false,
+        scale_set: false,
     }
 }
 
@@ -618,6 +625,7 @@ async fn burst_limits(quick: bool, modal_rate: f64) -> Result<Table, String> {
         run_runners: false,
         service_env: vec![("MAX_RUNNERS".into(), (jobs + 100).to_string())],
         echo_logs: false,
+        scale_set: false,
     };
     let r = burst(jobs, config).await?;
     let span = match (r.first_registration, r.last_registration) {
@@ -753,6 +761,79 @@ async fn footprint(quick: bool) -> Result<Table, String> {
             cpu.as_millis(),
             window.as_secs()
         ),
+    );
+    Ok(t)
+}
+
+// ---- 6. job sources ----
+
+/// Seconds from a burst being queued at the fake GitHub to each registration request, sorted.
+async fn registration_delays(jobs: usize, scale_set: bool) -> Result<Vec<Duration>, String> {
+    let mut config = latency_bound_world(jobs);
+    config.scale_set = scale_set;
+    let world = world::start(config).await?;
+    let queued = SystemTime::now();
+    let specs = (0..jobs)
+        .map(|i| {
+            JobSpec::new(format!("job ({i})"), ["self-hosted", "modal"]).duration(Duration::from_secs(600))
+        })
+        .collect();
+    world.github.queue_run(RunSpec::new(REPO, specs));
+    let registered = |w: &testkit::World| -> Vec<SystemTime> {
+        if scale_set {
+            w.github
+                .scale_set_jit_requests()
+                .into_iter()
+                .map(|(_, at)| at)
+                .collect()
+        } else {
+            let calls = w.github.calls().into_iter();
+            calls
+                .filter(|c| c.route == fake_gh::Route::GenerateJitConfig)
+                .map(|c| c.at)
+                .collect()
+        }
+    };
+    let done = world
+        .github
+        .wait_until(Duration::from_secs(300), |_| registered(&world).len() >= jobs)
+        .await;
+    if !done {
+        let tail = world.tail_logs(20);
+        world.shutdown().await;
+        return Err(format!("fewer than {jobs} registrations in 5 min:\n{tail}"));
+    }
+    let mut delays: Vec<Duration> = registered(&world)
+        .into_iter()
+        .filter_map(|at| at.duration_since(queued).ok())
+        .collect();
+    delays.sort();
+    delays.truncate(jobs);
+    world.shutdown().await;
+    Ok(delays)
+}
+
+async fn job_sources() -> Result<Table, String> {
+    let jobs = 100;
+    let webhook = registration_delays(jobs, false).await?;
+    let scale_set = registration_delays(jobs, true).await?;
+    let pair = |d: &[Duration]| format!("{:.0} / {:.0} ms", ms(quantile(d, 0.5)), ms(quantile(d, 0.99)));
+    let mut t = Table::new(
+        "6. job sources: 100-job burst, limits off, JIT 300 ms, 32 registration slots; from the jobs being queued to each registration request",
+    );
+    t.row(
+        "webhook: queued → registration request, p50 / p99",
+        pair(&webhook),
+    )
+    .row(
+        "scale set: queued → registration request, p50 / p99",
+        pair(&scale_set),
+    )
+    .judged(
+        "scale set p99 within webhook p99 + 1 s (one long-poll round trip and an acquire)",
+        format!("{:.0} ms", ms(quantile(&scale_set, 0.99))),
+        "<= webhook + 1000 ms",
+        quantile(&scale_set, 0.99) <= quantile(&webhook, 0.99) + Duration::from_secs(1),
     );
     Ok(t)
 }

@@ -45,6 +45,10 @@ pub struct SimulateArgs {
     /// Print the service's logs.
     #[arg(long)]
     pub verbose: bool,
+    /// Where jobs come from: `webhook`, or `scaleset` (a runner scale set's message queue
+    /// at the fake Actions service; at most 8 label sets).
+    #[arg(long, value_enum, default_value = "webhook")]
+    pub job_source: modal_github_runner::config::JobSourceKind,
 }
 
 /// How jobs arrive.
@@ -88,6 +92,7 @@ pub async fn run(args: SimulateArgs) -> Result<(), String> {
         run_runners: true,
         service_env: vec![("MAX_RUNNERS".into(), args.max_runners.to_string())],
         echo_logs: args.verbose,
+        scale_set: args.job_source == modal_github_runner::config::JobSourceKind::Scaleset,
     };
     println!("starting the fake GitHub, the fake Modal and the service...");
     let world = world::start(config)

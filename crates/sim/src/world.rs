@@ -9,6 +9,9 @@ use testkit::{Kind, Options, World};
 /// The repository every simulated job belongs to.
 pub const REPO: &str = "octo/sim";
 
+/// The extra labels of the simulator's scale set: those `simulate::labels_for` gives jobs.
+const SCALE_SET_LABELS: &str = "self-hosted,pool-1,pool-2,pool-3,pool-4,pool-5,pool-6,pool-7";
+
 /// How the world behaves.
 #[derive(Debug, Clone)]
 pub struct WorldConfig {
@@ -26,6 +29,8 @@ pub struct WorldConfig {
     pub service_env: Vec<(String, String)>,
     /// Print the service's log lines.
     pub echo_logs: bool,
+    /// Take jobs from a runner scale set (`JOB_SOURCE=scaleset`) instead of webhooks.
+    pub scale_set: bool,
 }
 
 impl Default for WorldConfig {
@@ -38,6 +43,7 @@ impl Default for WorldConfig {
             run_runners: true,
             service_env: Vec::new(),
             echo_logs: false,
+            scale_set: false,
         }
     }
 }
@@ -96,6 +102,20 @@ pub async fn prepare(config: WorldConfig) -> Result<World, String> {
     for (k, v) in env {
         options = options.with(k, v);
     }
+    if config.scale_set {
+        // The organisation's scale set `modal`, carrying every label the simulator's jobs use.
+        for (k, v) in [
+            ("JOB_SOURCE", "scaleset"),
+            ("RUNNER_SCOPE", "org"),
+            ("SCALE_SET_LABELS", SCALE_SET_LABELS),
+        ] {
+            options = options.with(k, v);
+        }
+    }
     options.env.extend(config.service_env);
-    Ok(World::prepare(options).await)
+    let world = World::prepare(options).await;
+    if config.scale_set {
+        world.github.clear_webhook();
+    }
+    Ok(world)
 }

@@ -35,6 +35,7 @@ pub(super) fn dispatch(state: &mut State, endpoint: &Endpoint, query: Option<&st
     };
     match endpoint {
         Endpoint::GenerateJitConfig { .. } => generate_jitconfig(state, &at, body),
+        Endpoint::CreateRegistrationToken { .. } => registration_token(state, &at),
         Endpoint::ListRunners { .. } => list_runners(state, &at, &params),
         Endpoint::GetRunner { id, .. } => get_runner(state, &at, *id),
         Endpoint::DeleteRunner { id, .. } => delete_runner(state, &at, *id),
@@ -395,6 +396,18 @@ fn rate_limit(state: &mut State) -> Reply {
         200,
         json!({ "resources": { "core": core.clone() }, "rate": core }),
     )
+}
+
+/// `POST …/actions/runners/registration-token`: a one-hour token for `runner-registration`.
+fn registration_token(state: &mut State, at: &Scope) -> Reply {
+    let token = format!("AABF{}", uuid::Uuid::new_v4().simple()).to_ascii_uppercase();
+    let ttl = std::time::Duration::from_secs(3600);
+    state
+        .scale_sets
+        .registration_tokens
+        .insert(token.clone(), (at.clone(), Instant::now() + ttl));
+    let expires = super::time::rfc3339(std::time::SystemTime::now() + ttl);
+    Reply::json(201, json!({ "token": token, "expires_at": expires }))
 }
 
 #[cfg(test)]

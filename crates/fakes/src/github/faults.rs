@@ -20,6 +20,8 @@ pub enum Route {
     /// Every REST endpoint (only meaningful in rules and latency settings).
     Any,
     GenerateJitConfig,
+    /// `POST …/actions/runners/registration-token`.
+    CreateRegistrationToken,
     ListRunners,
     GetRunner,
     DeleteRunner,

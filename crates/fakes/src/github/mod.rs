@@ -19,6 +19,7 @@
 mod accounts;
 mod actions;
 mod app;
+mod broker;
 pub mod client;
 mod config;
 mod deliveries_api;
@@ -30,6 +31,8 @@ mod payload;
 mod records;
 mod routes;
 mod runners;
+mod scaleset;
+mod scaleset_handle;
 mod scenario;
 mod state;
 mod time;
@@ -54,12 +57,16 @@ use uuid::Uuid;
 
 pub use accounts::DEFAULT_GROUP_ID;
 pub use app::{FakeApp, TEST_APP_PRIVATE_KEY_PEM, TEST_APP_PUBLIC_KEY_PEM};
+pub use broker::BROKER_PATH;
 pub use client::{HttpClient, HttpError, HttpResponse};
 pub use config::{ContentType, FakeGitHubConfig, HookKind, WebhookTarget};
 pub use faults::{Fault, FaultRule, Limits, Route};
 pub use jitconfig::{JitConfig, JitConfigError, RunnerCredentials, RunnerSettings};
 pub use payload::{WEB_URL, job_json, ping_payload, repository_json, workflow_job_payload};
 pub use records::{CallRecord, DeliveryInfo, DeliveryMode, DeliveryRecord};
+pub use scaleset::{
+    MAX_JOBS_PER_MESSAGE, PollRecord, ScaleSetMessageView, ScaleSetView, SessionCreate, scale_set_job_id,
+};
 pub use scenario::{JobSpec, QueuedRun, RunSpec, RunnerBehavior};
 pub use time::rfc3339;
 pub use views::{JobStatus, JobView, OwnerKind, RepoView, RepoVisibility, RunnerStatus, RunnerView, Scope};
@@ -390,12 +397,13 @@ impl FakeGitHub {
         self.with_state(|s| s.registrations_ever.clone())
     }
 
-    /// Every secret the fake handed out, in order: the encoded JIT config of each
-    /// registration and each installation token. A client must never log any of them.
+    /// Every secret the fake handed out: the encoded JIT config of each registration, each
+    /// installation token, then each scale-set admin and queue token. A client must never log any of them.
     pub fn secrets_issued(&self) -> Vec<String> {
         self.with_state(|s| {
             let mut secrets = s.jit_configs_issued.clone();
             secrets.extend(s.installation_tokens_in_order.iter().cloned());
+            secrets.extend(s.scale_sets.tokens.iter().cloned());
             secrets
         })
     }

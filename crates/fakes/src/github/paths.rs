@@ -13,6 +13,10 @@ pub(super) enum Endpoint {
     GenerateJitConfig {
         at: Scope,
     },
+    /// `POST …/actions/runners/registration-token` (the scale set auth chain's step b).
+    CreateRegistrationToken {
+        at: Scope,
+    },
     ListRunners {
         at: Scope,
     },
@@ -107,6 +111,9 @@ impl Endpoint {
         let num = |s: &str| s.parse::<u64>().ok();
         Some(match (method, rest) {
             ("POST", ["actions", "runners", "generate-jitconfig"]) => Endpoint::GenerateJitConfig { at },
+            ("POST", ["actions", "runners", "registration-token"]) => {
+                Endpoint::CreateRegistrationToken { at }
+            }
             ("GET", ["actions", "runners"]) => Endpoint::ListRunners { at },
             ("GET", ["actions", "runners", "downloads"]) => Endpoint::RunnerDownloads { at },
             ("GET", ["actions", "runners", id]) => Endpoint::GetRunner { at, id: num(id)? },
@@ -182,6 +189,7 @@ impl Endpoint {
     pub fn route(&self) -> Route {
         match self {
             Endpoint::GenerateJitConfig { .. } => Route::GenerateJitConfig,
+            Endpoint::CreateRegistrationToken { .. } => Route::CreateRegistrationToken,
             Endpoint::ListRunners { .. } => Route::ListRunners,
             Endpoint::GetRunner { .. } => Route::GetRunner,
             Endpoint::DeleteRunner { .. } => Route::DeleteRunner,
@@ -210,6 +218,7 @@ impl Endpoint {
     pub fn scope(&self) -> Option<Scope> {
         match self {
             Endpoint::GenerateJitConfig { at }
+            | Endpoint::CreateRegistrationToken { at }
             | Endpoint::ListRunners { at }
             | Endpoint::GetRunner { at, .. }
             | Endpoint::DeleteRunner { at, .. }

@@ -20,7 +20,7 @@ use super::faults::{Fault, RateSnapshot, Refusal, Route, epoch_secs, take_fault}
 use super::paths::Endpoint;
 use super::records::CallRecord;
 use super::views::Scope;
-use super::{ACTIONS_PATH, DOCS_URL, Shared, actions, app, endpoints};
+use super::{ACTIONS_PATH, DOCS_URL, Shared, actions, app, broker, endpoints};
 use sha2::{Digest, Sha256};
 
 /// An answer before GitHub's common headers are added.
@@ -155,6 +155,13 @@ pub(super) async fn handle(
     let path = uri.path();
     if let Some(rest) = path.strip_prefix(ACTIONS_PATH) {
         return actions::handle(&shared, &method, rest, &body).await;
+    }
+    if let Some(rest) = path.strip_prefix(broker::BROKER_PATH) {
+        return broker::handle(&shared, &method, rest, uri.query(), &headers, &body).await;
+    }
+    let registration = format!("{}/actions/runner-registration", shared.lock().api_prefix);
+    if method == Method::POST && path == registration {
+        return broker::runner_registration(&shared, &headers, &body);
     }
     let at = SystemTime::now();
     let started = Instant::now();

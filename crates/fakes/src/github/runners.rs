@@ -40,6 +40,8 @@ pub(super) struct RunnerRecord {
     /// The job it took and has not finished.
     pub job: Option<u64>,
     pub version: Option<String>,
+    /// The scale set it was registered through (`generatejitconfig`), if any.
+    pub scale_set_id: Option<u64>,
 }
 
 impl RunnerRecord {
@@ -157,6 +159,7 @@ impl State {
             last_seen: None,
             job: None,
             version: None,
+            scale_set_id: None,
         };
         let encoded = self.jit_config(&record, &reg.work_folder).encode();
         let body = record.json(Instant::now());
@@ -271,6 +274,7 @@ impl State {
                     .iter()
                     .all(|l| labels.contains(&l.to_ascii_lowercase()))
                     && self.group_has_room(*job_id)
+                    && self.scale_set_allows(runner.scale_set_id, *job_id)
             })
         };
         self.queued

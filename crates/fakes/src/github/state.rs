@@ -162,6 +162,8 @@ pub(super) struct State {
     pub tokens_by_installation: HashMap<u64, u64>,
     /// The installation tokens issued, oldest first.
     pub installation_tokens_in_order: Vec<String>,
+    /// Runner scale sets, their sessions and message queues.
+    pub scale_sets: super::scaleset::ScaleSetBook,
 }
 
 impl State {
@@ -209,6 +211,7 @@ impl State {
             next_delivery_id: 1,
             next_queue_seq: 0,
             outbox: Vec::new(),
+            scale_sets: super::scaleset::ScaleSetBook::default(),
         }
     }
 
@@ -382,6 +385,7 @@ impl State {
 
     /// Emits a `workflow_job` event with the job's current state.
     pub fn emit_job_event(&mut self, job_id: u64, action: &str) -> Option<Uuid> {
+        self.scale_set_note(job_id, action);
         let job = self.jobs.get(&job_id)?;
         let repo = self.repo(&job.view.repo)?;
         let payload = workflow_job_payload(&self.api_url, action, &job.view, repo);

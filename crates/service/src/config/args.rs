@@ -136,6 +136,25 @@ pub struct ServeArgs {
         value_parser = parse::positive::<usize>("MAX_RUNNERS")
     )]
     pub max_runners: usize,
+    /// Where jobs come from: signed webhooks, or a runner scale set's message queue.
+    #[arg(long, env = "JOB_SOURCE", value_enum, default_value = "webhook")]
+    pub job_source: JobSourceKind,
+    /// The runner scale set's name (JOB_SOURCE=scaleset); workflows name it in `runs-on`.
+    #[arg(
+        long,
+        env = "SCALE_SET_NAME",
+        default_value = "modal",
+        value_name = "NAME",
+        value_parser = parse::scale_set_name()
+    )]
+    pub scale_set_name: String,
+    /// Comma-separated extra labels of the scale set (JOB_SOURCE=scaleset).
+    #[arg(long, env = "SCALE_SET_LABELS", value_name = "LIST")]
+    pub scale_set_labels: Option<String>,
+    /// Several scale sets, each with its machine: `NAME[:LABEL;LABEL…],…`, e.g.
+    /// `modal,modal-big:cpu=8;memory=32768,modal-gpu:gpu=a10g` (replaces SCALE_SET_NAME).
+    #[arg(long, env = "SCALE_SETS", value_name = "LIST")]
+    pub scale_sets: Option<String>,
     /// Runners a job may have that never ran it (failed, or ended idle) before the job is
     /// abandoned with the reason; 0: no limit.
     #[arg(long, env = "MAX_ATTEMPTS_PER_JOB", default_value = "3", value_name = "N")]
@@ -449,6 +468,15 @@ pub enum ScopeKind {
     Org,
     /// At the enterprise `GITHUB_ENTERPRISE`.
     Enterprise,
+}
+
+/// Where jobs come from (`JOB_SOURCE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JobSourceKind {
+    /// Signed `workflow_job` webhooks at `POST /webhook`.
+    Webhook,
+    /// A runner scale set's message queue, long-polled: no public endpoint.
+    Scaleset,
 }
 
 /// Where runners run (`BACKEND`).

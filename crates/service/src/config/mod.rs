@@ -22,16 +22,18 @@ mod features;
 mod github;
 mod modal;
 mod parse;
+mod scaleset;
 mod security;
 mod settings;
 
 #[cfg(test)]
 mod tests;
 
-pub use args::{BackendKind, LogFormat, ServeArgs};
+pub use args::{BackendKind, JobSourceKind, LogFormat, ServeArgs};
 pub use backend::BackendSettings;
 pub use github::GitHubSettings;
 pub use modal::ModalArgs;
+pub use scaleset::{JobSource, ScaleSetSettings};
 pub use security::{ConfigWarning, MIN_WEBHOOK_SECRET_BYTES};
 pub use settings::{
     CostSettings, ProvisionerSettings, ReaperSettings, ReconcilerSettings, ServerSettings, Settings,

@@ -151,6 +151,17 @@ pub fn label() -> impl TypedValueParser<Value = String> {
     })
 }
 
+/// `SCALE_SET_NAME`: one label (workflows name it in `runs-on`), without whitespace.
+pub fn scale_set_name() -> impl TypedValueParser<Value = String> {
+    checked("SCALE_SET_NAME", |raw| {
+        let name = raw.trim();
+        if name.is_empty() || name.contains(',') || name.chars().any(char::is_whitespace) {
+            return Err("must be one non-empty name without commas or spaces".into());
+        }
+        Ok(name.to_string())
+    })
+}
+
 /// `RUNNER_NAME_PREFIX`.
 pub fn name_prefix() -> impl TypedValueParser<Value = NamePrefix> {
     checked("RUNNER_NAME_PREFIX", NamePrefix::parse)

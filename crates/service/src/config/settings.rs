@@ -38,6 +38,8 @@ pub struct Settings {
     pub backend: BackendSettings,
     /// Costs and the daily spend cap (issue 13 item 4).
     pub costs: CostSettings,
+    /// `JOB_SOURCE`: webhooks, or a runner scale set's message queue.
+    pub source: super::scaleset::JobSource,
 }
 
 impl Settings {
@@ -199,15 +201,10 @@ fn status_token(
 impl Settings {
     /// Validates `args`; secrets not given as files are looked up with `env`.
     pub fn from_args(args: ServeArgs, env: impl Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
-        let secret = github::secret(
-            "WEBHOOK_SECRET",
-            "--webhook-secret-file",
-            args.webhook_secret_file.as_ref(),
-            &env,
-        )?;
-        security::check_webhook_secret(&secret, args.allow_weak_webhook_secret)?;
+        let secret = webhook_secret(&args, &env)?;
         let allow = args.allowed_repos.clone().unwrap_or_default();
         let github = github::settings(&args, &env, &allow)?;
+        let source = super::scaleset::source(&args, &github.scope, &allow)?;
         let pools = match github.scope {
             RunnerScope::Repo => PoolScope::Repository,
             RunnerScope::Org => PoolScope::Owner,
@@ -289,8 +286,34 @@ impl Settings {
                 stats_wait: args.cost_stats_wait_secs,
                 poll: args.cost_poll_secs,
             },
+            source,
         })
     }
+}
+
+/// `WEBHOOK_SECRET`: required for webhooks; with a scale set, where `POST /webhook` answers
+/// 404, an unset secret is replaced by a random one nobody knows.
+fn webhook_secret(
+    args: &ServeArgs,
+    env: &impl Fn(&str) -> Option<String>,
+) -> Result<SecretString, ConfigError> {
+    let given =
+        args.webhook_secret_file.is_some() || env("WEBHOOK_SECRET").is_some_and(|v| !v.trim().is_empty());
+    if args.job_source == super::args::JobSourceKind::Scaleset && !given {
+        return Ok(SecretString::from(format!(
+            "{}{}",
+            uuid::Uuid::new_v4().simple(),
+            uuid::Uuid::new_v4().simple()
+        )));
+    }
+    let secret = github::secret(
+        "WEBHOOK_SECRET",
+        "--webhook-secret-file",
+        args.webhook_secret_file.as_ref(),
+        env,
+    )?;
+    security::check_webhook_secret(&secret, args.allow_weak_webhook_secret)?;
+    Ok(secret)
 }
 
 /// `DEPLOYMENT_ID`, or the id derived from the Modal app, the runner name prefix and the

@@ -878,3 +878,123 @@ fn bad_cost_rates_spend_caps_and_warm_pools_name_their_variable() {
         assert_eq!(&e.var, var, "{flags:?} gave {e}");
     }
 }
+
+#[test]
+fn the_job_source_defaults_to_webhooks_and_a_scale_set_needs_no_webhook_secret() {
+    let s = parse(&[], SECRETS).expect("valid");
+    assert_eq!(s.source, JobSource::Webhook);
+    let token = &[("GITHUB_TOKEN", "ghp_x")][..];
+    assert_eq!(
+        parse(&[], token).expect_err("webhooks need a secret").var,
+        "WEBHOOK_SECRET"
+    );
+    let s = parse(
+        &[
+            "--job-source",
+            "scaleset",
+            "--runner-scope",
+            "org",
+            "--allowed-repos",
+            "acme/*",
+            "--scale-set-labels",
+            " gpu, GPU,,linux ,modal",
+        ],
+        token,
+    )
+    .expect("a scale set needs no webhook secret");
+    let JobSource::ScaleSet(sets) = s.source else {
+        panic!("scale set expected");
+    };
+    let set = &sets[0];
+    assert_eq!(set.name, "modal");
+    assert_eq!(
+        set.labels,
+        ["gpu", "linux"],
+        "trimmed, each once, without the name"
+    );
+    assert_eq!(set.home, crate::github::RunnerHome::Org("acme".into()));
+}
+
+#[test]
+fn a_scale_set_must_live_in_exactly_one_place() {
+    let token = &[("GITHUB_TOKEN", "ghp_x")][..];
+    let two_orgs = parse(
+        &[
+            "--job-source",
+            "scaleset",
+            "--runner-scope",
+            "org",
+            "--allowed-repos",
+            "acme/*,other/x",
+        ],
+        token,
+    );
+    assert_eq!(two_orgs.expect_err("two organisations").var, "ALLOWED_REPOS");
+    let no_repo = parse(&["--job-source", "scaleset"], token);
+    assert_eq!(
+        no_repo.expect_err("repository scope needs one repository").var,
+        "ALLOWED_REPOS"
+    );
+    let one = parse(
+        &["--job-source", "scaleset", "--allowed-repos", "acme/app"],
+        token,
+    )
+    .expect("one repository");
+    assert!(
+        matches!(one.source, JobSource::ScaleSet(s) if s[0].home == crate::github::RunnerHome::Repo(RepoName::parse("acme/app").expect("repo")))
+    );
+    let bad = parse(
+        &[
+            "--job-source",
+            "scaleset",
+            "--allowed-repos",
+            "acme/app",
+            "--scale-set-labels",
+            "a b",
+        ],
+        token,
+    );
+    assert_eq!(bad.expect_err("whitespace").var, "SCALE_SET_LABELS");
+}
+
+#[test]
+fn scale_sets_each_name_a_machine_and_bad_entries_are_refused() {
+    let token = &[("GITHUB_TOKEN", "ghp_x")][..];
+    let args = |sets: &'static str| {
+        vec![
+            "--job-source",
+            "scaleset",
+            "--allowed-repos",
+            "acme/app",
+            "--scale-sets",
+            sets,
+        ]
+    };
+    let s = parse(
+        &args("modal, modal-big:cpu=8;memory=32768 ,modal-gpu:gpu=a10g"),
+        token,
+    )
+    .expect("valid");
+    let JobSource::ScaleSet(sets) = s.source else {
+        panic!("scale sets expected");
+    };
+    let named: Vec<(&str, Vec<String>)> = sets
+        .iter()
+        .map(|s| (s.name.as_str(), s.machine.clone()))
+        .collect();
+    assert_eq!(
+        named,
+        [
+            ("modal", vec![]),
+            ("modal-big", vec!["cpu=8".to_owned(), "memory=32768".to_owned()]),
+            ("modal-gpu", vec!["gpu=a10g".to_owned()]),
+        ]
+    );
+    for bad in ["a,A", "big:disk=5", "big:cpu=lots", ":cpu=2", " , "] {
+        assert_eq!(
+            parse(&args(bad), token).expect_err(bad).var,
+            "SCALE_SETS",
+            "{bad}"
+        );
+    }
+}

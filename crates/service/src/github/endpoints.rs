@@ -54,6 +54,27 @@ impl GitHub {
         })
     }
 
+    /// `POST …/actions/runners/registration-token` at `home`: the first link of the scale
+    /// set auth chain (scaleset-contract §1 b). Sent once: every call mints a new token.
+    pub async fn registration_token(&self, home: &RunnerHome) -> Result<SecretString, GitHubError> {
+        #[derive(serde::Deserialize)]
+        struct Token {
+            token: String,
+        }
+        let url = self.url(&home.path(&["actions", "runners", "registration-token"]));
+        let reply = self
+            .send_once(Call::essential(home.owner()), Method::POST, url, None)
+            .await?;
+        let token: Token = decode(&reply.body)?;
+        Ok(SecretString::from(token.token))
+    }
+
+    /// The REST base URL: the scale set client derives the config URL and
+    /// `actions/runner-registration` from it.
+    pub fn api_base(&self) -> &Url {
+        &self.inner.base
+    }
+
     /// The runner registered at `home` under `name`, if any (`GET …/runners?name=`).
     pub async fn runner_by_name(
         &self,

@@ -55,6 +55,16 @@ pub fn router(state: Ingress) -> Router {
         .with_state(state)
 }
 
+/// The routes of `JOB_SOURCE=scaleset`: health, readiness and metrics only. `POST /webhook`
+/// answers 404: no webhook is expected, and none may inject a job.
+pub fn router_without_webhooks(state: Ingress) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
 /// Longest time a request body may take to arrive.
 const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 

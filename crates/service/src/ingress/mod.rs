@@ -11,7 +11,7 @@ mod status_page;
 mod throttle;
 
 pub use event::{EventError, parse as parse_event};
-pub use handler::{Ingress, router};
+pub use handler::{Ingress, router, router_without_webhooks};
 pub use server::{ServerContext, ServerLimits, serve};
 pub use status_page::{StatusPage, router as status_router};
 pub use throttle::{WARN_INTERVAL, WarnThrottle};

@@ -9,4 +9,6 @@ pub mod planner;
 pub mod provisioner;
 pub mod reaper;
 pub mod reconciler;
+pub mod registry;
+pub mod scaleset_listener;
 pub mod sweeps;

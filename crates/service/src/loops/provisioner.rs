@@ -41,6 +41,8 @@ use crate::wake::{Rounds, Wake};
 pub struct ProvisionerContext {
     pub store: Store,
     pub github: GitHub,
+    /// Where runners are registered and removed: REST, or the scale set (`JOB_SOURCE`).
+    pub registry: super::registry::Registry,
     pub backend: Arc<Backend>,
     pub wake: Arc<Wake>,
     pub metrics: Arc<Metrics>,
@@ -224,7 +226,7 @@ async fn register(
     loop {
         ctx.jit_window.wait().await;
         wait_out_pause(ctx).await;
-        match ctx.github.generate_jitconfig(home, &request).await {
+        match ctx.registry.generate_jitconfig(home, &request).await {
             Ok(jit) => return Ok(Some(jit)),
             Err(GitHubError::Conflict { .. }) => {
                 abandon_registration(ctx, row, home, "an earlier try registered this name").await?;
@@ -235,7 +237,7 @@ async fn register(
                 tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64, "JIT registration failed; will retry");
                 tokio::time::sleep(wait).await;
                 if ctx
-                    .github
+                    .registry
                     .runner_by_name(home, row.name.as_str())
                     .await?
                     .is_some()
@@ -260,9 +262,9 @@ async fn abandon_registration(
     why: &str,
 ) -> Result<(), ProvisionError> {
     let mut outcome = "registration deleted";
-    if let Some(found) = ctx.github.runner_by_name(home, row.name.as_str()).await? {
+    if let Some(found) = ctx.registry.runner_by_name(home, row.name.as_str()).await? {
         if found.has_label(&ctx.settings.deployment.label()) {
-            ctx.github.delete_runner(home, found.id).await?;
+            ctx.registry.delete_runner(home, found.id).await?;
         } else {
             outcome = "the registration is another deployment's and was left alone";
         }
@@ -336,7 +338,7 @@ async fn mark_running(
 async fn recover_registering(ctx: &ProvisionerContext, row: &RunnerRow) -> Result<(), ProvisionError> {
     let home = ctx.github.home_of(&row.repo);
     if ctx
-        .github
+        .registry
         .runner_by_name(&home, row.name.as_str())
         .await?
         .is_some_and(|found| found.has_label(&ctx.settings.deployment.label()))
@@ -387,7 +389,7 @@ async fn recover_registered(ctx: &ProvisionerContext, row: &RunnerRow) -> Result
 
 /// Best-effort removal of a registration that will never get a runner.
 async fn deregister(ctx: &ProvisionerContext, home: &RunnerHome, runner_id: u64) {
-    if let Err(e) = ctx.github.delete_runner(home, runner_id).await {
+    if let Err(e) = ctx.registry.delete_runner(home, runner_id).await {
         tracing::warn!(error = %e, github.runner_id = runner_id, "could not delete the registration; the reaper will retry");
     }
 }

@@ -37,6 +37,8 @@ use crate::wake::{Rounds, Wake};
 pub struct ReaperContext {
     pub store: Store,
     pub github: GitHub,
+    /// Where runners are looked up and removed: REST, or the scale set (`JOB_SOURCE`).
+    pub registry: super::registry::Registry,
     pub backend: Arc<Backend>,
     pub wake: Arc<Wake>,
     pub metrics: Arc<Metrics>,
@@ -165,7 +167,7 @@ async fn remove(
 ) -> Result<bool, ReapError> {
     if let Some(id) = r.row.github_id
         && ctx
-            .github
+            .registry
             .delete_runner(&ctx.github.home_of(&r.row.repo), id)
             .await?
             == DeleteOutcome::Busy
@@ -213,7 +215,7 @@ async fn sandbox_gone(ctx: &ReaperContext, r: &LiveRunner) -> Result<(), ReapErr
     }
     if let Some(id) = r.row.github_id {
         match ctx
-            .github
+            .registry
             .delete_runner(&ctx.github.home_of(&r.row.repo), id)
             .await?
         {
@@ -343,7 +345,7 @@ async fn online(ctx: &ReaperContext, r: &LiveRunner) -> Result<bool, ReapError> 
         return Ok(false);
     };
     let up = ctx
-        .github
+        .registry
         .get_runner(&ctx.github.home_of(&r.row.repo), id)
         .await?
         .is_some_and(|info| info.status == "online" || info.busy);

@@ -14,6 +14,8 @@ use crate::domain::JobEvent;
 pub enum EventSource {
     Webhook,
     Poll,
+    /// A runner scale set's message queue.
+    ScaleSet,
 }
 
 impl EventSource {
@@ -21,6 +23,7 @@ impl EventSource {
         match self {
             EventSource::Webhook => "webhook",
             EventSource::Poll => "poll",
+            EventSource::ScaleSet => "scaleset",
         }
     }
 }

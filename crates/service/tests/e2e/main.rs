@@ -14,6 +14,7 @@ mod reaping;
 mod reliability;
 mod sandbox_features;
 mod scale;
+mod scaleset;
 mod scopes;
 mod status_page;
 mod upstream;

@@ -3,6 +3,7 @@
 
 mod flow;
 mod rest;
+mod scalesets;
 mod scopes;
 mod webhooks;
 
