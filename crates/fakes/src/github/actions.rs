@@ -87,6 +87,9 @@ fn connect(shared: &Arc<Shared>, agent_id: u64) -> Response {
         (name, state.runner_behavior.clone())
     };
     let behavior = chooser.map_or(RunnerBehavior::Normal, |choose| choose(&name));
+    if let Some(runner) = shared.lock().runners.get_mut(&agent_id) {
+        runner.asked = true;
+    }
     if behavior != RunnerBehavior::NeverConnect {
         let mut state = shared.lock();
         let version = state.runner_version.clone();

@@ -36,6 +36,8 @@ pub(super) struct RunnerRecord {
     pub group_name: String,
     pub client_id: String,
     pub connected: bool,
+    /// The runner process asked how to behave (it did, even when told to hang).
+    pub asked: bool,
     pub last_seen: Option<Instant>,
     /// The job it took and has not finished.
     pub job: Option<u64>,
@@ -67,6 +69,7 @@ impl RunnerRecord {
             status: self.status(now),
             busy: self.job.is_some(),
             connected: self.connected,
+            asked: self.asked,
             version: self.version.clone(),
         }
     }
@@ -156,6 +159,7 @@ impl State {
             group_name,
             client_id: Uuid::new_v4().simple().to_string(),
             connected: false,
+            asked: false,
             last_seen: None,
             job: None,
             version: None,

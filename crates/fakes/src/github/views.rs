@@ -236,6 +236,8 @@ pub struct RunnerView {
     pub busy: bool,
     /// The runner process has connected at least once.
     pub connected: bool,
+    /// The runner process asked how to behave (even one told to hang, which never connects).
+    pub asked: bool,
     /// Runner version, known once connected.
     pub version: Option<String>,
 }

@@ -222,15 +222,16 @@ async fn a_runner_idle_past_its_timeout_is_removed() {
 async fn orphan_sandboxes_and_offline_registrations_from_a_crash_are_cleaned_up() {
     // Arrange: leftovers of an earlier process, unknown to the (fresh) store: a sandbox
     // tagged as this deployment's whose runner hangs (it would live for its whole 600 s),
-    // and its offline registration, plus a registration with no sandbox at all.
-    let env = World::start(
+    // and its offline registration, plus a registration with no sandbox at all. The service
+    // starts once the orphan's runner hangs: before that, a sweep that deleted its
+    // registration first would let it exit by itself, and its sandbox would prove nothing.
+    let mut env = World::prepare(
         Options::backend(Kind::Modal)
             .with("ALLOWED_REPOS", REPO)
             .with("DEPLOYMENT_ID", "crashed")
             .with("RECONCILE_INTERVAL_SECS", "1"),
     )
     .await;
-    let modal = env.fake_modal();
     env.github.set_runner_behavior(|name| {
         if name == "modal-999-1" {
             RunnerBehavior::NeverConnect
@@ -255,7 +256,7 @@ async fn orphan_sandboxes_and_offline_registrations_from_a_crash_are_cleaned_up(
         .await
         .expect("orphan registration");
     let leftover = ModalBackend::new(
-        modal_settings(modal, None, "modal-github-runner", "crashed"),
+        modal_settings(env.fake_modal(), None, "modal-github-runner", "crashed"),
         Releases::fixed(RunnerRelease::from_version(
             RunnerVersion::parse("2.336.0").expect("version"),
         )),
@@ -273,10 +274,26 @@ async fn orphan_sandboxes_and_offline_registrations_from_a_crash_are_cleaned_up(
         })
         .await
         .expect("orphan sandbox");
+    let asked = || {
+        env.github
+            .runners()
+            .iter()
+            .any(|r| r.name == "modal-999-1" && r.asked)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !asked() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the orphan's runner never asked how to behave"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    env.start_service().await;
 
     // Assert: the reaper stops the sandbox and the sweep deletes both registrations.
     env.assert_nothing_left(Duration::from_secs(20)).await;
-    let finished = modal
+    let finished = env
+        .fake_modal()
         .sandbox(&orphan)
         .and_then(|s| s.finished)
         .expect("the orphan sandbox ended");
@@ -286,7 +303,7 @@ async fn orphan_sandboxes_and_offline_registrations_from_a_crash_are_cleaned_up(
         "stopped, not ended by itself: {finished:?}"
     );
     assert!(
-        modal
+        env.fake_modal()
             .requests()
             .iter()
             .any(|c| c.rpc == "SandboxTerminate" && c.code == Code::Ok && c.request.contains(&orphan)),
