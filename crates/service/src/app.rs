@@ -64,7 +64,12 @@ impl Application {
     pub async fn build_with_clock(mut settings: Settings, clock: Clock) -> anyhow::Result<Application> {
         let store = Store::open_with_clock(&settings.store.database_url, settings.store.sync, clock.clone())
             .await
-            .with_context(|| format!("could not open the store at {}", settings.store.database_url))?;
+            .with_context(|| {
+                format!(
+                    "could not open the store at {}",
+                    crate::store::redacted_url(&settings.store.database_url)
+                )
+            })?;
         let metrics = Arc::new(Metrics::new());
         let github = GitHub::new(
             GitHubConfig {

@@ -108,7 +108,10 @@ pub async fn status(database_url: &str, limit: i64, json: bool) -> ExitCode {
     let store = match crate::store::Store::open(database_url).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: could not open the store at {database_url}: {e}");
+            eprintln!(
+                "error: could not open the store at {}: {e}",
+                crate::store::redacted_url(database_url)
+            );
             return ExitCode::FAILURE;
         }
     };

@@ -1,9 +1,9 @@
 //! Recording job events, from webhooks and from polling, with group commit.
 
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::{AnyConnection, AnyPool};
 use tokio::sync::{mpsc, oneshot};
 
-use super::StoreError;
+use super::{Backend, StoreError};
 use crate::clock::Clock;
 use crate::domain::JobEvent;
 
@@ -64,16 +64,29 @@ impl super::Store {
     }
 }
 
-pub(super) fn spawn_writer(pool: SqlitePool, clock: Clock) -> mpsc::Sender<Request> {
+pub(super) fn spawn_writer(pool: AnyPool, backend: Backend, clock: Clock) -> mpsc::Sender<Request> {
     let (tx, rx) = mpsc::channel(4 * MAX_GROUP);
-    tokio::spawn(write_loop(pool, clock, rx));
+    tokio::spawn(write_loop(pool, backend, clock, rx));
     tx
 }
 
-async fn write_loop(pool: SqlitePool, clock: Clock, mut rx: mpsc::Receiver<Request>) {
+/// How many times a group is tried in all when PostgreSQL chose it as a deadlock victim
+/// or could not serialise it (another replica wrote the same rows at the same moment).
+const GROUP_TRIES: u32 = 3;
+
+async fn write_loop(pool: AnyPool, backend: Backend, clock: Clock, mut rx: mpsc::Receiver<Request>) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
-        let outcome = write_group(&pool, &group, clock.now_millis()).await;
+        let mut tries = 1;
+        let outcome = loop {
+            match write_group(&pool, backend, &group, clock.now_millis()).await {
+                Err(e) if is_conflict(&e) && tries < GROUP_TRIES => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "a group of events met another replica's; trying again");
+                }
+                other => break other,
+            }
+        };
         match outcome {
             Ok(results) => {
                 for (req, result) in group.drain(..).zip(results) {
@@ -91,23 +104,45 @@ async fn write_loop(pool: SqlitePool, clock: Clock, mut rx: mpsc::Receiver<Reque
     }
 }
 
-async fn write_group(pool: &SqlitePool, group: &[Request], now: i64) -> Result<Vec<Recorded>, StoreError> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-    let mut results = Vec::with_capacity(group.len());
-    for req in group {
-        results.push(apply(&mut tx, req, now).await?);
+/// PostgreSQL's deadlock (40P01) and serialisation failure (40001): transient, the
+/// group is tried again.
+fn is_conflict(e: &StoreError) -> bool {
+    match e {
+        StoreError::Db(sqlx::Error::Database(db)) => {
+            matches!(db.code().as_deref(), Some("40P01" | "40001"))
+        }
+        _ => false,
+    }
+}
+
+/// Writes a group in one transaction. Rows are written in job-id order (events of one job
+/// keep their order), so two replicas' groups touching the same jobs lock them in the same
+/// order and do not deadlock; the results come back in the group's order.
+async fn write_group(
+    pool: &AnyPool,
+    backend: Backend,
+    group: &[Request],
+    now: i64,
+) -> Result<Vec<Recorded>, StoreError> {
+    let mut order: Vec<usize> = (0..group.len()).collect();
+    order.sort_by_key(|&i| group[i].event.job_id.0);
+    let mut tx = pool.begin_with(backend.begin_write()).await?;
+    let mut results = vec![Recorded::Duplicate; group.len()];
+    for i in order {
+        results[i] = apply(&mut tx, &group[i], now).await?;
     }
     tx.commit().await?;
     Ok(results)
 }
 
-async fn apply(conn: &mut SqliteConnection, req: &Request, now: i64) -> Result<Recorded, StoreError> {
+async fn apply(conn: &mut AnyConnection, req: &Request, now: i64) -> Result<Recorded, StoreError> {
     if let Some(guid) = &req.delivery {
-        let inserted = sqlx::query("INSERT OR IGNORE INTO deliveries (guid, received_at) VALUES (?1, ?2)")
-            .bind(guid)
-            .bind(now)
-            .execute(&mut *conn)
-            .await?;
+        let inserted =
+            sqlx::query("INSERT INTO deliveries (guid, received_at) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(guid)
+                .bind(now)
+                .execute(&mut *conn)
+                .await?;
         if inserted.rows_affected() == 0 {
             return Ok(Recorded::Duplicate);
         }
@@ -123,15 +158,16 @@ const UPSERT_JOB: &str = "
 INSERT INTO jobs (id, repo, run_id, run_attempt, name, workflow_name, head_sha, labels, label_key,
                   status, rank, conclusion, runner_name, source, first_seen_at, updated_at,
                   started_at, completed_at)
-VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15, ?16, ?17)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $15, $16, $17)
 ON CONFLICT(id) DO UPDATE SET
     status = CASE WHEN excluded.rank > jobs.rank OR (excluded.rank = 1 AND jobs.rank = 1)
                   THEN excluded.status ELSE jobs.status END,
     conclusion = CASE WHEN excluded.rank > jobs.rank THEN excluded.conclusion
                       ELSE COALESCE(jobs.conclusion, excluded.conclusion) END,
     runner_name = COALESCE(jobs.runner_name, excluded.runner_name),
-    rank = MAX(jobs.rank, excluded.rank),
-    run_attempt = MAX(jobs.run_attempt, excluded.run_attempt),
+    rank = CASE WHEN excluded.rank > jobs.rank THEN excluded.rank ELSE jobs.rank END,
+    run_attempt = CASE WHEN excluded.run_attempt > jobs.run_attempt THEN excluded.run_attempt
+                       ELSE jobs.run_attempt END,
     name = CASE WHEN jobs.name = '' THEN excluded.name ELSE jobs.name END,
     workflow_name = COALESCE(jobs.workflow_name, excluded.workflow_name),
     head_sha = COALESCE(jobs.head_sha, excluded.head_sha),
@@ -142,7 +178,7 @@ WHERE excluded.rank > jobs.rank OR (excluded.rank = 1 AND jobs.rank = 1 AND excl
    OR (jobs.runner_name IS NULL AND excluded.runner_name IS NOT NULL)";
 
 async fn upsert_job(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     e: &JobEvent,
     source: EventSource,
     now: i64,
@@ -173,7 +209,8 @@ async fn upsert_job(
     Ok(())
 }
 
-/// GitHub ids are below 2^63 in practice; SQLite integers are signed 64-bit.
+/// GitHub ids are below 2^63 in practice; SQLite integers and PostgreSQL bigints are
+/// signed 64-bit.
 pub(super) fn to_i64(id: u64) -> i64 {
     i64::try_from(id).unwrap_or(i64::MAX)
 }

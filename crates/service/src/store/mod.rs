@@ -1,23 +1,27 @@
-//! The durable store: the only state the loops share (docs/design.md). SQLite in WAL mode;
-//! webhook events are written by one task that commits them in groups, so a burst of
+//! The durable store: the only state the loops share (docs/design.md). SQLite in WAL mode
+//! (one replica), or PostgreSQL (any number of replicas, one of which leads: see `lease`).
+//! Webhook events are written by one task that commits them in groups, so a burst of
 //! deliveries costs one fsync per group instead of one per delivery, and a delivery is
 //! answered only after its group is on disk.
+//!
+//! Both databases are reached through sqlx's `Any` driver, so every query, row reader and
+//! rule is written once; the few places where the dialects differ ask `Store::backend`.
+//! Queries use `$N` placeholders, which both SQLite and PostgreSQL understand.
 
 mod ingest;
 pub mod inspect;
 mod jobs;
+pub mod lease;
 pub mod maintenance;
 mod migrations;
 mod runners;
 mod runs;
 mod snapshot;
 
-use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::SqliteRow;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
 use tokio::sync::mpsc;
 
 use crate::clock::Clock;
@@ -29,12 +33,13 @@ pub use runners::{AttemptStats, LiveRunner, NewRunner, RunnerPatch, RunnerRow, T
 pub use runs::{RunStrategy, UnresolvedRun};
 pub use snapshot::PlanInputs;
 
-/// A failed store operation. The text never holds row contents beyond ids and names.
 /// How many more times opening the store is tried after SQLite says it is busy.
 const OPEN_TRIES: u32 = 5;
 /// The first wait before trying again; each further try waits one more of it.
 const OPEN_RETRY_DELAY: Duration = Duration::from_millis(200);
 
+/// A failed store operation. The text never holds row contents beyond ids and names, nor
+/// a database password.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
@@ -58,6 +63,12 @@ pub enum StoreError {
     NewerSchema { path: String, found: i64, known: i64 },
     #[error("the database schema could not be brought up to date: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("DATABASE_URL must start with sqlite: or postgres://")]
+    UnknownScheme,
+    /// This replica's leader lease was taken over (or never held): the write it guarded was
+    /// not made, and the caller must not make the GitHub or backend call that follows it.
+    #[error("this replica no longer holds the leader lease (token {0})")]
+    Fenced(i64),
 }
 
 impl StoreError {
@@ -73,10 +84,70 @@ impl StoreError {
     }
 }
 
+/// Which database the store is on; chosen by `DATABASE_URL`'s scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `sqlite://PATH` or `sqlite::memory:`: one replica, which always leads.
+    Sqlite,
+    /// `postgres://…`: any number of replicas; a lease row chooses the leader.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a `DATABASE_URL` names, if any.
+    pub fn of_url(url: &str) -> Option<Backend> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+
+    /// What a write transaction starts with: SQLite takes the write lock at once, so two
+    /// writers wait for each other instead of failing on upgrade; PostgreSQL locks rows.
+    fn begin_write(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
+        }
+    }
+
+    /// What a read of several queries that must agree starts with.
+    fn begin_snapshot(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "BEGIN",
+            Backend::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        }
+    }
+}
+
+/// `url` without its password and query (which can hold one too), for errors and logs.
+pub fn redacted_url(url: &str) -> String {
+    let url = url.split('?').next().unwrap_or_default();
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_once('/').map_or((rest, None), |(a, p)| (a, Some(p)));
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{user}@{host}")
+        }
+        None => authority.to_string(),
+    };
+    match path {
+        Some(path) => format!("{scheme}://{authority}/{path}"),
+        None => format!("{scheme}://{authority}"),
+    }
+}
+
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
     ingest: mpsc::Sender<ingest::Request>,
     /// Stamps every row; the loops compare those stamps with the same clock.
     clock: Clock,
@@ -132,28 +203,31 @@ impl Store {
     }
 
     async fn connect(url: &str, durability: Durability, clock: Clock) -> Result<Store, StoreError> {
-        let sync = match durability {
-            Durability::Normal => SqliteSynchronous::Normal,
-            Durability::Full => SqliteSynchronous::Full,
+        sqlx::any::install_default_drivers();
+        let backend = Backend::of_url(url).ok_or(StoreError::UnknownScheme)?;
+        let pool = match backend {
+            Backend::Sqlite => sqlite_pool(url, durability).await?,
+            Backend::Postgres => {
+                AnyPoolOptions::new()
+                    .max_connections(8)
+                    .min_connections(1)
+                    .connect(url)
+                    .await?
+            }
         };
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(sync)
-            .busy_timeout(Duration::from_secs(30))
-            .foreign_keys(false);
-        // An in-memory database exists per connection; keep exactly one then.
-        let in_memory = url.contains(":memory:");
-        let pool = SqlitePoolOptions::new()
-            .max_connections(if in_memory { 1 } else { 4 })
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(options.clone())
-            .await?;
-        migrations::apply(&pool, options.get_filename()).await?;
-        let ingest = ingest::spawn_writer(pool.clone(), clock.clone());
-        Ok(Store { pool, ingest, clock })
+        migrations::apply(&pool, backend, &redacted_url(url)).await?;
+        let ingest = ingest::spawn_writer(pool.clone(), backend, clock.clone());
+        Ok(Store {
+            pool,
+            backend,
+            ingest,
+            clock,
+        })
+    }
+
+    /// Which database the store is on.
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// The clock rows are stamped with.
@@ -162,8 +236,13 @@ impl Store {
     }
 
     /// The pool, for modules in this crate that run their own queries in tests.
-    pub(crate) fn pool(&self) -> &SqlitePool {
+    pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// Starts a write transaction the way the backend wants it.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(self.pool.begin_with(self.backend.begin_write()).await?)
     }
 
     /// A cheap query proving the database answers, for `/readyz`.
@@ -184,11 +263,57 @@ fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("{what} has unknown value `{value}`"))
 }
 
+/// A SQLite pool: WAL, the chosen durability, a generous busy timeout. An in-memory
+/// database exists per connection, so then exactly one connection is kept.
+async fn sqlite_pool(url: &str, durability: Durability) -> Result<AnyPool, StoreError> {
+    let in_memory = url.contains(":memory:");
+    let url = if in_memory || url.contains("mode=") {
+        url.to_string()
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    };
+    let pragmas = match durability {
+        Durability::Normal => SQLITE_PRAGMAS_NORMAL,
+        Durability::Full => SQLITE_PRAGMAS_FULL,
+    };
+    Ok(AnyPoolOptions::new()
+        .max_connections(if in_memory { 1 } else { 4 })
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                sqlx::raw_sql(pragmas).execute(conn).await?;
+                Ok(())
+            })
+        })
+        .connect(&url)
+        .await?)
+}
+
+/// Set on every SQLite connection; the busy timeout first, so the others wait for a lock.
+const SQLITE_PRAGMAS_NORMAL: &str = "PRAGMA busy_timeout = 30000; PRAGMA journal_mode = WAL; \
+     PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = OFF;";
+const SQLITE_PRAGMAS_FULL: &str = "PRAGMA busy_timeout = 30000; PRAGMA journal_mode = WAL; \
+     PRAGMA synchronous = FULL; PRAGMA foreign_keys = OFF;";
+
+/// `$first, $first+1, …` for `count` values: an `IN (…)` list both dialects read.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Reads a column holding an `owner/repo` name.
-fn repo_column(row: &SqliteRow, column: &str) -> Result<RepoName, StoreError> {
+fn repo_column(row: &AnyRow, column: &str) -> Result<RepoName, StoreError> {
     let name: String = row.try_get(column)?;
     Ok(RepoName::parse(&name)?)
 }
 
+#[cfg(test)]
+pub(crate) mod testdb;
 #[cfg(test)]
 mod tests;

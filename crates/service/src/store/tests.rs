@@ -3,9 +3,7 @@ use crate::domain::{
     Abandoned, JobEvent, JobId, JobStatus, LabelSet, NamePrefix, RepoName, RunnerName, RunnerState,
 };
 
-async fn store() -> Store {
-    Store::open("sqlite::memory:").await.expect("in-memory store")
-}
+use super::testdb::{TestDb, on_both_backends};
 
 fn event(action: &str, status: JobStatus, runner: Option<&str>) -> JobEvent {
     JobEvent {
@@ -43,9 +41,8 @@ async fn record(s: &Store, guid: &str, e: JobEvent) -> Recorded {
         .expect("recorded")
 }
 
-#[tokio::test]
-async fn a_delivery_guid_is_applied_once() {
-    let s = store().await;
+async fn a_delivery_guid_is_applied_once(db: TestDb) {
+    let s = db.open().await;
     assert_eq!(
         record(&s, "g1", event("queued", JobStatus::Queued, None)).await,
         Recorded::Applied
@@ -57,9 +54,8 @@ async fn a_delivery_guid_is_applied_once() {
     assert_eq!(s.open_jobs().await.expect("jobs").len(), 1);
 }
 
-#[tokio::test]
-async fn completed_before_queued_stays_completed() {
-    let s = store().await;
+async fn completed_before_queued_stays_completed(db: TestDb) {
+    let s = db.open().await;
     record(
         &s,
         "g1",
@@ -80,9 +76,8 @@ async fn completed_before_queued_stays_completed() {
     assert!(s.open_jobs().await.expect("jobs").is_empty());
 }
 
-#[tokio::test]
-async fn a_late_in_progress_fills_in_the_runner_of_a_completed_job() {
-    let s = store().await;
+async fn a_late_in_progress_fills_in_the_runner_of_a_completed_job(db: TestDb) {
+    let s = db.open().await;
     record(&s, "g1", event("completed", JobStatus::Completed, None)).await;
     record(
         &s,
@@ -95,9 +90,8 @@ async fn a_late_in_progress_fills_in_the_runner_of_a_completed_job() {
     assert_eq!(job.runner_name.as_deref(), Some("modal-1-1"));
 }
 
-#[tokio::test]
-async fn waiting_and_queued_replace_each_other_until_the_job_starts() {
-    let s = store().await;
+async fn waiting_and_queued_replace_each_other_until_the_job_starts(db: TestDb) {
+    let s = db.open().await;
     record(&s, "g1", event("queued", JobStatus::Waiting, None)).await;
     assert_eq!(s.open_jobs().await.expect("jobs")[0].status, JobStatus::Waiting);
     record(&s, "g2", event("queued", JobStatus::Queued, None)).await;
@@ -110,9 +104,8 @@ async fn waiting_and_queued_replace_each_other_until_the_job_starts() {
     );
 }
 
-#[tokio::test]
-async fn many_concurrent_events_are_all_recorded() {
-    let s = store().await;
+async fn many_concurrent_events_are_all_recorded(db: TestDb) {
+    let s = db.open().await;
     let mut tasks = Vec::new();
     for i in 0..300u64 {
         let s = s.clone();
@@ -128,9 +121,8 @@ async fn many_concurrent_events_are_all_recorded() {
     assert_eq!(s.open_jobs().await.expect("jobs").len(), 300);
 }
 
-#[tokio::test]
-async fn runner_transitions_are_compare_and_set() {
-    let s = store().await;
+async fn runner_transitions_are_compare_and_set(db: TestDb) {
+    let s = db.open().await;
     record(&s, "g1", event("queued", JobStatus::Queued, None)).await;
     let prefix = NamePrefix::parse("modal").expect("prefix");
     let name = RunnerName::for_job(&prefix, JobId(12_877_621_891), 1);
@@ -173,9 +165,8 @@ async fn runner_transitions_are_compare_and_set() {
     assert_eq!((row.state, row.github_id), (RunnerState::Registered, Some(42)));
 }
 
-#[tokio::test]
-async fn live_runners_carry_the_job_they_took() {
-    let s = store().await;
+async fn live_runners_carry_the_job_they_took(db: TestDb) {
+    let s = db.open().await;
     record(&s, "g1", event("queued", JobStatus::Queued, None)).await;
     let prefix = NamePrefix::parse("modal").expect("prefix");
     let name = RunnerName::for_job(&prefix, JobId(12_877_621_891), 1);
@@ -197,9 +188,8 @@ async fn live_runners_carry_the_job_they_took() {
     );
 }
 
-#[tokio::test]
-async fn failed_attempts_count_toward_backoff_only_when_retryable() {
-    let s = store().await;
+async fn failed_attempts_count_toward_backoff_only_when_retryable(db: TestDb) {
+    let s = db.open().await;
     record(&s, "g1", event("queued", JobStatus::Queued, None)).await;
     let prefix = NamePrefix::parse("modal").expect("prefix");
     for (attempt, backoff) in [(1, true), (2, false)] {
@@ -221,14 +211,11 @@ async fn failed_attempts_count_toward_backoff_only_when_retryable() {
     assert_eq!((stats[0].1.max_attempt, stats[0].1.failures), (2, 1));
 }
 
-#[tokio::test]
-async fn the_store_survives_a_reopen() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("sqlite://{}", dir.path().join("s.db").display());
-    let s = Store::open(&url).await.expect("open");
+async fn the_store_survives_a_reopen(db: TestDb) {
+    let s = db.open().await;
     record(&s, "g1", event("queued", JobStatus::Queued, None)).await;
     s.close().await;
-    let s = Store::open(&url).await.expect("reopen");
+    let s = db.open().await;
     assert_eq!(s.open_jobs().await.expect("jobs").len(), 1);
     assert_eq!(
         record(&s, "g1", event("queued", JobStatus::Queued, None)).await,
@@ -236,9 +223,8 @@ async fn the_store_survives_a_reopen() {
     );
 }
 
-#[tokio::test]
-async fn pruning_removes_old_history_but_never_open_jobs_or_live_runners() {
-    let s = store().await;
+async fn pruning_removes_old_history_but_never_open_jobs_or_live_runners(db: TestDb) {
+    let s = db.open().await;
     let prefix = NamePrefix::parse("modal").expect("prefix");
     // An old completed job with its ended runner, an open job with a live runner.
     let mut done = event("completed", JobStatus::Completed, Some("modal-1-1"));
@@ -276,9 +262,8 @@ async fn pruning_removes_old_history_but_never_open_jobs_or_live_runners() {
     assert_eq!(s.delivery_count().await.expect("count"), 0);
 }
 
-#[tokio::test]
-async fn a_repository_name_damaged_in_the_database_is_a_typed_error() {
-    let s = store().await;
+async fn a_repository_name_damaged_in_the_database_is_a_typed_error(db: TestDb) {
+    let s = db.open().await;
     let mut queued = event("queued", JobStatus::Queued, None);
     queued.repo = RepoName::parse("Octo/Repo").expect("valid");
     record(&s, "g1", queued).await;
@@ -303,9 +288,8 @@ async fn a_repository_name_damaged_in_the_database_is_a_typed_error() {
     assert!(bad(s.all_runners().await.map(|v| v.len())));
 }
 
-#[tokio::test]
-async fn redelivery_requests_are_counted_per_delivery_and_pruned_with_the_history() {
-    let s = store().await;
+async fn redelivery_requests_are_counted_per_delivery_and_pruned_with_the_history(db: TestDb) {
+    let s = db.open().await;
     assert_eq!(s.redelivery_asks("g1").await.expect("read"), 0);
     s.note_redelivery("g1").await.expect("note");
     s.note_redelivery("g1").await.expect("note");
@@ -316,9 +300,10 @@ async fn redelivery_requests_are_counted_per_delivery_and_pruned_with_the_histor
     assert_eq!(s.redelivery_asks("g1").await.expect("read"), 0, "pruned");
 }
 
-#[tokio::test]
-async fn an_abandoned_job_is_closed_once_with_its_reason_and_a_late_queued_event_does_not_reopen_it() {
-    let s = store().await;
+async fn an_abandoned_job_is_closed_once_with_its_reason_and_a_late_queued_event_does_not_reopen_it(
+    db: TestDb,
+) {
+    let s = db.open().await;
     record(&s, "g1", event("queued", JobStatus::Queued, None)).await;
     let id = JobId(12_877_621_891);
     assert!(s.abandon_job(id, &Abandoned::GoneAtGitHub).await.expect("close"));
@@ -342,15 +327,14 @@ async fn applied_versions(s: &Store) -> Vec<i64> {
         .expect("migrations table")
 }
 
-fn all_versions() -> Vec<i64> {
-    (1..=migrations::latest_version()).collect()
+fn all_versions(backend: Backend) -> Vec<i64> {
+    (1..=migrations::latest_version(backend)).collect()
 }
 
-#[tokio::test]
-async fn a_new_database_gets_every_migration() {
-    let s = store().await;
+async fn a_new_database_gets_every_migration(db: TestDb) {
+    let s = db.open().await;
 
-    assert_eq!(applied_versions(&s).await, all_versions());
+    assert_eq!(applied_versions(&s).await, all_versions(s.backend()));
     assert_eq!(s.delivery_count().await.expect("deliveries"), 0);
 }
 
@@ -376,7 +360,7 @@ async fn a_database_from_before_migrations_keeps_its_rows_and_is_migrated() {
 
     let s = Store::open(&url).await.expect("opens the old database");
 
-    assert_eq!(applied_versions(&s).await, all_versions());
+    assert_eq!(applied_versions(&s).await, all_versions(Backend::Sqlite));
     assert!(s.delivery_seen("guid-1").await.expect("read"));
     assert!(s.delivery_seen("guid-2").await.expect("read"));
     let job = s
@@ -402,35 +386,33 @@ async fn a_database_from_before_migrations_keeps_its_rows_and_is_migrated() {
     s.close().await;
     // Opened again, nothing is applied twice.
     let again = Store::open(&url).await.expect("opens again");
-    assert_eq!(applied_versions(&again).await, all_versions());
+    assert_eq!(applied_versions(&again).await, all_versions(Backend::Sqlite));
 }
 
-#[tokio::test]
-async fn a_database_written_by_a_newer_version_is_refused_naming_both_versions() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("store.db");
-    let url = format!("sqlite://{}", path.display());
-    let s = Store::open(&url).await.expect("new database");
-    let newer = migrations::latest_version() + 1;
+async fn a_database_written_by_a_newer_version_is_refused_naming_both_versions(db: TestDb) {
+    let s = db.open().await;
+    let backend = s.backend();
+    let newer = migrations::latest_version(backend) + 1;
     sqlx::query(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
-         VALUES (?1, 'from the future', TRUE, x'00', 0)",
+         VALUES ($1, 'from the future', TRUE, $2, 0)",
     )
     .bind(newer)
+    .bind(vec![0u8])
     .execute(s.pool())
     .await
     .expect("a newer version's row");
     s.close().await;
 
-    let err = Store::open(&url).await.err().expect("refused");
+    let err = Store::open(&db.url).await.err().expect("refused");
 
     assert_eq!(
         err.to_string(),
         format!(
             "the database at {} was written by a newer version (schema {newer}); this binary \
              knows up to {}; upgrade the binary or restore a backup",
-            path.display(),
-            migrations::latest_version()
+            db.display,
+            migrations::latest_version(backend)
         )
     );
 }
@@ -449,9 +431,41 @@ fn released_migrations_are_never_edited() {
             "992cd4677093a0266fc4a3b28cc2364ac58fcf4176113dc51f2667f5d6ad9814",
         ),
     ];
-    assert_eq!(pinned.len(), all_versions().len(), "every migration is pinned");
+    assert_eq!(
+        pinned.len(),
+        all_versions(Backend::Sqlite).len(),
+        "every migration is pinned"
+    );
     for (version, checksum) in pinned {
-        let sql = migrations::sql(*version).expect("a released migration");
+        let sql = migrations::sql(Backend::Sqlite, *version).expect("a released migration");
+        let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(sql));
+        assert_eq!(sha256, *checksum, "migration {version} was edited");
+    }
+}
+
+#[test]
+fn released_postgres_migrations_are_never_edited() {
+    let pinned: &[(i64, &str)] = &[
+        (
+            1,
+            "ee67e01c5e0b40b378da3bb4389153ecb3fb353e4e05a0393692b175bbd03570",
+        ),
+        (
+            2,
+            "958c5dc3388cbe380fcabc6680722b59032bace79c5d450e8de4906dc22c00e0",
+        ),
+        (
+            3,
+            "588ba9bd59c2900303d92cad696f5ff86debd2c644e1d81ccbde79770a60fb75",
+        ),
+    ];
+    assert_eq!(
+        pinned.len(),
+        all_versions(Backend::Postgres).len(),
+        "every migration is pinned"
+    );
+    for (version, checksum) in pinned {
+        let sql = migrations::sql(Backend::Postgres, *version).expect("a released migration");
         let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(sql));
         assert_eq!(sha256, *checksum, "migration {version} was edited");
     }
@@ -491,3 +505,21 @@ async fn a_locked_database_is_told_apart_from_other_errors_so_opening_can_try_ag
     assert!(!StoreError::from(missing).is_busy());
     assert!(!StoreError::Closed.is_busy());
 }
+
+on_both_backends!(
+    a_delivery_guid_is_applied_once,
+    completed_before_queued_stays_completed,
+    a_late_in_progress_fills_in_the_runner_of_a_completed_job,
+    waiting_and_queued_replace_each_other_until_the_job_starts,
+    many_concurrent_events_are_all_recorded,
+    runner_transitions_are_compare_and_set,
+    live_runners_carry_the_job_they_took,
+    failed_attempts_count_toward_backoff_only_when_retryable,
+    pruning_removes_old_history_but_never_open_jobs_or_live_runners,
+    a_repository_name_damaged_in_the_database_is_a_typed_error,
+    redelivery_requests_are_counted_per_delivery_and_pruned_with_the_history,
+    an_abandoned_job_is_closed_once_with_its_reason_and_a_late_queued_event_does_not_reopen_it,
+    a_new_database_gets_every_migration,
+    the_store_survives_a_reopen,
+    a_database_written_by_a_newer_version_is_refused_naming_both_versions,
+);
