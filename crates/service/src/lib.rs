@@ -30,6 +30,7 @@ pub mod domain;
 mod fixture;
 pub mod github;
 pub mod ingress;
+pub mod leader;
 pub mod loops;
 pub mod metrics;
 pub mod pace;

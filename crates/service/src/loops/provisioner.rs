@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::backend::{Backend, BackendError, SandboxSpec};
+use crate::backend::{BackendError, FencedBackend, SandboxSpec};
 use crate::clock::Clock;
 use crate::config::ProvisionerSettings;
 use crate::domain::{MachineSpec, RunnerState};
@@ -41,7 +41,7 @@ use crate::wake::{Rounds, Wake};
 pub struct ProvisionerContext {
     pub store: Store,
     pub github: GitHub,
-    pub backend: Arc<Backend>,
+    pub backend: FencedBackend,
     pub wake: Arc<Wake>,
     pub metrics: Arc<Metrics>,
     pub settings: ProvisionerSettings,

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::backend::{Backend, BackendError, SandboxInfo};
+use crate::backend::{BackendError, FencedBackend, SandboxInfo};
 use crate::clock::Clock;
 use crate::config::ReaperSettings;
 use crate::domain::{JobStatus, RunnerState};
@@ -36,7 +36,7 @@ use crate::wake::{Rounds, Wake};
 pub struct ReaperContext {
     pub store: Store,
     pub github: GitHub,
-    pub backend: Arc<Backend>,
+    pub backend: FencedBackend,
     pub wake: Arc<Wake>,
     pub metrics: Arc<Metrics>,
     pub settings: ReaperSettings,

@@ -35,8 +35,13 @@ impl Store {
     /// Takes the lease for `replica` if it is free or expired, or renews it if `replica`
     /// holds it; returns the token `replica` now leads under, or `None` if another replica
     /// holds a live lease. A renewal keeps the token; a takeover (even of one's own expired
-    /// lease) increments it, so anything done under the old term is fenced off.
-    pub async fn acquire_lease(&self, replica: &str, length: Duration) -> Result<Option<i64>, StoreError> {
+    /// lease) increments it, so anything done under the old term is fenced off. With the
+    /// token comes the start of the term (Unix ms).
+    pub async fn acquire_lease(
+        &self,
+        replica: &str,
+        length: Duration,
+    ) -> Result<Option<(i64, i64)>, StoreError> {
         let length = i64::try_from(length.as_millis()).unwrap_or(i64::MAX / 2);
         let sql = format!(
             "UPDATE leader_lease SET
@@ -45,14 +50,16 @@ impl Store {
                  holder = $1,
                  expires_at = {NOW_MS} + $2
              WHERE id = 1 AND (holder = $1 OR expires_at <= {NOW_MS})
-             RETURNING token"
+             RETURNING token, since"
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(replica)
             .bind(length)
             .fetch_optional(self.pool())
             .await?;
-        Ok(row.map(|r| r.try_get("token")).transpose()?)
+        Ok(row
+            .map(|r| Ok::<_, sqlx::Error>((r.try_get("token")?, r.try_get("since")?)))
+            .transpose()?)
     }
 
     /// Gives the lease up (at shutdown) so another replica takes over at once instead of
@@ -99,5 +106,20 @@ impl Store {
             Some(_) => Ok(()),
             None => Err(StoreError::Fenced(token)),
         }
+    }
+}
+
+/// Locks the lease row for sharing while `token` is the live lease's; `Fenced` otherwise.
+pub(super) async fn hold(conn: &mut sqlx::AnyConnection, token: i64) -> Result<(), StoreError> {
+    let sql = format!(
+        "SELECT token FROM leader_lease WHERE id = 1 AND token = $1 AND expires_at > {NOW_MS} FOR SHARE"
+    );
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(token)
+        .fetch_optional(&mut *conn)
+        .await?;
+    match row {
+        Some(_) => Ok(()),
+        None => Err(StoreError::Fenced(token)),
     }
 }

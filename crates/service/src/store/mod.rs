@@ -151,6 +151,9 @@ pub struct Store {
     ingest: mpsc::Sender<ingest::Request>,
     /// Stamps every row; the loops compare those stamps with the same clock.
     clock: Clock,
+    /// Set on the leader's loops' handle (PostgreSQL): their runner writes are made only
+    /// while this replica's term is the live lease's (see `lease`).
+    fence: Option<std::sync::Arc<crate::leader::Leadership>>,
 }
 
 /// What an answered webhook survives (`STORE_SYNC`).
@@ -222,12 +225,23 @@ impl Store {
             backend,
             ingest,
             clock,
+            fence: None,
         })
     }
 
     /// Which database the store is on.
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// This handle, with its runner writes (`insert_runners`, `transition`) conditional on
+    /// `leadership`'s term being the live lease's: what the leader's loops use, so a leader
+    /// paused past its lease changes no runner after it wakes. No effect on SQLite.
+    pub fn fenced(&self, leadership: std::sync::Arc<crate::leader::Leadership>) -> Store {
+        Store {
+            fence: Some(leadership),
+            ..self.clone()
+        }
     }
 
     /// The clock rows are stamped with.
@@ -243,6 +257,17 @@ impl Store {
     /// Starts a write transaction the way the backend wants it.
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
         Ok(self.pool.begin_with(self.backend.begin_write()).await?)
+    }
+
+    /// A write transaction that, on a fenced handle on PostgreSQL, first holds the lease row
+    /// (shared) under this replica's token: a takeover waits for the write, and a write
+    /// after a takeover fails with `StoreError::Fenced`.
+    async fn begin_fenced(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        if let Some(leadership) = self.fence.as_ref().filter(|_| self.backend == Backend::Postgres) {
+            lease::hold(&mut tx, leadership.token().unwrap_or(0)).await?;
+        }
+        Ok(tx)
     }
 
     /// A cheap query proving the database answers, for `/readyz`.

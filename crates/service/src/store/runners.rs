@@ -175,7 +175,7 @@ impl Store {
     /// (the planner computed it from stale data); returns how many were inserted.
     pub async fn insert_runners(&self, runners: &[NewRunner]) -> Result<u64, StoreError> {
         let now = self.clock.now_millis();
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_fenced().await?;
         let mut inserted = 0;
         for r in runners {
             let done = sqlx::query(
@@ -233,7 +233,9 @@ impl Store {
             .bind(now)
             .bind(name.as_str());
         query = bind_states(query, from);
-        let done = query.execute(self.pool()).await?;
+        let mut tx = self.begin_fenced().await?;
+        let done = query.execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
 
