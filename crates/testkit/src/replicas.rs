@@ -112,7 +112,7 @@ impl World {
 /// client sent over HTTP/1, every HEADERS frame (a new call) over HTTP/2.
 pub struct Proxy {
     pub port: u16,
-    requests: Arc<Mutex<Vec<Instant>>>,
+    requests: Arc<Mutex<Vec<(Instant, String)>>>,
     stop: CancellationToken,
 }
 
@@ -152,8 +152,9 @@ impl Proxy {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// When requests went through, oldest first.
-    pub fn requests(&self) -> Vec<Instant> {
+    /// When requests went through, oldest first, each with its first line (HTTP/1) or
+    /// `HTTP/2 HEADERS`.
+    pub fn requests(&self) -> Vec<(Instant, String)> {
         self.requests.lock().map(|r| r.clone()).unwrap_or_default()
     }
 }
@@ -177,7 +178,7 @@ async fn connect_next(upstreams: &[u16], first: usize) -> Option<TcpStream> {
 
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-async fn relay(client: TcpStream, server: TcpStream, recorded: Arc<Mutex<Vec<Instant>>>) {
+async fn relay(client: TcpStream, server: TcpStream, recorded: Arc<Mutex<Vec<(Instant, String)>>>) {
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
     let upstream = async move {
@@ -198,18 +199,18 @@ async fn relay(client: TcpStream, server: TcpStream, recorded: Arc<Mutex<Vec<Ins
                     pending.drain(..HTTP2_PREFACE.len());
                 }
             }
-            let calls = match http2 {
-                Some(true) => headers_frames(&mut pending),
+            let calls: Vec<String> = match http2 {
+                Some(true) => vec!["HTTP/2 HEADERS".to_string(); headers_frames(&mut pending)],
                 Some(false) => {
+                    let line = String::from_utf8_lossy(&pending);
+                    let first = line.lines().next().unwrap_or_default().to_string();
                     pending.clear();
-                    1
+                    vec![first]
                 }
-                None => 0,
+                None => Vec::new(),
             };
-            if calls > 0
-                && let Ok(mut r) = recorded.lock()
-            {
-                r.extend(std::iter::repeat_n(now, calls));
+            if let Ok(mut r) = recorded.lock() {
+                r.extend(calls.into_iter().map(|c| (now, c)));
             }
             if server_write.write_all(&buf[..n]).await.is_err() {
                 break;

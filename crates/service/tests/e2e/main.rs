@@ -11,6 +11,7 @@ mod lifecycle;
 mod modal;
 mod reaping;
 mod reliability;
+mod replicas;
 mod scale;
 mod scopes;
 mod status_page;
