@@ -523,3 +523,113 @@ on_both_backends!(
     the_store_survives_a_reopen,
     a_database_written_by_a_newer_version_is_refused_naming_both_versions,
 );
+
+/// A PostgreSQL store for the lease's tests; `None` (skipped) without `TEST_DATABASE_URL`.
+async fn postgres_store(test: &str) -> Option<(TestDb, Store)> {
+    let db = TestDb::postgres(test).await?;
+    let s = db.open().await;
+    Some((db, s))
+}
+
+#[tokio::test]
+async fn a_live_lease_stays_with_its_holder_and_an_expired_one_is_taken_over_under_a_new_token() {
+    let Some((_db, s)) = postgres_store("lease_takeover").await else {
+        return;
+    };
+    let long = std::time::Duration::from_secs(60);
+    let (a, _) = s
+        .acquire_lease("a", long)
+        .await
+        .expect("acquire")
+        .expect("a leads");
+    assert_eq!(
+        s.acquire_lease("b", long).await.expect("try"),
+        None,
+        "a's lease is live"
+    );
+    let (renewed, _) = s.acquire_lease("a", long).await.expect("renew").expect("still a");
+    assert_eq!(renewed, a, "a renewal keeps the token");
+
+    let short = std::time::Duration::from_millis(200);
+    s.acquire_lease("a", short)
+        .await
+        .expect("renew short")
+        .expect("still a");
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let (b, _) = s
+        .acquire_lease("b", long)
+        .await
+        .expect("take over")
+        .expect("b leads");
+
+    assert!(b > a, "a takeover increments the token: {a} then {b}");
+    assert!(matches!(s.check_token(a).await, Err(StoreError::Fenced(t)) if t == a));
+    s.check_token(b).await.expect("b's token is live");
+    let lease = s
+        .lease_state()
+        .await
+        .expect("read")
+        .expect("postgres has a lease");
+    assert_eq!((lease.holder.as_str(), lease.token, lease.live), ("b", b, true));
+}
+
+#[tokio::test]
+async fn runner_writes_of_a_leader_whose_lease_was_taken_over_are_refused() {
+    let Some((_db, s)) = postgres_store("lease_fenced_writes").await else {
+        return;
+    };
+    record(&s, "g1", event("queued", JobStatus::Queued, None)).await;
+    let leadership = crate::leader::Leadership::new("a".into(), Backend::Postgres, 0);
+    let fenced = s.fenced(leadership.clone());
+    // Not leading yet: nothing is written.
+    assert!(matches!(
+        fenced.insert_runners(&[new_runner(12_877_621_891, 1)]).await,
+        Err(StoreError::Fenced(_))
+    ));
+    let short = std::time::Duration::from_millis(300);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let keeper = tokio::spawn(crate::leader::keep_lease(
+        s.clone(),
+        leadership.clone(),
+        short * 3,
+        stop.clone(),
+    ));
+    for _ in 0..100 {
+        if leadership.token().is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        fenced
+            .insert_runners(&[new_runner(12_877_621_891, 1)])
+            .await
+            .expect("leads"),
+        1
+    );
+    // The keeper stops (as a paused process stops renewing) without giving the lease up:
+    // another replica takes it over once it expires.
+    keeper.abort();
+    tokio::time::sleep(short * 4).await;
+    s.acquire_lease("b", short * 10)
+        .await
+        .expect("take over")
+        .expect("b leads");
+
+    let name = RunnerName::from_stored("modal-12877621891-1".into());
+    let moved = fenced
+        .transition(
+            &name,
+            &[RunnerState::Pending],
+            RunnerState::Failed,
+            RunnerPatch::ended(),
+        )
+        .await;
+
+    assert!(matches!(moved, Err(StoreError::Fenced(_))), "{moved:?}");
+    assert_eq!(
+        s.runner(name.as_str()).await.expect("read").expect("row").state,
+        RunnerState::Pending
+    );
+    stop.cancel();
+}
