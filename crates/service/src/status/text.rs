@@ -16,6 +16,9 @@ pub fn render(s: &Status) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "jobs:    {}", counts(&s.jobs_by_status));
     let _ = writeln!(out, "runners: {}", counts(&s.runners_by_state));
+    if let Some(l) = &s.leader {
+        let _ = writeln!(out, "leader:  {} since {} (Unix ms)", l.replica, l.since);
+    }
     let _ = writeln!(out, "\nopen jobs ({}):", s.open_jobs.len());
     for j in &s.open_jobs {
         let _ = writeln!(

@@ -123,6 +123,42 @@ async fn two_replicas_finish_a_50_job_burst_after_the_leader_is_killed_with_one_
     let killed = Instant::now();
     let takeover = wait_leader(&store, "replica-b", Duration::from_secs(30)).await;
     println!("leader takeover after SIGKILL: {takeover:?} (LEADER_LEASE_SECS=3)");
+    let leads = |port: u16| async move {
+        let status: serde_json::Value = reqwest_client()
+            .get(format!("http://127.0.0.1:{port}/status.json"))
+            .send()
+            .await
+            .expect("status answers")
+            .json()
+            .await
+            .expect("status JSON");
+        status["leader"]["replica"].as_str().map(String::from)
+    };
+    let mut shown = None;
+    for _ in 0..100 {
+        shown = leads(b.port).await;
+        if shown.as_deref() == Some("replica-b") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        shown.as_deref(),
+        Some("replica-b"),
+        "B's status page names the leader"
+    );
+    let metrics = reqwest_client()
+        .get(format!("http://127.0.0.1:{}/metrics", b.port))
+        .send()
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics.contains("mgr_leader{replica=\"replica-b\"} 1"),
+        "B's metrics say it leads"
+    );
 
     // Assert
     assert!(
