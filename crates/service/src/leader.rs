@@ -1,4 +1,4 @@
-//! Which replica leads (docs/reliability.md): every replica accepts webhooks, but only the
+//! Which replica leads (docs/reliability.md §7): every replica accepts webhooks, but only the
 //! leader runs the planner, provisioner, reaper, reconciler and max-parallel lookups.
 //!
 //! On SQLite there is one replica and it always leads. On PostgreSQL `keep_lease` takes or
