@@ -66,7 +66,9 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
                 misses.extend(ingress(args.quick, "normal", Some(url)).await?.print());
             }
         } else {
-            println!("1. ingress on PostgreSQL: skipped (set TEST_DATABASE_URL, e.g. with scripts/postgres start)\n");
+            println!(
+                "1. ingress on PostgreSQL: skipped (set TEST_DATABASE_URL, e.g. with scripts/postgres start)\n"
+            );
         }
     }
     if all || args.scenario == Scenario::BurstLatency {
@@ -274,9 +276,7 @@ async fn ingress(quick: bool, sync: &str, postgres: Option<String>) -> Result<Ta
     } else {
         format!("SQLite store, STORE_SYNC={sync}")
     };
-    let mut t = Table::new(format!(
-        "1. ingress: signed workflow_job deliveries, {database}"
-    ));
+    let mut t = Table::new(format!("1. ingress: signed workflow_job deliveries, {database}"));
     t.row("payload size (mean)", format!("{size} bytes"))
         .row("closed loop: deliveries, concurrency", format!("{total}, 64"))
         .judged(

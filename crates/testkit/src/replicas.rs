@@ -74,6 +74,14 @@ impl Replica {
         self.process.as_ref().map(ServiceProcess::pid)
     }
 
+    /// SIGTERM, and waits for the exit; its code.
+    pub async fn stop(&mut self) -> Option<i32> {
+        match self.process.take() {
+            Some(p) => p.stop().await,
+            None => None,
+        }
+    }
+
     /// SIGKILL.
     pub fn kill(&mut self) {
         if let Some(p) = self.process.take() {
@@ -87,10 +95,14 @@ impl World {
     /// environment (same fakes, same `DATABASE_URL`) on a port of its own, `extra`
     /// overriding; waits until it is ready.
     pub async fn start_replica(&self, extra: &[(&str, &str)]) -> Replica {
+        self.start_replica_on(crate::free_port(), extra).await
+    }
+
+    /// `start_replica` on a given port (a replica restarted where the balancer expects it).
+    pub async fn start_replica_on(&self, port: u16, extra: &[(&str, &str)]) -> Replica {
         let crate::ServiceMode::Process { command } = self.options().mode.clone() else {
             panic!("replicas run as processes (Options::process)");
         };
-        let port = crate::free_port();
         let mut env = self.service_env();
         env.retain(|(k, _)| k != "PORT" && !extra.iter().any(|(e, _)| e == k));
         env.push(("PORT".into(), port.to_string()));

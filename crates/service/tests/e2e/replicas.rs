@@ -82,18 +82,29 @@ async fn world_on_postgres(test: &str, lease_secs: &str) -> Option<World> {
     )
 }
 
+/// Replica B's environment beside the world's: its id, and the fakes reached directly.
+fn replica_b_env(env: &World) -> Vec<(&'static str, String)> {
+    vec![
+        ("REPLICA_ID", "replica-b".into()),
+        ("GITHUB_API_URL", env.github.api_url()),
+        ("MODAL_SERVER_URL", env.fake_modal().url()),
+    ]
+}
+
+async fn start_replica_b(env: &World, port: Option<u16>) -> Replica {
+    let vars = replica_b_env(env);
+    let extra: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    match port {
+        Some(port) => env.start_replica_on(port, &extra).await,
+        None => env.start_replica(&extra).await,
+    }
+}
+
 /// Starts replica B once A leads (reaching the fakes directly), and sends GitHub's webhooks
 /// to both through a balancer.
 async fn second_replica_behind_a_balancer(env: &World, store: &Store) -> (Replica, Proxy) {
     wait_leader(store, "replica-a", Duration::from_secs(20)).await;
-    let (api_url, modal_url) = (env.github.api_url(), env.fake_modal().url());
-    let b = env
-        .start_replica(&[
-            ("REPLICA_ID", "replica-b"),
-            ("GITHUB_API_URL", &api_url),
-            ("MODAL_SERVER_URL", &modal_url),
-        ])
-        .await;
+    let b = start_replica_b(env, None).await;
     let balancer = Proxy::start(vec![env.port, b.port]).await;
     env.github
         .set_webhook(WebhookTarget::json(format!("{}/webhook", balancer.url()), SECRET));
@@ -266,5 +277,53 @@ async fn a_leader_paused_past_its_lease_makes_no_github_or_modal_call_when_it_wa
     env.assert_nothing_left(Duration::from_secs(60)).await;
     assert_unique(&env.github.registrations_ever());
     drop(b);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_replica_restarted_during_a_burst_misses_no_delivery_and_serves_again() {
+    let Some(mut env) = world_on_postgres("replicas_restart", "3").await else {
+        return;
+    };
+    env.start_service().await;
+    let store = env.store().await;
+    let (mut b, _balancer) = second_replica_behind_a_balancer(&env, &store).await;
+
+    // Act: the follower is stopped and started again on its port during a 30-job burst.
+    env.github.queue_run(jobs(30, 1500));
+    let some = env
+        .github
+        .wait_until(Duration::from_secs(60), |gh| gh.registrations_ever().len() >= 5)
+        .await;
+    assert!(some, "{}", env.tail_logs(40));
+    assert_eq!(b.stop().await, Some(0), "B stops cleanly");
+    env.github.queue_run(jobs(10, 1500));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut b = start_replica_b(&env, Some(b.port)).await;
+    env.github.queue_run(jobs(10, 1500));
+
+    // Assert: every delivery was answered 202 by one replica or the other; the restarted
+    // replica accepts webhooks again; every job completes once.
+    env.wait_all_completed(Duration::from_secs(180)).await;
+    let refused: Vec<String> = env
+        .github
+        .deliveries()
+        .into_iter()
+        .filter(|d| d.status_code != Some(202))
+        .map(|d| format!("{} {:?}", d.guid, d.status_code))
+        .collect();
+    assert!(refused.is_empty(), "deliveries not accepted: {refused:?}");
+    assert!(
+        accepted_webhooks(b.port).await > 0,
+        "the restarted replica serves webhooks"
+    );
+    assert_eq!(
+        leader(&store).await.as_deref(),
+        Some("replica-a"),
+        "the leader stayed"
+    );
+    env.assert_nothing_left(Duration::from_secs(60)).await;
+    assert_unique(&env.github.registrations_ever());
+    b.kill();
     store.close().await;
 }
