@@ -12,11 +12,12 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{Backend, BackendError, LocalBackend, ModalBackend};
+use crate::backend::{Backend, BackendError, FencedBackend, LocalBackend, ModalBackend};
 use crate::clock::Clock;
 use crate::config::{BackendSettings, JobSource, Settings};
 use crate::github::{GitHub, GitHubConfig};
 use crate::ingress::{self, Ingress, ServerContext, ServerLimits, StatusPage, WarnThrottle};
+use crate::leader::{self, Fence, Leadership};
 use crate::loops::costs::{self, CostContext};
 use crate::loops::max_parallel::{self, StrategyContext};
 use crate::loops::planner::{self, PlannerContext, SpendCap};
@@ -31,7 +32,7 @@ use crate::retry::Backoff;
 use crate::runner_release::{self, ReleasePublisher, ReleaseSource};
 use crate::scaleset::{ScaleSetClient, ScaleSetClientConfig};
 use crate::status::{GitHubHeadroom, Leader, Live, ModalPacing};
-use crate::store::{Store, maintenance};
+use crate::store::{Backend as StoreBackend, Store, maintenance};
 use crate::wake::Wake;
 
 /// The service, built and bound but not yet serving.
@@ -54,6 +55,8 @@ pub struct Application {
     registry: Registry,
     /// The scale-set listener's context (`JOB_SOURCE=scaleset`).
     scale_set_listeners: Vec<Arc<ListenerContext>>,
+    /// Whether this replica leads (always on SQLite), and since when.
+    leadership: Arc<Leadership>,
 }
 
 /// How often the planner re-plans without a wake-up.
@@ -72,7 +75,13 @@ impl Application {
     pub async fn build_with_clock(mut settings: Settings, clock: Clock) -> anyhow::Result<Application> {
         let store = Store::open_with_clock(&settings.store.database_url, settings.store.sync, clock.clone())
             .await
-            .with_context(|| format!("could not open the store at {}", settings.store.database_url))?;
+            .with_context(|| {
+                format!(
+                    "could not open the store at {}",
+                    crate::store::redacted_url(&settings.store.database_url)
+                )
+            })?;
+        let store_backend = store.backend();
         let metrics = Arc::new(Metrics::new());
         let github = GitHub::new(
             GitHubConfig {
@@ -98,6 +107,12 @@ impl Application {
             .local_addr()
             .map(|a| a.port())
             .context("the listener has no address")?;
+        let leadership = Leadership::new(
+            settings.store.replica_id.clone(),
+            store_backend,
+            clock.now_millis(),
+        );
+        metrics.set_leader(leadership.replica(), leadership.since_ms());
         Ok(Application {
             listener: Some(listener),
             port,
@@ -109,6 +124,7 @@ impl Application {
             wake,
             metrics,
             ready: Arc::new(AtomicBool::new(false)),
+            leadership,
             clock,
             registry,
             scale_set_listeners: scale_set_listeners.into_iter().map(Arc::new).collect(),
@@ -168,7 +184,7 @@ impl Application {
             BackendSettings::Modal { settings, .. } => settings.create_rate,
             BackendSettings::Local(_) => None,
         };
-        let since = self.clock.now_millis();
+        let leadership = self.leadership.clone();
         // One budget for a token; one per owner's installation for an App.
         let budgets: Vec<String> = match &self.settings.github.credentials {
             crate::github::Credentials::Token(_) => vec!["token".into()],
@@ -178,10 +194,9 @@ impl Application {
             store: self.store.clone(),
             token: self.settings.server.status_token.clone().map(Arc::new),
             live: Arc::new(move || Live {
-                leader: Some(Leader {
-                    replica: "this replica (one replica per store)".into(),
-                    since,
-                }),
+                leader: leadership
+                    .leader()
+                    .map(|(replica, since)| Leader { replica, since }),
                 github: budgets
                     .iter()
                     .map(|budget| {
@@ -245,15 +260,131 @@ impl Application {
         });
     }
 
+    /// Store maintenance runs on every replica; on PostgreSQL the lease is kept; the
+    /// leader's loops run while this replica leads (always on SQLite).
     fn spawn_loops(
         &self,
         tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
         stop: CancellationToken,
         releases: Option<ReleasePublisher>,
     ) {
-        let s = &self.settings;
-        let planner = PlannerContext {
+        let (store, retention, st) = (self.store.clone(), self.settings.store.retention, stop.clone());
+        tasks.spawn(async move {
+            maintenance::run(store, retention, st).await;
+            ("store maintenance", Ok(()))
+        });
+        if self.store.backend() == StoreBackend::Postgres {
+            // Followers accept webhooks at once; only the leader waits for the backend.
+            self.ready.store(true, Ordering::Release);
+            let (store, leadership) = (self.store.clone(), self.leadership.clone());
+            let (length, st) = (self.settings.store.leader_lease, stop.clone());
+            tasks.spawn(async move {
+                leader::keep_lease(store, leadership, length, st).await;
+                ("leader lease", Ok(()))
+            });
+        }
+        let terms = Terms {
+            settings: self.settings.clone(),
             store: self.store.clone(),
+            github: self.github.clone(),
+            backend: self.backend.clone(),
+            wake: self.wake.clone(),
+            metrics: self.metrics.clone(),
+            ready: self.ready.clone(),
+            clock: self.clock.clone(),
+            leadership: self.leadership.clone(),
+            registry: self.registry.clone(),
+            scale_set_listeners: self.scale_set_listeners.clone(),
+        };
+        tasks.spawn(async move { ("leader loops", terms.run(stop, releases).await) });
+    }
+}
+
+/// What the leader's loops are built from, once per term of leadership.
+struct Terms {
+    settings: Settings,
+    store: Store,
+    github: GitHub,
+    backend: Arc<Backend>,
+    wake: Arc<Wake>,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    clock: Clock,
+    leadership: Arc<Leadership>,
+    /// Where runners are registered: REST, or the scale set (`JOB_SOURCE`).
+    registry: Registry,
+    /// The scale-set listeners (`JOB_SOURCE=scaleset`): run by the leader only.
+    scale_set_listeners: Vec<Arc<ListenerContext>>,
+}
+
+impl Terms {
+    /// Runs the leader's loops during every term this replica leads, until `stop`. A term
+    /// ends when the lease is lost: its loops are cancelled, and the next term (this
+    /// replica leading again) starts them afresh from the store, as a restart does. A
+    /// loop that fails ends the service, as before.
+    async fn run(
+        self,
+        stop: CancellationToken,
+        mut releases: Option<ReleasePublisher>,
+    ) -> anyhow::Result<()> {
+        let mut changes = self.leadership.subscribe();
+        loop {
+            let token = loop {
+                if let Some(token) = self.leadership.token() {
+                    break token;
+                }
+                tokio::select! {
+                    () = stop.cancelled() => return Ok(()),
+                    changed = changes.changed() => if changed.is_err() { return Ok(()) },
+                }
+            };
+            tracing::info!(token, "starting the leader's loops");
+            self.metrics
+                .set_leader(self.leadership.replica(), self.leadership.since_ms());
+            let term = stop.child_token();
+            let mut loops = JoinSet::new();
+            self.spawn_term(&mut loops, term.clone(), releases.take(), stop.clone());
+            let failed = loop {
+                tokio::select! {
+                    () = stop.cancelled() => break None,
+                    _ = changes.changed() => if self.leadership.token() != Some(token) { break None },
+                    joined = loops.join_next() => match joined {
+                        None => break None,
+                        Some(Ok((_, Ok(())))) => {}
+                        Some(Ok((name, Err(e)))) => break Some(e.context(format!("{name} failed"))),
+                        Some(Err(e)) => break Some(anyhow::anyhow!("a leader loop panicked: {e}")),
+                    },
+                }
+            };
+            term.cancel();
+            while loops.join_next().await.is_some() {}
+            self.metrics.set_leader(self.leadership.replica(), None);
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            if stop.is_cancelled() {
+                return Ok(());
+            }
+            tracing::warn!(token, "this replica no longer leads; its loops stopped");
+        }
+    }
+
+    /// Starts the leader's loops for one term, each stopping at `term`. Their store handle,
+    /// GitHub client and backend are fenced by this replica's lease.
+    fn spawn_term(
+        &self,
+        tasks: &mut JoinSet<(&'static str, anyhow::Result<()>)>,
+        stop: CancellationToken,
+        releases: Option<ReleasePublisher>,
+        service_stop: CancellationToken,
+    ) {
+        let s = &self.settings;
+        let fence = Fence::new(self.store.clone(), self.leadership.clone());
+        let store = self.store.fenced(self.leadership.clone());
+        let github = self.github.fenced(fence.clone());
+        let backend = FencedBackend::new(self.backend.clone(), fence);
+        let planner = PlannerContext {
+            store: store.clone(),
             limits: s.limits.clone(),
             wake: self.wake.clone(),
             metrics: self.metrics.clone(),
@@ -263,17 +394,17 @@ impl Application {
             spend: SpendCap::new(s.costs.max_per_day),
         };
         let strategy = Arc::new(StrategyContext {
-            store: self.store.clone(),
-            github: self.github.clone(),
+            store: store.clone(),
+            github: github.clone(),
             wake: self.wake.clone(),
             interval: STRATEGY_INTERVAL,
             concurrency: 8,
         });
         let provisioner = Arc::new(ProvisionerContext {
-            store: self.store.clone(),
-            github: self.github.clone(),
-            registry: self.registry.clone(),
-            backend: self.backend.clone(),
+            store: store.clone(),
+            github: github.clone(),
+            registry: self.registry.fenced(github.clone()),
+            backend: backend.clone(),
             wake: self.wake.clone(),
             metrics: self.metrics.clone(),
             settings: s.provisioner.clone(),
@@ -292,10 +423,10 @@ impl Application {
             ),
         });
         let reaper = Arc::new(ReaperContext {
-            store: self.store.clone(),
-            github: self.github.clone(),
-            registry: self.registry.clone(),
-            backend: self.backend.clone(),
+            store: store.clone(),
+            github: github.clone(),
+            registry: self.registry.fenced(github.clone()),
+            backend: backend.clone(),
             wake: self.wake.clone(),
             metrics: self.metrics.clone(),
             settings: s.reaper.clone(),
@@ -313,8 +444,8 @@ impl Application {
             wake: self.wake.clone(),
         });
         let reconciler = Arc::new(ReconcilerContext {
-            store: self.store.clone(),
-            github: self.github.clone(),
+            store: store.clone(),
+            github: github.clone(),
             wake: self.wake.clone(),
             settings: s.reconciler.clone(),
             clock: self.clock.clone(),
@@ -328,7 +459,8 @@ impl Application {
             });
         }
         // The reconciler polls GitHub's REST jobs by id, which scale-set jobs (keyed by the
-        // scale set's own ids) do not have; the message queues replace it.
+        // scale set's own ids) do not have; the message queues replace it. Only the leader
+        // holds the scale sets' message sessions.
         for listener in self.scale_set_listeners.clone() {
             let st = stop.clone();
             tasks.spawn(async move {
@@ -336,12 +468,7 @@ impl Application {
                 ("scale set listener", Ok(()))
             });
         }
-        let (store, retention, st) = (self.store.clone(), s.store.retention, stop.clone());
-        tasks.spawn(async move {
-            maintenance::run(store, retention, st).await;
-            ("store maintenance", Ok(()))
-        });
-        let (backend, ready, grace) = (self.backend.clone(), self.ready.clone(), s.server.shutdown_grace);
+        let (ready, grace) = (self.ready.clone(), s.server.shutdown_grace);
         let st = stop.clone();
         tasks.spawn(async move {
             planner::run(planner, st).await;
@@ -356,7 +483,7 @@ impl Application {
         // built); webhooks are recorded meanwhile.
         tasks.spawn(async move {
             match tokio::select! {
-                r = start_backend(&backend, releases, stop.clone()) => r,
+                r = start_backend(&backend, releases, service_stop) => r,
                 () = stop.cancelled() => return ("backend", Ok(())),
             } {
                 Ok(()) => {}
@@ -379,7 +506,7 @@ impl Application {
 /// Publishes the first runner release (unless pinned) and keeps it current until `stop`,
 /// then prepares the backend.
 async fn start_backend(
-    backend: &Backend,
+    backend: &FencedBackend,
     releases: Option<ReleasePublisher>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -392,7 +519,7 @@ async fn start_backend(
 
 /// Prepares the backend, retrying transient failures (Modal briefly unreachable) with
 /// backoff; a permanent one (bad credentials, failed image build) ends the service.
-async fn prepare(backend: &Backend) -> Result<(), BackendError> {
+async fn prepare(backend: &FencedBackend) -> Result<(), BackendError> {
     let backoff = Backoff::new(u32::MAX, Duration::from_secs(1), Duration::from_secs(60));
     let mut attempt = 0;
     loop {

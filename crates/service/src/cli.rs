@@ -108,11 +108,26 @@ pub async fn status(database_url: &str, limit: i64, json: bool) -> ExitCode {
     let store = match crate::store::Store::open(database_url).await {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("error: could not open the store at {database_url}: {e}");
+            eprintln!(
+                "error: could not open the store at {}: {e}",
+                crate::store::redacted_url(database_url)
+            );
             return ExitCode::FAILURE;
         }
     };
-    let gathered = crate::status::gather(&store, limit, crate::status::Live::default()).await;
+    // On PostgreSQL the lease row says which replica leads; SQLite has no lease.
+    let leader = match store.lease_state().await {
+        Ok(Some(lease)) if lease.live => Some(crate::status::Leader {
+            replica: lease.holder,
+            since: lease.since_ms,
+        }),
+        _ => None,
+    };
+    let live = crate::status::Live {
+        leader,
+        ..crate::status::Live::default()
+    };
+    let gathered = crate::status::gather(&store, limit, live).await;
     match gathered {
         Ok(st) if json => match serde_json::to_string_pretty(&st) {
             Ok(text) => {

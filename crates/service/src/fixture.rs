@@ -12,7 +12,7 @@ use fakes::github::{FakeGitHub, FakeGitHubConfig, RunnerView};
 use secrecy::{ExposeSecret, SecretString};
 use tempfile::TempDir;
 
-use crate::backend::{Backend, LocalBackend, LocalConfig, SandboxSpec};
+use crate::backend::{Backend, FencedBackend, LocalBackend, LocalConfig, SandboxSpec};
 use crate::clock::ManualClock;
 use crate::config::{ProvisionerSettings, ReaperSettings, ReconcilerSettings};
 use crate::domain::{DeploymentId, JobEvent};
@@ -20,6 +20,7 @@ use crate::domain::{
     JobId, JobStatus, LabelSet, MachineSpec, NamePrefix, RepoAllowList, RepoName, RunnerName, RunnerState,
 };
 use crate::github::{Credentials, GitHub, GitHubConfig, JitConfig, JitRequest, RunnerGroups, RunnerScope};
+use crate::leader::{Fence, Leadership};
 use crate::loops::provisioner::ProvisionerContext;
 use crate::loops::reaper::ReaperContext;
 use crate::loops::reconciler::ReconcilerContext;
@@ -54,7 +55,7 @@ pub struct Fixture {
     pub store: Store,
     pub fake: FakeGitHub,
     pub github: GitHub,
-    pub backend: Arc<Backend>,
+    pub backend: FencedBackend,
     pub wake: Arc<Wake>,
     pub repo: RepoName,
     dir: TempDir,
@@ -92,12 +93,19 @@ impl Fixture {
         let store = Store::open_with_clock("sqlite::memory:", Default::default(), clock.clone().into())
             .await
             .expect("store");
+        let backend = FencedBackend::new(
+            Arc::new(Backend::Local(backend)),
+            Fence::new(
+                store.clone(),
+                Leadership::new("test".into(), crate::store::Backend::Sqlite, 0),
+            ),
+        );
         Fixture {
             clock,
             store,
             fake,
             github,
-            backend: Arc::new(Backend::Local(backend)),
+            backend,
             wake: Arc::new(Wake::default()),
             repo: RepoName::parse(REPO).expect("repo"),
             dir,

@@ -32,6 +32,7 @@ pub mod failure_log;
 mod fixture;
 pub mod github;
 pub mod ingress;
+pub mod leader;
 pub mod loops;
 pub mod metrics;
 pub mod pace;

@@ -33,6 +33,8 @@ pub struct Metrics {
     connection_errors: Family<Labels1, Counter>,
     // ---- costs (issue 13 item 4) ----
     cost_dollars: Family<OwnedLabels1, Counter<f64, AtomicU64>>,
+    leader: Family<OwnedLabels1, Gauge>,
+    leader_since: Gauge,
 }
 
 impl Default for Metrics {
@@ -61,6 +63,8 @@ impl Metrics {
             connection_limit_waits: Counter::default(),
             connection_errors: Family::default(),
             cost_dollars: Family::default(),
+            leader: Family::default(),
+            leader_since: Gauge::default(),
         };
         registry.register("webhooks", "Webhook deliveries by outcome", m.webhooks.clone());
         registry.register(
@@ -127,6 +131,16 @@ impl Metrics {
             "US dollars runners cost, by repository (Modal's statistics where given, else \
              resources x seconds at COST_RATES), counted when each runner's cost is recorded",
             m.cost_dollars.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica leads (runs the planner, provisioner, reaper and reconciler), else 0",
+            m.leader.clone(),
+        );
+        registry.register(
+            "leader_since_seconds",
+            "When this replica's current term as leader began (Unix seconds); 0 while it does not lead",
+            m.leader_since.clone(),
         );
         if let Ok(mut slot) = m.registry.lock() {
             *slot = registry;
@@ -202,6 +216,14 @@ impl Metrics {
         self.rate_limit_remaining.set(remaining);
     }
 
+    /// Whether `replica` (this one) leads, and since when (Unix ms).
+    pub fn set_leader(&self, replica: &str, since_ms: Option<i64>) {
+        self.leader
+            .get_or_create(&[("replica", replica.to_string())])
+            .set(i64::from(since_ms.is_some()));
+        self.leader_since.set(since_ms.map_or(0, |ms| ms / 1000));
+    }
+
     /// Replaces the per-state gauges with fresh counts from the store.
     pub fn set_counts(&self, jobs: &[(String, i64)], runners: &[(String, i64)]) {
         self.jobs.clear();
@@ -248,6 +270,19 @@ mod tests {
         );
         assert!(text.contains("mgr_jobs{status=\"queued\"} 3"), "{text}");
         assert!(text.contains("mgr_runners{state=\"running\"} 2"), "{text}");
+    }
+
+    #[test]
+    fn the_leader_gauge_names_the_replica_and_its_term() {
+        let m = Metrics::new();
+        m.set_leader("web-1", Some(1_700_000_000_500));
+        let text = m.render();
+        assert!(text.contains("mgr_leader{replica=\"web-1\"} 1"), "{text}");
+        assert!(text.contains("mgr_leader_since_seconds 1700000000"), "{text}");
+        m.set_leader("web-1", None);
+        let text = m.render();
+        assert!(text.contains("mgr_leader{replica=\"web-1\"} 0"), "{text}");
+        assert!(text.contains("mgr_leader_since_seconds 0"), "{text}");
     }
 
     /// `dashboards/grafana.json` may only chart series this service exports: renaming a

@@ -66,8 +66,19 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     let all = args.scenario == Scenario::All;
     let mut misses = Vec::new();
     if all || args.scenario == Scenario::Ingress {
-        misses.extend(ingress(args.quick, "normal").await?.print());
-        misses.extend(ingress(args.quick, "full").await?.print());
+        misses.extend(ingress(args.quick, "normal", None).await?.print());
+        misses.extend(ingress(args.quick, "full", None).await?.print());
+        // PostgreSQL beside SQLite, on the server TEST_DATABASE_URL names (`scripts/postgres
+        // start` starts one); the bench starts none itself.
+        if std::env::var_os("TEST_DATABASE_URL").is_some() {
+            if let Some(url) = testkit::fresh_postgres_database("bench_ingress").await {
+                misses.extend(ingress(args.quick, "normal", Some(url)).await?.print());
+            }
+        } else {
+            println!(
+                "1. ingress on PostgreSQL: skipped (set TEST_DATABASE_URL, e.g. with scripts/postgres start)\n"
+            );
+        }
     }
     if all || args.scenario == Scenario::BurstLatency {
         misses.extend(burst_latency(args.quick).await?.print());
@@ -275,11 +286,16 @@ async fn bare_ingress(
 /// The open loop's arrival rate, deliveries per second.
 const OPEN_RATE: f64 = 500.0;
 
-async fn ingress(quick: bool, sync: &str) -> Result<Table, String> {
+/// Ingress on SQLite (`postgres` `None`) or on the PostgreSQL database `postgres`.
+async fn ingress(quick: bool, sync: &str, postgres: Option<String>) -> Result<Table, String> {
     let total = if quick { 4_000 } else { 20_000 };
     let open_n = if quick { 1_000 } else { 5_000 };
+    let mut service_env = vec![("STORE_SYNC".to_string(), sync.to_string())];
+    if let Some(url) = &postgres {
+        service_env.push(("DATABASE_URL".into(), url.clone()));
+    }
     let config = WorldConfig {
-        service_env: vec![("STORE_SYNC".into(), sync.into())],
+        service_env,
         run_runners: false,
         jit_latency: Duration::ZERO,
         create_latency: Duration::ZERO,
@@ -306,12 +322,9 @@ async fn ingress(quick: bool, sync: &str) -> Result<Table, String> {
     if let Some(s) = world.take_process() {
         s.kill();
     }
-    let store = Store::open(&format!(
-        "sqlite://{}",
-        world.dir.path().join("store.db").display()
-    ))
-    .await
-    .map_err(|e| e.to_string())?;
+    let store = Store::open(&world.database_url())
+        .await
+        .map_err(|e| e.to_string())?;
     let durable = store.delivery_count().await.map_err(|e| e.to_string())?;
     store.close().await;
 
@@ -327,8 +340,13 @@ async fn ingress(quick: bool, sync: &str) -> Result<Table, String> {
         throughput: accepted as f64 / elapsed.as_secs_f64(),
         latencies,
     };
+    let database = if postgres.is_some() {
+        "PostgreSQL store (local server, one replica)".to_string()
+    } else {
+        format!("SQLite store, STORE_SYNC={sync}")
+    };
     Ok(ingress_table(
-        sync,
+        &database,
         size,
         total,
         open_n,
@@ -342,7 +360,7 @@ async fn ingress(quick: bool, sync: &str) -> Result<Table, String> {
 
 #[allow(clippy::too_many_arguments)]
 fn ingress_table(
-    sync: &str,
+    database: &str,
     size: usize,
     total: usize,
     open_n: usize,
@@ -354,9 +372,7 @@ fn ingress_table(
 ) -> Table {
     let share = service.throughput / bare.throughput.max(f64::MIN_POSITIVE);
     let p99 = service.p(0.99);
-    let mut t = Table::new(format!(
-        "1. ingress: signed workflow_job deliveries, SQLite store, STORE_SYNC={sync}"
-    ));
+    let mut t = Table::new(format!("1. ingress: signed workflow_job deliveries, {database}"));
     t.row("payload size (mean)", format!("{size} bytes"))
         .row("closed loop: deliveries, concurrency", format!("{total}, 64"))
         .judged(

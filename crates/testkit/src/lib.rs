@@ -13,6 +13,7 @@ mod checks;
 mod logs;
 mod options;
 mod peer;
+mod replicas;
 mod runner;
 mod service;
 mod settings;
@@ -24,6 +25,7 @@ pub use checks::{
 };
 pub use options::{Kind, Options, ServiceMode};
 pub use peer::Peer;
+pub use replicas::{Proxy, Replica, fresh_postgres_database};
 pub use runner::fake_runner_command;
 pub use service::ServiceProcess;
 pub use settings::settings_from_vars;

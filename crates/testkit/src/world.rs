@@ -114,8 +114,18 @@ impl World {
         self.dir.path().join("work")
     }
 
+    /// The service's store: the test's `DATABASE_URL` (a PostgreSQL database replicas
+    /// share), else a SQLite file in the world's directory.
     pub fn database_url(&self) -> String {
-        format!("sqlite://{}", self.dir.path().join("store.db").display())
+        self.options
+            .env
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "DATABASE_URL")
+            .map_or_else(
+                || format!("sqlite://{}", self.dir.path().join("store.db").display()),
+                |(_, v)| v.clone(),
+            )
     }
 
     /// The service's whole environment: the world's, then the test's.

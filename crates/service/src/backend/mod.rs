@@ -78,6 +78,67 @@ pub enum Backend {
     Modal(Box<ModalBackend>),
 }
 
+/// The backend as the leader's loops use it: every call that changes or reads sandboxes
+/// first passes the fence, so a replica that lost the leader lease makes none.
+#[derive(Clone)]
+pub struct FencedBackend {
+    backend: std::sync::Arc<Backend>,
+    fence: crate::leader::Fence,
+}
+
+impl FencedBackend {
+    pub fn new(backend: std::sync::Arc<Backend>, fence: crate::leader::Fence) -> FencedBackend {
+        FencedBackend { backend, fence }
+    }
+
+    async fn check(&self) -> Result<(), BackendError> {
+        self.fence.check().await.map_err(|e| {
+            tracing::warn!(error = %e, "backend call not made: this replica does not lead");
+            BackendError::Transient(format!("not made: {e}"))
+        })
+    }
+
+    /// `Backend::prepare`, fenced.
+    pub async fn prepare(&self) -> Result<(), BackendError> {
+        self.check().await?;
+        self.backend.prepare().await
+    }
+
+    /// `Backend::create`, fenced.
+    pub async fn create(&self, spec: SandboxSpec) -> Result<String, BackendError> {
+        self.check().await?;
+        self.backend.create(spec).await
+    }
+
+    /// `Backend::terminate`, fenced.
+    pub async fn terminate(&self, id: &str) -> Result<(), BackendError> {
+        self.check().await?;
+        self.backend.terminate(id).await
+    }
+
+    /// `Backend::exit_status` (a read the leader makes about its own sandboxes).
+    pub async fn exit_status(&self, id: &str) -> Option<String> {
+        self.check().await.ok()?;
+        self.backend.exit_status(id).await
+    }
+
+    /// `Backend::list`, fenced.
+    pub async fn list(&self) -> Result<Vec<SandboxInfo>, BackendError> {
+        self.check().await?;
+        self.backend.list().await
+    }
+
+    /// `Backend::output` (a read the leader makes about its own failed sandboxes), fenced.
+    pub async fn output(&self, id: &str) -> Option<String> {
+        self.check().await.ok()?;
+        self.backend.output(id).await
+    }
+
+    pub fn name(&self) -> &'static str {
+        self.backend.name()
+    }
+}
+
 impl Backend {
     /// Start-up work that must finish before the first job: adopting sandboxes that
     /// survived a restart, building the runner image.

@@ -103,7 +103,8 @@ pub struct ServeArgs {
     /// Where runners run.
     #[arg(long, env = "BACKEND", value_enum, default_value = "modal")]
     pub backend: BackendKind,
-    /// The store: sqlite://PATH (created if missing) or sqlite::memory:.
+    /// The store: sqlite://PATH (created if missing), sqlite::memory:, or
+    /// postgres://USER:PASSWORD@HOST:PORT/DATABASE (several replicas may share it).
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -112,6 +113,19 @@ pub struct ServeArgs {
         value_parser = parse::database_url()
     )]
     pub database_url: String,
+    /// On PostgreSQL: how long the leader's lease lasts; it is renewed every third of it, and
+    /// another replica takes over within this long after the leader is lost.
+    #[arg(
+        long,
+        env = "LEADER_LEASE_SECS",
+        default_value = "15",
+        value_name = "SECS",
+        value_parser = parse::lease_secs()
+    )]
+    pub leader_lease_secs: Duration,
+    /// This replica's name in the leader lease, `status` and `/metrics` (default: hostname-pid).
+    #[arg(long, env = "REPLICA_ID", value_name = "ID", value_parser = parse::replica_id())]
+    pub replica_id: Option<String>,
     /// What an accepted webhook survives: `normal` (the process being killed) or `full` (a power cut too; one fsync per commit).
     #[arg(long, env = "STORE_SYNC", default_value = "normal", value_parser = parse::durability())]
     pub store_sync: Durability,

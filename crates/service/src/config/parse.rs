@@ -12,7 +12,7 @@ use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 
 use super::{ConfigError, err};
 use crate::domain::{NamePrefix, RepoAllowList};
-use crate::store::Durability;
+use crate::store::{Backend, Durability};
 
 /// The largest number of seconds (or hours) a duration option takes: beyond it, a typo.
 const MAX_SECONDS: f64 = 1e7;
@@ -174,13 +174,42 @@ pub fn allow_list() -> impl TypedValueParser<Value = RepoAllowList> {
     })
 }
 
-/// `DATABASE_URL`: the store is SQLite.
+/// `DATABASE_URL`: SQLite (one replica) or PostgreSQL (any number of replicas).
 pub fn database_url() -> impl TypedValueParser<Value = String> {
-    checked("DATABASE_URL", |raw| {
-        if raw.starts_with("sqlite:") {
+    checked("DATABASE_URL", |raw| match Backend::of_url(raw) {
+        Some(_) => Ok(raw.to_string()),
+        None => Err(
+            "must be a sqlite: URL (sqlite://PATH or sqlite::memory:) or a postgres:// URL \
+             (postgres://USER:PASSWORD@HOST:PORT/DATABASE)"
+                .into(),
+        ),
+    })
+}
+
+/// `LEADER_LEASE_SECS`: at least 3 seconds (it is renewed every third of it), at most an hour.
+pub fn lease_secs() -> impl TypedValueParser<Value = Duration> {
+    checked("LEADER_LEASE_SECS", |raw| {
+        let d = parse_duration(raw, 1.0, "seconds")?;
+        if d < Duration::from_secs(1) || d > Duration::from_secs(3600) {
+            return Err("must be between 1 and 3600 seconds".into());
+        }
+        Ok(d)
+    })
+}
+
+/// `REPLICA_ID`: names this replica in the lease, `status` and `/metrics`; a label value,
+/// so letters, digits, `.`, `-`, `_` and `:` only, 1 to 100 of them.
+pub fn replica_id() -> impl TypedValueParser<Value = String> {
+    checked("REPLICA_ID", |raw| {
+        let ok = !raw.is_empty()
+            && raw.len() <= 100
+            && raw
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
+        if ok {
             Ok(raw.to_string())
         } else {
-            Err("must be a sqlite: URL (sqlite://PATH or sqlite::memory:)".into())
+            Err("must be 1 to 100 letters, digits, '.', '-', '_' or ':'".into())
         }
     })
 }

@@ -104,10 +104,15 @@ pub struct WebhookSettings {
 }
 
 /// The store.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct StoreSettings {
-    /// `DATABASE_URL`: `sqlite://PATH` or `sqlite::memory:`.
+    /// `DATABASE_URL`: `sqlite://PATH`, `sqlite::memory:` or `postgres://…` (which can hold
+    /// a password: `Debug` prints it redacted).
     pub database_url: String,
+    /// `LEADER_LEASE_SECS`: the leader lease's length (PostgreSQL only).
+    pub leader_lease: Duration,
+    /// `REPLICA_ID`, or `hostname-pid`.
+    pub replica_id: String,
     /// `STORE_SYNC`: what an answered webhook survives.
     pub sync: Durability,
     /// `STORE_RETENTION_DAYS`: history older than this is pruned.
@@ -236,6 +241,8 @@ impl Settings {
             },
             store: StoreSettings {
                 database_url: args.database_url,
+                leader_lease: args.leader_lease_secs,
+                replica_id: args.replica_id.unwrap_or_else(default_replica_id),
                 sync: args.store_sync,
                 retention: args.store_retention_days,
             },
@@ -388,4 +395,27 @@ fn machine_policy(args: &ServeArgs) -> Result<MachinePolicy, ConfigError> {
         max_gpus: args.sandbox_max_gpus,
         features,
     })
+}
+
+/// `hostname-pid`: unique among replicas on one host and across hosts.
+fn default_replica_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "replica".to_string());
+    format!("{host}-{}", std::process::id())
+}
+
+impl std::fmt::Debug for StoreSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreSettings")
+            .field("database_url", &crate::store::redacted_url(&self.database_url))
+            .field("leader_lease", &self.leader_lease)
+            .field("replica_id", &self.replica_id)
+            .field("sync", &self.sync)
+            .field("retention", &self.retention)
+            .finish()
+    }
 }

@@ -106,6 +106,10 @@ fn every_bad_value_is_reported_with_its_variable() {
             "GITHUB_ENTERPRISE_DOMAIN",
         ),
         (&["--database-url", "mysql://x"], "DATABASE_URL"),
+        (&["--leader-lease-secs", "0"], "LEADER_LEASE_SECS"),
+        (&["--leader-lease-secs", "7200"], "LEADER_LEASE_SECS"),
+        (&["--replica-id", "has space"], "REPLICA_ID"),
+        (&["--replica-id", ""], "REPLICA_ID"),
         (&["--bind-address", "localhost"], "BIND_ADDRESS"),
         (&["--reap-interval-secs", "soon"], "REAP_INTERVAL_SECS"),
         (&["--local-runner-dir", "/nonexistent"], "LOCAL_RUNNER_DIR"),
@@ -132,6 +136,43 @@ fn every_bad_value_is_reported_with_its_variable() {
         let e = parse(flags, SECRETS).expect_err("invalid");
         assert_eq!(&e.var, var, "{flags:?} gave {e}");
     }
+}
+
+#[test]
+fn a_postgres_url_is_accepted_and_its_password_never_printed() {
+    let url = "postgres://mgr:hunter2secret@db.example.com:5432/mgr?sslmode=require";
+    let s = parse(
+        &[
+            "--database-url",
+            url,
+            "--leader-lease-secs",
+            "6",
+            "--replica-id",
+            "web-1",
+        ],
+        SECRETS,
+    )
+    .expect("valid");
+    assert_eq!(s.store.database_url, url);
+    assert_eq!(s.store.leader_lease, Duration::from_secs(6));
+    assert_eq!(s.store.replica_id, "web-1");
+    let printed = format!("{:?}", s.store);
+    assert!(!printed.contains("hunter2secret"), "{printed}");
+    assert!(
+        printed.contains("postgres://mgr@db.example.com:5432/mgr"),
+        "{printed}"
+    );
+}
+
+#[test]
+fn the_leader_lease_defaults_to_15_seconds_and_the_replica_id_to_host_and_pid() {
+    let s = parse(&[], SECRETS).expect("valid");
+    assert_eq!(s.store.leader_lease, Duration::from_secs(15));
+    assert!(
+        s.store.replica_id.ends_with(&format!("-{}", std::process::id())),
+        "{}",
+        s.store.replica_id
+    );
 }
 
 #[test]

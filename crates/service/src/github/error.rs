@@ -35,6 +35,9 @@ pub enum GitHubError {
     /// reserve kept for registrations and deletions, or a rate limit is being waited out.
     #[error("GitHub API budget kept for registrations ({remaining} calls left); background call deferred")]
     Deferred { remaining: i64 },
+    /// Not sent: this replica no longer holds the leader lease (see `leader::Fence`).
+    #[error("not sent: this replica no longer leads")]
+    Fenced,
 }
 
 impl GitHubError {
@@ -49,13 +52,14 @@ impl GitHubError {
                 | GitHubError::Timeout
                 | GitHubError::Transport(_)
                 | GitHubError::Deferred { .. }
+                | GitHubError::Fenced
         )
     }
 
     /// Whether the call was never sent because the budget is kept for registrations: the
     /// caller ends its pass quietly and tries again next time, rather than retrying now.
     pub fn is_deferred(&self) -> bool {
-        matches!(self, GitHubError::Deferred { .. })
+        matches!(self, GitHubError::Deferred { .. } | GitHubError::Fenced)
     }
 
     /// A fixed label for metrics and logs.
@@ -72,6 +76,7 @@ impl GitHubError {
             GitHubError::Transport(_) => "github_transport",
             GitHubError::Decode(_) => "github_decode",
             GitHubError::Deferred { .. } => "github_deferred",
+            GitHubError::Fenced => "github_fenced",
         }
     }
 

@@ -70,6 +70,9 @@ pub struct GitHubConfig {
 #[derive(Clone)]
 pub struct GitHub {
     inner: Arc<Inner>,
+    /// Checked before every request of the leader's loops: a replica that lost the leader
+    /// lease sends nothing (`GitHubError::Fenced`).
+    fence: Option<crate::leader::Fence>,
 }
 
 struct Inner {
@@ -88,6 +91,14 @@ impl GitHub {
     /// serves its own runner release and no actions/runner repository.
     pub fn is_enterprise_server(&self) -> bool {
         self.inner.base.path().trim_end_matches('/').ends_with("/api/v3")
+    }
+
+    /// This client, sending only while `fence` passes: what the leader's loops use.
+    pub fn fenced(&self, fence: crate::leader::Fence) -> GitHub {
+        GitHub {
+            inner: self.inner.clone(),
+            fence: Some(fence),
+        }
     }
 
     pub fn new(config: GitHubConfig, metrics: Option<Arc<Metrics>>) -> Result<GitHub, GitHubError> {
@@ -111,6 +122,7 @@ impl GitHub {
                 etags: Mutex::new(EtagCache::default()),
                 metrics,
             }),
+            fence: None,
         })
     }
 }

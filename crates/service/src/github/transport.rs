@@ -203,6 +203,12 @@ impl GitHub {
         request: Request<'_>,
         bearer: &SecretString,
     ) -> Result<Reply, GitHubError> {
+        if let Some(fence) = &self.fence
+            && let Err(e) = fence.check().await
+        {
+            tracing::warn!(error = %e, "GitHub call not sent: this replica does not lead");
+            return Err(GitHubError::Fenced);
+        }
         let key = self.budget_key(&call);
         if let Err(remaining) = self.admit(&key, call.priority).await {
             if let Some(m) = &self.inner.metrics {

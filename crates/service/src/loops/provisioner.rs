@@ -26,7 +26,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::backend::{Backend, BackendError, SandboxSpec};
+use crate::backend::{BackendError, FencedBackend, SandboxSpec};
 use crate::clock::Clock;
 use crate::config::ProvisionerSettings;
 use crate::domain::{MachineSpec, RunnerState};
@@ -43,7 +43,7 @@ pub struct ProvisionerContext {
     pub github: GitHub,
     /// Where runners are registered and removed: REST, or the scale set (`JOB_SOURCE`).
     pub registry: super::registry::Registry,
-    pub backend: Arc<Backend>,
+    pub backend: FencedBackend,
     pub wake: Arc<Wake>,
     pub metrics: Arc<Metrics>,
     pub settings: ProvisionerSettings,

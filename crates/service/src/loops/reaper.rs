@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::backend::{Backend, BackendError, SandboxInfo};
+use crate::backend::{BackendError, FencedBackend, SandboxInfo};
 use crate::clock::Clock;
 use crate::config::ReaperSettings;
 use crate::domain::{JobStatus, RunnerState};
@@ -39,7 +39,7 @@ pub struct ReaperContext {
     pub github: GitHub,
     /// Where runners are looked up and removed: REST, or the scale set (`JOB_SOURCE`).
     pub registry: super::registry::Registry,
-    pub backend: Arc<Backend>,
+    pub backend: FencedBackend,
     pub wake: Arc<Wake>,
     pub metrics: Arc<Metrics>,
     pub settings: ReaperSettings,

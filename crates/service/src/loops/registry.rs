@@ -30,6 +30,15 @@ pub enum Registry {
 }
 
 impl Registry {
+    /// The same registry, its REST calls made through `github` (the leader's fenced
+    /// client). The scale set's client keeps its own connection: only the leader runs the
+    /// loops that use it.
+    pub fn fenced(&self, github: GitHub) -> Registry {
+        match self {
+            Registry::Rest(_) => Registry::Rest(github),
+            other => other.clone(),
+        }
+    }
     /// Registers `request.name`; sent once (the caller decides how to recover).
     pub async fn generate_jitconfig(
         &self,

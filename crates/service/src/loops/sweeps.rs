@@ -15,7 +15,7 @@
 
 use std::collections::HashSet;
 
-use crate::backend::{Backend, SandboxInfo};
+use crate::backend::{FencedBackend, SandboxInfo};
 use crate::domain::{DeploymentId, NamePrefix, RepoAllowList, RunnerName};
 use crate::github::{DeleteOutcome, GitHub, RunnerHome};
 use crate::store::{Store, StoreError};
@@ -24,7 +24,7 @@ use crate::store::{Store, StoreError};
 /// runner became live after the listing (a create that just finished).
 pub async fn stop_orphan_sandboxes(
     store: &Store,
-    backend: &Backend,
+    backend: &FencedBackend,
     sandboxes: &[SandboxInfo],
     live: &HashSet<&str>,
 ) -> Result<(), StoreError> {

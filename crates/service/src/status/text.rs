@@ -27,6 +27,9 @@ pub fn render(s: &Status) -> String {
             s.warm.live, s.warm.live_secs, s.warm.idle_spend_usd
         );
     }
+    if let Some(l) = &s.leader {
+        let _ = writeln!(out, "leader:  {} since {} (Unix ms)", l.replica, l.since);
+    }
     let _ = writeln!(out, "\nopen jobs ({}):", s.open_jobs.len());
     for j in &s.open_jobs {
         let _ = writeln!(

@@ -9,14 +9,14 @@
 
 use std::time::Duration;
 
-use sqlx::SqlitePool;
+use sqlx::AnyPool;
 
 /// How often the log is copied into the database. At 500 webhooks a second the log grows
 /// by a few MiB a second; a second's worth is quick to copy.
 const INTERVAL: Duration = Duration::from_secs(1);
 
 /// Checkpoints `pool`'s database every `INTERVAL` until the pool is closed.
-pub(super) fn spawn(pool: SqlitePool) {
+pub(super) fn spawn(pool: AnyPool) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -33,7 +33,7 @@ pub(super) fn spawn(pool: SqlitePool) {
 }
 
 /// One passive checkpoint; returns the log's size and how much of it was copied, in pages.
-pub(super) async fn checkpoint(pool: &SqlitePool) -> Result<(i64, i64), sqlx::Error> {
+pub(super) async fn checkpoint(pool: &AnyPool) -> Result<(i64, i64), sqlx::Error> {
     let (_busy, log, copied): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
         .fetch_one(pool)
         .await?;
@@ -81,7 +81,7 @@ mod tests {
                 .await
                 .expect("recorded");
         }
-        let other = sqlx::SqlitePool::connect(&url).await.expect("another connection");
+        let other = sqlx::AnyPool::connect(&url).await.expect("another connection");
         let (log, copied) = super::checkpoint(&other).await.expect("checkpoint");
         assert!(log > 0, "200 commits left no log");
         assert_eq!(

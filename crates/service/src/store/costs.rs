@@ -3,7 +3,7 @@
 //! `/metrics` and the planner's daily spend cap.
 
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
 use super::{Store, StoreError, repo_column};
 use crate::domain::{JobId, LabelSet, RepoName, RunnerName};
@@ -54,10 +54,10 @@ LEFT JOIN costs c ON c.runner_name = r.name
 WHERE r.state IN ('done', 'failed') AND c.runner_name IS NULL
   AND r.sandbox_id IS NOT NULL AND r.started_at IS NOT NULL AND r.ended_at IS NOT NULL
 ORDER BY r.ended_at
-LIMIT ?";
+LIMIT $1";
 
 impl UnpricedRunner {
-    fn from_row(row: &SqliteRow) -> Result<UnpricedRunner, StoreError> {
+    fn from_row(row: &AnyRow) -> Result<UnpricedRunner, StoreError> {
         let job: i64 = row.try_get("job")?;
         let labels: String = row.try_get("labels")?;
         Ok(UnpricedRunner {
@@ -88,8 +88,8 @@ impl Store {
         source: &str,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "INSERT OR IGNORE INTO costs (runner_name, job_id, repo, dollars, source, recorded_at)
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO costs (runner_name, job_id, repo, dollars, source, recorded_at)
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
         )
         .bind(runner.name.as_str())
         .bind(i64::try_from(runner.job.0).unwrap_or(i64::MAX))
@@ -104,7 +104,7 @@ impl Store {
 
     /// Dollars recorded at or after `since` (Unix milliseconds).
     pub async fn spend_since(&self, since: i64) -> Result<f64, StoreError> {
-        let total: Option<f64> = sqlx::query_scalar("SELECT SUM(dollars) FROM costs WHERE recorded_at >= ?")
+        let total: Option<f64> = sqlx::query_scalar("SELECT SUM(dollars) FROM costs WHERE recorded_at >= $1")
             .bind(since)
             .fetch_one(self.pool())
             .await?;
@@ -127,7 +127,7 @@ impl Store {
         let mut out = Vec::new();
         for id in ids {
             let row = sqlx::query(
-                "SELECT SUM(dollars) AS d, MIN(source) AS lo, MAX(source) AS hi FROM costs WHERE job_id = ?",
+                "SELECT SUM(dollars) AS d, MIN(source) AS lo, MAX(source) AS hi FROM costs WHERE job_id = $1",
             )
             .bind(i64::try_from(*id).unwrap_or(i64::MAX))
             .fetch_one(self.pool())
@@ -150,7 +150,8 @@ impl Store {
         tail: &str,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "INSERT OR IGNORE INTO failure_logs (runner_name, reason, tail, recorded_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO failure_logs (runner_name, reason, tail, recorded_at) VALUES ($1, $2, $3, $4)
+             ON CONFLICT DO NOTHING",
         )
         .bind(runner)
         .bind(reason)
@@ -164,7 +165,7 @@ impl Store {
     /// Every kept failure tail, newest first, at most `limit`.
     pub async fn failure_logs(&self, limit: i64) -> Result<Vec<FailureLog>, StoreError> {
         let rows = sqlx::query(
-            "SELECT runner_name, reason, tail, recorded_at FROM failure_logs ORDER BY recorded_at DESC LIMIT ?",
+            "SELECT runner_name, reason, tail, recorded_at FROM failure_logs ORDER BY recorded_at DESC LIMIT $1",
         )
         .bind(limit)
         .fetch_all(self.pool())
@@ -184,7 +185,7 @@ impl Store {
     /// Pauses provisioning of `kind` until `until` (Unix milliseconds) for `reason`.
     pub async fn set_pause(&self, kind: &str, reason: &str, until: i64) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO pauses (kind, reason, until) VALUES (?, ?, ?)
+            "INSERT INTO pauses (kind, reason, until) VALUES ($1, $2, $3)
              ON CONFLICT(kind) DO UPDATE SET reason = excluded.reason, until = excluded.until",
         )
         .bind(kind)
@@ -197,7 +198,7 @@ impl Store {
 
     /// Lifts a pause.
     pub async fn clear_pause(&self, kind: &str) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM pauses WHERE kind = ?")
+        sqlx::query("DELETE FROM pauses WHERE kind = $1")
             .bind(kind)
             .execute(self.writer())
             .await?;
@@ -206,7 +207,7 @@ impl Store {
 
     /// Pauses still in force at `now`, as (kind, reason).
     pub async fn active_pauses(&self, now: i64) -> Result<Vec<(String, String)>, StoreError> {
-        let rows = sqlx::query("SELECT kind, reason FROM pauses WHERE until > ? ORDER BY kind")
+        let rows = sqlx::query("SELECT kind, reason FROM pauses WHERE until > $1 ORDER BY kind")
             .bind(now)
             .fetch_all(self.pool())
             .await?;

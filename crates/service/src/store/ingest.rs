@@ -2,10 +2,10 @@
 
 use std::collections::HashSet;
 
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection, SqlitePool};
+use sqlx::{AnyConnection, AnyPool};
 use tokio::sync::{mpsc, oneshot};
 
-use super::StoreError;
+use super::{Backend, StoreError};
 use crate::clock::Clock;
 use crate::domain::JobEvent;
 
@@ -69,16 +69,29 @@ impl super::Store {
     }
 }
 
-pub(super) fn spawn_writer(pool: SqlitePool, clock: Clock) -> mpsc::Sender<Request> {
+pub(super) fn spawn_writer(pool: AnyPool, backend: Backend, clock: Clock) -> mpsc::Sender<Request> {
     let (tx, rx) = mpsc::channel(4 * MAX_GROUP);
-    tokio::spawn(write_loop(pool, clock, rx));
+    tokio::spawn(write_loop(pool, backend, clock, rx));
     tx
 }
 
-async fn write_loop(pool: SqlitePool, clock: Clock, mut rx: mpsc::Receiver<Request>) {
+/// How many times a group is tried in all when PostgreSQL chose it as a deadlock victim
+/// or could not serialise it (another replica wrote the same rows at the same moment).
+const GROUP_TRIES: u32 = 3;
+
+async fn write_loop(pool: AnyPool, backend: Backend, clock: Clock, mut rx: mpsc::Receiver<Request>) {
     let mut group = Vec::with_capacity(MAX_GROUP);
     while rx.recv_many(&mut group, MAX_GROUP).await > 0 {
-        let outcome = write_group(&pool, &group, clock.now_millis()).await;
+        let mut tries = 1;
+        let outcome = loop {
+            match write_group(&pool, backend, &group, clock.now_millis()).await {
+                Err(e) if is_conflict(&e) && tries < GROUP_TRIES => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "a group of events met another replica's; trying again");
+                }
+                other => break other,
+            }
+        };
         match outcome {
             Ok(results) => {
                 for (req, result) in group.drain(..).zip(results) {
@@ -96,19 +109,38 @@ async fn write_loop(pool: SqlitePool, clock: Clock, mut rx: mpsc::Receiver<Reque
     }
 }
 
-/// One transaction per group, and a fixed number of statements per transaction whatever the
-/// group's size: each statement is a round trip to sqlx's SQLite thread (a channel send and
-/// a thread wake-up each way), which costs more than the statement itself. With one insert
-/// and one upsert per event, that hand-off was most of the ingress's time under load.
-async fn write_group(pool: &SqlitePool, group: &[Request], now: i64) -> Result<Vec<Recorded>, StoreError> {
-    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+/// PostgreSQL's deadlock (40P01) and serialisation failure (40001): transient, the
+/// group is tried again.
+fn is_conflict(e: &StoreError) -> bool {
+    match e {
+        StoreError::Db(sqlx::Error::Database(db)) => {
+            matches!(db.code().as_deref(), Some("40P01" | "40001"))
+        }
+        _ => false,
+    }
+}
+
+/// Writes a group in one transaction, with a fixed number of statements whatever its size:
+/// each statement is a round trip to the database (to sqlx's SQLite thread: a channel send
+/// and a thread wake-up each way), which costs more than the statement itself. With one
+/// insert and one upsert per event, that hand-off was most of the ingress's time under load.
+///
+/// Rows are written in job-id and GUID order (events of one job keep their order), so two
+/// replicas' groups touching the same rows lock them in the same order and do not deadlock;
+/// the results come back in the group's order.
+async fn write_group(
+    pool: &AnyPool,
+    backend: Backend,
+    group: &[Request],
+    now: i64,
+) -> Result<Vec<Recorded>, StoreError> {
+    let mut tx = pool.begin_with(backend.begin_write()).await?;
     let news = insert_deliveries(&mut tx, group, now).await?;
-    let applied: Vec<&Request> = group
-        .iter()
-        .zip(&news)
-        .filter_map(|(req, new)| new.then_some(req))
-        .collect();
-    upsert_jobs(&mut tx, &applied, now).await?;
+    let mut order: Vec<usize> = (0..group.len()).filter(|&i| news[i]).collect();
+    order.sort_by_key(|&i| group[i].event.job_id.0);
+    for round in rounds(group, &order) {
+        upsert_jobs(&mut tx, &round, now).await?;
+    }
     tx.commit().await?;
     Ok(news
         .into_iter()
@@ -122,35 +154,55 @@ async fn write_group(pool: &SqlitePool, group: &[Request], now: i64) -> Result<V
         .collect())
 }
 
+/// Splits events (in job-id order) into rounds in which each job appears once: its first
+/// event in the first round, its second in the second… PostgreSQL refuses an upsert that
+/// touches one row twice, and in order the rounds apply each job's events as sent.
+fn rounds<'a>(group: &'a [Request], order: &[usize]) -> Vec<Vec<&'a Request>> {
+    let mut rounds: Vec<Vec<&Request>> = Vec::new();
+    let mut previous: Option<(u64, usize)> = None;
+    for &i in order {
+        let job = group[i].event.job_id.0;
+        let round = match previous {
+            Some((last, n)) if last == job => n + 1,
+            _ => 0,
+        };
+        previous = Some((job, round));
+        if rounds.len() <= round {
+            rounds.push(Vec::new());
+        }
+        rounds[round].push(&group[i]);
+    }
+    rounds
+}
+
 /// Records the group's delivery GUIDs in one statement and says, per request, whether it is
 /// news: it has no GUID, or its GUID was not recorded before (by an earlier group, or by an
 /// earlier request of this one).
 async fn insert_deliveries(
-    conn: &mut SqliteConnection,
+    conn: &mut AnyConnection,
     group: &[Request],
     now: i64,
 ) -> Result<Vec<bool>, StoreError> {
-    let mut distinct = HashSet::new();
-    let guids: Vec<&str> = group
-        .iter()
-        .filter_map(|r| r.delivery.as_deref())
-        .filter(|g| distinct.insert(*g))
-        .collect();
+    let mut guids: Vec<&str> = group.iter().filter_map(|r| r.delivery.as_deref()).collect();
+    guids.sort_unstable();
+    guids.dedup();
     let inserted: HashSet<String> = if guids.is_empty() {
         HashSet::new()
     } else {
-        let mut q = QueryBuilder::<Sqlite>::new("INSERT OR IGNORE INTO deliveries (guid, received_at) ");
-        q.push_values(&guids, |mut row, guid| {
-            row.push_bind(guid.to_string()).push_bind(now);
-        });
-        q.push(" RETURNING guid");
-        q.build_query_scalar::<String>()
-            .fetch_all(&mut *conn)
-            .await?
-            .into_iter()
-            .collect()
+        let rows = (0..guids.len())
+            .map(|i| format!("(${}, $1)", i + 2))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO deliveries (guid, received_at) VALUES {rows} ON CONFLICT DO NOTHING RETURNING guid"
+        );
+        let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql)).bind(now);
+        for guid in &guids {
+            query = query.bind(*guid);
+        }
+        query.fetch_all(&mut *conn).await?.into_iter().collect()
     };
-    let mut claimed = HashSet::new();
+    let mut claimed: HashSet<&str> = HashSet::new();
     Ok(group
         .iter()
         .map(|r| match r.delivery.as_deref() {
@@ -162,8 +214,7 @@ async fn insert_deliveries(
 
 /// Merges each event into its job's row so that the final state is right whatever order
 /// events arrive in: the status only moves forward (waiting and queued may swap), the
-/// runner name and times are kept once known, and the first labels stay. Several events of
-/// one job in one statement are merged in order, as if sent one by one.
+/// runner name and times are kept once known, and the first labels stay.
 const ON_CONFLICT_MERGE: &str = "
 ON CONFLICT(id) DO UPDATE SET
     status = CASE WHEN excluded.rank > jobs.rank OR (excluded.rank = 1 AND jobs.rank = 1)
@@ -171,8 +222,9 @@ ON CONFLICT(id) DO UPDATE SET
     conclusion = CASE WHEN excluded.rank > jobs.rank THEN excluded.conclusion
                       ELSE COALESCE(jobs.conclusion, excluded.conclusion) END,
     runner_name = COALESCE(jobs.runner_name, excluded.runner_name),
-    rank = MAX(jobs.rank, excluded.rank),
-    run_attempt = MAX(jobs.run_attempt, excluded.run_attempt),
+    rank = CASE WHEN excluded.rank > jobs.rank THEN excluded.rank ELSE jobs.rank END,
+    run_attempt = CASE WHEN excluded.run_attempt > jobs.run_attempt THEN excluded.run_attempt
+                       ELSE jobs.run_attempt END,
     name = CASE WHEN jobs.name = '' THEN excluded.name ELSE jobs.name END,
     workflow_name = COALESCE(jobs.workflow_name, excluded.workflow_name),
     head_sha = COALESCE(jobs.head_sha, excluded.head_sha),
@@ -182,48 +234,76 @@ ON CONFLICT(id) DO UPDATE SET
 WHERE excluded.rank > jobs.rank OR (excluded.rank = 1 AND jobs.rank = 1 AND excluded.status <> jobs.status)
    OR (jobs.runner_name IS NULL AND excluded.runner_name IS NOT NULL)";
 
-/// Bound values per job row; `MAX_GROUP` rows stay far below SQLite's 32,766 variables.
-const JOB_COLUMNS: usize = 17;
-const _: () = assert!(MAX_GROUP * JOB_COLUMNS < 32_766);
+/// Values bound per job row (the time, `$1`, is shared); `MAX_GROUP` rows stay far below
+/// SQLite's 32,766 and PostgreSQL's 65,535 bound values.
+const JOB_VALUES: usize = 16;
+const _: () = assert!(MAX_GROUP * JOB_VALUES + 1 < 32_766);
 
-/// Upserts the jobs of `events` in one statement (none when there are none).
-async fn upsert_jobs(conn: &mut SqliteConnection, events: &[&Request], now: i64) -> Result<(), StoreError> {
+/// Upserts one round's jobs (each job once) in one statement.
+async fn upsert_jobs(conn: &mut AnyConnection, events: &[&Request], now: i64) -> Result<(), StoreError> {
     if events.is_empty() {
         return Ok(());
     }
-    let mut q = QueryBuilder::<Sqlite>::new(
+    let rows = (0..events.len())
+        .map(|r| {
+            let n = |k: usize| format!("${}", 2 + r * JOB_VALUES + k);
+            let v: Vec<String> = (0..JOB_VALUES).map(n).collect();
+            format!(
+                "({}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, $1, $1, {}, {})",
+                v[0],
+                v[1],
+                v[2],
+                v[3],
+                v[4],
+                v[5],
+                v[6],
+                v[7],
+                v[8],
+                v[9],
+                v[10],
+                v[11],
+                v[12],
+                v[13],
+                v[14],
+                v[15]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",\n");
+    let sql = format!(
         "INSERT INTO jobs (id, repo, run_id, run_attempt, name, workflow_name, head_sha, labels, label_key,
                   status, rank, conclusion, runner_name, source, first_seen_at, updated_at,
-                  started_at, completed_at) ",
+                  started_at, completed_at)
+VALUES {rows}{ON_CONFLICT_MERGE}"
     );
-    q.push_values(events, |mut row, req| {
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(now);
+    for req in events {
         let e = &req.event;
         let rank = e.status.rank();
-        row.push_bind(to_i64(e.job_id.0))
-            .push_bind(e.repo.as_str().to_string())
-            .push_bind(to_i64(e.run_id))
-            .push_bind(i64::from(e.run_attempt))
-            .push_bind(e.name.clone())
-            .push_bind(e.workflow_name.clone())
-            .push_bind(e.head_sha.clone())
-            .push_bind(e.labels.to_json())
-            .push_bind(e.labels.key().to_string())
-            .push_bind(e.status.as_str())
-            .push_bind(rank)
-            .push_bind(e.conclusion.clone())
-            .push_bind(e.runner_name.clone())
-            .push_bind(req.source.as_str())
-            .push_bind(now)
-            .push_bind(now)
-            .push_bind((rank >= 2).then_some(now))
-            .push_bind((rank >= 3).then_some(now));
-    });
-    q.push(ON_CONFLICT_MERGE);
-    q.build().execute(&mut *conn).await?;
+        query = query
+            .bind(to_i64(e.job_id.0))
+            .bind(e.repo.as_str())
+            .bind(to_i64(e.run_id))
+            .bind(i64::from(e.run_attempt))
+            .bind(e.name.as_str())
+            .bind(e.workflow_name.as_deref())
+            .bind(e.head_sha.as_deref())
+            .bind(e.labels.to_json())
+            .bind(e.labels.key())
+            .bind(e.status.as_str())
+            .bind(rank)
+            .bind(e.conclusion.as_deref())
+            .bind(e.runner_name.as_deref())
+            .bind(req.source.as_str())
+            .bind((rank >= 2).then_some(now))
+            .bind((rank >= 3).then_some(now));
+    }
+    query.execute(&mut *conn).await?;
     Ok(())
 }
 
-/// GitHub ids are below 2^63 in practice; SQLite integers are signed 64-bit.
+/// GitHub ids are below 2^63 in practice; SQLite integers and PostgreSQL bigints are
+/// signed 64-bit.
 pub(super) fn to_i64(id: u64) -> i64 {
     i64::try_from(id).unwrap_or(i64::MAX)
 }

@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use sqlx::ConnectOptions;
+use sqlx::any::AnyConnectOptions;
 use sqlx::sqlite::SqliteConnectOptions;
 
-use super::{StoreError, migrations};
+use super::{Backend, StoreError, migrations};
 
 /// The store's schema, compared with the newest this binary knows.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,19 +29,27 @@ pub enum SchemaState {
 /// Reads the schema version of the database at `url` without creating, locking for
 /// writing or migrating it.
 pub async fn inspect(url: &str) -> Result<SchemaState, StoreError> {
-    if url.contains(":memory:") {
-        return Ok(SchemaState::InMemory);
-    }
-    let options = SqliteConnectOptions::from_str(url)?;
-    let path = options.get_filename().to_path_buf();
-    if !path.exists() {
-        return Ok(SchemaState::Missing(path));
-    }
-    let mut conn = options.create_if_missing(false).read_only(true).connect().await?;
-    let found = migrations::applied_version(&mut conn).await;
+    sqlx::any::install_default_drivers();
+    let backend = Backend::of_url(url).ok_or(StoreError::UnknownScheme)?;
+    let url = match backend {
+        Backend::Sqlite => {
+            if url.contains(":memory:") {
+                return Ok(SchemaState::InMemory);
+            }
+            let path = SqliteConnectOptions::from_str(url)?.get_filename().to_path_buf();
+            if !path.exists() {
+                return Ok(SchemaState::Missing(path));
+            }
+            let bare = url.split('?').next().unwrap_or_default();
+            format!("{bare}?mode=ro")
+        }
+        Backend::Postgres => url.to_string(),
+    };
+    let mut conn = AnyConnectOptions::from_str(&url)?.connect().await?;
+    let found = migrations::applied_version(&mut conn, backend).await;
     let _ = sqlx::Connection::close(conn).await;
     let found = found?;
-    let known = migrations::latest_version();
+    let known = migrations::latest_version(backend);
     Ok(match found {
         Some(v) if v == known => SchemaState::Current(v),
         Some(v) if v > known => SchemaState::Newer { found: v, known },

@@ -1,7 +1,7 @@
 //! Reading jobs for planning, status and tests.
 
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
 use super::ingest::to_i64;
 use super::{Store, StoreError, corrupt, repo_column};
@@ -38,17 +38,17 @@ pub struct StrategyUpdate {
     pub max_parallel: u32,
 }
 
-fn id(row: &SqliteRow, col: &str) -> Result<u64, StoreError> {
+fn id(row: &AnyRow, col: &str) -> Result<u64, StoreError> {
     let v: i64 = row.try_get(col)?;
     u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("{col} is negative")))
 }
 
-fn labels(row: &SqliteRow) -> Result<LabelSet, StoreError> {
+fn labels(row: &AnyRow) -> Result<LabelSet, StoreError> {
     let json: String = row.try_get("labels")?;
     LabelSet::from_json(&json).map_err(|e| StoreError::Corrupt(format!("labels: {e}")))
 }
 
-fn status(row: &SqliteRow) -> Result<JobStatus, StoreError> {
+fn status(row: &AnyRow) -> Result<JobStatus, StoreError> {
     let s: String = row.try_get("status")?;
     match s.as_str() {
         "waiting" | "queued" | "in_progress" | "completed" => Ok(JobStatus::parse(&s)),
@@ -56,13 +56,13 @@ fn status(row: &SqliteRow) -> Result<JobStatus, StoreError> {
     }
 }
 
-fn max_parallel(row: &SqliteRow) -> Result<Option<u32>, StoreError> {
+fn max_parallel(row: &AnyRow) -> Result<Option<u32>, StoreError> {
     let v: Option<i64> = row.try_get("max_parallel")?;
     Ok(v.map(|v| u32::try_from(v).unwrap_or(0)))
 }
 
 impl JobRow {
-    pub(super) fn from_row(row: &SqliteRow) -> Result<JobRow, StoreError> {
+    pub(super) fn from_row(row: &AnyRow) -> Result<JobRow, StoreError> {
         Ok(JobRow {
             id: JobId(id(row, "id")?),
             repo: repo_column(row, "repo")?,
@@ -93,7 +93,7 @@ impl Store {
 
     /// One job, if known.
     pub async fn job(&self, job: JobId) -> Result<Option<JobRow>, StoreError> {
-        let row = sqlx::query("SELECT * FROM jobs WHERE id = ?1")
+        let row = sqlx::query("SELECT * FROM jobs WHERE id = $1")
             .bind(to_i64(job.0))
             .fetch_optional(self.pool())
             .await?;
@@ -102,7 +102,7 @@ impl Store {
 
     /// Every job, newest first, up to `limit`.
     pub async fn recent_jobs(&self, limit: i64) -> Result<Vec<JobRow>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM jobs ORDER BY first_seen_at DESC, id DESC LIMIT ?1")
+        let rows = sqlx::query("SELECT * FROM jobs ORDER BY first_seen_at DESC, id DESC LIMIT $1")
             .bind(limit)
             .fetch_all(self.pool())
             .await?;
@@ -138,7 +138,7 @@ impl Store {
 
     /// Whether a delivery GUID was recorded.
     pub async fn delivery_seen(&self, guid: &str) -> Result<bool, StoreError> {
-        let row = sqlx::query("SELECT 1 FROM deliveries WHERE guid = ?1")
+        let row = sqlx::query("SELECT 1 FROM deliveries WHERE guid = $1")
             .bind(guid)
             .fetch_optional(self.pool())
             .await?;
@@ -151,9 +151,9 @@ impl Store {
     pub async fn abandon_job(&self, job: JobId, why: &Abandoned) -> Result<bool, StoreError> {
         let now = self.clock().now_millis();
         let done = sqlx::query(
-            "UPDATE jobs SET status = 'completed', rank = 3, conclusion = 'abandoned', closed_reason = ?1,
-                 completed_at = ?2, updated_at = ?2
-             WHERE id = ?3 AND rank < 3",
+            "UPDATE jobs SET status = 'completed', rank = 3, conclusion = 'abandoned', closed_reason = $1,
+                 completed_at = $2, updated_at = $2
+             WHERE id = $3 AND rank < 3",
         )
         .bind(why.to_string())
         .bind(now)
@@ -165,7 +165,7 @@ impl Store {
 
     /// How many times a delivery's redelivery was asked for.
     pub async fn redelivery_asks(&self, guid: &str) -> Result<u32, StoreError> {
-        let row = sqlx::query("SELECT asked FROM redeliveries WHERE guid = ?1")
+        let row = sqlx::query("SELECT asked FROM redeliveries WHERE guid = $1")
             .bind(guid)
             .fetch_optional(self.pool())
             .await?;
@@ -176,8 +176,8 @@ impl Store {
     /// Notes one more redelivery request for a delivery.
     pub async fn note_redelivery(&self, guid: &str) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO redeliveries (guid, asked, last_asked_at) VALUES (?1, 1, ?2)
-             ON CONFLICT (guid) DO UPDATE SET asked = asked + 1, last_asked_at = ?2",
+            "INSERT INTO redeliveries (guid, asked, last_asked_at) VALUES ($1, 1, $2)
+             ON CONFLICT (guid) DO UPDATE SET asked = redeliveries.asked + 1, last_asked_at = $2",
         )
         .bind(guid)
         .bind(self.clock().now_millis())
@@ -188,9 +188,9 @@ impl Store {
 
     /// Records the max-parallel settings found for jobs of one run.
     pub async fn set_strategies(&self, updates: &[StrategyUpdate]) -> Result<(), StoreError> {
-        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         for u in updates {
-            sqlx::query("UPDATE jobs SET mp_group = ?1, max_parallel = ?2 WHERE id = ?3")
+            sqlx::query("UPDATE jobs SET mp_group = $1, max_parallel = $2 WHERE id = $3")
                 .bind(&u.group)
                 .bind(i64::from(u.max_parallel))
                 .bind(to_i64(u.job.0))

@@ -34,24 +34,23 @@ pub async fn run(store: Store, retention: Duration, stop: CancellationToken) {
 
 impl Store {
     /// Deletes history older than `cutoff` (Unix ms): completed jobs no live runner refers
-    /// to, ended runners, delivery GUIDs, redelivery requests, looked-up runs, recorded costs and
-    /// failure output tails. Open jobs and live runners are
-    /// never touched. Returns how many rows went.
+    /// to, ended runners, delivery GUIDs, redelivery requests, looked-up runs, recorded
+    /// costs and failure output tails. Open jobs and live runners are never touched.
+    /// Returns how many rows went.
     pub async fn prune(&self, cutoff: i64) -> Result<u64, StoreError> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_write().await?;
         let mut deleted = 0;
         for sql in [
-            "DELETE FROM deliveries WHERE received_at < ?1",
-            "DELETE FROM redeliveries WHERE last_asked_at < ?1",
-            "DELETE FROM runners WHERE state IN ('done', 'failed') AND updated_at < ?1",
-            "DELETE FROM jobs WHERE rank = 3 AND updated_at < ?1
+            "DELETE FROM deliveries WHERE received_at < $1",
+            "DELETE FROM redeliveries WHERE last_asked_at < $1",
+            "DELETE FROM runners WHERE state IN ('done', 'failed') AND updated_at < $1",
+            "DELETE FROM jobs WHERE rank = 3 AND updated_at < $1
                 AND NOT EXISTS (SELECT 1 FROM runners r WHERE r.job_id = jobs.id)
                 AND (runner_name IS NULL OR NOT EXISTS (SELECT 1 FROM runners r WHERE r.name = jobs.runner_name))",
-            "DELETE FROM runs WHERE updated_at < ?1 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.run_id = runs.run_id)",
-            // Costs and failure tails (issue 13 items 4, 5): today's spend is never this old
-            // (the retention is at least 3 days).
-            "DELETE FROM costs WHERE recorded_at < ?1",
-            "DELETE FROM failure_logs WHERE recorded_at < ?1",
+            "DELETE FROM runs WHERE updated_at < $1 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.run_id = runs.run_id)",
+            // Today's spend is never this old (the retention is at least 3 days).
+            "DELETE FROM costs WHERE recorded_at < $1",
+            "DELETE FROM failure_logs WHERE recorded_at < $1",
         ] {
             deleted += sqlx::query(sql).bind(cutoff).execute(&mut *tx).await?.rows_affected();
         }

@@ -1,36 +1,40 @@
-//! The durable store: the only state the loops share (docs/design.md). SQLite in WAL mode;
-//! webhook events are written by one task that commits them in groups, so a burst of
+//! The durable store: the only state the loops share (docs/design.md). SQLite in WAL mode
+//! (one replica), or PostgreSQL (any number of replicas, one of which leads: see `lease`).
+//! Webhook events are written by one task that commits them in groups, so a burst of
 //! deliveries costs one fsync per group instead of one per delivery, and a delivery is
 //! answered only after its group is on disk.
 //!
-//! Every write goes through one connection (`writer`), reads through a pool of read-only
-//! others.
-//! SQLite admits one writer at a time, and a connection that finds the lock taken sleeps in
-//! SQLite's busy handler (1, 2, 5, 10… ms) before trying again: with writers on several
-//! connections, a webhook's commit that met the planner's or the reaper's transaction paid
-//! those sleeps. On one connection, writers queue in the pool instead and each starts the
-//! moment the previous one ends. The writer never checkpoints the log either: a commit that
+//! Both databases are reached through sqlx's `Any` driver, so every query, row reader and
+//! rule is written once; the few places where the dialects differ ask `Store::backend`.
+//! Queries use `$N` placeholders, which both SQLite and PostgreSQL understand.
+//!
+//! On SQLite every write goes through one connection (`writer`), reads through a pool of
+//! read-only others. SQLite admits one writer at a time, and a connection that finds the
+//! lock taken sleeps in SQLite's busy handler (1, 2, 5, 10… ms) before trying again: with
+//! writers on several connections, a webhook's commit that met the planner's or the
+//! reaper's transaction paid those sleeps. On one connection, writers queue in the pool
+//! instead and each starts the moment the previous one ends; a write put on a reader by
+//! mistake fails at once. The writer never checkpoints the log either: a commit that
 //! crossed SQLite's automatic checkpoint threshold copied the log into the database (and
-//! synced it) before its webhook was answered. A background task checkpoints instead
-//! (`checkpoint.rs`), without blocking the writer.
+//! synced it) before its webhook was answered; a background task does it (`checkpoint`).
+//! On PostgreSQL, which locks rows, reads and writes share one pool.
 
 mod checkpoint;
 mod costs;
 mod ingest;
 pub mod inspect;
 mod jobs;
+pub mod lease;
 pub mod maintenance;
 mod migrations;
 mod runners;
 mod runs;
 mod snapshot;
 
-use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::sqlite::SqliteRow;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
 use tokio::sync::mpsc;
 
 use crate::clock::Clock;
@@ -43,12 +47,13 @@ pub use runners::{AttemptStats, LiveRunner, NewRunner, RunnerPatch, RunnerRow, T
 pub use runs::{RunStrategy, UnresolvedRun};
 pub use snapshot::PlanInputs;
 
-/// A failed store operation. The text never holds row contents beyond ids and names.
 /// How many more times opening the store is tried after SQLite says it is busy.
 const OPEN_TRIES: u32 = 5;
 /// The first wait before trying again; each further try waits one more of it.
 const OPEN_RETRY_DELAY: Duration = Duration::from_millis(200);
 
+/// A failed store operation. The text never holds row contents beyond ids and names, nor
+/// a database password.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
@@ -72,6 +77,12 @@ pub enum StoreError {
     NewerSchema { path: String, found: i64, known: i64 },
     #[error("the database schema could not be brought up to date: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("DATABASE_URL must start with sqlite: or postgres://")]
+    UnknownScheme,
+    /// This replica's leader lease was taken over (or never held): the write it guarded was
+    /// not made, and the caller must not make the GitHub or backend call that follows it.
+    #[error("this replica no longer holds the leader lease (token {0})")]
+    Fenced(i64),
 }
 
 impl StoreError {
@@ -87,16 +98,80 @@ impl StoreError {
     }
 }
 
+/// Which database the store is on; chosen by `DATABASE_URL`'s scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `sqlite://PATH` or `sqlite::memory:`: one replica, which always leads.
+    Sqlite,
+    /// `postgres://…`: any number of replicas; a lease row chooses the leader.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a `DATABASE_URL` names, if any.
+    pub fn of_url(url: &str) -> Option<Backend> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+
+    /// What a write transaction starts with: SQLite takes the write lock at once, so two
+    /// writers wait for each other instead of failing on upgrade; PostgreSQL locks rows.
+    fn begin_write(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
+        }
+    }
+
+    /// What a read of several queries that must agree starts with.
+    fn begin_snapshot(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "BEGIN",
+            Backend::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        }
+    }
+}
+
+/// `url` without its password and query (which can hold one too), for errors and logs.
+pub fn redacted_url(url: &str) -> String {
+    let url = url.split('?').next().unwrap_or_default();
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, path) = rest.split_once('/').map_or((rest, None), |(a, p)| (a, Some(p)));
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{user}@{host}")
+        }
+        None => authority.to_string(),
+    };
+    match path {
+        Some(path) => format!("{scheme}://{authority}/{path}"),
+        None => format!("{scheme}://{authority}"),
+    }
+}
+
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    /// Readers (and, for an in-memory database, the writer too: it is one connection).
-    pool: SqlitePool,
-    /// The one connection every write goes through.
-    writer: SqlitePool,
+    /// Readers (on SQLite read-only; on PostgreSQL, and for an in-memory SQLite database,
+    /// the writer's pool too).
+    pool: AnyPool,
+    /// Every write goes through it (on SQLite: one connection).
+    writer: AnyPool,
+    backend: Backend,
     ingest: mpsc::Sender<ingest::Request>,
     /// Stamps every row; the loops compare those stamps with the same clock.
     clock: Clock,
+    /// Set on the leader's loops' handle (PostgreSQL): their runner writes are made only
+    /// while this replica's term is the live lease's (see `lease`).
+    fence: Option<std::sync::Arc<crate::leader::Leadership>>,
 }
 
 /// What an answered webhook survives (`STORE_SYNC`).
@@ -149,38 +224,43 @@ impl Store {
     }
 
     async fn connect(url: &str, durability: Durability, clock: Clock) -> Result<Store, StoreError> {
-        let sync = match durability {
-            Durability::Normal => SqliteSynchronous::Normal,
-            Durability::Full => SqliteSynchronous::Full,
+        sqlx::any::install_default_drivers();
+        let backend = Backend::of_url(url).ok_or(StoreError::UnknownScheme)?;
+        let (pool, writer) = match backend {
+            Backend::Sqlite => sqlite_pools(url, durability).await?,
+            Backend::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(8)
+                    .min_connections(1)
+                    .connect(url)
+                    .await?;
+                migrations::apply(&pool, backend, &redacted_url(url)).await?;
+                (pool.clone(), pool)
+            }
         };
-        let options = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(sync)
-            .busy_timeout(Duration::from_secs(30))
-            .foreign_keys(false);
-        // An in-memory database exists per connection; keep exactly one then.
-        if url.contains(":memory:") {
-            let pool = connect_pool(options.clone(), 1).await?;
-            migrations::apply(&pool, options.get_filename()).await?;
-            return Ok(Store::assemble(pool.clone(), pool, clock));
-        }
-        let writer = connect_pool(options.clone().pragma("wal_autocheckpoint", "0"), 1).await?;
-        migrations::apply(&writer, options.get_filename()).await?;
-        // Read-only, so that a write put on the readers by mistake fails at once instead of
-        // contending with the writer.
-        let pool = connect_pool(options.clone().read_only(true), 4).await?;
-        checkpoint::spawn(connect_pool(options, 1).await?);
-        Ok(Store::assemble(pool, writer, clock))
-    }
-
-    fn assemble(pool: SqlitePool, writer: SqlitePool, clock: Clock) -> Store {
-        let ingest = ingest::spawn_writer(writer.clone(), clock.clone());
-        Store {
+        let ingest = ingest::spawn_writer(writer.clone(), backend, clock.clone());
+        Ok(Store {
             pool,
             writer,
+            backend,
             ingest,
             clock,
+            fence: None,
+        })
+    }
+
+    /// Which database the store is on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// This handle, with its runner writes (`insert_runners`, `transition`) conditional on
+    /// `leadership`'s term being the live lease's: what the leader's loops use, so a leader
+    /// paused past its lease changes no runner after it wakes. No effect on SQLite.
+    pub fn fenced(&self, leadership: std::sync::Arc<crate::leader::Leadership>) -> Store {
+        Store {
+            fence: Some(leadership),
+            ..self.clone()
         }
     }
 
@@ -190,13 +270,29 @@ impl Store {
     }
 
     /// The readers' pool, for modules in this crate that run their own queries in tests.
-    pub(crate) fn pool(&self) -> &SqlitePool {
+    pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
     }
 
-    /// The writer's connection: every statement that changes rows runs on it.
-    pub(crate) fn writer(&self) -> &SqlitePool {
+    /// The writer's pool: every statement that changes rows runs on it.
+    pub(crate) fn writer(&self) -> &AnyPool {
         &self.writer
+    }
+
+    /// Starts a write transaction the way the backend wants it.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(self.writer.begin_with(self.backend.begin_write()).await?)
+    }
+
+    /// A write transaction that, on a fenced handle on PostgreSQL, first holds the lease row
+    /// (shared) under this replica's token: a takeover waits for the write, and a write
+    /// after a takeover fails with `StoreError::Fenced`.
+    async fn begin_fenced(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        let mut tx = self.begin_write().await?;
+        if let Some(leadership) = self.fence.as_ref().filter(|_| self.backend == Backend::Postgres) {
+            lease::hold(&mut tx, leadership.token().unwrap_or(0)).await?;
+        }
+        Ok(tx)
     }
 
     /// A cheap query proving the database answers, for `/readyz`.
@@ -212,28 +308,90 @@ impl Store {
     }
 }
 
-/// A pool of `size` connections that stay open.
-async fn connect_pool(options: SqliteConnectOptions, size: u32) -> Result<SqlitePool, sqlx::Error> {
-    SqlitePoolOptions::new()
-        .max_connections(size)
-        .min_connections(1)
-        .idle_timeout(None)
-        .max_lifetime(None)
-        .connect_with(options)
-        .await
-}
-
 /// The error for a column whose text is not one of its enum's values (a `RunnerState`, a
 /// `JobStatus`…): the database was written by something else or damaged.
 fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("{what} has unknown value `{value}`"))
 }
 
+/// SQLite's pools, (readers, writer): WAL, the chosen durability, a generous busy
+/// timeout; the writer one connection that never checkpoints, the readers read-only, and a
+/// connection of its own that checkpoints in the background. The migrations are applied
+/// through the writer before the readers open. An in-memory database exists per
+/// connection, so then one connection is everything.
+async fn sqlite_pools(url: &str, durability: Durability) -> Result<(AnyPool, AnyPool), StoreError> {
+    let sync = match durability {
+        Durability::Normal => "NORMAL",
+        Durability::Full => "FULL",
+    };
+    let pragmas = format!(
+        "PRAGMA busy_timeout = 30000; PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; \
+         PRAGMA foreign_keys = OFF;"
+    );
+    if url.contains(":memory:") {
+        let pool = sqlite_pool(url.to_string(), pragmas, 1).await?;
+        migrations::apply(&pool, Backend::Sqlite, &redacted_url(url)).await?;
+        return Ok((pool.clone(), pool));
+    }
+    let writer = sqlite_pool(
+        with_mode(url, "rwc"),
+        format!("{pragmas} PRAGMA wal_autocheckpoint = 0;"),
+        1,
+    )
+    .await?;
+    migrations::apply(&writer, Backend::Sqlite, &redacted_url(url)).await?;
+    let readers = sqlite_pool(with_mode(url, "ro"), pragmas.clone(), 4).await?;
+    checkpoint::spawn(sqlite_pool(with_mode(url, "rw"), pragmas, 1).await?);
+    Ok((readers, writer))
+}
+
+/// `url` opened in SQLite's `mode` (`rwc`, `rw`, `ro`) unless it names one already.
+fn with_mode(url: &str, mode: &str) -> String {
+    if url.contains("mode=") {
+        url.to_string()
+    } else if url.contains('?') {
+        format!("{url}&mode={mode}")
+    } else {
+        format!("{url}?mode={mode}")
+    }
+}
+
+/// A SQLite pool of `size` connections that stay open, each set up with `pragmas`.
+async fn sqlite_pool(url: String, pragmas: String, size: u32) -> Result<AnyPool, StoreError> {
+    let pragmas: std::sync::Arc<str> = pragmas.into();
+    Ok(AnyPoolOptions::new()
+        .max_connections(size)
+        .min_connections(1)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .after_connect(move |conn, _| {
+            let pragmas = pragmas.clone();
+            Box::pin(async move {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(pragmas.to_string()))
+                    .execute(conn)
+                    .await?;
+                Ok(())
+            })
+        })
+        .connect(&url)
+        .await?)
+}
+
+/// `$first, $first+1, …` for `count` values: an `IN (…)` list both dialects read.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Reads a column holding an `owner/repo` name.
-fn repo_column(row: &SqliteRow, column: &str) -> Result<RepoName, StoreError> {
+fn repo_column(row: &AnyRow, column: &str) -> Result<RepoName, StoreError> {
     let name: String = row.try_get(column)?;
     Ok(RepoName::parse(&name)?)
 }
 
+#[cfg(test)]
+pub(crate) mod testdb;
 #[cfg(test)]
 mod tests;

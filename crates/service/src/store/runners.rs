@@ -3,10 +3,10 @@
 //! and a restart) cannot both act on one runner.
 
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use sqlx::any::AnyRow;
 
 use super::ingest::to_i64;
-use super::{Store, StoreError, corrupt, repo_column};
+use super::{Store, StoreError, corrupt, placeholders, repo_column};
 use crate::domain::{JobId, JobStatus, LabelSet, RepoName, RunnerName, RunnerState};
 
 /// A runner the planner decided to make.
@@ -111,7 +111,7 @@ impl RunnerPatch {
 }
 
 impl RunnerRow {
-    fn from_row(row: &SqliteRow) -> Result<RunnerRow, StoreError> {
+    fn from_row(row: &AnyRow) -> Result<RunnerRow, StoreError> {
         let state: String = row.try_get("state")?;
         let labels: String = row.try_get("labels")?;
         let job: i64 = row.try_get("job_id")?;
@@ -147,7 +147,7 @@ WHERE r.state NOT IN ('done', 'failed')
 ORDER BY r.created_at, r.name";
 
 impl LiveRunner {
-    pub(super) fn from_row(row: &SqliteRow) -> Result<LiveRunner, StoreError> {
+    pub(super) fn from_row(row: &AnyRow) -> Result<LiveRunner, StoreError> {
         let took_id: Option<i64> = row.try_get("took_id")?;
         let took = match took_id {
             None => None,
@@ -175,13 +175,14 @@ impl Store {
     /// (the planner computed it from stale data); returns how many were inserted.
     pub async fn insert_runners(&self, runners: &[NewRunner]) -> Result<u64, StoreError> {
         let now = self.clock.now_millis();
-        let mut tx = self.writer().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin_fenced().await?;
         let mut inserted = 0;
         for r in runners {
             let done = sqlx::query(
-                "INSERT OR IGNORE INTO runners (name, job_id, attempt, repo, labels, label_key, state,
-                                                created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending', ?7, ?7)",
+                "INSERT INTO runners (name, job_id, attempt, repo, labels, label_key, state,
+                                      created_at, updated_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $7)
+                 ON CONFLICT DO NOTHING",
             )
             .bind(r.name.as_str())
             .bind(to_i64(r.job.0))
@@ -208,50 +209,50 @@ impl Store {
         patch: RunnerPatch,
     ) -> Result<bool, StoreError> {
         let now = self.clock.now_millis();
-        let from_list = from.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",");
-        let done = sqlx::query(
+        let sql = format!(
             "UPDATE runners SET
-                 state = ?1,
-                 github_id = COALESCE(?2, github_id),
-                 sandbox_id = COALESCE(?3, sandbox_id),
-                 failure = COALESCE(?4, failure),
-                 retryable = COALESCE(?5, retryable),
-                 started_at = CASE WHEN ?6 THEN ?8 ELSE started_at END,
-                 ended_at = CASE WHEN ?7 THEN ?8 ELSE ended_at END,
-                 updated_at = ?8
-             WHERE name = ?9 AND instr(',' || ?10 || ',', ',' || state || ',') > 0",
-        )
-        .bind(to.as_str())
-        .bind(patch.github_id.map(to_i64))
-        .bind(patch.sandbox_id)
-        .bind(patch.failure)
-        .bind(patch.backoff.map(i64::from))
-        .bind(patch.started)
-        .bind(patch.ended)
-        .bind(now)
-        .bind(name.as_str())
-        .bind(from_list)
-        .execute(self.writer())
-        .await?;
+                 state = $1,
+                 github_id = COALESCE($2, github_id),
+                 sandbox_id = COALESCE($3, sandbox_id),
+                 failure = COALESCE($4, failure),
+                 retryable = COALESCE($5, retryable),
+                 started_at = CASE WHEN $6 THEN $8 ELSE started_at END,
+                 ended_at = CASE WHEN $7 THEN $8 ELSE ended_at END,
+                 updated_at = $8
+             WHERE name = $9 AND state IN ({})",
+            placeholders(10, from.len().max(1))
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(to.as_str())
+            .bind(patch.github_id.map(to_i64))
+            .bind(patch.sandbox_id)
+            .bind(patch.failure)
+            .bind(patch.backoff.map(i64::from))
+            .bind(patch.started)
+            .bind(patch.ended)
+            .bind(now)
+            .bind(name.as_str());
+        query = bind_states(query, from);
+        let mut tx = self.begin_fenced().await?;
+        let done = query.execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
 
     /// Runners in any of `states`, oldest first.
     pub async fn runners_in(&self, states: &[RunnerState]) -> Result<Vec<RunnerRow>, StoreError> {
-        let list = states.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",");
-        let rows = sqlx::query(
-            "SELECT * FROM runners WHERE instr(',' || ?1 || ',', ',' || state || ',') > 0
-             ORDER BY created_at, name",
-        )
-        .bind(list)
-        .fetch_all(self.pool())
-        .await?;
+        let sql = format!(
+            "SELECT * FROM runners WHERE state IN ({}) ORDER BY created_at, name",
+            placeholders(1, states.len().max(1))
+        );
+        let query = bind_states(sqlx::query(sqlx::AssertSqlSafe(sql)), states);
+        let rows = query.fetch_all(self.pool()).await?;
         rows.iter().map(RunnerRow::from_row).collect()
     }
 
     /// One runner by name.
     pub async fn runner(&self, name: &str) -> Result<Option<RunnerRow>, StoreError> {
-        let row = sqlx::query("SELECT * FROM runners WHERE name = ?1")
+        let row = sqlx::query("SELECT * FROM runners WHERE name = $1")
             .bind(name)
             .fetch_optional(self.pool())
             .await?;
@@ -290,6 +291,21 @@ impl Store {
     }
 }
 
+/// Binds each state's name to the `IN (…)` list `placeholders` wrote; an empty list binds
+/// one name no row has, so it matches nothing.
+fn bind_states<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    states: &[RunnerState],
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments> {
+    if states.is_empty() {
+        return query.bind("");
+    }
+    for state in states {
+        query = query.bind(state.as_str());
+    }
+    query
+}
+
 /// The highest attempt and the retryable failures of every open job's runners.
 pub(super) const ATTEMPT_STATS: &str = "SELECT r.job_id, MAX(r.attempt) AS max_attempt,
         SUM(CASE WHEN r.state = 'failed' AND r.retryable = 1 THEN 1 ELSE 0 END) AS failures,
@@ -300,7 +316,7 @@ pub(super) const ATTEMPT_STATS: &str = "SELECT r.job_id, MAX(r.attempt) AS max_a
  GROUP BY r.job_id";
 
 /// One row of `ATTEMPT_STATS`.
-pub(super) fn attempt_from_row(row: &SqliteRow) -> Result<(JobId, AttemptStats), StoreError> {
+pub(super) fn attempt_from_row(row: &AnyRow) -> Result<(JobId, AttemptStats), StoreError> {
     let job: i64 = row.try_get("job_id")?;
     let max_attempt: i64 = row.try_get("max_attempt")?;
     let failures: i64 = row.try_get("failures")?;

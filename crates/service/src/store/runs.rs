@@ -80,7 +80,7 @@ impl Store {
             RunStrategy::Unreadable => ("unreadable", "[]"),
         };
         sqlx::query(
-            "INSERT INTO runs (run_id, repo, state, strategy, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+            "INSERT INTO runs (run_id, repo, state, strategy, updated_at) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT(run_id) DO UPDATE SET state = excluded.state, strategy = excluded.strategy,
                                                updated_at = excluded.updated_at",
         )

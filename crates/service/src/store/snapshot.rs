@@ -22,9 +22,10 @@ pub struct PlanInputs {
 }
 
 impl Store {
-    /// Reads the planner's inputs in one read transaction (a consistent snapshot in WAL mode).
+    /// Reads the planner's inputs in one read transaction (a consistent snapshot in WAL mode;
+    /// repeatable read on PostgreSQL, whose default gives each statement its own).
     pub async fn plan_inputs(&self) -> Result<PlanInputs, StoreError> {
-        let mut tx = self.pool().begin().await?;
+        let mut tx = self.pool().begin_with(self.backend().begin_snapshot()).await?;
         let jobs = sqlx::query(OPEN_JOBS).fetch_all(&mut *tx).await?;
         let runners = sqlx::query(LIVE_RUNNERS).fetch_all(&mut *tx).await?;
         let attempts = sqlx::query(ATTEMPT_STATS).fetch_all(&mut *tx).await?;

@@ -3,9 +3,7 @@ use crate::domain::{
     Abandoned, JobEvent, JobId, JobStatus, LabelSet, NamePrefix, RepoName, RunnerName, RunnerState,
 };
 
-async fn store() -> Store {
-    Store::open("sqlite::memory:").await.expect("in-memory store")
-}
+use super::testdb::{TestDb, on_both_backends};
 
 fn event(action: &str, status: JobStatus, runner: Option<&str>) -> JobEvent {
     JobEvent {
@@ -43,9 +41,8 @@ async fn record(s: &Store, guid: &str, e: JobEvent) -> Recorded {
         .expect("recorded")
 }
 
-#[tokio::test]
-async fn a_delivery_guid_is_applied_once() {
-    let s = store().await;
+async fn a_delivery_guid_is_applied_once(db: TestDb) {
+    let s = db.open().await;
     assert_eq!(
         record(&s, "g1", event("queued", JobStatus::Queued, None)).await,
         Recorded::Applied
@@ -57,9 +54,8 @@ async fn a_delivery_guid_is_applied_once() {
     assert_eq!(s.open_jobs().await.expect("jobs").len(), 1);
 }
 
-#[tokio::test]
-async fn completed_before_queued_stays_completed() {
-    let s = store().await;
+async fn completed_before_queued_stays_completed(db: TestDb) {
+    let s = db.open().await;
     record(
         &s,
         "g1",
@@ -80,9 +76,8 @@ async fn completed_before_queued_stays_completed() {
     assert!(s.open_jobs().await.expect("jobs").is_empty());
 }
 
-#[tokio::test]
-async fn a_late_in_progress_fills_in_the_runner_of_a_completed_job() {
-    let s = store().await;
+async fn a_late_in_progress_fills_in_the_runner_of_a_completed_job(db: TestDb) {
+    let s = db.open().await;
     record(&s, "g1", event("completed", JobStatus::Completed, None)).await;
     record(
         &s,
@@ -95,9 +90,8 @@ async fn a_late_in_progress_fills_in_the_runner_of_a_completed_job() {
     assert_eq!(job.runner_name.as_deref(), Some("modal-1-1"));
 }
 
-#[tokio::test]
-async fn waiting_and_queued_replace_each_other_until_the_job_starts() {
-    let s = store().await;
+async fn waiting_and_queued_replace_each_other_until_the_job_starts(db: TestDb) {
+    let s = db.open().await;
     record(&s, "g1", event("queued", JobStatus::Waiting, None)).await;
     assert_eq!(s.open_jobs().await.expect("jobs")[0].status, JobStatus::Waiting);
     record(&s, "g2", event("queued", JobStatus::Queued, None)).await;
@@ -110,9 +104,8 @@ async fn waiting_and_queued_replace_each_other_until_the_job_starts() {
     );
 }
 
-#[tokio::test]
-async fn many_concurrent_events_are_all_recorded() {
-    let s = store().await;
+async fn many_concurrent_events_are_all_recorded(db: TestDb) {
+    let s = db.open().await;
     let mut tasks = Vec::new();
     for i in 0..300u64 {
         let s = s.clone();
@@ -128,45 +121,8 @@ async fn many_concurrent_events_are_all_recorded() {
     assert_eq!(s.open_jobs().await.expect("jobs").len(), 300);
 }
 
-/// Events sent at once share one transaction and one statement: a job's whole life and a
-/// repeated GUID in one group come out as if recorded one by one.
-#[tokio::test]
-async fn events_of_one_job_in_one_group_merge_in_order_and_a_repeated_guid_counts_once() {
-    let s = store().await;
-    let (queued, started, repeat, completed, other) = tokio::join!(
-        record(&s, "g1", event("queued", JobStatus::Queued, None)),
-        record(
-            &s,
-            "g2",
-            event("in_progress", JobStatus::InProgress, Some("modal-1-1"))
-        ),
-        record(&s, "g1", event("queued", JobStatus::Queued, None)),
-        record(
-            &s,
-            "g3",
-            event("completed", JobStatus::Completed, Some("modal-1-1"))
-        ),
-        s.record(None, event("queued", JobStatus::Queued, None), EventSource::Poll),
-    );
-    assert_eq!(
-        [queued, started, repeat, completed],
-        [
-            Recorded::Applied,
-            Recorded::Applied,
-            Recorded::Duplicate,
-            Recorded::Applied
-        ]
-    );
-    assert_eq!(other.expect("recorded"), Recorded::Applied);
-    let job = s.job(JobId(12_877_621_891)).await.expect("read").expect("exists");
-    assert_eq!(job.status, JobStatus::Completed);
-    assert_eq!(job.runner_name.as_deref(), Some("modal-1-1"));
-    assert_eq!(s.delivery_count().await.expect("count"), 3);
-}
-
-#[tokio::test]
-async fn runner_transitions_are_compare_and_set() {
-    let s = store().await;
+async fn runner_transitions_are_compare_and_set(db: TestDb) {
+    let s = db.open().await;
     record(&s, "g1", event("queued", JobStatus::Queued, None)).await;
     let prefix = NamePrefix::parse("modal").expect("prefix");
     let name = RunnerName::for_job(&prefix, JobId(12_877_621_891), 1);
@@ -209,9 +165,8 @@ async fn runner_transitions_are_compare_and_set() {
     assert_eq!((row.state, row.github_id), (RunnerState::Registered, Some(42)));
 }
 
-#[tokio::test]
-async fn live_runners_carry_the_job_they_took() {
-    let s = store().await;
+async fn live_runners_carry_the_job_they_took(db: TestDb) {
+    let s = db.open().await;
     record(&s, "g1", event("queued", JobStatus::Queued, None)).await;
     let prefix = NamePrefix::parse("modal").expect("prefix");
     let name = RunnerName::for_job(&prefix, JobId(12_877_621_891), 1);
@@ -233,9 +188,8 @@ async fn live_runners_carry_the_job_they_took() {
     );
 }
 
-#[tokio::test]
-async fn failed_attempts_count_toward_backoff_only_when_retryable() {
-    let s = store().await;
+async fn failed_attempts_count_toward_backoff_only_when_retryable(db: TestDb) {
+    let s = db.open().await;
     record(&s, "g1", event("queued", JobStatus::Queued, None)).await;
     let prefix = NamePrefix::parse("modal").expect("prefix");
     for (attempt, backoff) in [(1, true), (2, false)] {
@@ -257,14 +211,11 @@ async fn failed_attempts_count_toward_backoff_only_when_retryable() {
     assert_eq!((stats[0].1.max_attempt, stats[0].1.failures), (2, 1));
 }
 
-#[tokio::test]
-async fn the_store_survives_a_reopen() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("sqlite://{}", dir.path().join("s.db").display());
-    let s = Store::open(&url).await.expect("open");
+async fn the_store_survives_a_reopen(db: TestDb) {
+    let s = db.open().await;
     record(&s, "g1", event("queued", JobStatus::Queued, None)).await;
     s.close().await;
-    let s = Store::open(&url).await.expect("reopen");
+    let s = db.open().await;
     assert_eq!(s.open_jobs().await.expect("jobs").len(), 1);
     assert_eq!(
         record(&s, "g1", event("queued", JobStatus::Queued, None)).await,
@@ -272,9 +223,8 @@ async fn the_store_survives_a_reopen() {
     );
 }
 
-#[tokio::test]
-async fn pruning_removes_old_history_but_never_open_jobs_or_live_runners() {
-    let s = store().await;
+async fn pruning_removes_old_history_but_never_open_jobs_or_live_runners(db: TestDb) {
+    let s = db.open().await;
     let prefix = NamePrefix::parse("modal").expect("prefix");
     // An old completed job with its ended runner, an open job with a live runner.
     let mut done = event("completed", JobStatus::Completed, Some("modal-1-1"));
@@ -312,9 +262,8 @@ async fn pruning_removes_old_history_but_never_open_jobs_or_live_runners() {
     assert_eq!(s.delivery_count().await.expect("count"), 0);
 }
 
-#[tokio::test]
-async fn a_repository_name_damaged_in_the_database_is_a_typed_error() {
-    let s = store().await;
+async fn a_repository_name_damaged_in_the_database_is_a_typed_error(db: TestDb) {
+    let s = db.open().await;
     let mut queued = event("queued", JobStatus::Queued, None);
     queued.repo = RepoName::parse("Octo/Repo").expect("valid");
     record(&s, "g1", queued).await;
@@ -339,9 +288,8 @@ async fn a_repository_name_damaged_in_the_database_is_a_typed_error() {
     assert!(bad(s.all_runners().await.map(|v| v.len())));
 }
 
-#[tokio::test]
-async fn redelivery_requests_are_counted_per_delivery_and_pruned_with_the_history() {
-    let s = store().await;
+async fn redelivery_requests_are_counted_per_delivery_and_pruned_with_the_history(db: TestDb) {
+    let s = db.open().await;
     assert_eq!(s.redelivery_asks("g1").await.expect("read"), 0);
     s.note_redelivery("g1").await.expect("note");
     s.note_redelivery("g1").await.expect("note");
@@ -352,9 +300,10 @@ async fn redelivery_requests_are_counted_per_delivery_and_pruned_with_the_histor
     assert_eq!(s.redelivery_asks("g1").await.expect("read"), 0, "pruned");
 }
 
-#[tokio::test]
-async fn an_abandoned_job_is_closed_once_with_its_reason_and_a_late_queued_event_does_not_reopen_it() {
-    let s = store().await;
+async fn an_abandoned_job_is_closed_once_with_its_reason_and_a_late_queued_event_does_not_reopen_it(
+    db: TestDb,
+) {
+    let s = db.open().await;
     record(&s, "g1", event("queued", JobStatus::Queued, None)).await;
     let id = JobId(12_877_621_891);
     assert!(s.abandon_job(id, &Abandoned::GoneAtGitHub).await.expect("close"));
@@ -378,15 +327,14 @@ async fn applied_versions(s: &Store) -> Vec<i64> {
         .expect("migrations table")
 }
 
-fn all_versions() -> Vec<i64> {
-    (1..=migrations::latest_version()).collect()
+fn all_versions(backend: Backend) -> Vec<i64> {
+    (1..=migrations::latest_version(backend)).collect()
 }
 
-#[tokio::test]
-async fn a_new_database_gets_every_migration() {
-    let s = store().await;
+async fn a_new_database_gets_every_migration(db: TestDb) {
+    let s = db.open().await;
 
-    assert_eq!(applied_versions(&s).await, all_versions());
+    assert_eq!(applied_versions(&s).await, all_versions(s.backend()));
     assert_eq!(s.delivery_count().await.expect("deliveries"), 0);
 }
 
@@ -412,7 +360,7 @@ async fn a_database_from_before_migrations_keeps_its_rows_and_is_migrated() {
 
     let s = Store::open(&url).await.expect("opens the old database");
 
-    assert_eq!(applied_versions(&s).await, all_versions());
+    assert_eq!(applied_versions(&s).await, all_versions(Backend::Sqlite));
     assert!(s.delivery_seen("guid-1").await.expect("read"));
     assert!(s.delivery_seen("guid-2").await.expect("read"));
     let job = s
@@ -438,35 +386,33 @@ async fn a_database_from_before_migrations_keeps_its_rows_and_is_migrated() {
     s.close().await;
     // Opened again, nothing is applied twice.
     let again = Store::open(&url).await.expect("opens again");
-    assert_eq!(applied_versions(&again).await, all_versions());
+    assert_eq!(applied_versions(&again).await, all_versions(Backend::Sqlite));
 }
 
-#[tokio::test]
-async fn a_database_written_by_a_newer_version_is_refused_naming_both_versions() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("store.db");
-    let url = format!("sqlite://{}", path.display());
-    let s = Store::open(&url).await.expect("new database");
-    let newer = migrations::latest_version() + 1;
+async fn a_database_written_by_a_newer_version_is_refused_naming_both_versions(db: TestDb) {
+    let s = db.open().await;
+    let backend = s.backend();
+    let newer = migrations::latest_version(backend) + 1;
     sqlx::query(
         "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time)
-         VALUES (?1, 'from the future', TRUE, x'00', 0)",
+         VALUES ($1, 'from the future', TRUE, $2, 0)",
     )
     .bind(newer)
+    .bind(vec![0u8])
     .execute(s.writer())
     .await
     .expect("a newer version's row");
     s.close().await;
 
-    let err = Store::open(&url).await.err().expect("refused");
+    let err = Store::open(&db.url).await.err().expect("refused");
 
     assert_eq!(
         err.to_string(),
         format!(
             "the database at {} was written by a newer version (schema {newer}); this binary \
              knows up to {}; upgrade the binary or restore a backup",
-            path.display(),
-            migrations::latest_version()
+            db.display,
+            migrations::latest_version(backend)
         )
     );
 }
@@ -489,9 +435,45 @@ fn released_migrations_are_never_edited() {
             "fcbe092f3a39013483f2e459d3b2752cbd9b3957fb823a19219a807813102901",
         ),
     ];
-    assert_eq!(pinned.len(), all_versions().len(), "every migration is pinned");
+    assert_eq!(
+        pinned.len(),
+        all_versions(Backend::Sqlite).len(),
+        "every migration is pinned"
+    );
     for (version, checksum) in pinned {
-        let sql = migrations::sql(*version).expect("a released migration");
+        let sql = migrations::sql(Backend::Sqlite, *version).expect("a released migration");
+        let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(sql));
+        assert_eq!(sha256, *checksum, "migration {version} was edited");
+    }
+}
+
+#[test]
+fn released_postgres_migrations_are_never_edited() {
+    let pinned: &[(i64, &str)] = &[
+        (
+            1,
+            "ee67e01c5e0b40b378da3bb4389153ecb3fb353e4e05a0393692b175bbd03570",
+        ),
+        (
+            2,
+            "958c5dc3388cbe380fcabc6680722b59032bace79c5d450e8de4906dc22c00e0",
+        ),
+        (
+            3,
+            "8000d4aac1f539b8dd58bb8dc8c0bea851b9d07f1fe1f3332ae97a30886bad3a",
+        ),
+        (
+            4,
+            "588ba9bd59c2900303d92cad696f5ff86debd2c644e1d81ccbde79770a60fb75",
+        ),
+    ];
+    assert_eq!(
+        pinned.len(),
+        all_versions(Backend::Postgres).len(),
+        "every migration is pinned"
+    );
+    for (version, checksum) in pinned {
+        let sql = migrations::sql(Backend::Postgres, *version).expect("a released migration");
         let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(sql));
         assert_eq!(sha256, *checksum, "migration {version} was edited");
     }
@@ -532,11 +514,47 @@ async fn a_locked_database_is_told_apart_from_other_errors_so_opening_can_try_ag
     assert!(!StoreError::Closed.is_busy());
 }
 
+/// Events sent at once share one transaction and one statement per round: a job's whole
+/// life and a repeated GUID in one group come out as if recorded one by one.
+async fn events_of_one_job_in_one_group_merge_in_order_and_a_repeated_guid_counts_once(db: TestDb) {
+    let s = db.open().await;
+    let (queued, started, repeat, completed, other) = tokio::join!(
+        record(&s, "g1", event("queued", JobStatus::Queued, None)),
+        record(
+            &s,
+            "g2",
+            event("in_progress", JobStatus::InProgress, Some("modal-1-1"))
+        ),
+        record(&s, "g1", event("queued", JobStatus::Queued, None)),
+        record(
+            &s,
+            "g3",
+            event("completed", JobStatus::Completed, Some("modal-1-1"))
+        ),
+        s.record(None, event("queued", JobStatus::Queued, None), EventSource::Poll),
+    );
+    assert_eq!(
+        [queued, started, repeat, completed],
+        [
+            Recorded::Applied,
+            Recorded::Applied,
+            Recorded::Duplicate,
+            Recorded::Applied
+        ]
+    );
+    assert_eq!(other.expect("recorded"), Recorded::Applied);
+    let job = s.job(JobId(12_877_621_891)).await.expect("read").expect("exists");
+    assert_eq!(job.status, JobStatus::Completed);
+    assert_eq!(job.runner_name.as_deref(), Some("modal-1-1"));
+    assert_eq!(s.delivery_count().await.expect("count"), 3);
+}
+
 // ---- costs and failure logs (issue 13 items 4, 5) ----
 
-#[tokio::test]
-async fn an_ended_runners_cost_is_recorded_once_summed_per_job_and_repository_and_pruned_with_the_history() {
-    let s = store().await;
+async fn an_ended_runners_cost_is_recorded_once_summed_per_job_and_repository_and_pruned_with_the_history(
+    db: TestDb,
+) {
+    let s = db.open().await;
     let prefix = NamePrefix::parse("modal").expect("prefix");
     s.insert_runners(&[new_runner(1, 1)]).await.expect("insert");
     let name = RunnerName::for_job(&prefix, JobId(1), 1);
@@ -596,4 +614,134 @@ async fn an_ended_runners_cost_is_recorded_once_summed_per_job_and_repository_an
     s.prune(s.clock().now_millis() + 1).await.expect("prune");
     assert_eq!(s.spend_since(0).await.expect("spend"), 0.0, "pruned");
     assert!(s.failure_logs(5).await.expect("logs").is_empty(), "pruned");
+}
+
+on_both_backends!(
+    a_delivery_guid_is_applied_once,
+    completed_before_queued_stays_completed,
+    a_late_in_progress_fills_in_the_runner_of_a_completed_job,
+    waiting_and_queued_replace_each_other_until_the_job_starts,
+    many_concurrent_events_are_all_recorded,
+    runner_transitions_are_compare_and_set,
+    live_runners_carry_the_job_they_took,
+    failed_attempts_count_toward_backoff_only_when_retryable,
+    pruning_removes_old_history_but_never_open_jobs_or_live_runners,
+    a_repository_name_damaged_in_the_database_is_a_typed_error,
+    redelivery_requests_are_counted_per_delivery_and_pruned_with_the_history,
+    an_abandoned_job_is_closed_once_with_its_reason_and_a_late_queued_event_does_not_reopen_it,
+    a_new_database_gets_every_migration,
+    the_store_survives_a_reopen,
+    a_database_written_by_a_newer_version_is_refused_naming_both_versions,
+    events_of_one_job_in_one_group_merge_in_order_and_a_repeated_guid_counts_once,
+    an_ended_runners_cost_is_recorded_once_summed_per_job_and_repository_and_pruned_with_the_history,
+);
+
+/// A PostgreSQL store for the lease's tests; `None` (skipped) without `TEST_DATABASE_URL`.
+async fn postgres_store(test: &str) -> Option<(TestDb, Store)> {
+    let db = TestDb::postgres(test).await?;
+    let s = db.open().await;
+    Some((db, s))
+}
+
+#[tokio::test]
+async fn a_live_lease_stays_with_its_holder_and_an_expired_one_is_taken_over_under_a_new_token() {
+    let Some((_db, s)) = postgres_store("lease_takeover").await else {
+        return;
+    };
+    let long = std::time::Duration::from_secs(60);
+    let (a, _) = s
+        .acquire_lease("a", long)
+        .await
+        .expect("acquire")
+        .expect("a leads");
+    assert_eq!(
+        s.acquire_lease("b", long).await.expect("try"),
+        None,
+        "a's lease is live"
+    );
+    let (renewed, _) = s.acquire_lease("a", long).await.expect("renew").expect("still a");
+    assert_eq!(renewed, a, "a renewal keeps the token");
+
+    let short = std::time::Duration::from_millis(200);
+    s.acquire_lease("a", short)
+        .await
+        .expect("renew short")
+        .expect("still a");
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    let (b, _) = s
+        .acquire_lease("b", long)
+        .await
+        .expect("take over")
+        .expect("b leads");
+
+    assert!(b > a, "a takeover increments the token: {a} then {b}");
+    assert!(matches!(s.check_token(a).await, Err(StoreError::Fenced(t)) if t == a));
+    s.check_token(b).await.expect("b's token is live");
+    let lease = s
+        .lease_state()
+        .await
+        .expect("read")
+        .expect("postgres has a lease");
+    assert_eq!((lease.holder.as_str(), lease.token, lease.live), ("b", b, true));
+}
+
+#[tokio::test]
+async fn runner_writes_of_a_leader_whose_lease_was_taken_over_are_refused() {
+    let Some((_db, s)) = postgres_store("lease_fenced_writes").await else {
+        return;
+    };
+    record(&s, "g1", event("queued", JobStatus::Queued, None)).await;
+    let leadership = crate::leader::Leadership::new("a".into(), Backend::Postgres, 0);
+    let fenced = s.fenced(leadership.clone());
+    // Not leading yet: nothing is written.
+    assert!(matches!(
+        fenced.insert_runners(&[new_runner(12_877_621_891, 1)]).await,
+        Err(StoreError::Fenced(_))
+    ));
+    let short = std::time::Duration::from_millis(300);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let keeper = tokio::spawn(crate::leader::keep_lease(
+        s.clone(),
+        leadership.clone(),
+        short * 3,
+        stop.clone(),
+    ));
+    for _ in 0..100 {
+        if leadership.token().is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        fenced
+            .insert_runners(&[new_runner(12_877_621_891, 1)])
+            .await
+            .expect("leads"),
+        1
+    );
+    // The keeper stops (as a paused process stops renewing) without giving the lease up:
+    // another replica takes it over once it expires.
+    keeper.abort();
+    tokio::time::sleep(short * 4).await;
+    s.acquire_lease("b", short * 10)
+        .await
+        .expect("take over")
+        .expect("b leads");
+
+    let name = RunnerName::from_stored("modal-12877621891-1".into());
+    let moved = fenced
+        .transition(
+            &name,
+            &[RunnerState::Pending],
+            RunnerState::Failed,
+            RunnerPatch::ended(),
+        )
+        .await;
+
+    assert!(matches!(moved, Err(StoreError::Fenced(_))), "{moved:?}");
+    assert_eq!(
+        s.runner(name.as_str()).await.expect("read").expect("row").state,
+        RunnerState::Pending
+    );
+    stop.cancel();
 }

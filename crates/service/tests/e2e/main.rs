@@ -12,6 +12,7 @@ mod lifecycle;
 mod modal;
 mod reaping;
 mod reliability;
+mod replicas;
 mod sandbox_features;
 mod scale;
 mod scaleset;
