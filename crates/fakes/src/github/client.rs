@@ -40,34 +40,43 @@ impl HttpResponse {
     }
 }
 
-/// A client with a timeout; cheap to create, all share one connection pool.
+/// A client with a timeout; cheap to create. `new` ones share one pool of kept-alive
+/// connections; `one_shot` ones open a connection per request.
 #[derive(Debug, Clone)]
 pub struct HttpClient {
     timeout: Duration,
+    reuse: bool,
 }
 
-fn shared() -> Result<&'static reqwest::Client, HttpError> {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    if let Some(c) = CLIENT.get() {
+fn shared(reuse: bool) -> Result<&'static reqwest::Client, HttpError> {
+    static POOLED: OnceLock<reqwest::Client> = OnceLock::new();
+    static FRESH: OnceLock<reqwest::Client> = OnceLock::new();
+    let cell = if reuse { &POOLED } else { &FRESH };
+    if let Some(c) = cell.get() {
         return Ok(c);
     }
     crate::install_crypto_provider();
-    let client = reqwest::Client::builder()
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build()
-        .map_err(|e| HttpError::Request(e.to_string()))?;
-    Ok(CLIENT.get_or_init(|| client))
+    let mut builder = reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(30));
+    if !reuse {
+        builder = builder.pool_max_idle_per_host(0);
+    }
+    let client = builder.build().map_err(|e| HttpError::Request(e.to_string()))?;
+    Ok(cell.get_or_init(|| client))
 }
 
 impl HttpClient {
-    /// A client whose requests fail after `timeout`.
+    /// A client whose requests fail after `timeout`, over kept-alive connections.
     pub fn new(timeout: Duration) -> Self {
-        Self { timeout }
+        Self { timeout, reuse: true }
     }
 
-    /// Same as `new`; kept for callers that deliver one request (webhooks).
+    /// A client that opens a connection per request, as GitHub's webhook deliveries do:
+    /// a load balancer in front of several replicas then spreads them.
     pub fn one_shot(timeout: Duration) -> Self {
-        Self::new(timeout)
+        Self {
+            timeout,
+            reuse: false,
+        }
     }
 
     /// Sends one request; the whole exchange is bounded by the timeout.
@@ -80,7 +89,7 @@ impl HttpClient {
     ) -> Result<HttpResponse, HttpError> {
         let method =
             reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| HttpError::Request(e.to_string()))?;
-        let mut req = shared()?
+        let mut req = shared(self.reuse)?
             .request(method, url)
             .timeout(self.timeout)
             .body(body.to_vec());
