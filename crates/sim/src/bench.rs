@@ -444,6 +444,9 @@ struct BurstResult {
     /// For each job: from the answer to its `queued` webhook to its first registration
     /// request, sorted.
     queued_to_registration: Vec<Duration>,
+    /// The same for the first round: the first `CONCURRENCY` jobs whose webhooks were
+    /// answered, which find a registration slot free; sorted.
+    first_round: Vec<Duration>,
     first_registration: Option<SystemTime>,
     last_registration: Option<SystemTime>,
     registrations: usize,
@@ -484,8 +487,10 @@ async fn burst(jobs: usize, config: WorldConfig) -> Result<BurstResult, String> 
         .filter(|c| c.route == fake_gh::Route::GenerateJitConfig && c.status == 201)
         .map(|c| c.at)
         .collect();
+    let latencies = queued_to_registration(&world);
     let result = BurstResult {
-        queued_to_registration: queued_to_registration(&world),
+        queued_to_registration: sorted(latencies.iter().map(|(_, d)| *d).collect()),
+        first_round: sorted(latencies.iter().take(CONCURRENCY).map(|(_, d)| *d).collect()),
         last_sandbox,
         first_registration: registrations.iter().min().copied(),
         last_registration: registrations.iter().max().copied(),
@@ -498,9 +503,9 @@ async fn burst(jobs: usize, config: WorldConfig) -> Result<BurstResult, String> 
     Ok(result)
 }
 
-/// For each job, how long after the service answered its `queued` webhook the service sent
-/// its first registration request; sorted.
-fn queued_to_registration(world: &testkit::World) -> Vec<Duration> {
+/// For each job, when the service answered its `queued` webhook and how long after that it
+/// sent its first registration request; in the order the webhooks were answered.
+fn queued_to_registration(world: &testkit::World) -> Vec<(SystemTime, Duration)> {
     let answered: std::collections::HashMap<u64, SystemTime> = world
         .github
         .deliveries()
@@ -522,12 +527,20 @@ fn queued_to_registration(world: &testkit::World) -> Vec<Duration> {
             *at = (*at).min(call.at);
         }
     }
-    let mut out: Vec<Duration> = first
+    let mut out: Vec<(SystemTime, Duration)> = first
         .iter()
-        .filter_map(|(job, at)| at.duration_since(*answered.get(job)?).ok())
+        .filter_map(|(job, at)| {
+            let answer = *answered.get(job)?;
+            Some((answer, at.duration_since(answer).ok()?))
+        })
         .collect();
     out.sort();
     out
+}
+
+fn sorted(mut durations: Vec<Duration>) -> Vec<Duration> {
+    durations.sort();
+    durations
 }
 
 /// The `p` quantile of sorted durations.
@@ -582,7 +595,7 @@ async fn burst_latency(quick: bool) -> Result<Table, String> {
     let last = r.last_sandbox.as_secs_f64();
     // Before the pipeline a runner held one of 32 slots through registration and creation.
     let one_stage = jobs.div_ceil(CONCURRENCY) as f64 * (JIT_LATENCY + CREATE_LATENCY).as_secs_f64();
-    let first = small.queued_to_registration.first().copied().unwrap_or_default();
+    let first_round = quantile(&small.first_round, 0.99);
     let mut t = Table::new(
         "2. burst, latency-bound: limits off, JIT 300 ms, create 1 s, 32 registration and 256 creation slots",
     );
@@ -621,10 +634,10 @@ async fn burst_latency(quick: bool) -> Result<Table, String> {
             ),
         )
         .judged(
-            "50 jobs: first registration request after its webhook's answer",
-            format!("{:.1} ms", ms(first)),
+            "50 jobs, first round (first 32 answered): answer to registration request, p99",
+            format!("{:.1} ms", ms(first_round)),
             "<= 50 ms",
-            first <= Duration::from_millis(50),
+            first_round <= Duration::from_millis(50),
         );
     Ok(t)
 }
