@@ -428,4 +428,63 @@ mod tests {
         let why = whys(None).await;
         assert!(why.values().all(|w| !w.starts_with("refused")), "{why:?}");
     }
+
+    #[tokio::test]
+    async fn the_status_text_names_the_version_leader_headroom_pacing_and_runner_ages() {
+        let store = Store::open("sqlite::memory:").await.expect("store");
+        store
+            .record(None, queued(1, &[]), EventSource::Poll)
+            .await
+            .expect("recorded");
+        let prefix = crate::domain::NamePrefix::parse("modal").expect("prefix");
+        let name = crate::domain::RunnerName::for_job(&prefix, JobId(1), 1);
+        store
+            .insert_runners(&[crate::store::NewRunner {
+                name: name.clone(),
+                job: JobId(1),
+                attempt: 1,
+                repo: RepoName::parse("octo/repo").expect("valid"),
+                labels: LabelSet::new(["self-hosted", "modal"]),
+            }])
+            .await
+            .expect("inserted");
+        let live = Live {
+            leader: Some(Leader {
+                replica: "host-7".into(),
+                since: 5,
+            }),
+            github: vec![GitHubHeadroom {
+                budget: "token".into(),
+                remaining: Some(4321),
+                limit: Some(5000),
+                reset: None,
+            }],
+            modal: Some(ModalPacing {
+                create_rate_per_sec: Some(2.5),
+                created_since_start: 3,
+            }),
+            machine: Some(policy()),
+        };
+        let text = render_text(&gather(&store, 5, live).await.expect("gathered"));
+
+        assert!(
+            text.starts_with(&format!("modal-github-runner {}\n", env!("CARGO_PKG_VERSION"))),
+            "{text}"
+        );
+        assert!(text.contains("leader:  host-7 since 5"), "{text}");
+        assert!(text.contains("github:  token: 4321 of 5000 calls left"), "{text}");
+        assert!(text.contains("modal:   3 creations since start, paced at 2.5/s"), "{text}");
+        let runner = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(name.as_str()))
+            .unwrap_or_else(|| panic!("no runner line:\n{text}"));
+        assert!(runner.contains("s  job 1 octo/repo"), "the runner's age: {runner}");
+        assert!(!text.contains("refusals by SANDBOX_* limits are not shown"), "{text}");
+
+        let bare = render_text(&gather(&store, 5, Live::default()).await.expect("gathered"));
+        assert!(bare.contains("leader:  unknown"), "{bare}");
+        assert!(bare.contains("github:  headroom unknown"), "{bare}");
+        assert!(bare.contains("modal:   creation pacing unknown"), "{bare}");
+        assert!(bare.contains("refusals by SANDBOX_* limits are not shown"), "{bare}");
+    }
 }
