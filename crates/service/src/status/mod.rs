@@ -181,12 +181,16 @@ pub async fn gather(store: &Store, recent: i64, live: Live) -> Result<Status, St
         .map(|j| {
             let tries = by_job.get(&j.id.0).map(Vec::as_slice).unwrap_or_default();
             OpenJob {
-                why: refusal(live.machine.as_ref(), j.status, &j.labels).unwrap_or_else(|| match paused.first() {
-                    // A pause holds back every job still without a live runner.
-                    Some(p) if j.status == JobStatus::Queued && !tries.iter().any(|r| r.state.is_live()) => {
-                        p.clone()
+                why: refusal(live.machine.as_ref(), j.status, &j.labels).unwrap_or_else(|| {
+                    match paused.first() {
+                        // A pause holds back every job still without a live runner.
+                        Some(p)
+                            if j.status == JobStatus::Queued && !tries.iter().any(|r| r.state.is_live()) =>
+                        {
+                            p.clone()
+                        }
+                        _ => why(j.status, j.max_parallel, tries, j.runner_name.as_deref()),
                     }
-                    _ => why(j.status, j.max_parallel, tries, j.runner_name.as_deref()),
                 }),
                 repo: j.repo.to_string(),
                 id: j.id.0,
@@ -473,18 +477,30 @@ mod tests {
         );
         assert!(text.contains("leader:  host-7 since 5"), "{text}");
         assert!(text.contains("github:  token: 4321 of 5000 calls left"), "{text}");
-        assert!(text.contains("modal:   3 creations since start, paced at 2.5/s"), "{text}");
+        assert!(
+            text.contains("modal:   3 creations since start, paced at 2.5/s"),
+            "{text}"
+        );
         let runner = text
             .lines()
             .find(|l| l.trim_start().starts_with(name.as_str()))
             .unwrap_or_else(|| panic!("no runner line:\n{text}"));
-        assert!(runner.contains("s  job 1 octo/repo"), "the runner's age: {runner}");
-        assert!(!text.contains("refusals by SANDBOX_* limits are not shown"), "{text}");
+        assert!(
+            runner.contains("s  job 1 octo/repo"),
+            "the runner's age: {runner}"
+        );
+        assert!(
+            !text.contains("refusals by SANDBOX_* limits are not shown"),
+            "{text}"
+        );
 
         let bare = render_text(&gather(&store, 5, Live::default()).await.expect("gathered"));
         assert!(bare.contains("leader:  unknown"), "{bare}");
         assert!(bare.contains("github:  headroom unknown"), "{bare}");
         assert!(bare.contains("modal:   creation pacing unknown"), "{bare}");
-        assert!(bare.contains("refusals by SANDBOX_* limits are not shown"), "{bare}");
+        assert!(
+            bare.contains("refusals by SANDBOX_* limits are not shown"),
+            "{bare}"
+        );
     }
 }

@@ -136,9 +136,10 @@ async fn status_command(env: &World) -> serde_json::Value {
 async fn jobs_the_machine_policy_refuses_show_the_planners_reason_on_the_page_its_json_and_status() {
     // Arrange: the Modal backend without Docker and with two images; one job each that
     // asks for Docker and for an image nobody defined.
-    let env = World::start(
-        Options::backend(Kind::Modal).with("SANDBOX_IMAGES", "node=node:22-bookworm,cuda=nvidia/cuda:12.4.1-runtime-ubuntu22.04"),
-    )
+    let env = World::start(Options::backend(Kind::Modal).with(
+        "SANDBOX_IMAGES",
+        "node=node:22-bookworm,cuda=nvidia/cuda:12.4.1-runtime-ubuntu22.04",
+    ))
     .await;
     let labels = |extra: &'static str| ["self-hosted", "modal", extra];
     let run = env.github.queue_run(RunSpec::new(
@@ -188,7 +189,11 @@ async fn jobs_the_machine_policy_refuses_show_the_planners_reason_on_the_page_it
             "job {id} does not say {why:?}:\n{text}"
         );
     }
-    assert_eq!(env.fake_modal().sandboxes().len(), 0, "refused jobs get no sandbox");
+    assert_eq!(
+        env.fake_modal().sandboxes().len(),
+        0,
+        "refused jobs get no sandbox"
+    );
     env.github.cancel_job(docker);
     env.github.cancel_job(image);
     env.assert_nothing_left(Duration::from_secs(20)).await;
