@@ -185,6 +185,8 @@ impl Application {
             BackendSettings::Local(_) => None,
         };
         let leadership = self.leadership.clone();
+        // The planner's own policy: a refused job's line says what the planner decided.
+        let machine = self.settings.limits.machine.clone();
         // One budget for a token; one per owner's installation for an App.
         let budgets: Vec<String> = match &self.settings.github.credentials {
             crate::github::Credentials::Token(_) => vec!["token".into()],
@@ -213,6 +215,7 @@ impl Application {
                     create_rate_per_sec: create_rate,
                     created_since_start: metrics.runners_created(),
                 }),
+                machine: Some(machine.clone()),
             }),
         }
     }

@@ -125,6 +125,7 @@ pub async fn status(database_url: &str, limit: i64, json: bool) -> ExitCode {
     };
     let live = crate::status::Live {
         leader,
+        machine: serve_machine_policy(),
         ..crate::status::Live::default()
     };
     let gathered = crate::status::gather(&store, limit, live).await;
@@ -148,6 +149,19 @@ pub async fn status(database_url: &str, limit: i64, json: bool) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The planner's machine policy (`SANDBOX_*`, `BACKEND`), read from `serve`'s configuration
+/// in this environment, so that `status` names refused jobs as the planner decides them; run
+/// it with the service's environment. `None` when that configuration is incomplete or
+/// invalid: the report then says the policy is unknown instead of guessing.
+fn serve_machine_policy() -> Option<crate::domain::MachinePolicy> {
+    use clap::{Args, FromArgMatches};
+    let command = ServeArgs::augment_args(clap::Command::new("serve").no_binary_name(true));
+    let matches = command.try_get_matches_from(std::iter::empty::<String>()).ok()?;
+    let args = ServeArgs::from_arg_matches(&matches).ok()?;
+    let settings = Settings::from_args(args, |var| std::env::var(var).ok()).ok()?;
+    Some(settings.limits.machine)
 }
 
 #[cfg(test)]

@@ -147,6 +147,7 @@ mod tests {
                     reset: None,
                 }],
                 modal: None,
+                machine: None,
             }),
         }
     }

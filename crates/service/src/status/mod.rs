@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
-use crate::domain::{JobStatus, RunnerState};
+use crate::domain::{JobStatus, LabelSet, MachinePolicy, RunnerState};
 use crate::store::{RunnerRow, Store, StoreError};
 
 pub use html::page;
@@ -48,6 +48,9 @@ pub struct Status {
     pub spend_by_repo: Vec<RepoSpend>,
     /// Why provisioning is paused, if it is (e.g. MAX_SPEND_PER_DAY reached).
     pub paused: Vec<String>,
+    /// Whether the open jobs' refusals were decided with the deployment's machine policy
+    /// (`SANDBOX_*`); `false` when the `status` command could not read serve's configuration.
+    pub machine_policy_known: bool,
     /// The warm pool (`WARM_POOL`) and what its idling costs.
     pub warm: WarmView,
 }
@@ -149,6 +152,10 @@ pub struct Live {
     pub leader: Option<Leader>,
     pub github: Vec<GitHubHeadroom>,
     pub modal: Option<ModalPacing>,
+    /// What machines the planner allows (its `Limits::machine`), so that a refused job's
+    /// line says what the planner decided; `None` where the serve configuration is not known
+    /// (then only the labels GitHub would refuse are named).
+    pub machine: Option<MachinePolicy>,
 }
 
 /// Reads the store once and puts `live` beside it.
@@ -174,9 +181,8 @@ pub async fn gather(store: &Store, recent: i64, live: Live) -> Result<Status, St
         .map(|j| {
             let tries = by_job.get(&j.id.0).map(Vec::as_slice).unwrap_or_default();
             OpenJob {
-                why: j.labels.registrable().map_or_else(
-                    |e| format!("refused: {e}"),
-                    |()| match paused.first() {
+                why: refusal(live.machine.as_ref(), j.status, &j.labels).unwrap_or_else(|| {
+                    match paused.first() {
                         // A pause holds back every job still without a live runner.
                         Some(p)
                             if j.status == JobStatus::Queued && !tries.iter().any(|r| r.state.is_live()) =>
@@ -184,8 +190,8 @@ pub async fn gather(store: &Store, recent: i64, live: Live) -> Result<Status, St
                             p.clone()
                         }
                         _ => why(j.status, j.max_parallel, tries, j.runner_name.as_deref()),
-                    },
-                ),
+                    }
+                }),
                 repo: j.repo.to_string(),
                 id: j.id.0,
                 status: j.status.as_str().to_string(),
@@ -271,6 +277,7 @@ pub async fn gather(store: &Store, recent: i64, live: Live) -> Result<Status, St
         spend_today_usd,
         spend_by_repo,
         paused,
+        machine_policy_known: live.machine.is_some(),
         warm,
     })
 }
@@ -294,6 +301,17 @@ fn recent_failures(runners: &[RunnerRow], now: i64, tails: &HashMap<String, Stri
             output_tail: tails.get(r.name.as_str()).cloned(),
         })
         .collect()
+}
+
+/// Why the planner gives a job no runner, decided by the very check the planner makes
+/// (`MachinePolicy::check`, for queued jobs only, as the planner refuses only those);
+/// without the policy, only labels GitHub would refuse are known.
+fn refusal(policy: Option<&MachinePolicy>, status: JobStatus, labels: &LabelSet) -> Option<String> {
+    let refused = match policy {
+        Some(p) if status == JobStatus::Queued => p.check(labels).err(),
+        _ => labels.registrable().err(),
+    };
+    refused.map(|e| format!("refused: {e}"))
 }
 
 /// One line on why an open job is where it is.
@@ -331,5 +349,158 @@ fn why(status: JobStatus, max_parallel: Option<u32>, tries: &[&RunnerRow], taken
         None => "looking up the workflow's max-parallel".into(),
         Some(n) if n > 0 => format!("held back by max-parallel {n} or MAX_RUNNERS"),
         _ => "no runner yet (MAX_RUNNERS reached or planning pending)".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{FeaturePolicy, JobEvent, JobId, RepoName};
+    use crate::store::EventSource;
+
+    /// A queued job of octo/repo asking for `extra` labels.
+    fn queued(id: u64, extra: &[&str]) -> JobEvent {
+        JobEvent {
+            action: "queued".into(),
+            status: JobStatus::Queued,
+            job_id: JobId(id),
+            run_id: 7,
+            run_attempt: 1,
+            name: "build".into(),
+            workflow_name: Some("CI".into()),
+            head_sha: Some("abc".into()),
+            conclusion: None,
+            labels: LabelSet::new(["self-hosted", "modal"].iter().chain(extra).copied()),
+            runner_name: None,
+            repo: RepoName::parse("octo/repo").expect("valid"),
+            queued_for: None,
+        }
+    }
+
+    /// The Modal backend's policy without Docker, with two images.
+    fn policy() -> MachinePolicy {
+        MachinePolicy {
+            features: Some(FeaturePolicy {
+                docker: false,
+                default_gpu: false,
+                images: vec!["node".into(), "cuda".into()],
+            }),
+            ..MachinePolicy::default()
+        }
+    }
+
+    async fn whys(machine: Option<MachinePolicy>) -> HashMap<u64, String> {
+        let store = Store::open("sqlite::memory:").await.expect("store");
+        for (id, extra) in [
+            (1, &[][..]),
+            (2, &["docker"][..]),
+            (3, &["image=rust"][..]),
+            (4, &["cpu=64"][..]),
+        ] {
+            store
+                .record(None, queued(id, extra), EventSource::Poll)
+                .await
+                .expect("recorded");
+        }
+        let live = Live {
+            machine,
+            ..Live::default()
+        };
+        let status = gather(&store, 5, live).await.expect("gathered");
+        status.open_jobs.into_iter().map(|j| (j.id, j.why)).collect()
+    }
+
+    #[tokio::test]
+    async fn a_job_the_machine_policy_refuses_says_why_as_the_planner_decides_it() {
+        let why = whys(Some(policy())).await;
+        assert!(!why[&1].starts_with("refused"), "{}", why[&1]);
+        let planner = |extra: &[&str]| {
+            let labels = LabelSet::new(["self-hosted", "modal"].iter().chain(extra).copied());
+            format!("refused: {}", policy().check(&labels).expect_err("refused"))
+        };
+        assert_eq!(why[&2], planner(&["docker"]));
+        assert!(why[&2].contains("SANDBOX_DOCKER=true"), "{}", why[&2]);
+        assert_eq!(
+            why[&3],
+            "refused: image=rust is not in SANDBOX_IMAGES (node,cuda)"
+        );
+        assert_eq!(why[&4], "refused: cpu=64 is above SANDBOX_MAX_CPU=16");
+    }
+
+    #[tokio::test]
+    async fn without_the_policy_only_labels_github_would_refuse_are_named() {
+        let why = whys(None).await;
+        assert!(why.values().all(|w| !w.starts_with("refused")), "{why:?}");
+    }
+
+    #[tokio::test]
+    async fn the_status_text_names_the_version_leader_headroom_pacing_and_runner_ages() {
+        let store = Store::open("sqlite::memory:").await.expect("store");
+        store
+            .record(None, queued(1, &[]), EventSource::Poll)
+            .await
+            .expect("recorded");
+        let prefix = crate::domain::NamePrefix::parse("modal").expect("prefix");
+        let name = crate::domain::RunnerName::for_job(&prefix, JobId(1), 1);
+        store
+            .insert_runners(&[crate::store::NewRunner {
+                name: name.clone(),
+                job: JobId(1),
+                attempt: 1,
+                repo: RepoName::parse("octo/repo").expect("valid"),
+                labels: LabelSet::new(["self-hosted", "modal"]),
+            }])
+            .await
+            .expect("inserted");
+        let live = Live {
+            leader: Some(Leader {
+                replica: "host-7".into(),
+                since: 5,
+            }),
+            github: vec![GitHubHeadroom {
+                budget: "token".into(),
+                remaining: Some(4321),
+                limit: Some(5000),
+                reset: None,
+            }],
+            modal: Some(ModalPacing {
+                create_rate_per_sec: Some(2.5),
+                created_since_start: 3,
+            }),
+            machine: Some(policy()),
+        };
+        let text = render_text(&gather(&store, 5, live).await.expect("gathered"));
+
+        assert!(
+            text.starts_with(&format!("modal-github-runner {}\n", env!("CARGO_PKG_VERSION"))),
+            "{text}"
+        );
+        assert!(text.contains("leader:  host-7 since 5"), "{text}");
+        assert!(text.contains("github:  token: 4321 of 5000 calls left"), "{text}");
+        assert!(
+            text.contains("modal:   3 creations since start, paced at 2.5/s"),
+            "{text}"
+        );
+        let runner = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(name.as_str()))
+            .unwrap_or_else(|| panic!("no runner line:\n{text}"));
+        assert!(
+            runner.contains("s  job 1 octo/repo"),
+            "the runner's age: {runner}"
+        );
+        assert!(
+            !text.contains("refusals by SANDBOX_* limits are not shown"),
+            "{text}"
+        );
+
+        let bare = render_text(&gather(&store, 5, Live::default()).await.expect("gathered"));
+        assert!(bare.contains("leader:  unknown"), "{bare}");
+        assert!(bare.contains("github:  headroom unknown"), "{bare}");
+        assert!(bare.contains("modal:   creation pacing unknown"), "{bare}");
+        assert!(
+            bare.contains("refusals by SANDBOX_* limits are not shown"),
+            "{bare}"
+        );
     }
 }

@@ -14,6 +14,7 @@ pub async fn report(store: &Store, limit: i64) -> Result<String, StoreError> {
 /// The report for `s`.
 pub fn render(s: &Status) -> String {
     let mut out = String::new();
+    let _ = writeln!(out, "modal-github-runner {}", s.version);
     let _ = writeln!(out, "jobs:    {}", counts(&s.jobs_by_status));
     let _ = writeln!(out, "runners: {}", counts(&s.runners_by_state));
     let _ = writeln!(out, "spend:   {}", spend(s));
@@ -27,9 +28,16 @@ pub fn render(s: &Status) -> String {
             s.warm.live, s.warm.live_secs, s.warm.idle_spend_usd
         );
     }
-    if let Some(l) = &s.leader {
-        let _ = writeln!(out, "leader:  {} since {} (Unix ms)", l.replica, l.since);
+    match &s.leader {
+        Some(l) => {
+            let _ = writeln!(out, "leader:  {} since {} (Unix ms)", l.replica, l.since);
+        }
+        None => {
+            let _ = writeln!(out, "leader:  unknown (no live lease in the store)");
+        }
     }
+    let _ = writeln!(out, "github:  {}", headroom(s));
+    let _ = writeln!(out, "modal:   {}", pacing(s));
     let _ = writeln!(out, "\nopen jobs ({}):", s.open_jobs.len());
     for j in &s.open_jobs {
         let _ = writeln!(
@@ -38,9 +46,19 @@ pub fn render(s: &Status) -> String {
             j.repo, j.id, j.status, j.age_secs, j.labels, j.why
         );
     }
+    if !s.machine_policy_known {
+        let _ = writeln!(
+            out,
+            "  (refusals by SANDBOX_* limits are not shown: run `status` with the service's environment)"
+        );
+    }
     let _ = writeln!(out, "\nlive runners ({}):", s.live_runners.len());
     for r in &s.live_runners {
-        let _ = writeln!(out, "  {} {:<11} job {} {}", r.name, r.state, r.job, r.repo);
+        let _ = writeln!(
+            out,
+            "  {} {:<11} {:>5}s  job {} {}",
+            r.name, r.state, r.age_secs, r.job, r.repo
+        );
     }
     if !s.recent_failures.is_empty() {
         let _ = writeln!(out, "\nrecent failures ({}):", s.recent_failures.len());
@@ -80,6 +98,34 @@ pub fn render(s: &Status) -> String {
         );
     }
     out
+}
+
+/// The rate-limit headroom per budget; only the running service counts it.
+fn headroom(s: &Status) -> String {
+    if s.github.is_empty() {
+        return "headroom unknown (only the running service counts it; see /status)".into();
+    }
+    s.github
+        .iter()
+        .map(|g| {
+            let n = |v: Option<i64>| v.map_or("?".to_string(), |v| v.to_string());
+            format!("{}: {} of {} calls left", g.budget, n(g.remaining), n(g.limit))
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// How sandbox creations are paced; only the running service counts them.
+fn pacing(s: &Status) -> String {
+    match &s.modal {
+        Some(m) => format!(
+            "{} creations since start, {}",
+            m.created_since_start,
+            m.create_rate_per_sec
+                .map_or("not paced".to_string(), |r| format!("paced at {r}/s"))
+        ),
+        None => "creation pacing unknown (only the running service counts it; see /status)".into(),
+    }
 }
 
 /// Today's spend and the total per repository.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use fakes::github::{JobSpec, RunSpec};
 use testkit::Browser;
 
-use crate::helpers::{Options, REPO, SECRET, World, wait};
+use crate::helpers::{BIN, Kind, Options, REPO, SECRET, World, wait};
 
 /// `target/` of this build, where CI keeps the screenshot.
 fn target_dir() -> PathBuf {
@@ -101,4 +101,100 @@ async fn the_status_page_shows_running_waiting_refused_and_finished_jobs_in_a_re
             .len()
             > 1000
     );
+}
+
+/// The open jobs' `why` by id, from a status JSON document.
+fn whys(json: &serde_json::Value) -> Vec<(u64, String)> {
+    json["open_jobs"]
+        .as_array()
+        .expect("open jobs")
+        .iter()
+        .filter_map(|j| Some((j["id"].as_u64()?, j["why"].as_str()?.to_string())))
+        .collect()
+}
+
+/// `status --json` run as an operator runs it beside the service: with its environment.
+async fn status_command(env: &World) -> serde_json::Value {
+    let (vars, url) = (env.env_vars(), env.database_url());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(BIN)
+            .args(["status", "--json", "--database-url", &url])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", std::env::var("HOME").unwrap_or_default())
+            .envs(vars)
+            .output()
+            .expect("status runs")
+    })
+    .await
+    .expect("joined");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("status --json prints JSON")
+}
+
+#[tokio::test]
+async fn jobs_the_machine_policy_refuses_show_the_planners_reason_on_the_page_its_json_and_status() {
+    // Arrange: the Modal backend without Docker and with two images; one job each that
+    // asks for Docker and for an image nobody defined.
+    let env = World::start(Options::backend(Kind::Modal).with(
+        "SANDBOX_IMAGES",
+        "node=node:22-bookworm,cuda=nvidia/cuda:12.4.1-runtime-ubuntu22.04",
+    ))
+    .await;
+    let labels = |extra: &'static str| ["self-hosted", "modal", extra];
+    let run = env.github.queue_run(RunSpec::new(
+        REPO,
+        vec![
+            JobSpec::new("compose", labels("docker")),
+            JobSpec::new("odd image", labels("image=unknown")),
+        ],
+    ));
+    let (docker, image) = (run.job_ids[0], run.job_ids[1]);
+    let docker_why = "refused: label docker: Docker is not enabled in this deployment's runner image; \
+                      the operator enables it with SANDBOX_DOCKER=true";
+    let image_why = "refused: image=unknown is not in SANDBOX_IMAGES (node,cuda)";
+    let refused = wait(Duration::from_secs(20), || {
+        env.logs()
+            .iter()
+            .filter(|l| l.contains("job gets no runner"))
+            .count()
+            >= 2
+    })
+    .await;
+    assert!(refused, "{}", env.tail_logs(30));
+
+    // Act: the JSON twin, `status --json` and the page in a browser.
+    let page: serde_json::Value = testkit::reqwest_client()
+        .get(env.url("/status.json"))
+        .send()
+        .await
+        .expect("status.json answers")
+        .json()
+        .await
+        .expect("JSON");
+    let command = status_command(&env).await;
+    let mut browser = Browser::open(&env.url("/status"), 1280, 900).await;
+    let text = browser.text().await;
+
+    // Assert: each says what the planner decided, in the planner's words.
+    for json in [&page, &command] {
+        let whys = whys(json);
+        assert!(whys.contains(&(docker, docker_why.to_string())), "{json}");
+        assert!(whys.contains(&(image, image_why.to_string())), "{json}");
+    }
+    for (id, why) in [(docker, docker_why), (image, image_why)] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("{REPO}\t{id}\t")) && l.trim_end().ends_with(why)),
+            "job {id} does not say {why:?}:\n{text}"
+        );
+    }
+    assert_eq!(
+        env.fake_modal().sandboxes().len(),
+        0,
+        "refused jobs get no sandbox"
+    );
+    env.github.cancel_job(docker);
+    env.github.cancel_job(image);
+    env.assert_nothing_left(Duration::from_secs(20)).await;
 }
