@@ -5,9 +5,11 @@
 //! agree. On SQLite there is one replica and it always leads: nothing here is consulted.
 //!
 //! Fencing: a leader paused past its lease (a long GC pause, SIGSTOP, a frozen VM) still
-//! believes it leads when it wakes. Every write of the loops that leads to a GitHub or
-//! backend call checks the token first (`Store::fence`), and fails with
-//! `StoreError::Fenced` once the lease expired or changed hands, so the call is not made.
+//! believes it leads when it wakes. Every store write of the leader's loops holds the lease
+//! row under its token inside its transaction (`hold`), and fails with `StoreError::Fenced`
+//! once the lease expired or changed hands. Every GitHub or backend call is preceded by
+//! `check_token` (`leader::Fence`): no call starts once the loss is seen, but a call whose
+//! check passed just before a pause can still go out (docs/reliability.md §7).
 
 use std::time::Duration;
 
