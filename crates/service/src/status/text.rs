@@ -28,7 +28,11 @@ pub fn render(s: &Status) -> String {
         );
     }
     if let Some(l) = &s.leader {
-        let _ = writeln!(out, "leader:  {} since {} (Unix ms)", l.replica, l.since);
+        let _ = write!(out, "leader:  {} since {} (Unix ms)", l.replica, l.since);
+        if let (Some(token), Some(expires)) = (l.token, l.expires) {
+            let _ = write!(out, ", lease token {token} until {expires} (Unix ms)");
+        }
+        let _ = writeln!(out);
     }
     let _ = writeln!(out, "\nopen jobs ({}):", s.open_jobs.len());
     for j in &s.open_jobs {

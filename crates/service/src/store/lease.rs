@@ -29,6 +29,8 @@ pub struct LeaseState {
     pub token: i64,
     /// When the holder's term began (Unix ms, the database's clock).
     pub since_ms: i64,
+    /// Until when the lease holds unless renewed (Unix ms, the database's clock).
+    pub expires_ms: i64,
     /// Whether the lease is still valid now.
     pub live: bool,
 }
@@ -81,7 +83,7 @@ impl Store {
             return Ok(None);
         }
         let sql = format!(
-            "SELECT holder, token, since, (expires_at > {NOW_MS}) AS live FROM leader_lease WHERE id = 1"
+            "SELECT holder, token, since, expires_at, (expires_at > {NOW_MS}) AS live FROM leader_lease WHERE id = 1"
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .fetch_one(self.pool())
@@ -90,6 +92,7 @@ impl Store {
             holder: row.try_get("holder")?,
             token: row.try_get("token")?,
             since_ms: row.try_get("since")?,
+            expires_ms: row.try_get("expires_at")?,
             live: row.try_get("live")?,
         }))
     }
