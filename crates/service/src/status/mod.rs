@@ -91,7 +91,7 @@ pub struct Leader {
 /// else as the running service knows it (SQLite: this replica).
 async fn leader(store: &Store, known: Option<Leader>) -> Result<Option<Leader>, StoreError> {
     Ok(match store.lease_state().await? {
-        Some(lease) => lease.live.then(|| Leader {
+        Some(lease) => lease.live.then_some(Leader {
             replica: lease.holder,
             since: lease.since_ms,
             token: Some(lease.token),
