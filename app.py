@@ -14,6 +14,13 @@ exits with it and Modal starts a new one. Configuration comes from the `github-s
 secret (and any other secret named in MGR_EXTRA_SECRETS at deploy time); see README.md for every
 variable.
 
+Several replicas (README.md, "Several replicas on PostgreSQL"): put DATABASE_URL=postgres://...
+in the secret, then deploy with a postgres:// DATABASE_URL exported and the container counts:
+
+    DATABASE_URL=postgres:// MIN_CONTAINERS=2 MAX_CONTAINERS=2 modal deploy app.py
+
+(only the scheme is checked here; the service uses the secret's URL).
+
 The service talks to Modal's API as an external client with its own token pair: put it in the
 secret as GHA_MODAL_TOKEN_ID / GHA_MODAL_TOKEN_SECRET (names Modal's runtime does not reserve;
 MODAL_TOKEN_ID / MODAL_TOKEN_SECRET work too).
@@ -89,6 +96,76 @@ def build_image(base):
     )
 
 
+class ReplicaError(ValueError):
+    """MIN_CONTAINERS / MAX_CONTAINERS that cannot be deployed; the message says what to do."""
+
+
+POSTGRES_SCHEMES = ("postgres://", "postgresql://")
+
+
+def is_postgres(url) -> bool:
+    return bool(url) and url.startswith(POSTGRES_SCHEMES)
+
+
+def replicas(env: dict) -> tuple:
+    """(min_containers, max_containers) for the webhook function, read at deploy time from
+    MIN_CONTAINERS / MAX_CONTAINERS (default 1 and 1: one always-on container).
+
+    More than one container needs PostgreSQL: the default SQLite store lives in each
+    container, so every replica would lead alone over its own copy and two of them would
+    serve the same jobs. DATABASE_URL is read from the Modal secret inside the container,
+    which `modal deploy` cannot see, so the operator exports a postgres:// URL (its scheme is
+    enough) when deploying; the container checks the secret's at start (`replica_refusal`).
+    """
+    low = count(env, "MIN_CONTAINERS")
+    high = count(env, "MAX_CONTAINERS", default=max(low, 1))
+    if high < low:
+        raise ReplicaError(f"MAX_CONTAINERS ({high}) is below MIN_CONTAINERS ({low})")
+    if high > 1 and not is_postgres(env.get("DATABASE_URL")):
+        raise ReplicaError(
+            f"MAX_CONTAINERS={high} needs a PostgreSQL store shared by the replicas: with SQLite "
+            "each container has its own database and leads alone. Put DATABASE_URL=postgres://... "
+            "in the Modal secret and export DATABASE_URL=postgres:// when running `modal deploy` "
+            "(see README.md, \"Several replicas on PostgreSQL\"), or keep MAX_CONTAINERS=1."
+        )
+    return low, high
+
+
+def count(env: dict, name: str, default: int = 1) -> int:
+    """A container count from the environment: a whole number from 1 to 100."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ReplicaError(f"{name} must be a whole number, got {raw!r}") from None
+    if not 1 <= value <= 100:
+        raise ReplicaError(
+            f"{name} must be from 1 to 100 (the service's loops need one container always on), got {value}"
+        )
+    return value
+
+
+def replica_refusal(env: dict):
+    """Why the service must not start in this container, or None: deployed for several
+    replicas (MGR_MAX_CONTAINERS, set at deploy time) while the secret's DATABASE_URL is not
+    PostgreSQL, so each container would keep its own store."""
+    high = int(env.get("MGR_MAX_CONTAINERS", "1") or "1")
+    if high > 1 and not is_postgres(env.get("DATABASE_URL")):
+        return (
+            f"deployed with MAX_CONTAINERS={high} but the Modal secret's DATABASE_URL is not a "
+            "postgres:// URL: several replicas need one shared PostgreSQL store. Fix the secret "
+            "or redeploy with MAX_CONTAINERS=1."
+        )
+    return None
+
+
+try:
+    MIN_CONTAINERS, MAX_CONTAINERS = replicas(dict(os.environ))
+except ReplicaError as e:
+    sys.exit(f"app.py: {e}")
+
 image = build_image(modal.Image.debian_slim(python_version="3.12"))
 
 app = modal.App(SERVICE_APP_NAME)
@@ -116,16 +193,22 @@ def service_environment(inherited: dict) -> dict:
 
 @app.function(
     image=image,
-    secrets=[modal.Secret.from_name(name) for name in SECRET_NAMES],
-    min_containers=1,
-    max_containers=1,
+    secrets=[modal.Secret.from_name(name) for name in SECRET_NAMES]
+    + [modal.Secret.from_dict({"MGR_MAX_CONTAINERS": str(MAX_CONTAINERS)})],
+    min_containers=MIN_CONTAINERS,
+    max_containers=MAX_CONTAINERS,
     timeout=86400,
 )
 @modal.concurrent(max_inputs=1000)
 @modal.web_server(port=PORT, startup_timeout=60)
 def webhook():
     """GitHub's webhook URL is this endpoint's URL (POST / and /webhook both work)."""
-    service = subprocess.Popen([BINARY, "serve"], env=service_environment(dict(os.environ)))
+    env = service_environment(dict(os.environ))
+    refusal = replica_refusal(env)
+    if refusal:
+        print(f"modal-github-runner not started: {refusal}", file=sys.stderr, flush=True)
+        os._exit(1)
+    service = subprocess.Popen([BINARY, "serve"], env=env)
     exit_with(service)
 
 

@@ -209,5 +209,103 @@ class ServiceExitTest(unittest.TestCase):
                 self.assertIn("stopping the container", done.stderr)
 
 
+POSTGRES = "postgres://mgr:pw@db.example:5432/mgr"
+
+
+class ReplicasTest(unittest.TestCase):
+    """MIN_CONTAINERS / MAX_CONTAINERS at deploy time; several only on PostgreSQL."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.module = load_app_module()
+
+    def test_without_settings_one_container_is_always_on(self):
+        self.assertEqual(self.module.replicas({}), (1, 1))
+        self.assertEqual((self.module.MIN_CONTAINERS, self.module.MAX_CONTAINERS), (1, 1))
+
+    def test_several_containers_are_deployed_on_a_postgres_store(self):
+        for url in (POSTGRES, "postgresql://mgr@db/mgr?sslmode=require"):
+            with self.subTest(url=url):
+                env = {"MIN_CONTAINERS": "2", "MAX_CONTAINERS": "3", "DATABASE_URL": url}
+                self.assertEqual(self.module.replicas(env), (2, 3))
+        self.assertEqual(self.module.replicas({"MIN_CONTAINERS": "2", "DATABASE_URL": POSTGRES}), (2, 2))
+
+    def test_several_containers_without_postgres_are_refused_with_what_to_do(self):
+        for env in (
+            {"MAX_CONTAINERS": "2"},
+            {"MIN_CONTAINERS": "2"},
+            {"MAX_CONTAINERS": "2", "DATABASE_URL": "sqlite:///tmp/x.db"},
+        ):
+            with self.subTest(env=env):
+                with self.assertRaises(self.module.ReplicaError) as refused:
+                    self.module.replicas(env)
+                self.assertIn("DATABASE_URL=postgres://", str(refused.exception))
+                self.assertIn("MAX_CONTAINERS=1", str(refused.exception))
+
+    def test_counts_that_are_not_whole_numbers_from_1_to_100_or_out_of_order_are_refused(self):
+        for env, words in (
+            ({"MAX_CONTAINERS": "two"}, "whole number"),
+            ({"MIN_CONTAINERS": "0"}, "from 1 to 100"),
+            ({"MAX_CONTAINERS": "101", "DATABASE_URL": POSTGRES}, "from 1 to 100"),
+            ({"MIN_CONTAINERS": "3", "MAX_CONTAINERS": "2", "DATABASE_URL": POSTGRES}, "below"),
+        ):
+            with self.subTest(env=env):
+                with self.assertRaises(self.module.ReplicaError) as refused:
+                    self.module.replicas(env)
+                self.assertIn(words, str(refused.exception))
+
+    def test_the_deployed_function_gets_the_counts_from_the_deploying_environment(self):
+        env = {"MIN_CONTAINERS": "2", "MAX_CONTAINERS": "3", "DATABASE_URL": "postgres://"}
+        declared = []
+        function = modal.App.function
+
+        def recording(app, *args, **kwargs):
+            declared.append(kwargs)
+            return function(app, *args, **kwargs)
+
+        with mock.patch.dict(os.environ, env), mock.patch.object(modal.App, "function", recording):
+            load_app_module()
+        self.assertEqual(len(declared), 1)
+        self.assertEqual((declared[0]["min_containers"], declared[0]["max_containers"]), (2, 3))
+
+    def test_a_deploy_asking_for_several_containers_on_sqlite_stops_with_the_reason(self):
+        env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+        env["MAX_CONTAINERS"] = "2"
+        done = subprocess.run(
+            [sys.executable, "-c", LOAD, str(ROOT / "app.py")],
+            capture_output=True,
+            text=True,
+            timeout=40,
+            env=env,
+        )
+        self.assertNotEqual(done.returncode, 0)
+        self.assertIn("app.py: MAX_CONTAINERS=2 needs a PostgreSQL store", done.stderr)
+
+    def test_a_container_of_a_several_replica_deployment_refuses_to_start_on_sqlite(self):
+        refusal = self.module.replica_refusal(self.module.service_environment({"MGR_MAX_CONTAINERS": "2"}))
+        self.assertIn("not a postgres:// URL", refusal)
+        self.assertIsNone(self.module.replica_refusal({"MGR_MAX_CONTAINERS": "2", "DATABASE_URL": POSTGRES}))
+        self.assertIsNone(self.module.replica_refusal(self.module.service_environment({})))
+
+    def test_the_webhook_does_not_start_the_service_when_the_container_must_refuse(self):
+        module = load_app_module()
+        with (
+            mock.patch.dict(os.environ, {"MGR_MAX_CONTAINERS": "2", "DATABASE_URL": "sqlite:///tmp/x.db"}),
+            mock.patch.object(module.subprocess, "Popen") as popen,
+            mock.patch.object(module.os, "_exit", side_effect=SystemExit(1)) as end,
+        ):
+            with self.assertRaises(SystemExit):
+                module.webhook.local()
+        end.assert_called_once_with(1)
+        popen.assert_not_called()
+
+
+LOAD = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("mgr_app", sys.argv[1])
+spec.loader.exec_module(importlib.util.module_from_spec(spec))
+"""
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -196,9 +196,12 @@ impl Application {
             store: self.store.clone(),
             token: self.settings.server.status_token.clone().map(Arc::new),
             live: Arc::new(move || Live {
-                leader: leadership
-                    .leader()
-                    .map(|(replica, since)| Leader { replica, since }),
+                leader: leadership.leader().map(|(replica, since)| Leader {
+                    replica,
+                    since,
+                    token: None,
+                    expires: None,
+                }),
                 github: budgets
                     .iter()
                     .map(|budget| {

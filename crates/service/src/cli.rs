@@ -115,16 +115,8 @@ pub async fn status(database_url: &str, limit: i64, json: bool) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // On PostgreSQL the lease row says which replica leads; SQLite has no lease.
-    let leader = match store.lease_state().await {
-        Ok(Some(lease)) if lease.live => Some(crate::status::Leader {
-            replica: lease.holder,
-            since: lease.since_ms,
-        }),
-        _ => None,
-    };
+    // On PostgreSQL `gather` reads the leader from the lease row; SQLite has no lease.
     let live = crate::status::Live {
-        leader,
         machine: serve_machine_policy(),
         ..crate::status::Live::default()
     };

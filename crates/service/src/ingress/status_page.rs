@@ -139,6 +139,8 @@ mod tests {
                 leader: Some(Leader {
                     replica: "this replica".into(),
                     since: 0,
+                    token: None,
+                    expires: None,
                 }),
                 github: vec![GitHubHeadroom {
                     budget: "token".into(),

@@ -87,7 +87,18 @@ fn facts(s: &Status) -> Markup {
         div.facts {
             span { "Jobs: " (count(&s.jobs_by_status)) }
             span { "Runners: " (count(&s.runners_by_state)) }
-            span { "Leader: " @match &s.leader { Some(l) => { (l.replica) }, None => { "unknown" } } }
+            span {
+                "Leader: "
+                @match &s.leader {
+                    Some(l) => {
+                        (l.replica)
+                        @if let (Some(token), Some(expires)) = (l.token, l.expires) {
+                            " (lease token " (token) ", until " (expires) " Unix ms)"
+                        }
+                    },
+                    None => { "unknown" }
+                }
+            }
             @if s.github.is_empty() {
                 span { "GitHub headroom: unknown" }
             }

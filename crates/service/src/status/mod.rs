@@ -9,6 +9,8 @@
 //! store (a tail is masked before it is stored, `failure_log`), so they cannot appear here.
 
 mod html;
+#[cfg(test)]
+mod leader_tests;
 mod text;
 
 use std::collections::{BTreeMap, HashMap};
@@ -74,12 +76,32 @@ pub struct RepoSpend {
     pub usd: f64,
 }
 
-/// Which replica acts on the store, and since when.
+/// Which replica acts on the store, and since when; on PostgreSQL also the lease's fencing
+/// token and expiry, so an operator can tell a takeover (the token grows) from a renewal.
 #[derive(Debug, Clone, Serialize)]
 pub struct Leader {
     pub replica: String,
     /// Unix milliseconds.
     pub since: i64,
+    /// The fencing token of the leader's term; `None` on SQLite (no lease).
+    pub token: Option<i64>,
+    /// Until when the lease holds unless renewed (Unix ms, the database's clock); `None` on
+    /// SQLite.
+    pub expires: Option<i64>,
+}
+
+/// The leader as the lease row says (PostgreSQL: `None` while nobody holds a live lease),
+/// else as the running service knows it (SQLite: this replica).
+async fn leader(store: &Store, known: Option<Leader>) -> Result<Option<Leader>, StoreError> {
+    Ok(match store.lease_state().await? {
+        Some(lease) => lease.live.then_some(Leader {
+            replica: lease.holder,
+            since: lease.since_ms,
+            token: Some(lease.token),
+            expires: Some(lease.expires_ms),
+        }),
+        None => known,
+    })
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -265,7 +287,7 @@ pub async fn gather(store: &Store, recent: i64, live: Live) -> Result<Status, St
     Ok(Status {
         version: env!("CARGO_PKG_VERSION"),
         generated_at: now,
-        leader: live.leader,
+        leader: leader(store, live.leader).await?,
         jobs_by_status,
         runners_by_state,
         open_jobs,
@@ -456,6 +478,8 @@ mod tests {
             leader: Some(Leader {
                 replica: "host-7".into(),
                 since: 5,
+                token: None,
+                expires: None,
             }),
             github: vec![GitHubHeadroom {
                 budget: "token".into(),

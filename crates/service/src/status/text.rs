@@ -30,7 +30,11 @@ pub fn render(s: &Status) -> String {
     }
     match &s.leader {
         Some(l) => {
-            let _ = writeln!(out, "leader:  {} since {} (Unix ms)", l.replica, l.since);
+            let _ = write!(out, "leader:  {} since {} (Unix ms)", l.replica, l.since);
+            if let (Some(token), Some(expires)) = (l.token, l.expires) {
+                let _ = write!(out, ", lease token {token} until {expires} (Unix ms)");
+            }
+            let _ = writeln!(out);
         }
         None => {
             let _ = writeln!(out, "leader:  unknown (no live lease in the store)");

@@ -150,16 +150,17 @@ impl Store {
     /// planner like those of a cancelled job; a late `completed` event changes nothing.
     pub async fn abandon_job(&self, job: JobId, why: &Abandoned) -> Result<bool, StoreError> {
         let now = self.clock().now_millis();
-        let done = sqlx::query(
+        let query = sqlx::query(
             "UPDATE jobs SET status = 'completed', rank = 3, conclusion = 'abandoned', closed_reason = $1,
                  completed_at = $2, updated_at = $2
              WHERE id = $3 AND rank < 3",
         )
         .bind(why.to_string())
         .bind(now)
-        .bind(to_i64(job.0))
-        .execute(self.writer())
-        .await?;
+        .bind(to_i64(job.0));
+        let mut tx = self.begin_fenced().await?;
+        let done = query.execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
 
@@ -175,20 +176,21 @@ impl Store {
 
     /// Notes one more redelivery request for a delivery.
     pub async fn note_redelivery(&self, guid: &str) -> Result<(), StoreError> {
-        sqlx::query(
+        let query = sqlx::query(
             "INSERT INTO redeliveries (guid, asked, last_asked_at) VALUES ($1, 1, $2)
              ON CONFLICT (guid) DO UPDATE SET asked = redeliveries.asked + 1, last_asked_at = $2",
         )
         .bind(guid)
-        .bind(self.clock().now_millis())
-        .execute(self.writer())
-        .await?;
+        .bind(self.clock().now_millis());
+        let mut tx = self.begin_fenced().await?;
+        query.execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 
     /// Records the max-parallel settings found for jobs of one run.
     pub async fn set_strategies(&self, updates: &[StrategyUpdate]) -> Result<(), StoreError> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_fenced().await?;
         for u in updates {
             sqlx::query("UPDATE jobs SET mp_group = $1, max_parallel = $2 WHERE id = $3")
                 .bind(&u.group)

@@ -5,9 +5,11 @@
 //! agree. On SQLite there is one replica and it always leads: nothing here is consulted.
 //!
 //! Fencing: a leader paused past its lease (a long GC pause, SIGSTOP, a frozen VM) still
-//! believes it leads when it wakes. Every write of the loops that leads to a GitHub or
-//! backend call checks the token first (`Store::fence`), and fails with
-//! `StoreError::Fenced` once the lease expired or changed hands, so the call is not made.
+//! believes it leads when it wakes. Every store write of the leader's loops holds the lease
+//! row under its token inside its transaction (`hold`), and fails with `StoreError::Fenced`
+//! once the lease expired or changed hands. Every GitHub or backend call is preceded by
+//! `check_token` (`leader::Fence`): no call starts once the loss is seen, but a call whose
+//! check passed just before a pause can still go out (docs/reliability.md §7).
 
 use std::time::Duration;
 
@@ -27,6 +29,8 @@ pub struct LeaseState {
     pub token: i64,
     /// When the holder's term began (Unix ms, the database's clock).
     pub since_ms: i64,
+    /// Until when the lease holds unless renewed (Unix ms, the database's clock).
+    pub expires_ms: i64,
     /// Whether the lease is still valid now.
     pub live: bool,
 }
@@ -79,7 +83,7 @@ impl Store {
             return Ok(None);
         }
         let sql = format!(
-            "SELECT holder, token, since, (expires_at > {NOW_MS}) AS live FROM leader_lease WHERE id = 1"
+            "SELECT holder, token, since, expires_at, (expires_at > {NOW_MS}) AS live FROM leader_lease WHERE id = 1"
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .fetch_one(self.pool())
@@ -88,6 +92,7 @@ impl Store {
             holder: row.try_get("holder")?,
             token: row.try_get("token")?,
             since_ms: row.try_get("since")?,
+            expires_ms: row.try_get("expires_at")?,
             live: row.try_get("live")?,
         }))
     }

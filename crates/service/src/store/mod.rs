@@ -169,7 +169,7 @@ pub struct Store {
     ingest: mpsc::Sender<ingest::Request>,
     /// Stamps every row; the loops compare those stamps with the same clock.
     clock: Clock,
-    /// Set on the leader's loops' handle (PostgreSQL): their runner writes are made only
+    /// Set on the leader's loops' handle (PostgreSQL): their writes are made only
     /// while this replica's term is the live lease's (see `lease`).
     fence: Option<std::sync::Arc<crate::leader::Leadership>>,
 }
@@ -254,9 +254,11 @@ impl Store {
         self.backend
     }
 
-    /// This handle, with its runner writes (`insert_runners`, `transition`) conditional on
-    /// `leadership`'s term being the live lease's: what the leader's loops use, so a leader
-    /// paused past its lease changes no runner after it wakes. No effect on SQLite.
+    /// This handle, with the writes the leader's loops make (`insert_runners`, `transition`,
+    /// `abandon_job`, `set_strategies`, `save_run_strategy`, `note_redelivery`) conditional
+    /// on `leadership`'s term being the live lease's, checked inside each write's
+    /// transaction: a leader paused past its lease changes no row after it wakes. No effect
+    /// on SQLite.
     pub fn fenced(&self, leadership: std::sync::Arc<crate::leader::Leadership>) -> Store {
         Store {
             fence: Some(leadership),

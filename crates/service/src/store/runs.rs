@@ -79,7 +79,7 @@ impl Store {
             RunStrategy::Resolved(json) => ("resolved", json.as_str()),
             RunStrategy::Unreadable => ("unreadable", "[]"),
         };
-        sqlx::query(
+        let query = sqlx::query(
             "INSERT INTO runs (run_id, repo, state, strategy, updated_at) VALUES ($1, $2, $3, $4, $5)
              ON CONFLICT(run_id) DO UPDATE SET state = excluded.state, strategy = excluded.strategy,
                                                updated_at = excluded.updated_at",
@@ -88,9 +88,10 @@ impl Store {
         .bind(repo.as_str())
         .bind(state)
         .bind(json)
-        .bind(self.clock.now_millis())
-        .execute(self.writer())
-        .await?;
+        .bind(self.clock.now_millis());
+        let mut tx = self.begin_fenced().await?;
+        query.execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(())
     }
 }

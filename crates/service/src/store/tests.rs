@@ -745,3 +745,79 @@ async fn runner_writes_of_a_leader_whose_lease_was_taken_over_are_refused() {
     );
     stop.cancel();
 }
+
+/// Leads as `a` through `keep_lease` until the returned keeper is aborted.
+async fn lead_as_a(
+    s: &Store,
+    lease: std::time::Duration,
+) -> (
+    std::sync::Arc<crate::leader::Leadership>,
+    tokio::task::JoinHandle<()>,
+    tokio_util::sync::CancellationToken,
+) {
+    let leadership = crate::leader::Leadership::new("a".into(), Backend::Postgres, 0);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let keeper = tokio::spawn(crate::leader::keep_lease(
+        s.clone(),
+        leadership.clone(),
+        lease,
+        stop.clone(),
+    ));
+    for _ in 0..200 {
+        if leadership.token().is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(leadership.token().is_some(), "a took the lease");
+    (leadership, keeper, stop)
+}
+
+#[tokio::test]
+async fn job_run_and_redelivery_writes_of_a_leader_whose_lease_was_taken_over_are_refused() {
+    let Some((_db, s)) = postgres_store("lease_fenced_job_writes").await else {
+        return;
+    };
+    record(&s, "g1", event("queued", JobStatus::Queued, None)).await;
+    let short = std::time::Duration::from_millis(300);
+    let (leadership, keeper, stop) = lead_as_a(&s, short * 3).await;
+    let fenced = s.fenced(leadership);
+    // While leading, the same handle writes.
+    fenced.note_redelivery("g0").await.expect("leads");
+    assert_eq!(s.redelivery_asks("g0").await.expect("read"), 1);
+    // The keeper stops (as a paused process stops renewing) and another replica takes the
+    // lease over once it expires.
+    keeper.abort();
+    tokio::time::sleep(short * 4).await;
+    s.acquire_lease("b", short * 10)
+        .await
+        .expect("take over")
+        .expect("b leads");
+    let job = JobId(12_877_621_891);
+    let repo = RepoName::parse("octo/repo").expect("valid");
+
+    let abandoned = fenced.abandon_job(job, &Abandoned::GoneAtGitHub).await;
+    let noted = fenced.note_redelivery("g1").await;
+    let strategies = fenced
+        .set_strategies(&[StrategyUpdate {
+            job,
+            group: "g".into(),
+            max_parallel: 2,
+        }])
+        .await;
+    let saved = fenced
+        .save_run_strategy(4_747_967_848, &repo, &RunStrategy::Unreadable)
+        .await;
+
+    assert!(matches!(abandoned, Err(StoreError::Fenced(_))), "{abandoned:?}");
+    assert!(matches!(noted, Err(StoreError::Fenced(_))), "{noted:?}");
+    assert!(matches!(strategies, Err(StoreError::Fenced(_))), "{strategies:?}");
+    assert!(matches!(saved, Err(StoreError::Fenced(_))), "{saved:?}");
+    let row = s.job(job).await.expect("read").expect("job");
+    assert_eq!(row.status, JobStatus::Queued, "not abandoned");
+    assert_eq!((row.mp_group, row.max_parallel), (None, None), "no strategy");
+    assert_eq!(s.redelivery_asks("g1").await.expect("read"), 0);
+    let runs = s.unresolved_runs().await.expect("read");
+    assert!(runs.iter().all(|r| r.known.is_none()), "no run strategy saved");
+    stop.cancel();
+}
