@@ -97,7 +97,7 @@ impl Application {
         .context("could not build the GitHub client")?;
         resolve_runner_group(&mut settings, &github).await?;
         let wake = Arc::new(Wake::default());
-        let (registry, scale_set_listeners) = job_source(&settings, &github, &store, &wake).await?;
+        let (registry, scale_set_listeners) = job_source(&settings, &github, &store, &wake, &metrics).await?;
         let (backend, releases) = backend(&settings, &github)?;
         let addr = settings.server.bind;
         let listener = TcpListener::bind(addr)
@@ -572,6 +572,7 @@ async fn job_source(
     github: &GitHub,
     store: &Store,
     wake: &Arc<Wake>,
+    metrics: &Arc<Metrics>,
 ) -> anyhow::Result<(Registry, Vec<ListenerContext>)> {
     let JobSource::ScaleSet(sets) = &settings.source else {
         return Ok((Registry::Rest(github.clone()), Vec::new()));
@@ -617,6 +618,7 @@ async fn job_source(
             allow: settings.webhook.allow.clone(),
             machine: set.machine.clone(),
             backoff: Backoff::new(u32::MAX, Duration::from_secs(1), Duration::from_secs(30)),
+            metrics: metrics.clone(),
         });
     }
     let registry = Registry::ScaleSet {

@@ -28,6 +28,22 @@ fn jobs(n: usize, ms: u64) -> RunSpec {
     RunSpec::new(REPO, specs)
 }
 
+async fn metrics(env: &World) -> String {
+    reqwest::get(env.url("/metrics"))
+        .await
+        .expect("an answer")
+        .text()
+        .await
+        .expect("a body")
+}
+
+/// The value of the gauge line that starts with `prefix` (name, labels and a space).
+fn gauge(text: &str, prefix: &str) -> Option<i64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 fn assert_unique(names: &[String]) {
     let unique: HashSet<&String> = names.iter().collect();
     assert_eq!(unique.len(), names.len(), "a name registered twice: {names:?}");
@@ -100,6 +116,31 @@ async fn a_burst_of_50_jobs_completes_within_max_runners_sent_as_the_sets_capaci
     env.start_service().await;
 
     env.github.queue_run(jobs(50, 400));
+
+    // The Actions service's statistics reach /metrics while the burst waits for runners.
+    let assigned = r#"mgr_scaleset_jobs{scale_set="modal",state="assigned"} "#;
+    let mut seen = None;
+    for _ in 0..100 {
+        let text = metrics(&env).await;
+        seen = gauge(&text, assigned).filter(|n| *n > 0);
+        if seen.is_some() {
+            assert!(
+                gauge(
+                    &text,
+                    r#"mgr_scaleset_runners{scale_set="modal",state="registered"} "#
+                )
+                .is_some(),
+                "{text}"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen.is_some(),
+        "no assigned jobs in /metrics: {}",
+        metrics(&env).await
+    );
 
     assert_clean_finish(&env).await;
     let polls = env.github.scale_set_polls();
