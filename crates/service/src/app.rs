@@ -31,7 +31,7 @@ use crate::pace::Window;
 use crate::retry::Backoff;
 use crate::runner_release::{self, ReleasePublisher, ReleaseSource};
 use crate::scaleset::{ScaleSetClient, ScaleSetClientConfig};
-use crate::status::{GitHubHeadroom, Leader, Live, ModalPacing};
+use crate::status::{GitHubHeadroom, Leader, Live, ModalPacing, ScaleSetCounts};
 use crate::store::{Backend as StoreBackend, Store, maintenance};
 use crate::wake::Wake;
 
@@ -213,6 +213,17 @@ impl Application {
                     create_rate_per_sec: create_rate,
                     created_since_start: metrics.runners_created(),
                 }),
+                scale_sets: metrics
+                    .scale_set_statistics()
+                    .into_iter()
+                    .map(|(name, s)| ScaleSetCounts {
+                        name,
+                        available_jobs: s.total_available_jobs,
+                        assigned_jobs: s.total_assigned_jobs,
+                        running_jobs: s.total_running_jobs,
+                        registered_runners: s.total_registered_runners,
+                    })
+                    .collect(),
             }),
         }
     }

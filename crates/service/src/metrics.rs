@@ -38,6 +38,8 @@ pub struct Metrics {
     // ---- scale sets (issue 11) ----
     scale_set_jobs: Family<[(&'static str, String); 2], Gauge>,
     scale_set_runners: Family<[(&'static str, String); 2], Gauge>,
+    /// The last statistics of each scale set, for the status page.
+    scale_set_last: Mutex<std::collections::BTreeMap<String, crate::scaleset::Statistics>>,
 }
 
 impl Default for Metrics {
@@ -70,6 +72,7 @@ impl Metrics {
             leader_since: Gauge::default(),
             scale_set_jobs: Family::default(),
             scale_set_runners: Family::default(),
+            scale_set_last: Mutex::default(),
         };
         registry.register("webhooks", "Webhook deliveries by outcome", m.webhooks.clone());
         registry.register(
@@ -256,6 +259,9 @@ impl Metrics {
     /// The Actions service's view of scale set `name` (each message and session carries
     /// it): what the service itself counts, beside the store's own counts.
     pub fn set_scale_set_statistics(&self, name: &str, stats: &crate::scaleset::Statistics) {
+        if let Ok(mut last) = self.scale_set_last.lock() {
+            last.insert(name.to_owned(), *stats);
+        }
         let jobs = [
             ("available", stats.total_available_jobs),
             ("acquired", stats.total_acquired_jobs),
@@ -277,6 +283,14 @@ impl Metrics {
                 .get_or_create(&[("scale_set", name.to_owned()), ("state", state.to_owned())])
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
+    }
+
+    /// The last statistics of each scale set, by name.
+    pub fn scale_set_statistics(&self) -> Vec<(String, crate::scaleset::Statistics)> {
+        self.scale_set_last
+            .lock()
+            .map(|last| last.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default()
     }
 
     /// The text exposition format.

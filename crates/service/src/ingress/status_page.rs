@@ -147,6 +147,7 @@ mod tests {
                     reset: None,
                 }],
                 modal: None,
+                scale_sets: Vec::new(),
             }),
         }
     }

@@ -50,6 +50,20 @@ pub struct Status {
     pub paused: Vec<String>,
     /// The warm pool (`WARM_POOL`) and what its idling costs.
     pub warm: WarmView,
+    /// Each runner scale set as the Actions service last counted it (`JOB_SOURCE=scaleset`);
+    /// empty outside the running service (the `status` command reads only the store, and
+    /// the counts are GitHub's, not the store's).
+    pub scale_sets: Vec<ScaleSetCounts>,
+}
+
+/// A runner scale set's jobs and runners as the Actions service's statistics count them.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ScaleSetCounts {
+    pub name: String,
+    pub available_jobs: u64,
+    pub assigned_jobs: u64,
+    pub running_jobs: u64,
+    pub registered_runners: u64,
 }
 
 /// Warm runners (made for no job) and their idle cost.
@@ -149,6 +163,7 @@ pub struct Live {
     pub leader: Option<Leader>,
     pub github: Vec<GitHubHeadroom>,
     pub modal: Option<ModalPacing>,
+    pub scale_sets: Vec<ScaleSetCounts>,
 }
 
 /// Reads the store once and puts `live` beside it.
@@ -272,6 +287,7 @@ pub async fn gather(store: &Store, recent: i64, live: Live) -> Result<Status, St
         spend_by_repo,
         paused,
         warm,
+        scale_sets: live.scale_sets,
     })
 }
 

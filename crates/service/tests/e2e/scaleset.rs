@@ -141,6 +141,21 @@ async fn a_burst_of_50_jobs_completes_within_max_runners_sent_as_the_sets_capaci
         "no assigned jobs in /metrics: {}",
         metrics(&env).await
     );
+    // ...and the status page, a line per scale set.
+    let status: serde_json::Value = reqwest::get(env.url("/status.json"))
+        .await
+        .expect("an answer")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(status["scale_sets"][0]["name"], "modal", "{status}");
+    let page = reqwest::get(env.url("/status"))
+        .await
+        .expect("an answer")
+        .text()
+        .await
+        .expect("a body");
+    assert!(page.contains("Scale set modal: "), "{page}");
 
     assert_clean_finish(&env).await;
     let polls = env.github.scale_set_polls();
