@@ -1,6 +1,6 @@
 //! `modal-github-runner check`: validates a deployment against the real services before
 //! its first job, and says what to fix. Every check only reads: GETs at GitHub (no JIT
-//! registration, no removal, no redelivery), a name lookup at Modal (nothing created), and
+//! registration, no removal, no redelivery; in scale-set mode also two short-lived tokens), a name lookup at Modal (nothing created), and
 //! the store opened read-only (no migration).
 //!
 //! The checks: the credentials can manage runners where they will be registered (and a
