@@ -31,7 +31,7 @@ use crate::pace::Window;
 use crate::retry::Backoff;
 use crate::runner_release::{self, ReleasePublisher, ReleaseSource};
 use crate::scaleset::{ScaleSetClient, ScaleSetClientConfig};
-use crate::status::{GitHubHeadroom, Leader, Live, ModalPacing};
+use crate::status::{GitHubHeadroom, Leader, Live, ModalPacing, ScaleSetCounts};
 use crate::store::{Backend as StoreBackend, Store, maintenance};
 use crate::wake::Wake;
 
@@ -97,7 +97,7 @@ impl Application {
         .context("could not build the GitHub client")?;
         resolve_runner_group(&mut settings, &github).await?;
         let wake = Arc::new(Wake::default());
-        let (registry, scale_set_listeners) = job_source(&settings, &github, &store, &wake).await?;
+        let (registry, scale_set_listeners) = job_source(&settings, &github, &store, &wake, &metrics).await?;
         let (backend, releases) = backend(&settings, &github)?;
         let addr = settings.server.bind;
         let listener = TcpListener::bind(addr)
@@ -219,6 +219,17 @@ impl Application {
                     created_since_start: metrics.runners_created(),
                 }),
                 machine: Some(machine.clone()),
+                scale_sets: metrics
+                    .scale_set_statistics()
+                    .into_iter()
+                    .map(|(name, s)| ScaleSetCounts {
+                        name,
+                        available_jobs: s.total_available_jobs,
+                        assigned_jobs: s.total_assigned_jobs,
+                        running_jobs: s.total_running_jobs,
+                        registered_runners: s.total_registered_runners,
+                    })
+                    .collect(),
             }),
         }
     }
@@ -578,6 +589,7 @@ async fn job_source(
     github: &GitHub,
     store: &Store,
     wake: &Arc<Wake>,
+    metrics: &Arc<Metrics>,
 ) -> anyhow::Result<(Registry, Vec<ListenerContext>)> {
     let JobSource::ScaleSet(sets) = &settings.source else {
         return Ok((Registry::Rest(github.clone()), Vec::new()));
@@ -623,6 +635,7 @@ async fn job_source(
             allow: settings.webhook.allow.clone(),
             machine: set.machine.clone(),
             backoff: Backoff::new(u32::MAX, Duration::from_secs(1), Duration::from_secs(30)),
+            metrics: metrics.clone(),
         });
     }
     let registry = Registry::ScaleSet {

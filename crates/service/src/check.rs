@@ -1,23 +1,27 @@
 //! `modal-github-runner check`: validates a deployment against the real services before
 //! its first job, and says what to fix. Every check only reads: GETs at GitHub (no JIT
-//! registration, no removal, no redelivery), a name lookup at Modal (nothing created), and
+//! registration, no removal, no redelivery; in scale-set mode also two short-lived tokens), a name lookup at Modal (nothing created), and
 //! the store opened read-only (no migration).
 //!
 //! The checks: the credentials can manage runners where they will be registered (and a
 //! classic token has the scope for it); the GitHub App is installed on every allowed owner;
 //! each `WEBHOOK_HOOK_ID` hook sends signed `workflow_job` events and its recent deliveries
 //! succeeded; the Modal credentials work and the app can be looked up; the runner release
-//! can be resolved; the database's schema is one this binary can use.
+//! can be resolved; the database's schema is one this binary can use. With
+//! `JOB_SOURCE=scaleset` the webhooks are not checked; instead the Actions service's auth
+//! chain (registration token → `runner-registration` → admin token) and a lookup of each
+//! scale set by name, without creating one or opening a session.
 
 use std::fmt;
 use std::time::Duration;
 
 use crate::backend::modal::client::{ModalApi, ModalError};
 use crate::backend::modal::proto::{AppGetOrCreateRequest, ObjectCreationType};
-use crate::config::{BackendSettings, Settings};
+use crate::config::{BackendSettings, JobSource, ScaleSetSettings, Settings};
 use crate::github::{Credentials, GitHub, GitHubConfig, GitHubError, Hook, RunnerHome, RunnerScope};
 use crate::retry::Backoff;
 use crate::runner_release;
+use crate::scaleset::{ScaleSetClient, ScaleSetClientConfig, ScaleSetError};
 use crate::store::inspect::{SchemaState, inspect};
 
 /// How a check came out.
@@ -92,7 +96,16 @@ pub async fn run(settings: &Settings) -> Vec<CheckResult> {
         Ok(github) => {
             out.extend(runner_access(settings, &github).await);
             out.extend(app_installations(settings, &github).await);
-            out.extend(webhooks(settings, &github).await);
+            match &settings.source {
+                JobSource::Webhook => out.extend(webhooks(settings, &github).await),
+                JobSource::ScaleSet(sets) => {
+                    out.push(CheckResult::pass(
+                        "webhooks",
+                        "not checked: JOB_SOURCE=scaleset takes jobs from the scale sets' message queues, not from webhooks",
+                    ));
+                    out.extend(scale_sets(settings, &github, sets).await);
+                }
+            }
             if let Some(r) = runner_release(settings, &github).await {
                 out.push(r);
             }
@@ -303,6 +316,82 @@ async fn app_installations(settings: &Settings, github: &GitHub) -> Vec<CheckRes
         });
     }
     out
+}
+
+/// (3, scale-set mode) The Actions service's auth chain works and each scale set can be
+/// looked up by name. Read-only: a registration token and an admin token are issued (both
+/// expire by themselves), but no scale set is created and no session opened.
+async fn scale_sets(settings: &Settings, github: &GitHub, sets: &[ScaleSetSettings]) -> Vec<CheckResult> {
+    let Some(home) = sets.first().map(|s| s.home.clone()) else {
+        return vec![CheckResult::fail(
+            "actions service",
+            "JOB_SOURCE=scaleset names no scale set",
+            "set SCALE_SET_NAME or SCALE_SETS",
+        )];
+    };
+    let config = ScaleSetClientConfig {
+        home: home.clone(),
+        timeout: settings.github.timeout,
+        poll_timeout: settings.github.timeout,
+        owner: "modal-github-runner check".into(),
+    };
+    let client = match ScaleSetClient::new(github.clone(), config) {
+        Ok(client) => client,
+        Err(e) => {
+            return vec![CheckResult::fail(
+                "actions service",
+                format!("could not build the client: {e}"),
+                "check GITHUB_API_URL and RUNNER_SCOPE",
+            )];
+        }
+    };
+    let group_id = settings.provisioner.runner_groups.id_for(&home).unwrap_or(1);
+    let mut lines = Vec::new();
+    for set in sets {
+        let name = format!("scale set {}", set.name);
+        match client.find_scale_set(&set.name, group_id).await {
+            Ok(found) => {
+                if lines.is_empty() {
+                    lines.push(CheckResult::pass(
+                        "actions service",
+                        format!(
+                            "registration token, runner-registration and admin token accepted for {}",
+                            client.config_url()
+                        ),
+                    ));
+                }
+                lines.push(match found {
+                    Some(existing) => CheckResult::pass(name, format!("exists (id {})", existing.id)),
+                    None => CheckResult::pass(name, "absent: it will be created on first start"),
+                });
+            }
+            Err(e) => {
+                let step = if lines.is_empty() {
+                    "actions service"
+                } else {
+                    name.as_str()
+                };
+                lines.push(actions_failure(step, client.config_url(), &e));
+                break;
+            }
+        }
+    }
+    lines
+}
+
+/// Which step of the chain failed and what to do about it.
+fn actions_failure(name: &str, url: &str, e: &ScaleSetError) -> CheckResult {
+    let fix = match e {
+        ScaleSetError::RegistrationToken(_) => {
+            "grant the credentials the right to register self-hosted runners where RUNNER_SCOPE points"
+        }
+        ScaleSetError::Registration { .. } | ScaleSetError::Unauthorized => {
+            "the credentials must administer runners of the scope the config URL names (organisation: Self-hosted runners read and write; enterprise: manage_runners:enterprise)"
+        }
+        _ if e.is_transient() => "check that GitHub's Actions service is reachable from here",
+        _ => "check RUNNER_SCOPE, RUNNER_GROUP and the scale set names",
+    };
+    CheckResult::fail(name, format!("{e} (config URL {url})"), fix)
 }
 
 /// (3) Each `WEBHOOK_HOOK_ID` hook: active, sends `workflow_job`, signed, JSON or form

@@ -35,6 +35,11 @@ pub struct Metrics {
     cost_dollars: Family<OwnedLabels1, Counter<f64, AtomicU64>>,
     leader: Family<OwnedLabels1, Gauge>,
     leader_since: Gauge,
+    // ---- scale sets (issue 11) ----
+    scale_set_jobs: Family<[(&'static str, String); 2], Gauge>,
+    scale_set_runners: Family<[(&'static str, String); 2], Gauge>,
+    /// The last statistics of each scale set, for the status page.
+    scale_set_last: Mutex<std::collections::BTreeMap<String, crate::scaleset::Statistics>>,
 }
 
 impl Default for Metrics {
@@ -65,6 +70,9 @@ impl Metrics {
             cost_dollars: Family::default(),
             leader: Family::default(),
             leader_since: Gauge::default(),
+            scale_set_jobs: Family::default(),
+            scale_set_runners: Family::default(),
+            scale_set_last: Mutex::default(),
         };
         registry.register("webhooks", "Webhook deliveries by outcome", m.webhooks.clone());
         registry.register(
@@ -141,6 +149,18 @@ impl Metrics {
             "leader_since_seconds",
             "When this replica's current term as leader began (Unix seconds); 0 while it does not lead",
             m.leader_since.clone(),
+        );
+        registry.register(
+            "scaleset_jobs",
+            "Jobs of each runner scale set by state (available, acquired, assigned, running), \
+             as the Actions service's last statistics said (JOB_SOURCE=scaleset)",
+            m.scale_set_jobs.clone(),
+        );
+        registry.register(
+            "scaleset_runners",
+            "Runners of each runner scale set by state (registered, busy, idle), as the \
+             Actions service's last statistics said (JOB_SOURCE=scaleset)",
+            m.scale_set_runners.clone(),
         );
         if let Ok(mut slot) = m.registry.lock() {
             *slot = registry;
@@ -236,6 +256,43 @@ impl Metrics {
         }
     }
 
+    /// The Actions service's view of scale set `name` (each message and session carries
+    /// it): what the service itself counts, beside the store's own counts.
+    pub fn set_scale_set_statistics(&self, name: &str, stats: &crate::scaleset::Statistics) {
+        if let Ok(mut last) = self.scale_set_last.lock() {
+            last.insert(name.to_owned(), *stats);
+        }
+        let jobs = [
+            ("available", stats.total_available_jobs),
+            ("acquired", stats.total_acquired_jobs),
+            ("assigned", stats.total_assigned_jobs),
+            ("running", stats.total_running_jobs),
+        ];
+        for (state, n) in jobs {
+            self.scale_set_jobs
+                .get_or_create(&[("scale_set", name.to_owned()), ("state", state.to_owned())])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        let runners = [
+            ("registered", stats.total_registered_runners),
+            ("busy", stats.total_busy_runners),
+            ("idle", stats.total_idle_runners),
+        ];
+        for (state, n) in runners {
+            self.scale_set_runners
+                .get_or_create(&[("scale_set", name.to_owned()), ("state", state.to_owned())])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The last statistics of each scale set, by name.
+    pub fn scale_set_statistics(&self) -> Vec<(String, crate::scaleset::Statistics)> {
+        self.scale_set_last
+            .lock()
+            .map(|last| last.iter().map(|(k, v)| (k.clone(), *v)).collect())
+            .unwrap_or_default()
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -251,6 +308,30 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_scale_sets_statistics_appear_per_set_and_state_and_the_latest_wins() {
+        let m = Metrics::new();
+        let mut stats = crate::scaleset::Statistics {
+            total_available_jobs: 4,
+            total_assigned_jobs: 3,
+            total_running_jobs: 2,
+            total_registered_runners: 5,
+            ..Default::default()
+        };
+        m.set_scale_set_statistics("modal-big", &stats);
+        stats.total_running_jobs = 1;
+        m.set_scale_set_statistics("modal-big", &stats);
+        let text = m.render();
+        for line in [
+            "mgr_scaleset_jobs{scale_set=\"modal-big\",state=\"available\"} 4",
+            "mgr_scaleset_jobs{scale_set=\"modal-big\",state=\"assigned\"} 3",
+            "mgr_scaleset_jobs{scale_set=\"modal-big\",state=\"running\"} 1",
+            "mgr_scaleset_runners{scale_set=\"modal-big\",state=\"registered\"} 5",
+        ] {
+            assert!(text.contains(line), "{line} missing from {text}");
+        }
+    }
 
     #[test]
     fn counters_appear_in_the_exposition_with_their_labels() {

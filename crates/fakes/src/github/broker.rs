@@ -81,6 +81,13 @@ pub(super) fn runner_registration(shared: &Arc<Shared>, headers: &HeaderMap, bod
     let Some(scope) = issued_for else {
         return error(401, "UnauthorizedException", "Bad registration token");
     };
+    if state.scale_sets.registration_refused {
+        return error(
+            403,
+            "AccessDeniedException",
+            "The credentials lack the rights to administer runners here",
+        );
+    }
     let named = url
         .as_deref()
         .and_then(scope_of_config_url)

@@ -180,6 +180,9 @@ pub(super) struct ScaleSetBook {
     pub offered: HashMap<u64, Vec<u64>>,
     /// Woken whenever a set gets a job message.
     pub notify: Arc<Notify>,
+    /// `runner-registration` answers 403, as for credentials without rights to administer
+    /// the scope's runners.
+    pub registration_refused: bool,
 }
 
 impl Default for ScaleSetBook {
@@ -188,6 +191,7 @@ impl Default for ScaleSetBook {
             sets: BTreeMap::new(),
             next_set_id: 1,
             registration_tokens: HashMap::new(),
+            registration_refused: false,
             sessions: HashMap::new(),
             held: HashMap::new(),
             messages: BTreeMap::new(),

@@ -49,6 +49,12 @@ impl FakeGitHub {
         self.with_state(|s| s.scale_sets.session_lapse = lapse);
     }
 
+    /// Makes `runner-registration` answer 403 (`refused`) or work again, as for a token
+    /// without the rights to administer the scope's runners.
+    pub fn refuse_scale_set_registration(&self, refused: bool) {
+        self.with_state(|s| s.scale_sets.registration_refused = refused);
+    }
+
     /// Session refreshes answered 200 so far.
     pub fn scale_set_session_refreshes(&self) -> u64 {
         self.with_state(|s| s.scale_sets.refreshes)

@@ -150,6 +150,7 @@ mod tests {
                 }],
                 modal: None,
                 machine: None,
+                scale_sets: Vec::new(),
             }),
         }
     }

@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{JobEvent, JobId, JobStatus, LabelSet, RepoAllowList, RepoName};
+use crate::metrics::Metrics;
 use crate::retry::Backoff;
 use crate::scaleset::{JobMessage, QueueMessage, ScaleSetClient, ScaleSetError, Session};
 use crate::store::{EventSource, Store, StoreError};
@@ -47,6 +48,8 @@ pub struct ListenerContext {
     pub machine: Vec<String>,
     /// Waits between failed attempts (session create, poll, store).
     pub backoff: Backoff,
+    /// Where the set's statistics are shown (`mgr_scaleset_*`).
+    pub metrics: Arc<Metrics>,
 }
 
 /// Why a message could not be handled (it stays unacknowledged and comes back).
@@ -186,6 +189,8 @@ async fn open_session(ctx: &ListenerContext, stop: &CancellationToken) -> Option
     loop {
         match ctx.client.create_session(ctx.scale_set_id).await {
             Ok(session) => {
+                ctx.metrics
+                    .set_scale_set_statistics(&ctx.scale_set_name, &session.statistics);
                 tracing::info!(
                     scale_set = %ctx.scale_set_name,
                     assigned_jobs = session.statistics.total_assigned_jobs,
@@ -238,6 +243,8 @@ async fn handle(
     message: &QueueMessage,
     stop: &CancellationToken,
 ) -> Result<(), HandleError> {
+    ctx.metrics
+        .set_scale_set_statistics(&ctx.scale_set_name, &message.statistics);
     let available: Vec<u64> = message
         .jobs
         .iter()

@@ -343,24 +343,7 @@ impl ScaleSetClient {
             .iter()
             .map(|l| json!({ "name": l, "type": "System" }))
             .collect();
-        let group = group_id.to_string();
-        let mut found = self
-            .find_scale_sets(&[("runnerGroupId", &group), ("name", name)])
-            .await?;
-        if found.is_empty() {
-            // Moved to another group since it was made? Names are unique per group, so a
-            // lookup in the new group misses it; look by name alone (whether the service
-            // supports that is unconfirmed: a refusal just means "create").
-            found = self.find_scale_sets(&[("name", name)]).await.unwrap_or_default();
-        }
-        if found.len() > 1 {
-            return Err(ScaleSetError::Decode(format!(
-                "{} scale sets are named {name}",
-                found.len()
-            )));
-        }
-        let found = List { value: found };
-        if let Some(existing) = found.value.into_iter().next() {
+        if let Some(existing) = self.find_scale_set(name, group_id).await? {
             let current = existing.label_names();
             let want: Vec<String> = wanted.iter().map(|l| l.to_ascii_lowercase()).collect();
             if current == want && existing.runner_group_id == group_id {
@@ -379,6 +362,28 @@ impl ScaleSetClient {
             .admin_call(Method::POST, "_apis/runtime/runnerscalesets", &[], Some(&body))
             .await?;
         decode(&reply.ok_or_classify()?.body)
+    }
+
+    /// The scale set `name` as `ensure_scale_set` would find it, or `None` (it would be
+    /// created): only reads, so `check` can ask without changing anything.
+    pub async fn find_scale_set(&self, name: &str, group_id: u64) -> Result<Option<ScaleSet>, ScaleSetError> {
+        let group = group_id.to_string();
+        let mut found = self
+            .find_scale_sets(&[("runnerGroupId", &group), ("name", name)])
+            .await?;
+        if found.is_empty() {
+            // Moved to another group since it was made? Names are unique per group, so a
+            // lookup in the new group misses it; look by name alone (whether the service
+            // supports that is unconfirmed: a refusal just means "create").
+            found = self.find_scale_sets(&[("name", name)]).await.unwrap_or_default();
+        }
+        if found.len() > 1 {
+            return Err(ScaleSetError::Decode(format!(
+                "{} scale sets are named {name}",
+                found.len()
+            )));
+        }
+        Ok(found.into_iter().next())
     }
 
     /// The scale sets a `GET runnerscalesets` with `query` lists.

@@ -120,6 +120,9 @@ fn facts(s: &Status) -> Markup {
             @for p in &s.paused {
                 span { "Paused: " (p) }
             }
+            @for set in &s.scale_sets {
+                span { "Scale set " (set.name) ": " (super::text::scale_set_counts(set)) }
+            }
             @if s.warm.live > 0 || s.warm.idle_spend_usd > 0.0 {
                 span { "Warm pool: " (s.warm.live) " runners, " (s.warm.live_secs) " s idle; unused warm runners cost " (format!("${:.4}", s.warm.idle_spend_usd)) }
             }

@@ -55,6 +55,20 @@ pub struct Status {
     pub machine_policy_known: bool,
     /// The warm pool (`WARM_POOL`) and what its idling costs.
     pub warm: WarmView,
+    /// Each runner scale set as the Actions service last counted it (`JOB_SOURCE=scaleset`);
+    /// empty outside the running service (the `status` command reads only the store, and
+    /// the counts are GitHub's, not the store's).
+    pub scale_sets: Vec<ScaleSetCounts>,
+}
+
+/// A runner scale set's jobs and runners as the Actions service's statistics count them.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ScaleSetCounts {
+    pub name: String,
+    pub available_jobs: u64,
+    pub assigned_jobs: u64,
+    pub running_jobs: u64,
+    pub registered_runners: u64,
 }
 
 /// Warm runners (made for no job) and their idle cost.
@@ -178,6 +192,7 @@ pub struct Live {
     /// line says what the planner decided; `None` where the serve configuration is not known
     /// (then only the labels GitHub would refuse are named).
     pub machine: Option<MachinePolicy>,
+    pub scale_sets: Vec<ScaleSetCounts>,
 }
 
 /// Reads the store once and puts `live` beside it.
@@ -301,6 +316,7 @@ pub async fn gather(store: &Store, recent: i64, live: Live) -> Result<Status, St
         paused,
         machine_policy_known: live.machine.is_some(),
         warm,
+        scale_sets: live.scale_sets,
     })
 }
 
@@ -492,6 +508,7 @@ mod tests {
                 created_since_start: 3,
             }),
             machine: Some(policy()),
+            scale_sets: Vec::new(),
         };
         let text = render_text(&gather(&store, 5, live).await.expect("gathered"));
 

@@ -11,6 +11,14 @@ pub async fn report(store: &Store, limit: i64) -> Result<String, StoreError> {
     Ok(render(&gather(store, limit, Live::default()).await?))
 }
 
+/// What GitHub's Actions service counts for one scale set, in one line.
+pub fn scale_set_counts(set: &super::ScaleSetCounts) -> String {
+    format!(
+        "{} available, {} assigned, {} running jobs; {} runners registered (GitHub's count)",
+        set.available_jobs, set.assigned_jobs, set.running_jobs, set.registered_runners
+    )
+}
+
 /// The report for `s`.
 pub fn render(s: &Status) -> String {
     let mut out = String::new();
@@ -42,6 +50,9 @@ pub fn render(s: &Status) -> String {
     }
     let _ = writeln!(out, "github:  {}", headroom(s));
     let _ = writeln!(out, "modal:   {}", pacing(s));
+    for set in &s.scale_sets {
+        let _ = writeln!(out, "scale set {}: {}", set.name, scale_set_counts(set));
+    }
     let _ = writeln!(out, "\nopen jobs ({}):", s.open_jobs.len());
     for j in &s.open_jobs {
         let _ = writeln!(

@@ -351,3 +351,83 @@ async fn a_database_of_a_newer_schema_fails_and_an_older_one_warns() {
         .expect("version");
     assert_eq!(left, 1, "check migrated the database");
 }
+
+/// `JOB_SOURCE=scaleset` with two scale sets of the organisation `octo`, and no webhook.
+fn scaleset_check_world() -> Options {
+    Options::backend(Kind::Local)
+        .with("JOB_SOURCE", "scaleset")
+        .with("RUNNER_SCOPE", "org")
+        .with("ALLOWED_REPOS", "octo/*")
+        .with("SCALE_SETS", "modal,modal-big")
+}
+
+/// Nothing was created at the Actions service: no scale set, no session.
+fn assert_nothing_created(github: &FakeGitHub) {
+    assert!(github.scale_sets().is_empty(), "check created a scale set");
+    assert!(
+        github.scale_set_session_creates().is_empty(),
+        "check opened a session"
+    );
+}
+
+#[tokio::test]
+async fn in_scale_set_mode_check_skips_the_webhooks_and_looks_each_scale_set_up_without_creating_it() {
+    let mut world = World::prepare(scaleset_check_world()).await;
+
+    let before = run_checks(&world).await;
+
+    assert_nothing_created(&world.github);
+    let webhooks = find(&before, "webhooks");
+    assert_eq!(webhooks.outcome, Outcome::Pass);
+    assert!(webhooks.detail.contains("JOB_SOURCE=scaleset"), "{webhooks}");
+    let chain = find(&before, "actions service");
+    assert_eq!(chain.outcome, Outcome::Pass, "{chain}");
+    assert!(
+        chain.detail.ends_with("/octo"),
+        "the organisation's config URL: {chain}"
+    );
+    for set in ["scale set modal:", "scale set modal-big:"] {
+        let line = before.iter().find(|r| format!("{r}").contains(set)).expect(set);
+        assert_eq!(line.outcome, Outcome::Pass);
+        assert!(line.detail.contains("created on first start"), "{line}");
+    }
+    assert!(before.iter().all(|r| r.outcome != Outcome::Fail), "{before:#?}");
+
+    // Once the service has made them, check finds them.
+    world.start_service().await;
+    world.stop_service().await;
+    let ids: Vec<u64> = world.github.scale_sets().iter().map(|s| s.id).collect();
+    let after = run_checks(&world).await;
+    for set in ["scale set modal:", "scale set modal-big:"] {
+        let line = after.iter().find(|r| format!("{r}").contains(set)).expect(set);
+        assert_eq!(line.outcome, Outcome::Pass);
+        assert!(line.detail.starts_with("exists (id "), "{line}");
+    }
+    assert_eq!(
+        world.github.scale_sets().iter().map(|s| s.id).collect::<Vec<_>>(),
+        ids,
+        "no scale set added or replaced"
+    );
+}
+
+#[tokio::test]
+async fn in_scale_set_mode_credentials_the_actions_service_refuses_fail_the_check() {
+    let world = World::prepare(scaleset_check_world()).await;
+    world.github.refuse_scale_set_registration(true);
+
+    let (code, out) = run_binary(&world).await;
+
+    assert_ne!(code, Some(0), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("actions service"))
+        .unwrap_or_else(|| panic!("no actions service line in {out}"));
+    assert!(line.starts_with("FAIL actions service: "), "{line}");
+    assert!(line.contains("403"), "{line}");
+    assert!(line.contains("fix: "), "{line}");
+    assert!(
+        !out.contains("PASS scale set"),
+        "no scale set is looked up without an admin token: {out}"
+    );
+    assert_nothing_created(&world.github);
+}

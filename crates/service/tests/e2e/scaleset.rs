@@ -7,7 +7,7 @@ use std::time::Duration;
 use fakes::github::{JobSpec, RunSpec};
 use testkit::both_backends;
 
-use crate::helpers::{Kind, Options, REPO, World, as_process};
+use crate::helpers::{Kind, Options, REPO, StoreWriteLock, World, as_process};
 
 /// A world whose service takes jobs from the scale set `modal` of the organisation `octo`,
 /// with GitHub sending no webhook anywhere.
@@ -26,6 +26,22 @@ fn jobs(n: usize, ms: u64) -> RunSpec {
         .map(|i| JobSpec::new(format!("job {i}"), ["modal"]).duration(Duration::from_millis(ms)))
         .collect();
     RunSpec::new(REPO, specs)
+}
+
+async fn metrics(env: &World) -> String {
+    reqwest::get(env.url("/metrics"))
+        .await
+        .expect("an answer")
+        .text()
+        .await
+        .expect("a body")
+}
+
+/// The value of the gauge line that starts with `prefix` (name, labels and a space).
+fn gauge(text: &str, prefix: &str) -> Option<i64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 fn assert_unique(names: &[String]) {
@@ -95,12 +111,51 @@ async fn a_jobs_whole_life_needs_no_webhook(kind: Kind) {
 
 both_backends!(a_jobs_whole_life_needs_no_webhook);
 
-#[tokio::test]
-async fn a_burst_of_50_jobs_completes_within_max_runners_sent_as_the_sets_capacity() {
-    let mut env = scaleset_world(Options::backend(Kind::Local).with("MAX_RUNNERS", "8")).await;
+async fn a_burst_of_50_jobs_completes_within_max_runners_sent_as_the_sets_capacity(kind: Kind) {
+    let mut env = scaleset_world(Options::backend(kind).with("MAX_RUNNERS", "8")).await;
     env.start_service().await;
 
     env.github.queue_run(jobs(50, 400));
+
+    // The Actions service's statistics reach /metrics while the burst waits for runners.
+    let assigned = r#"mgr_scaleset_jobs{scale_set="modal",state="assigned"} "#;
+    let mut seen = None;
+    for _ in 0..100 {
+        let text = metrics(&env).await;
+        seen = gauge(&text, assigned).filter(|n| *n > 0);
+        if seen.is_some() {
+            assert!(
+                gauge(
+                    &text,
+                    r#"mgr_scaleset_runners{scale_set="modal",state="registered"} "#
+                )
+                .is_some(),
+                "{text}"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen.is_some(),
+        "no assigned jobs in /metrics: {}",
+        metrics(&env).await
+    );
+    // ...and the status page, a line per scale set.
+    let status: serde_json::Value = reqwest::get(env.url("/status.json"))
+        .await
+        .expect("an answer")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(status["scale_sets"][0]["name"], "modal", "{status}");
+    let page = reqwest::get(env.url("/status"))
+        .await
+        .expect("an answer")
+        .text()
+        .await
+        .expect("a body");
+    assert!(page.contains("Scale set modal: "), "{page}");
 
     assert_clean_finish(&env).await;
     let polls = env.github.scale_set_polls();
@@ -119,6 +174,8 @@ async fn a_burst_of_50_jobs_completes_within_max_runners_sent_as_the_sets_capaci
     // Actions service, and every sandbox ends.
     env.assert_nothing_left(Duration::from_secs(60)).await;
 }
+
+both_backends!(a_burst_of_50_jobs_completes_within_max_runners_sent_as_the_sets_capacity);
 
 async fn a_job_cancelled_before_pickup_gets_no_runner_and_a_restart_waits_for_no_session(kind: Kind) {
     let mut env = scaleset_world(Options::backend(kind)).await;
@@ -155,9 +212,8 @@ async fn a_job_cancelled_before_pickup_gets_no_runner_and_a_restart_waits_for_no
 
 both_backends!(a_job_cancelled_before_pickup_gets_no_runner_and_a_restart_waits_for_no_session);
 
-#[tokio::test]
-async fn a_stale_session_is_waited_out_then_jobs_flow() {
-    let mut env = scaleset_world(Options::backend(Kind::Local)).await;
+async fn a_stale_session_is_waited_out_then_jobs_flow(kind: Kind) {
+    let mut env = scaleset_world(Options::backend(kind)).await;
     env.github
         .hold_scale_set_session("modal", Duration::from_secs(20));
     env.start_service().await;
@@ -180,6 +236,8 @@ async fn a_stale_session_is_waited_out_then_jobs_flow() {
         "the conflict is logged clearly"
     );
 }
+
+both_backends!(a_stale_session_is_waited_out_then_jobs_flow);
 
 async fn admin_and_queue_tokens_expiring_mid_poll_are_renewed(kind: Kind) {
     let mut env = scaleset_world(Options::backend(kind)).await;
@@ -226,9 +284,8 @@ async fn a_session_refresh_answered_404_opens_a_new_session(kind: Kind) {
 
 both_backends!(a_session_refresh_answered_404_opens_a_new_session);
 
-#[tokio::test]
-async fn the_service_killed_mid_burst_completes_every_job_and_loses_no_message() {
-    let options = as_process(Options::backend(Kind::Local).with("MAX_RUNNERS", "20"));
+async fn the_service_killed_mid_burst_completes_every_job_and_loses_no_message(kind: Kind) {
+    let options = as_process(Options::backend(kind).with("MAX_RUNNERS", "20"));
     let mut env = scaleset_world(options).await;
     env.github.set_scale_set_session_lapse(Duration::from_secs(5));
     env.start_service().await;
@@ -253,6 +310,60 @@ async fn the_service_killed_mid_burst_completes_every_job_and_loses_no_message()
     );
 }
 
+both_backends!(the_service_killed_mid_burst_completes_every_job_and_loses_no_message);
+
+/// Record before acknowledge, at a controlled point: the store cannot be written (another
+/// connection holds its write lock) when a job's message arrives, so the message must stay
+/// unacknowledged; the service is killed there, and the message comes back to its
+/// successor. Acknowledging first would delete it while its job is nowhere, and the job
+/// would never run. Local only: the order under test is the listener's, the same on both
+/// backends.
+#[tokio::test]
+async fn a_message_whose_job_could_not_be_stored_is_not_acknowledged_and_comes_back_after_a_kill() {
+    let options = as_process(Options::backend(Kind::Local));
+    let mut env = scaleset_world(options).await;
+    env.github.set_scale_set_session_lapse(Duration::from_secs(5));
+    env.start_service().await;
+
+    let lock = StoreWriteLock::take(&env).await;
+    let run = env.github.queue_run(jobs(1, 300));
+    let delivered = env
+        .github
+        .wait_until(Duration::from_secs(20), |gh| {
+            gh.scale_set_messages()
+                .iter()
+                .any(|m| !m.jobs.is_empty() && m.deliveries >= 1)
+        })
+        .await;
+    assert!(delivered, "{}", env.tail_logs(20));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let early: Vec<u64> = env
+        .github
+        .scale_set_messages()
+        .iter()
+        .filter(|m| m.deletions > 0)
+        .map(|m| m.id)
+        .collect();
+    assert!(
+        early.is_empty(),
+        "acknowledged before its job was stored: {early:?}"
+    );
+    env.kill_service();
+    lock.release().await;
+
+    env.start_service().await;
+    assert_clean_finish(&env).await;
+    assert!(
+        env.github.scale_set_messages().iter().any(|m| m.deliveries >= 2),
+        "the unacknowledged message was delivered again"
+    );
+    let job = env.github.job(run.job_ids[0]).expect("job");
+    assert_eq!(job.conclusion.as_deref(), Some("success"));
+}
+
+/// Modal only: a scale set's machine spec becomes the sandbox's CPU and memory, which only
+/// the Modal backend carries (the local backend runs every runner as a plain process, so
+/// there is no machine to tell apart).
 #[tokio::test]
 async fn several_scale_sets_each_give_their_jobs_their_machine_in_one_burst() {
     let options = Options::backend(Kind::Modal).with("SCALE_SETS", "modal-small,modal-big:cpu=4;memory=8192");
@@ -296,9 +407,8 @@ async fn several_scale_sets_each_give_their_jobs_their_machine_in_one_burst() {
     }
 }
 
-#[tokio::test]
-async fn a_runner_that_never_comes_online_is_removed_through_the_actions_service() {
-    let options = Options::backend(Kind::Local)
+async fn a_runner_that_never_comes_online_is_removed_through_the_actions_service(kind: Kind) {
+    let options = Options::backend(kind)
         .with("RUNNER_REGISTRATION_TIMEOUT_SECS", "2")
         .with("MAX_ATTEMPTS_PER_JOB", "1");
     let mut env = scaleset_world(options).await;
@@ -323,3 +433,5 @@ async fn a_runner_that_never_comes_online_is_removed_through_the_actions_service
         env.github.runners()
     );
 }
+
+both_backends!(a_runner_that_never_comes_online_is_removed_through_the_actions_service);
