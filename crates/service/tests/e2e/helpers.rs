@@ -55,3 +55,31 @@ pub async fn connect(world: &World) -> sqlx::SqliteConnection {
         .await
         .expect("a connection to the store")
 }
+
+/// No name was used twice: a runner name is registered once and gets one sandbox.
+pub fn assert_unique(names: &[String]) {
+    let mut seen = std::collections::HashSet::new();
+    let doubled: Vec<&String> = names.iter().filter(|n| !seen.insert(*n)).collect();
+    assert!(doubled.is_empty(), "names used twice: {doubled:?}");
+}
+
+/// What a crash or a leader takeover must not break: each runner name has one sandbox and
+/// one registration, and every job succeeded.
+pub fn assert_each_name_once_and_every_job_succeeded(world: &World) {
+    let names: Vec<String> = world
+        .fake_modal()
+        .sandboxes()
+        .into_iter()
+        .filter_map(|s| s.name)
+        .collect();
+    assert_unique(&names);
+    assert_unique(&world.github.registrations_ever());
+    assert!(
+        world
+            .github
+            .jobs()
+            .iter()
+            .all(|j| j.conclusion.as_deref() == Some("success")),
+        "every job succeeded"
+    );
+}

@@ -3,7 +3,6 @@
 //! GitHub App credentials. Each test ends by checking the final state: every job completed,
 //! nothing left, nothing duplicated.
 
-use std::collections::HashSet;
 use std::time::{Duration, SystemTime};
 
 use fakes::github::{CallRecord, DeliveryInfo, DeliveryMode, Route, WebhookTarget};
@@ -11,17 +10,12 @@ use modal_github_runner::domain::{JobId, RepoName};
 use modal_github_runner::github::JitRequest;
 
 use crate::helpers::{
-    BIN, Kind, Options, REPO, SECRET, StoreWriteLock, World, as_process, github_client, jobs,
-    recorded_deliveries, wait,
+    BIN, Kind, Options, REPO, SECRET, StoreWriteLock, World, as_process,
+    assert_each_name_once_and_every_job_succeeded, github_client, jobs, recorded_deliveries, wait,
 };
 
 fn fast_reconcile(kind: Kind) -> Options {
     Options::backend(kind).with("RECONCILE_INTERVAL_SECS", "1")
-}
-
-fn assert_unique(names: &[String]) {
-    let unique: HashSet<&String> = names.iter().collect();
-    assert_eq!(unique.len(), names.len(), "a name was used twice: {names:?}");
 }
 
 #[tokio::test]
@@ -181,20 +175,7 @@ async fn the_service_killed_during_a_burst_of_50_jobs_completes_all_with_one_san
     env.start_service().await;
     env.wait_all_completed(Duration::from_secs(120)).await;
     env.assert_nothing_left(Duration::from_secs(60)).await;
-    let names: Vec<String> = env
-        .fake_modal()
-        .sandboxes()
-        .into_iter()
-        .filter_map(|s| s.name)
-        .collect();
-    assert_unique(&names);
-    assert_unique(&env.github.registrations_ever());
-    assert!(
-        env.github
-            .jobs()
-            .iter()
-            .all(|j| j.conclusion.as_deref() == Some("success"))
-    );
+    assert_each_name_once_and_every_job_succeeded(&env);
 }
 
 /// How long provisioning pauses after a 401 in this test. The default is 300 s; 10 s keeps

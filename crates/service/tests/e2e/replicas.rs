@@ -6,7 +6,6 @@
 //! These run only with `TEST_DATABASE_URL` (scripts/test starts a PostgreSQL server and
 //! sets it); without it they fail under `CI` and are skipped (with a message) otherwise.
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use fakes::github::WebhookTarget;
@@ -15,15 +14,10 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::helpers::{
-    Kind, Options, Proxy, REPO, Replica, SECRET, World, as_process, fresh_postgres_database, jobs,
+    Kind, Options, Proxy, REPO, Replica, SECRET, World, as_process,
+    assert_each_name_once_and_every_job_succeeded, assert_unique, fresh_postgres_database, jobs,
     reqwest_client,
 };
-
-fn assert_unique(names: &[String]) {
-    let mut seen = HashSet::new();
-    let doubled: Vec<&String> = names.iter().filter(|n| !seen.insert(*n)).collect();
-    assert!(doubled.is_empty(), "names used twice: {doubled:?}");
-}
 
 /// The replica holding a live lease, as the database says.
 async fn leader(store: &Store) -> Option<String> {
@@ -182,21 +176,7 @@ async fn two_replicas_finish_a_50_job_burst_after_the_leader_is_killed_with_one_
     );
     env.wait_all_completed(Duration::from_secs(180)).await;
     env.assert_nothing_left(Duration::from_secs(60)).await;
-    let names: Vec<String> = env
-        .fake_modal()
-        .sandboxes()
-        .into_iter()
-        .filter_map(|s| s.name)
-        .collect();
-    assert_unique(&names);
-    assert_unique(&env.github.registrations_ever());
-    assert!(
-        env.github
-            .jobs()
-            .iter()
-            .all(|j| j.conclusion.as_deref() == Some("success")),
-        "every job succeeded"
-    );
+    assert_each_name_once_and_every_job_succeeded(&env);
     drop(b);
     store.close().await;
 }

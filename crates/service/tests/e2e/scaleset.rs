@@ -1,13 +1,12 @@
 //! `JOB_SOURCE=scaleset`: jobs reach the service through a runner scale set's message queue
 //! at the fake Actions service, with no webhook at all.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use fakes::github::{JobSpec, RunSpec};
 use testkit::both_backends;
 
-use crate::helpers::{Kind, Options, REPO, StoreWriteLock, World, as_process};
+use crate::helpers::{Kind, Options, REPO, StoreWriteLock, World, as_process, assert_unique};
 
 /// A world whose service takes jobs from the scale set `modal` of the organisation `octo`,
 /// with GitHub sending no webhook anywhere.
@@ -42,11 +41,6 @@ fn gauge(text: &str, prefix: &str) -> Option<i64> {
     text.lines()
         .find_map(|l| l.strip_prefix(prefix))
         .and_then(|v| v.trim().parse().ok())
-}
-
-fn assert_unique(names: &[String]) {
-    let unique: HashSet<&String> = names.iter().collect();
-    assert_eq!(unique.len(), names.len(), "a name registered twice: {names:?}");
 }
 
 /// Every job completed, every message acknowledged exactly once, no name registered twice.
