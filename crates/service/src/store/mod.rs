@@ -6,7 +6,8 @@
 //!
 //! Both databases are reached through sqlx's `Any` driver, so every query, row reader and
 //! rule is written once; the few places where the dialects differ ask `Store::backend`.
-//! Queries use `$N` placeholders, which both SQLite and PostgreSQL understand.
+//! Queries use `$N` placeholders, which both SQLite and PostgreSQL understand (the group
+//! commit's statements, with thousands of values, use `?` on SQLite: see `ingest`).
 //!
 //! On SQLite every write goes through one connection (`writer`), reads through a pool of
 //! read-only others. SQLite admits one writer at a time, and a connection that finds the
