@@ -112,9 +112,20 @@ impl Fence {
     }
 }
 
+/// How long a follower waits before trying to take over a lease that still holds for
+/// `remaining_ms`: until just after it expires, so that a lost leader is replaced within
+/// `LEADER_LEASE_SECS` of its last renewal instead of up to a renewal period later.
+fn takeover_wait(remaining_ms: i64) -> Duration {
+    Duration::from_millis(u64::try_from(remaining_ms).unwrap_or(0)) + TAKEOVER_MARGIN
+}
+
+/// Past the lease's expiry by the database's clock, for the follower's own query to arrive.
+const TAKEOVER_MARGIN: Duration = Duration::from_millis(20);
+
 /// Takes and renews the lease (PostgreSQL) every third of `length` until `stop`, then gives
 /// it up so another replica takes over at once. A replica that cannot renew (the database
-/// unreachable) steps down before its lease could have expired.
+/// unreachable) steps down before its lease could have expired. A follower tries again a
+/// third of `length` later, or just after the current lease expires if that is sooner.
 pub async fn keep_lease(
     store: Store,
     leadership: Arc<Leadership>,
@@ -147,14 +158,20 @@ pub async fn keep_lease(
                 }
             }
         }
+        let mut wait = period;
         match store.lease_state().await {
-            Ok(Some(lease)) if lease.live => leadership.saw(Some((lease.holder, lease.since_ms))),
+            Ok(Some(lease)) if lease.live => {
+                if leadership.token().is_none() {
+                    wait = wait.min(takeover_wait(lease.remaining_ms));
+                }
+                leadership.saw(Some((lease.holder, lease.since_ms)));
+            }
             Ok(_) => leadership.saw(None),
             Err(e) => tracing::debug!(error = %e, "could not read the leader lease"),
         }
         tokio::select! {
             () = stop.cancelled() => break,
-            () = tokio::time::sleep(period) => {}
+            () = tokio::time::sleep(wait) => {}
         }
     }
     if let Some(token) = leadership.token() {
@@ -162,5 +179,17 @@ pub async fn keep_lease(
         if let Err(e) = store.release_lease(&leadership.replica, token).await {
             tracing::warn!(error = %e, "could not give the leader lease up");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_follower_tries_to_take_over_just_after_the_lease_expires() {
+        assert_eq!(takeover_wait(2_500), Duration::from_millis(2_520));
+        assert_eq!(takeover_wait(0), TAKEOVER_MARGIN);
+        assert_eq!(takeover_wait(-40), TAKEOVER_MARGIN, "an expired lease: at once");
     }
 }

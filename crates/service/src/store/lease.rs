@@ -33,6 +33,9 @@ pub struct LeaseState {
     pub expires_ms: i64,
     /// Whether the lease is still valid now.
     pub live: bool,
+    /// How long it still holds (ms, by the database's clock; negative once it expired):
+    /// when a follower should try to take it over.
+    pub remaining_ms: i64,
 }
 
 impl Store {
@@ -83,7 +86,9 @@ impl Store {
             return Ok(None);
         }
         let sql = format!(
-            "SELECT holder, token, since, expires_at, (expires_at > {NOW_MS}) AS live FROM leader_lease WHERE id = 1"
+            "SELECT holder, token, since, expires_at, (expires_at > {NOW_MS}) AS live,
+                    (expires_at - {NOW_MS}) AS remaining
+             FROM leader_lease WHERE id = 1"
         );
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .fetch_one(self.pool())
@@ -94,6 +99,7 @@ impl Store {
             since_ms: row.try_get("since")?,
             expires_ms: row.try_get("expires_at")?,
             live: row.try_get("live")?,
+            remaining_ms: row.try_get("remaining")?,
         }))
     }
 
