@@ -32,6 +32,11 @@ const SQLITE: &[(i64, &str, &str)] = &[
         "costs, failure logs and pauses",
         include_str!("../../migrations/sqlite/0003_costs_and_failure_logs.sql"),
     ),
+    (
+        4,
+        "delivery log",
+        include_str!("../../migrations/sqlite/0004_delivery_log.sql"),
+    ),
 ];
 
 /// The PostgreSQL schema: the same tables as SQLite's in its dialect, versions 1 and 2

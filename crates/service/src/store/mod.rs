@@ -239,7 +239,7 @@ impl Store {
                 (pool.clone(), pool)
             }
         };
-        let ingest = ingest::spawn_writer(writer.clone(), backend, clock.clone());
+        let ingest = ingest::spawn_writer(writer.clone(), backend, clock.clone()).await?;
         Ok(Store {
             pool,
             writer,

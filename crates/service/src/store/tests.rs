@@ -434,6 +434,10 @@ fn released_migrations_are_never_edited() {
             3,
             "fcbe092f3a39013483f2e459d3b2752cbd9b3957fb823a19219a807813102901",
         ),
+        (
+            4,
+            "440b8aa7b24276dc16bd56cd9347d65b88133a4bd22e8f8e68e830df6cdceba9",
+        ),
     ];
     assert_pinned(Backend::Sqlite, pinned);
 }

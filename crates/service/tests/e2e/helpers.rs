@@ -37,7 +37,8 @@ impl StoreWriteLock {
 /// The delivery GUIDs the service's store holds, read through a connection of our own.
 pub async fn recorded_deliveries(world: &World) -> std::collections::HashSet<String> {
     let mut conn = connect(world).await;
-    sqlx::query_scalar::<_, String>("SELECT guid FROM deliveries")
+    // A GUID of the last second or so may still be in the delivery log, not yet folded.
+    sqlx::query_scalar::<_, String>("SELECT guid FROM deliveries UNION ALL SELECT guid FROM delivery_log")
         .fetch_all(&mut conn)
         .await
         .expect("delivery GUIDs")
