@@ -301,11 +301,13 @@ async fn write_group(
 ///
 /// An event is news if it has no GUID, or its GUID is in neither the delivery log (asked
 /// of memory: `DeliveryLog`) nor `deliveries` (asked in SQL) nor earlier in the group.
-/// The jobs are upserted first, each event only if its GUID is not in `deliveries`; then
-/// the GUIDs are appended to the log on the same condition, `RETURNING` them. Both run
-/// under the one write lock (`BEGIN IMMEDIATE`), so an event is applied exactly when its
-/// GUID comes back. SQLite lets one statement update a row twice, so a job's events go in
-/// one statement, in the order sent (`ORDER BY` the event's position).
+/// Under the one write lock (`BEGIN IMMEDIATE`), the query selects the group's GUIDs that
+/// are in `deliveries` (its only rows: none, but for redeliveries), upserts the jobs of
+/// the other events, and appends the other GUIDs to the log, so an event is applied
+/// exactly when its GUID is not selected. Rows cost more than values here: each is a
+/// message from sqlx's thread and a conversion, which is why the query returns the rare
+/// duplicates, not the new GUIDs. SQLite lets one statement update a row twice, so a
+/// job's events go in one statement, in the order sent (`ORDER BY` the event's position).
 async fn write_group_sqlite(
     pool: &AnyPool,
     log: &mut DeliveryLog,
@@ -330,6 +332,13 @@ async fn write_group_sqlite(
         .collect();
 
     let mut sql = String::from("BEGIN IMMEDIATE");
+    if !guids.is_empty() {
+        let rows = vec!["(?)"; guids.len()].join(", ");
+        sql.push_str(&format!(
+            ";\nSELECT column1 FROM (VALUES {rows})
+WHERE EXISTS (SELECT 1 FROM deliveries WHERE guid = column1)"
+        ));
+    }
     if !order.is_empty() {
         sql.push_str(";\n");
         sql.push_str(&sqlite_job_upsert(order.len()));
@@ -339,13 +348,15 @@ async fn write_group_sqlite(
         sql.push_str(&format!(
             ";\nINSERT INTO delivery_log (guid, received_at)
 SELECT column1, column2 FROM (VALUES {rows})
-WHERE NOT EXISTS (SELECT 1 FROM deliveries WHERE guid = column1)
-RETURNING guid"
+WHERE NOT EXISTS (SELECT 1 FROM deliveries WHERE guid = column1)"
         ));
     }
     sql.push_str(";\nCOMMIT;");
 
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+    for guid in &guids {
+        query = query.bind(*guid);
+    }
     for (position, &i) in order.iter().enumerate() {
         let req = &group[i];
         query = bind_job(query, req, now)
@@ -355,22 +366,27 @@ RETURNING guid"
     for guid in &guids {
         query = query.bind(*guid).bind(now);
     }
+    // The GUIDs already in `deliveries`; the log now holds every other candidate.
     let rows = run_in_transaction(pool, query).await?;
-    let inserted = rows
+    let folded = rows
         .iter()
         .map(|row| row.try_get::<String, _>(0))
         .collect::<Result<HashSet<String>, _>>();
-    // Committed: whatever happens next, the log now holds these rows.
-    let inserted = inserted?;
+    let folded = folded?;
     let results = group
         .iter()
         .zip(candidate)
         .map(|(r, candidate)| match r.delivery.as_deref() {
-            Some(guid) if !(candidate && inserted.contains(guid)) => Recorded::Duplicate,
+            Some(guid) if !candidate || folded.contains(guid) => Recorded::Duplicate,
             _ => Recorded::Applied,
         })
         .collect();
-    log.guids.extend(inserted);
+    log.guids.extend(
+        guids
+            .into_iter()
+            .filter(|g| !folded.contains(*g))
+            .map(String::from),
+    );
     Ok(results)
 }
 
