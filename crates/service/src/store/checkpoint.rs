@@ -42,26 +42,8 @@ pub(super) async fn checkpoint(pool: &AnyPool) -> Result<(i64, i64), sqlx::Error
 
 #[cfg(test)]
 mod tests {
-    use crate::domain::{JobEvent, JobId, JobStatus, LabelSet, RepoName};
+    use crate::store::testdb::queued;
     use crate::store::{EventSource, Store};
-
-    fn queued(id: u64) -> JobEvent {
-        JobEvent {
-            action: "queued".into(),
-            status: JobStatus::Queued,
-            job_id: JobId(id),
-            run_id: 1,
-            run_attempt: 1,
-            name: "build".into(),
-            workflow_name: None,
-            head_sha: None,
-            conclusion: None,
-            labels: LabelSet::new(["self-hosted", "modal"]),
-            runner_name: None,
-            repo: RepoName::parse("octo/repo").expect("valid"),
-            queued_for: None,
-        }
-    }
 
     /// The writer never checkpoints by itself (its commits would pay for the copy), and a
     /// background checkpoint copies the whole log that no reader needs.

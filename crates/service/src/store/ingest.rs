@@ -589,27 +589,9 @@ pub(super) fn to_i64(id: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{JobId, JobStatus, LabelSet, RepoName};
+    use crate::domain::{JobId, JobStatus};
     use crate::store::Store;
-    use crate::store::testdb::TestDb;
-
-    fn queued(job: u64) -> JobEvent {
-        JobEvent {
-            action: "queued".into(),
-            status: JobStatus::Queued,
-            job_id: JobId(job),
-            run_id: 7,
-            run_attempt: 1,
-            name: "build".into(),
-            workflow_name: None,
-            head_sha: None,
-            conclusion: None,
-            labels: LabelSet::new(["self-hosted", "modal"]),
-            runner_name: None,
-            repo: RepoName::parse("octo/repo").expect("valid"),
-            queued_for: None,
-        }
-    }
+    use crate::store::testdb::{TestDb, queued};
 
     async fn record(s: &Store, guid: &str, job: u64) -> Recorded {
         s.record(Some(guid.into()), queued(job), EventSource::Webhook)

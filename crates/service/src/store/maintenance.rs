@@ -71,29 +71,15 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{JobEvent, JobId, JobStatus, LabelSet, RepoName};
+    use crate::domain::JobId;
     use crate::store::EventSource;
+    use crate::store::testdb::queued;
 
     #[tokio::test]
     async fn the_task_prunes_at_start_and_stops_when_told() {
         let store = Store::open("sqlite::memory:").await.expect("store");
-        let queued = JobEvent {
-            action: "queued".into(),
-            status: JobStatus::Queued,
-            job_id: JobId(1),
-            run_id: 1,
-            run_attempt: 1,
-            name: "build".into(),
-            workflow_name: None,
-            head_sha: None,
-            conclusion: None,
-            labels: LabelSet::new(["modal"]),
-            runner_name: None,
-            repo: RepoName::parse("octo/repo").expect("valid"),
-            queued_for: None,
-        };
         store
-            .record(Some("g1".into()), queued, EventSource::Webhook)
+            .record(Some("g1".into()), queued(1), EventSource::Webhook)
             .await
             .expect("record");
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use sqlx::Connection;
 
 use super::{Store, redacted_url};
+use crate::domain::{JobEvent, JobId, JobStatus, LabelSet, RepoName};
 
 /// One test's database; dropping it removes the SQLite file (a PostgreSQL test database
 /// lives as long as the throwaway server).
@@ -111,3 +112,22 @@ macro_rules! on_both_backends {
     )*};
 }
 pub(crate) use on_both_backends;
+
+/// A `queued` event of job `id` in octo/repo, asking for `self-hosted, modal`.
+pub(crate) fn queued(id: u64) -> JobEvent {
+    JobEvent {
+        action: "queued".into(),
+        status: JobStatus::Queued,
+        job_id: JobId(id),
+        run_id: 1,
+        run_attempt: 1,
+        name: "build".into(),
+        workflow_name: None,
+        head_sha: None,
+        conclusion: None,
+        labels: LabelSet::new(["self-hosted", "modal"]),
+        runner_name: None,
+        repo: RepoName::parse("octo/repo").expect("valid"),
+        queued_for: None,
+    }
+}
