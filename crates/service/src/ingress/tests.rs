@@ -632,6 +632,10 @@ async fn refusals_are_counted_every_time_but_warned_once_per_interval_and_reason
         .with_writer(move || writer.clone())
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
+    // tracing caches each log site's interest globally: a site another test thread was
+    // registering as this subscriber arrived can keep "no one listens" (seen once in CI:
+    // no line captured). Recomputing every site's interest now closes that window.
+    tracing::callsite::rebuild_interest_cache();
     let good = || Delivery::json("workflow_job", &job_payload("queued", &["modal"], "octo/repo"));
 
     for _ in 0..5 {
