@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use sqlx::{AnyConnection, AnyPool, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Backend, StoreError};
+use super::{Backend, StoreError, placeholders};
 use crate::clock::Clock;
 use crate::domain::JobEvent;
 
@@ -82,7 +82,7 @@ pub(super) async fn spawn_writer(
         Backend::Postgres => None,
     };
     let (tx, rx) = mpsc::channel(4 * MAX_GROUP);
-    tokio::spawn(write_loop(pool, backend, clock, log, rx));
+    tokio::spawn(write_loop(pool, clock, log, rx));
     Ok(tx)
 }
 
@@ -92,7 +92,6 @@ const GROUP_TRIES: u32 = 3;
 
 async fn write_loop(
     pool: AnyPool,
-    backend: Backend,
     clock: Clock,
     mut log: Option<DeliveryLog>,
     mut rx: mpsc::Receiver<Request>,
@@ -112,7 +111,7 @@ async fn write_loop(
             None => 0,
         };
         if received > 0 {
-            write_and_answer(&pool, backend, &clock, log.as_mut(), &mut group).await;
+            write_and_answer(&pool, &clock, log.as_mut(), &mut group).await;
         }
         if let Some(log) = log.as_mut().filter(|log| log.fold_due(received == 0)) {
             log.fold(&pool).await;
@@ -120,10 +119,10 @@ async fn write_loop(
     }
 }
 
-/// Writes a group and answers each of its requests.
+/// Writes a group and answers each of its requests: on SQLite (which has a delivery log)
+/// in one query, on PostgreSQL in a transaction tried again after a conflict.
 async fn write_and_answer(
     pool: &AnyPool,
-    backend: Backend,
     clock: &Clock,
     log: Option<&mut DeliveryLog>,
     group: &mut Vec<Request>,
@@ -134,7 +133,7 @@ async fn write_and_answer(
         None => {
             let mut tries = 1;
             loop {
-                match write_group(pool, backend, group, now).await {
+                match write_group_postgres(pool, group, now).await {
                     Err(e) if is_conflict(&e) && tries < GROUP_TRIES => {
                         tries += 1;
                         tracing::debug!(error = %e, "a group of events met another replica's; trying again");
@@ -260,26 +259,24 @@ fn is_conflict(e: &StoreError) -> bool {
     }
 }
 
-/// Writes a group in one transaction, with a fixed number of statements whatever its size:
-/// each statement is a round trip to the database (to sqlx's SQLite thread: a channel send
-/// and a thread wake-up each way), which costs more than the statement itself. With one
-/// insert and one upsert per event, that hand-off was most of the ingress's time under load.
+/// PostgreSQL's group commit: one transaction, with a fixed number of statements whatever
+/// the group's size (each is a round trip to the database, which costs more than the
+/// statement itself).
 ///
 /// Rows are written in job-id and GUID order (events of one job keep their order), so two
 /// replicas' groups touching the same rows lock them in the same order and do not deadlock;
 /// the results come back in the group's order.
-async fn write_group(
+async fn write_group_postgres(
     pool: &AnyPool,
-    backend: Backend,
     group: &[Request],
     now: i64,
 ) -> Result<Vec<Recorded>, StoreError> {
-    let mut tx = pool.begin_with(backend.begin_write()).await?;
-    let news = insert_deliveries(&mut tx, backend, group, now).await?;
+    let mut tx = pool.begin_with(Backend::Postgres.begin_write()).await?;
+    let news = insert_deliveries(&mut tx, group, now).await?;
     let mut order: Vec<usize> = (0..group.len()).filter(|&i| news[i]).collect();
     order.sort_by_key(|&i| group[i].event.job_id.0);
     for round in rounds(group, &order) {
-        upsert_jobs(&mut tx, backend, &round, now).await?;
+        upsert_jobs(&mut tx, &round, now).await?;
     }
     tx.commit().await?;
     Ok(news
@@ -392,7 +389,9 @@ WHERE NOT EXISTS (SELECT 1 FROM deliveries WHERE guid = column1)"
 
 /// The upsert of `rows` events on SQLite, each row the job's values, its delivery GUID
 /// (or NULL) and its position in the group; an event whose GUID is recorded is skipped.
-/// `rows` is at least one.
+/// `rows` is at least one. Placeholders are anonymous (`?`): with numbered ones sqlx's
+/// binding is quadratic in their number (it looks each name up, and SQLite finds a name by
+/// scanning the list), a cost that showed in profiles of statements with thousands of values.
 fn sqlite_job_upsert(rows: usize) -> String {
     let row = format!("({})", vec!["?"; JOB_VALUES + 2].join(", "));
     let values = vec![row.as_str(); rows].join(",\n");
@@ -436,7 +435,6 @@ fn rounds<'a>(group: &'a [Request], order: &[usize]) -> Vec<Vec<&'a Request>> {
 /// earlier request of this one).
 async fn insert_deliveries(
     conn: &mut AnyConnection,
-    backend: Backend,
     group: &[Request],
     now: i64,
 ) -> Result<Vec<bool>, StoreError> {
@@ -446,9 +444,8 @@ async fn insert_deliveries(
     let inserted: HashSet<String> = if guids.is_empty() {
         HashSet::new()
     } else {
-        let mut next = Placeholders::new(backend);
         let rows = (0..guids.len())
-            .map(|_| format!("({}, {})", next.next(), next.next()))
+            .map(|i| format!("({})", placeholders(2 * i + 1, 2)))
             .collect::<Vec<_>>()
             .join(", ");
         let sql = format!(
@@ -494,49 +491,17 @@ WHERE excluded.rank > jobs.rank OR (excluded.rank = 1 AND jobs.rank = 1 AND excl
 
 /// Values bound per job row; `MAX_GROUP` rows stay far below SQLite's 32,766 and
 /// PostgreSQL's 65,535 bound values, also with SQLite's two more per row (GUID and
-/// position) and two per GUID appended to the delivery log.
+/// position) and its GUID bound twice (once to find duplicates, once for the log).
 const JOB_VALUES: usize = 18;
 const _: () = assert!(MAX_GROUP * (JOB_VALUES + 4) < 32_766);
 
-/// Placeholders in the order they appear: `?` on SQLite, `$1, $2…` on PostgreSQL (which
-/// has no anonymous ones). On SQLite, numbered placeholders make binding quadratic in their
-/// number (sqlx looks each one's name up, and SQLite finds a name by scanning the list), a
-/// cost that showed in profiles of statements with thousands of values.
-struct Placeholders {
-    backend: Backend,
-    n: usize,
-}
-
-impl Placeholders {
-    fn new(backend: Backend) -> Placeholders {
-        Placeholders { backend, n: 0 }
-    }
-
-    fn next(&mut self) -> String {
-        self.n += 1;
-        match self.backend {
-            Backend::Sqlite => "?".to_string(),
-            Backend::Postgres => format!("${}", self.n),
-        }
-    }
-}
-
 /// Upserts one round's jobs (each job once) in one statement.
-async fn upsert_jobs(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    events: &[&Request],
-    now: i64,
-) -> Result<(), StoreError> {
+async fn upsert_jobs(conn: &mut AnyConnection, events: &[&Request], now: i64) -> Result<(), StoreError> {
     if events.is_empty() {
         return Ok(());
     }
-    let mut next = Placeholders::new(backend);
     let rows = (0..events.len())
-        .map(|_| {
-            let values: Vec<String> = (0..JOB_VALUES).map(|_| next.next()).collect();
-            format!("({})", values.join(", "))
-        })
+        .map(|i| format!("({})", placeholders(i * JOB_VALUES + 1, JOB_VALUES)))
         .collect::<Vec<_>>()
         .join(",\n");
     let sql = format!("INSERT INTO jobs ({JOB_COLUMNS})\nVALUES {rows}{ON_CONFLICT_MERGE}");
