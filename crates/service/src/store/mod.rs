@@ -53,6 +53,14 @@ const OPEN_TRIES: u32 = 5;
 /// The first wait before trying again; each further try waits one more of it.
 const OPEN_RETRY_DELAY: Duration = Duration::from_millis(200);
 
+/// Set on every PostgreSQL connection. A replica frozen inside a transaction (a stopped
+/// process, a paused VM) keeps its locks until its connection dies, and a leader's fenced
+/// writes hold the lease row (`FOR SHARE`): the next leader's takeover would wait on it
+/// for as long as the freeze lasts. Every transaction of the store lives inside one store
+/// call, with no network call of its own, so one idle this long is frozen, and the server
+/// ends its session.
+const POSTGRES_SESSION: &str = "SET idle_in_transaction_session_timeout = '10s'";
+
 /// A failed store operation. The text never holds row contents beyond ids and names, nor
 /// a database password.
 #[derive(Debug, thiserror::Error)]
@@ -233,6 +241,12 @@ impl Store {
                 let pool = AnyPoolOptions::new()
                     .max_connections(8)
                     .min_connections(1)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            sqlx::raw_sql(POSTGRES_SESSION).execute(conn).await?;
+                            Ok(())
+                        })
+                    })
                     .connect(url)
                     .await?;
                 migrations::apply(&pool, backend, &redacted_url(url)).await?;

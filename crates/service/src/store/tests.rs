@@ -644,6 +644,32 @@ async fn postgres_store(test: &str) -> Option<(TestDb, Store)> {
 }
 
 #[tokio::test]
+async fn a_replica_frozen_inside_a_fenced_transaction_does_not_block_the_takeover_for_long() {
+    let Some((db, a)) = postgres_store("lease_frozen_holder").await else {
+        return;
+    };
+    let short = std::time::Duration::from_millis(200);
+    assert!(a.acquire_lease("a", short).await.expect("lease").is_some());
+    // A freezes inside a fenced write: its transaction holds the lease row and never ends.
+    let mut frozen = a.writer().acquire().await.expect("connection");
+    sqlx::raw_sql("BEGIN; SELECT token FROM leader_lease WHERE id = 1 FOR SHARE")
+        .execute(&mut *frozen)
+        .await
+        .expect("lock");
+    tokio::time::sleep(short * 2).await;
+
+    let b = db.open().await;
+    let took = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        b.acquire_lease("b", std::time::Duration::from_secs(5)),
+    )
+    .await
+    .expect("the takeover does not wait on the frozen transaction for ever");
+    assert!(took.expect("lease").is_some(), "b leads");
+    drop(frozen);
+}
+
+#[tokio::test]
 async fn a_live_lease_stays_with_its_holder_and_an_expired_one_is_taken_over_under_a_new_token() {
     let Some((_db, s)) = postgres_store("lease_takeover").await else {
         return;
