@@ -1,24 +1,26 @@
 //! The durable store: the only state the loops share (docs/design.md). SQLite in WAL mode
 //! (one replica), or PostgreSQL (any number of replicas, one of which leads: see `lease`).
-//! Webhook events are written by one task that commits them in groups, so a burst of
+//! Webhook events are written by one writer that commits them in groups, so a burst of
 //! deliveries costs one fsync per group instead of one per delivery, and a delivery is
 //! answered only after its group is on disk.
 //!
 //! Both databases are reached through sqlx's `Any` driver, so every query, row reader and
 //! rule is written once; the few places where the dialects differ ask `Store::backend`.
-//! Queries use `$N` placeholders, which both SQLite and PostgreSQL understand (the group
-//! commit's statements, with thousands of values, use `?` on SQLite: see `ingest`).
+//! Queries use `$N` placeholders, which both SQLite and PostgreSQL understand. The one
+//! exception is SQLite's group commit of webhook events, which calls SQLite directly on a
+//! thread of its own (see `ingest`): it is the one write a webhook waits for.
 //!
-//! On SQLite every write goes through one connection (`writer`), reads through a pool of
-//! read-only others. SQLite admits one writer at a time, and a connection that finds the
-//! lock taken sleeps in SQLite's busy handler (1, 2, 5, 10… ms) before trying again: with
-//! writers on several connections, a webhook's commit that met the planner's or the
-//! reaper's transaction paid those sleeps. On one connection, writers queue in the pool
-//! instead and each starts the moment the previous one ends; a write put on a reader by
-//! mistake fails at once. The writer never checkpoints the log either: a commit that
-//! crossed SQLite's automatic checkpoint threshold copied the log into the database (and
-//! synced it) before its webhook was answered; a background task does it (`checkpoint`).
-//! On PostgreSQL, which locks rows, reads and writes share one pool.
+//! On SQLite the loops' writes go through one connection (`writer`), reads through a pool
+//! of read-only others, and the group commit through its own. SQLite admits one writer at
+//! a time, and a connection that finds the lock taken sleeps in SQLite's busy handler (1,
+//! 2, 5, 10… ms) before trying again: with the loops writing on several connections, they
+//! paid those sleeps behind each other. On one connection they queue in the pool instead;
+//! a write put on a reader by mistake fails at once. The group commit's connection meets
+//! the loops' at the lock, and its busy handler tries every 100 µs, so a webhook waits
+//! for a loop's write no longer than that write takes. No writer checkpoints the log: a
+//! commit that crossed SQLite's automatic checkpoint threshold copied the log into the
+//! database (and synced it) before its webhook was answered; a background task does it
+//! (`checkpoint`). On PostgreSQL, which locks rows, reads and writes share one pool.
 
 mod checkpoint;
 mod costs;
@@ -32,11 +34,13 @@ mod runners;
 mod runs;
 mod snapshot;
 
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{AnyPool, Row};
-use tokio::sync::mpsc;
 
 use crate::clock::Clock;
 use crate::domain::{RepoName, RepoNameError};
@@ -67,6 +71,11 @@ const POSTGRES_SESSION: &str = "SET idle_in_transaction_session_timeout = '10s'"
 pub enum StoreError {
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    /// From SQLite's group commit, which calls SQLite directly (see `ingest`).
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the store's writer thread could not start: {0}")]
+    Thread(std::io::Error),
     #[error("the store is closed")]
     Closed,
     #[error("a group of events could not be written: {0}")]
@@ -102,6 +111,7 @@ impl StoreError {
                 .code()
                 .and_then(|c| c.parse::<i32>().ok())
                 .is_some_and(|c| c & 0xff == 5),
+            StoreError::Sqlite(e) => e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy),
             _ => false,
         }
     }
@@ -172,10 +182,11 @@ pub struct Store {
     /// Readers (on SQLite read-only; on PostgreSQL, and for an in-memory SQLite database,
     /// the writer's pool too).
     pool: AnyPool,
-    /// Every write goes through it (on SQLite: one connection).
+    /// Every write but the group commit's goes through it (on SQLite: one connection).
     writer: AnyPool,
     backend: Backend,
-    ingest: mpsc::Sender<ingest::Request>,
+    /// The queue of events for the group commit's writer (`ingest`).
+    ingest: flume::Sender<ingest::Message>,
     /// Stamps every row; the loops compare those stamps with the same clock.
     clock: Clock,
     /// Set on the leader's loops' handle (PostgreSQL): their writes are made only
@@ -235,8 +246,12 @@ impl Store {
     async fn connect(url: &str, durability: Durability, clock: Clock) -> Result<Store, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = Backend::of_url(url).ok_or(StoreError::UnknownScheme)?;
-        let (pool, writer) = match backend {
-            Backend::Sqlite => sqlite_pools(url, durability).await?,
+        let (pool, writer, ingest) = match backend {
+            Backend::Sqlite => {
+                let (pool, writer, database) = sqlite_pools(url, durability).await?;
+                let ingest = ingest::spawn_sqlite(database, durability, clock.clone()).await?;
+                (pool, writer, ingest)
+            }
             Backend::Postgres => {
                 let pool = AnyPoolOptions::new()
                     .max_connections(8)
@@ -250,10 +265,10 @@ impl Store {
                     .connect(url)
                     .await?;
                 migrations::apply(&pool, backend, &redacted_url(url)).await?;
-                (pool.clone(), pool)
+                let ingest = ingest::spawn_postgres(pool.clone(), clock.clone());
+                (pool.clone(), pool, ingest)
             }
         };
-        let ingest = ingest::spawn_writer(writer.clone(), backend, clock.clone()).await?;
         Ok(Store {
             pool,
             writer,
@@ -320,6 +335,7 @@ impl Store {
 
     /// Flushes pending writes and closes every connection.
     pub async fn close(&self) {
+        self.close_writer().await;
         self.writer.close().await;
         self.pool.close().await;
     }
@@ -331,12 +347,19 @@ fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("{what} has unknown value `{value}`"))
 }
 
-/// SQLite's pools, (readers, writer): WAL, the chosen durability, a generous busy
-/// timeout; the writer one connection that never checkpoints, the readers read-only, and a
-/// connection of its own that checkpoints in the background. The migrations are applied
-/// through the writer before the readers open. An in-memory database exists per
-/// connection, so then one connection is everything.
-async fn sqlite_pools(url: &str, durability: Durability) -> Result<(AnyPool, AnyPool), StoreError> {
+/// SQLite's pools, (readers, writer), and the database the group commit's writer opens:
+/// WAL, the chosen durability, a generous busy timeout; the writer one connection that
+/// never checkpoints, the readers read-only, and a connection of its own that checkpoints
+/// in the background. The migrations are applied through the writer before the others
+/// open.
+///
+/// An in-memory database is one connection for everything, plus the group commit's. It is
+/// a `memdb` database under a name of this process's own, which the two share and which
+/// disappears with its last connection (sqlx's own `:memory:` could not be shared).
+async fn sqlite_pools(
+    url: &str,
+    durability: Durability,
+) -> Result<(AnyPool, AnyPool, ingest::SqliteDatabase), StoreError> {
     let sync = match durability {
         Durability::Normal => "NORMAL",
         Durability::Full => "FULL",
@@ -346,10 +369,12 @@ async fn sqlite_pools(url: &str, durability: Durability) -> Result<(AnyPool, Any
          PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY;"
     );
     if url.contains(":memory:") {
-        let pool = sqlite_pool(url.to_string(), pragmas, 1).await?;
+        let name = memory_database_name();
+        let pool = sqlite_pool(format!("sqlite://{name}?vfs=memdb"), pragmas, 1).await?;
         migrations::apply(&pool, Backend::Sqlite, &redacted_url(url)).await?;
-        return Ok((pool.clone(), pool));
+        return Ok((pool.clone(), pool, ingest::SqliteDatabase::Memory(name)));
     }
+    let path = SqliteConnectOptions::from_str(url)?.get_filename().to_path_buf();
     let writer = sqlite_pool(
         with_mode(url, "rwc"),
         format!("{pragmas} PRAGMA wal_autocheckpoint = 0;"),
@@ -359,7 +384,15 @@ async fn sqlite_pools(url: &str, durability: Durability) -> Result<(AnyPool, Any
     migrations::apply(&writer, Backend::Sqlite, &redacted_url(url)).await?;
     let readers = sqlite_pool(with_mode(url, "ro"), pragmas.clone(), 4).await?;
     checkpoint::spawn(sqlite_pool(with_mode(url, "rw"), pragmas, 1).await?);
-    Ok((readers, writer))
+    Ok((readers, writer, ingest::SqliteDatabase::File(path)))
+}
+
+/// A `memdb` name no other store of this process has: a leading `/` makes the database
+/// shared by the connections that open it.
+fn memory_database_name() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("/modal-github-runner-{}-{n}", std::process::id())
 }
 
 /// `url` opened in SQLite's `mode` (`rwc`, `rw`, `ro`) unless it names one already.
