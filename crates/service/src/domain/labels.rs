@@ -53,7 +53,7 @@ impl LabelSet {
 
     /// The labels as a JSON array, for the store.
     pub fn to_json(&self) -> String {
-        serde_json::Value::from(self.labels.clone()).to_string()
+        serde_json::to_string(&self.labels).unwrap_or_else(|_| unreachable!("strings serialise"))
     }
 
     /// A canonical string: sorted, lower-cased, comma-joined. Jobs with equal keys can be

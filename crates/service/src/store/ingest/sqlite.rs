@@ -15,6 +15,7 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
@@ -186,7 +187,7 @@ fn write_group(
         }
         let mut order: Vec<usize> = (0..group.len()).filter(|&i| news[i]).collect();
         order.sort_by_key(|&i| group[i].event.job_id.0);
-        let mut upsert = tx.prepare_cached(&job_upsert())?;
+        let mut upsert = tx.prepare_cached(&JOB_UPSERT)?;
         let mut append = tx.prepare_cached("INSERT INTO delivery_log (guid, received_at) VALUES (?1, ?2)")?;
         for &i in &order {
             upsert_job(&mut upsert, &group[i], now)?;
@@ -204,11 +205,11 @@ fn write_group(
     Ok(news.into_iter().map(Recorded::of).collect())
 }
 
-/// The upsert of one event; the same text every time, so its prepared statement is kept.
-fn job_upsert() -> String {
+/// The upsert of one event, built once: its text is the key of its prepared statement.
+static JOB_UPSERT: LazyLock<String> = LazyLock::new(|| {
     let values = vec!["?"; super::JOB_VALUES].join(", ");
     format!("INSERT INTO jobs ({JOB_COLUMNS}) VALUES ({values}){ON_CONFLICT_MERGE}")
-}
+});
 
 fn upsert_job(
     statement: &mut rusqlite::CachedStatement<'_>,
