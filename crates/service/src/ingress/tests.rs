@@ -623,6 +623,25 @@ impl Captured {
 
 #[tokio::test]
 async fn refusals_are_counted_every_time_but_warned_once_per_interval_and_reason() {
+    let good = || Delivery::json("workflow_job", &job_payload("queued", &["modal"], "octo/repo"));
+    let unsigned = || Delivery {
+        signature: None,
+        ..good()
+    };
+    let bad_id = || Delivery {
+        guid: Some("d-1".into()),
+        ..good()
+    };
+    // tracing caches each log site's interest globally, computed when the site is first hit
+    // and again whenever a subscriber is created. A first hit on another test's thread,
+    // racing with this test's subscriber, could cache "no one listens" (seen twice in CI:
+    // no line captured; recomputing after the subscriber alone did not close it). So the
+    // refusals' sites are hit here first, on this thread and with a throttle of their own,
+    // before the subscriber exists.
+    let warm_up = ingress("").await;
+    unsigned().send(&warm_up, "/webhook").await;
+    bad_id().send(&warm_up, "/webhook").await;
+
     let ing = ingress("").await;
     let captured = Captured::default();
     let writer = captured.clone();
@@ -632,24 +651,17 @@ async fn refusals_are_counted_every_time_but_warned_once_per_interval_and_reason
         .with_writer(move || writer.clone())
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
-    // tracing caches each log site's interest globally: a site another test thread was
-    // registering as this subscriber arrived can keep "no one listens" (seen once in CI:
-    // no line captured). Recomputing every site's interest now closes that window.
+    // And should a registration on another thread still have been under way, its site is
+    // recomputed now, with this subscriber.
     tracing::callsite::rebuild_interest_cache();
-    let good = || Delivery::json("workflow_job", &job_payload("queued", &["modal"], "octo/repo"));
 
     for _ in 0..5 {
-        let unsigned = Delivery {
-            signature: None,
-            ..good()
-        };
-        assert_eq!(unsigned.send(&ing, "/webhook").await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            unsigned().send(&ing, "/webhook").await.0,
+            StatusCode::UNAUTHORIZED
+        );
     }
-    let bad_id = Delivery {
-        guid: Some("d-1".into()),
-        ..good()
-    };
-    assert_eq!(bad_id.send(&ing, "/webhook").await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(bad_id().send(&ing, "/webhook").await.0, StatusCode::BAD_REQUEST);
 
     let metrics = ing.metrics.render();
     assert!(
