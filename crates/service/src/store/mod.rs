@@ -360,14 +360,7 @@ async fn sqlite_pools(
     url: &str,
     durability: Durability,
 ) -> Result<(AnyPool, AnyPool, ingest::SqliteDatabase), StoreError> {
-    let sync = match durability {
-        Durability::Normal => "NORMAL",
-        Durability::Full => "FULL",
-    };
-    let pragmas = format!(
-        "PRAGMA busy_timeout = 30000; PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; \
-         PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY;"
-    );
+    let pragmas = sqlite_pragmas(durability);
     if url.contains(":memory:") {
         let name = memory_database_name();
         let pool = sqlite_pool(format!("sqlite://{name}?vfs=memdb"), pragmas, 1).await?;
@@ -375,17 +368,28 @@ async fn sqlite_pools(
         return Ok((pool.clone(), pool, ingest::SqliteDatabase::Memory(name)));
     }
     let path = SqliteConnectOptions::from_str(url)?.get_filename().to_path_buf();
-    let writer = sqlite_pool(
-        with_mode(url, "rwc"),
-        format!("{pragmas} PRAGMA wal_autocheckpoint = 0;"),
-        1,
-    )
-    .await?;
+    let writer = sqlite_pool(with_mode(url, "rwc"), format!("{pragmas} {WRITER_PRAGMAS}"), 1).await?;
     migrations::apply(&writer, Backend::Sqlite, &redacted_url(url)).await?;
     let readers = sqlite_pool(with_mode(url, "ro"), pragmas.clone(), 4).await?;
     checkpoint::spawn(sqlite_pool(with_mode(url, "rw"), pragmas, 1).await?);
     Ok((readers, writer, ingest::SqliteDatabase::File(path)))
 }
+
+/// What every SQLite connection of the store is set up with: WAL, the chosen durability,
+/// a generous busy timeout, statement journals in memory.
+fn sqlite_pragmas(durability: Durability) -> String {
+    let sync = match durability {
+        Durability::Normal => "NORMAL",
+        Durability::Full => "FULL",
+    };
+    format!(
+        "PRAGMA busy_timeout = 30000; PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; \
+         PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY;"
+    )
+}
+
+/// Added on the connections that write: they never checkpoint (see `checkpoint`).
+const WRITER_PRAGMAS: &str = "PRAGMA wal_autocheckpoint = 0;";
 
 /// A `memdb` name no other store of this process has: a leading `/` makes the database
 /// shared by the connections that open it.

@@ -22,7 +22,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 
 use super::{Group, JOB_COLUMNS, JobValues, Message, ON_CONFLICT_MERGE, QUEUE, Recorded, Request};
 use crate::clock::Clock;
-use crate::store::{Durability, StoreError};
+use crate::store::{self, Durability, StoreError};
 
 /// The database the writer opens: the store's file, or the in-memory database the store's
 /// other connections share (through SQLite's `memdb` VFS, which shares a database among
@@ -70,15 +70,11 @@ impl Writer {
             Database::File(path) => Connection::open_with_flags(path, flags)?,
             Database::Memory(name) => Connection::open_with_flags_and_vfs(name, flags, c"memdb")?,
         };
-        let sync = match durability {
-            Durability::Normal => "NORMAL",
-            Durability::Full => "FULL",
-        };
-        // As on the store's other connections; the background task checkpoints (see
-        // `checkpoint`), so the writer's commits never copy the log into the database.
+        // As the loops' writer; the busy handler set next replaces the busy timeout.
         conn.execute_batch(&format!(
-            "PRAGMA synchronous = {sync}; PRAGMA foreign_keys = OFF; PRAGMA temp_store = MEMORY; \
-             PRAGMA wal_autocheckpoint = 0;"
+            "{} {}",
+            store::sqlite_pragmas(durability),
+            store::WRITER_PRAGMAS
         ))?;
         conn.busy_handler(Some(|tries| {
             std::thread::sleep(BUSY_POLL);
