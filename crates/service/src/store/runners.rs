@@ -307,12 +307,17 @@ fn bind_states<'q>(
 }
 
 /// The highest attempt and the retryable failures of every open job's runners.
+///
+/// Read from the open jobs (`jobs_open`) to their runners (`runners_by_job`). Written as
+/// `JOIN … ON`, SQLite read every runner the store keeps through `runners_by_job`, to group
+/// without a sort, and looked up each one's job; SQLite's `CROSS JOIN` keeps the tables in
+/// the order written, and PostgreSQL treats it as the inner join it is.
 pub(super) const ATTEMPT_STATS: &str = "SELECT r.job_id, MAX(r.attempt) AS max_attempt,
         SUM(CASE WHEN r.state = 'failed' AND r.retryable = 1 THEN 1 ELSE 0 END) AS failures,
         MAX(CASE WHEN r.state = 'failed' AND r.retryable = 1 THEN r.updated_at END) AS last_failure,
         SUM(CASE WHEN r.state = 'failed' AND r.started_at IS NOT NULL THEN 1 ELSE 0 END) AS wasted
- FROM runners r JOIN jobs j ON j.id = r.job_id
- WHERE j.rank < 3
+ FROM jobs j CROSS JOIN runners r
+ WHERE j.rank < 3 AND r.job_id = j.id
  GROUP BY r.job_id";
 
 /// One row of `ATTEMPT_STATS`.

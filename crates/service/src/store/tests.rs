@@ -616,8 +616,62 @@ async fn an_ended_runners_cost_is_recorded_once_summed_per_job_and_repository_an
     assert!(s.failure_logs(5).await.expect("logs").is_empty(), "pruned");
 }
 
+/// The max-parallel loop gets each run's open jobs in job order, whatever order the
+/// database reads them in (here `jobs_open` reads the queued job before the running one).
+async fn unresolved_runs_hold_their_open_jobs_in_job_order(db: TestDb) {
+    let s = db.open().await;
+    let job = |id: u64, run_id: u64, action: &str, status: JobStatus| JobEvent {
+        job_id: JobId(id),
+        run_id,
+        ..event(action, status, None)
+    };
+    record(&s, "a", job(9, 2, "queued", JobStatus::Queued)).await;
+    record(&s, "b", job(5, 2, "in_progress", JobStatus::InProgress)).await;
+    record(&s, "c", job(7, 1, "queued", JobStatus::Queued)).await;
+    record(&s, "d", job(3, 1, "completed", JobStatus::Completed)).await;
+
+    let runs = s.unresolved_runs().await.expect("read");
+    let found: Vec<(u64, Vec<u64>)> = runs
+        .iter()
+        .map(|r| (r.run_id, r.jobs.iter().map(|(j, _)| j.0).collect()))
+        .collect();
+    assert_eq!(found, vec![(1, vec![7]), (2, vec![5, 9])]);
+}
+
+/// SQLite's plans for the loops' reads of jobs and runners. Each pass runs them, so
+/// each must cost what is open, not what the store keeps: retention keeps every job and
+/// runner of the last days, done or not.
+#[tokio::test]
+async fn the_loops_read_open_jobs_through_jobs_open_and_never_every_job_or_runner_kept() {
+    let db = TestDb::sqlite();
+    let s = db.open().await;
+    for (name, query) in [
+        ("open jobs", jobs::OPEN_JOBS),
+        ("unresolved runs", runs::UNRESOLVED_JOBS),
+        ("attempt stats", runners::ATTEMPT_STATS),
+        ("live runners", runners::LIVE_RUNNERS),
+    ] {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {query}")))
+            .fetch_all(s.pool())
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let plan: Vec<String> = rows.iter().map(|r| r.get::<String, _>("detail")).collect();
+        let whole_table = plan.iter().find(|step| {
+            let step = step.as_str();
+            let scan = step.starts_with("SCAN");
+            let of_live_runners = step.contains("INDEX runners_live");
+            scan && !of_live_runners
+        });
+        assert!(
+            whole_table.is_none(),
+            "{name} reads a whole table or index: {plan:?}"
+        );
+    }
+}
+
 on_both_backends!(
     a_delivery_guid_is_applied_once,
+    unresolved_runs_hold_their_open_jobs_in_job_order,
     completed_before_queued_stays_completed,
     a_late_in_progress_fills_in_the_runner_of_a_completed_job,
     waiting_and_queued_replace_each_other_until_the_job_starts,
