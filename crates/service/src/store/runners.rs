@@ -136,6 +136,19 @@ impl RunnerRow {
     }
 }
 
+/// The query of `Store::runners_in`, with a placeholder per state.
+pub(super) fn runners_in(states: &[RunnerState]) -> String {
+    let live_only = if states.iter().all(|s| s.is_live()) {
+        " AND state NOT IN ('done', 'failed')"
+    } else {
+        ""
+    };
+    format!(
+        "SELECT * FROM runners WHERE state IN ({}){live_only} ORDER BY created_at, name",
+        placeholders(1, states.len().max(1))
+    )
+}
+
 /// Live runners joined with the job each took (the newest state if several name it).
 pub(super) const LIVE_RUNNERS: &str = "
 SELECT r.*, t.id AS took_id, t.status AS took_status, t.run_id AS took_run_id,
@@ -240,12 +253,13 @@ impl Store {
     }
 
     /// Runners in any of `states`, oldest first.
+    ///
+    /// Asked for live states only (the provisioner, every pass), the query names the
+    /// `runners_live` index's condition too, so SQLite reads the live runners through it
+    /// rather than every runner the store keeps: with bound states it cannot tell that they
+    /// are live.
     pub async fn runners_in(&self, states: &[RunnerState]) -> Result<Vec<RunnerRow>, StoreError> {
-        let sql = format!(
-            "SELECT * FROM runners WHERE state IN ({}) ORDER BY created_at, name",
-            placeholders(1, states.len().max(1))
-        );
-        let query = bind_states(sqlx::query(sqlx::AssertSqlSafe(sql)), states);
+        let query = bind_states(sqlx::query(sqlx::AssertSqlSafe(runners_in(states))), states);
         let rows = query.fetch_all(self.pool()).await?;
         rows.iter().map(RunnerRow::from_row).collect()
     }

@@ -650,6 +650,14 @@ async fn the_loops_read_open_jobs_through_jobs_open_and_never_every_job_or_runne
         ("unresolved runs", runs::UNRESOLVED_JOBS),
         ("attempt stats", runners::ATTEMPT_STATS),
         ("live runners", runners::LIVE_RUNNERS),
+        (
+            "runners to provision",
+            &runners::runners_in(&[
+                RunnerState::Pending,
+                RunnerState::Registering,
+                RunnerState::Registered,
+            ]),
+        ),
     ] {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {query}")))
             .fetch_all(s.pool())
