@@ -164,7 +164,7 @@ impl Application {
                 Err(e) => {
                     tracing::error!(
                         task = name,
-                        error = format!("{e:#}"),
+                        error = crate::telemetry::error_chain(&e),
                         "task failed; shutting down"
                     );
                     first_error.get_or_insert(e.context(format!("{name} failed")));

@@ -65,14 +65,14 @@ pub async fn serve(args: ServeArgs) -> ExitCode {
     let app = match Application::build(settings).await {
         Ok(app) => app,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "could not start");
+            tracing::error!(error = crate::telemetry::error_chain(&e), "could not start");
             return ExitCode::FAILURE;
         }
     };
     match app.run_until_stopped(shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = format!("{e:#}"), "stopped with an error");
+            tracing::error!(error = crate::telemetry::error_chain(&e), "stopped with an error");
             ExitCode::FAILURE
         }
     }

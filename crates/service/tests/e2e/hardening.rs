@@ -527,3 +527,40 @@ async fn with_allow_public_repos_a_public_repositorys_job_found_by_polling_gets_
         Some(format!("modal-{job_id}-1"))
     );
 }
+
+/// A store the service cannot open stops the start with one line that names the store and
+/// says why once (sqlx's error both quotes its cause and returns it as its source).
+#[tokio::test]
+async fn a_store_that_cannot_be_opened_stops_the_start_saying_why_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let runner = dir.path().join("runner");
+    std::fs::create_dir(&runner).expect("runner dir");
+    std::fs::write(runner.join("run.sh"), "#!/bin/sh\n").expect("run.sh");
+    let url = format!("sqlite://{}/missing/store.db", dir.path().display());
+
+    let out = std::process::Command::new(crate::helpers::BIN)
+        .arg("serve")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("GITHUB_TOKEN", "ghp_test")
+        .env("WEBHOOK_SECRET", SECRET)
+        .env("BACKEND", "local")
+        .env("LOCAL_RUNNER_DIR", &runner)
+        .env("ALLOWED_REPOS", REPO)
+        .env("PORT", "0")
+        .env("DATABASE_URL", &url)
+        .output()
+        .expect("the service runs");
+
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("could not start"))
+        .unwrap_or_else(|| panic!("no start error in: {stderr}"));
+    assert!(
+        line.contains(&format!("could not open the store at {url}")),
+        "{line}"
+    );
+    assert_eq!(line.matches("unable to open database file").count(), 1, "{line}");
+}
