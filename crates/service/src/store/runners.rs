@@ -137,7 +137,7 @@ impl RunnerRow {
 }
 
 /// The query of `Store::runners_in`, with a placeholder per state.
-pub(super) fn runners_in(states: &[RunnerState]) -> String {
+pub(super) fn runners_in_query(states: &[RunnerState]) -> String {
     let live_only = if states.iter().all(|s| s.is_live()) {
         " AND state NOT IN ('done', 'failed')"
     } else {
@@ -259,7 +259,7 @@ impl Store {
     /// rather than every runner the store keeps: with bound states it cannot tell that they
     /// are live.
     pub async fn runners_in(&self, states: &[RunnerState]) -> Result<Vec<RunnerRow>, StoreError> {
-        let query = bind_states(sqlx::query(sqlx::AssertSqlSafe(runners_in(states))), states);
+        let query = bind_states(sqlx::query(sqlx::AssertSqlSafe(runners_in_query(states))), states);
         let rows = query.fetch_all(self.pool()).await?;
         rows.iter().map(RunnerRow::from_row).collect()
     }

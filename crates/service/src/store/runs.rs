@@ -70,11 +70,10 @@ impl Store {
             };
             entry.jobs.push((job, name));
         }
-        let mut runs: Vec<UnresolvedRun> = runs.into_values().collect();
-        for run in &mut runs {
+        for run in runs.values_mut() {
             run.jobs.sort_by_key(|(job, _)| *job);
         }
-        Ok(runs)
+        Ok(runs.into_values().collect())
     }
 
     /// Stores the result of looking up a run's workflow file.

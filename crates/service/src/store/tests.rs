@@ -652,7 +652,7 @@ async fn the_loops_read_open_jobs_through_jobs_open_and_never_every_job_or_runne
         ("live runners", runners::LIVE_RUNNERS),
         (
             "runners to provision",
-            &runners::runners_in(&[
+            &runners::runners_in_query(&[
                 RunnerState::Pending,
                 RunnerState::Registering,
                 RunnerState::Registered,
